@@ -1,0 +1,7 @@
+//! multilevel-core: the numerical core of the `multilevel` Python package.
+//!
+//! No Python types here: the crate is tested with `cargo test` and wrapped by a thin PyO3
+//! module (crates/py). See `lmm` for the linear mixed model engine.
+
+pub mod lmm;
+pub mod small;

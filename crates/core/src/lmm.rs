@@ -1,0 +1,804 @@
+//! Profiled deviance of a linear mixed model by a blocked Cholesky factorisation.
+//!
+//! Model: y | b ~ N(X beta + Z b, sigma^2 W^-1), b = Lambda(theta) u, u ~ N(0, sigma^2 I).
+//! With the rows scaled by sqrt(w), the penalised least-squares system for (u, beta) and the
+//! response is the lower Cholesky factor L of
+//!
+//! ```text
+//!   [ Lambda'Z'Z Lambda + I   Lambda'Z'X   Lambda'Z'y ]
+//!   [ X'Z Lambda              X'X          X'y        ]
+//!   [ y'Z Lambda              y'X          y'y        ]
+//! ```
+//!
+//! and the penalised residual sum of squares is the square of L's last diagonal element, so an
+//! evaluation needs no solve. The layout follows MixedModels.jl (Bates et al.):
+//!
+//! * term 0 is the random-effect term with the most levels; its diagonal block is block
+//!   diagonal (one s0 x s0 block per level) and its factor stays so: no fill-in;
+//! * everything else (the other terms, then X, then y) is the "rest", of size r = qz + p + 1,
+//!   held as one dense r x r block. Its off-diagonal block with term 0 is sparse by level of
+//!   term 0 (each level of term 0 meets a few levels of the other terms) and the factor keeps
+//!   that pattern, so the update of the dense block is a sum of small sparse rank-s0 updates.
+//!
+//! The cross-product blocks are sums over rows; the pattern (which levels meet) needs only the
+//! grouping codes, and the values can be accumulated from the rows in any order or in chunks.
+
+use crate::small;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor as llt;
+use faer::{MatMut, MatRef, Par};
+
+/// One random-effect term as the engine sees it: a grouping factor with `nlev` levels, `s`
+/// model-matrix columns, and the pattern of its relative covariance factor Lambda (lower
+/// triangular s x s): the nonzeros as (row, column, index into theta). Terms that share a
+/// grouping factor (`(1|g) + (0+x|g)`) are merged by the caller into one term whose Lambda has
+/// structural zeros.
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub nlev: usize,
+    pub s: usize,
+    pub lambda: Vec<(usize, usize, usize)>,
+}
+
+/// The rows of a model, borrowed. `z[k]` and `x` are row-major (n x s_k, n x p).
+pub struct Rows<'a> {
+    pub refs: Vec<&'a [u32]>,
+    pub z: Vec<&'a [f64]>,
+    pub x: &'a [f64],
+    pub y: &'a [f64],
+    pub w: Option<&'a [f64]>,
+}
+
+#[derive(Debug)]
+pub enum LmmError {
+    Shape(String),
+}
+
+impl std::fmt::Display for LmmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LmmError::Shape(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Estimates at one theta.
+#[derive(Clone, Debug)]
+pub struct Solution {
+    pub objective: f64,
+    pub beta: Vec<f64>,
+    /// spherical random effects per term, level-major (nlev x s)
+    pub u: Vec<Vec<f64>>,
+    /// b = Lambda u per term, level-major (nlev x s)
+    pub b: Vec<Vec<f64>>,
+    pub pwrss: f64,
+    /// log det(L_Z)^2 and log det(L_X)^2
+    pub ldl2: f64,
+    pub ldrx2: f64,
+    /// L_X, the p x p lower factor of the fixed-effects block, column-major:
+    /// vcov(beta) = sigma^2 (L_X L_X')^-1
+    pub rx: Vec<f64>,
+}
+
+/// The cross-product blocks and the workspace of one evaluation.
+pub struct Lmm {
+    terms: Vec<Term>,
+    n: usize,
+    p: usize,
+    /// start of term k (k >= 1) inside the rest block
+    off: Vec<usize>,
+    qz: usize,
+    r: usize,
+    // ---- cross products (values) ----
+    a11: Vec<f64>,
+    arr: Vec<f64>,
+    colptr: Vec<usize>,
+    idx: Vec<u32>,
+    ar1: Vec<f64>,
+    /// per term k >= 1 and row: the entry of the (level of term 0, level of term k) block
+    slot: Vec<Vec<u32>>,
+    // ---- workspace ----
+    lam: Vec<Vec<f64>>,
+    l11: Vec<f64>,
+    bmat: Vec<f64>,
+    c: Vec<f64>,
+    mem: MemBuffer,
+    par: Par,
+    /// the theta the factor in the workspace belongs to
+    factored: Option<Vec<f64>>,
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<(), LmmError> {
+    if got != want {
+        return Err(LmmError::Shape(format!("{what}: length {got}, expected {want}")));
+    }
+    Ok(())
+}
+
+impl Lmm {
+    /// Build the pattern and the cross products from the rows.
+    pub fn new(terms: Vec<Term>, p: usize, rows: &Rows) -> Result<Lmm, LmmError> {
+        if terms.is_empty() {
+            return Err(LmmError::Shape("no random-effect terms".into()));
+        }
+        let n = rows.y.len();
+        check_len("refs", rows.refs.len(), terms.len())?;
+        check_len("z", rows.z.len(), terms.len())?;
+        check_len("x", rows.x.len(), n * p)?;
+        if let Some(w) = rows.w {
+            check_len("weights", w.len(), n)?;
+        }
+        for (k, t) in terms.iter().enumerate() {
+            check_len("refs", rows.refs[k].len(), n)?;
+            check_len("z", rows.z[k].len(), n * t.s)?;
+            if let Some(&bad) = rows.refs[k].iter().find(|&&l| l as usize >= t.nlev) {
+                return Err(LmmError::Shape(format!("term {k}: level {bad} >= nlev {}", t.nlev)));
+            }
+            for &(i, j, _) in &t.lambda {
+                if i < j || i >= t.s {
+                    return Err(LmmError::Shape(format!("term {k}: lambda entry ({i},{j}) not lower")));
+                }
+            }
+        }
+        let mut off = vec![0usize; terms.len()];
+        let mut qz = 0;
+        for k in 1..terms.len() {
+            off[k] = qz;
+            qz += terms[k].nlev * terms[k].s;
+        }
+        let r = qz + p + 1;
+        let s0 = terms[0].s;
+        let nl0 = terms[0].nlev;
+
+        // ---- pattern: which levels of the other terms meet each level of term 0 ----
+        let mut count = vec![0usize; nl0 + 1];
+        for &l in rows.refs[0] {
+            count[l as usize + 1] += 1;
+        }
+        for l in 0..nl0 {
+            count[l + 1] += count[l];
+        }
+        let mut order = vec![0u32; n];
+        {
+            let mut next = count.clone();
+            for (t, &l) in rows.refs[0].iter().enumerate() {
+                order[next[l as usize]] = t as u32;
+                next[l as usize] += 1;
+            }
+        }
+        let mut mark: Vec<Vec<u32>> = terms.iter().map(|t| vec![u32::MAX; t.nlev]).collect();
+        let mut slot: Vec<Vec<u32>> = (0..terms.len())
+            .map(|k| if k == 0 { Vec::new() } else { vec![0u32; n] })
+            .collect();
+        let mut colptr = Vec::with_capacity(nl0 + 1);
+        let mut idx: Vec<u32> = Vec::new();
+        let mut uniq: Vec<(usize, usize, usize)> = Vec::new();
+        for l in 0..nl0 {
+            colptr.push(idx.len());
+            let rows_l = &order[count[l]..count[l + 1]];
+            uniq.clear();
+            for &t in rows_l {
+                for k in 1..terms.len() {
+                    let lv = rows.refs[k][t as usize] as usize;
+                    if mark[k][lv] == u32::MAX {
+                        mark[k][lv] = 0;
+                        uniq.push((off[k] + lv * terms[k].s, k, lv));
+                    }
+                }
+            }
+            uniq.sort_unstable();
+            for &(start, k, lv) in &uniq {
+                mark[k][lv] = idx.len() as u32;
+                for a in 0..terms[k].s {
+                    idx.push((start + a) as u32);
+                }
+            }
+            for a in 0..=p {
+                idx.push((qz + a) as u32);
+            }
+            for &t in rows_l {
+                for k in 1..terms.len() {
+                    slot[k][t as usize] = mark[k][rows.refs[k][t as usize] as usize];
+                }
+            }
+            for &(_, k, lv) in &uniq {
+                mark[k][lv] = u32::MAX;
+            }
+        }
+        colptr.push(idx.len());
+        let nent = idx.len();
+
+        let par = if r >= 256 { Par::rayon(0) } else { Par::Seq };
+        let mem = MemBuffer::new(llt::cholesky_in_place_scratch::<f64>(r, par, Default::default()));
+        let mut m = Lmm {
+            lam: terms.iter().map(|t| vec![0.0; t.s * t.s]).collect(),
+            l11: vec![0.0; nl0 * s0 * s0],
+            bmat: vec![0.0; nent * s0],
+            c: vec![0.0; r * r],
+            a11: vec![0.0; nl0 * s0 * s0],
+            arr: vec![0.0; r * r],
+            ar1: vec![0.0; nent * s0],
+            terms,
+            n,
+            p,
+            off,
+            qz,
+            r,
+            colptr,
+            idx,
+            slot,
+            mem,
+            par,
+            factored: None,
+        };
+        m.accumulate(rows, false);
+        Ok(m)
+    }
+
+    pub fn nobs(&self) -> usize {
+        self.n
+    }
+    pub fn p(&self) -> usize {
+        self.p
+    }
+    pub fn terms(&self) -> &[Term] {
+        &self.terms
+    }
+    /// Size of the dense block (other terms, X and y).
+    pub fn rest_size(&self) -> usize {
+        self.r
+    }
+
+    /// Replace the response (and keep weights, X and Z): only the y row of the blocks is
+    /// recomputed. Used by the parametric bootstrap and by simulation studies.
+    pub fn set_y(&mut self, rows: &Rows) -> Result<(), LmmError> {
+        check_len("y", rows.y.len(), self.n)?;
+        self.accumulate(rows, true);
+        Ok(())
+    }
+
+    /// Replace weights and response (the pattern is kept). Used by PIRLS.
+    pub fn reweight(&mut self, rows: &Rows) -> Result<(), LmmError> {
+        check_len("y", rows.y.len(), self.n)?;
+        self.accumulate(rows, false);
+        Ok(())
+    }
+
+    /// Sum the cross products over the rows. With `only_y`, just the y row.
+    fn accumulate(&mut self, rows: &Rows, only_y: bool) {
+        self.factored = None;
+        let (p, r, qz) = (self.p, self.r, self.qz);
+        let s0 = self.terms[0].s;
+        let nt = self.terms.len();
+        let yi = r - 1;
+        if only_y {
+            for l in 0..self.terms[0].nlev {
+                let e = self.colptr[l + 1] - 1;
+                for c in 0..s0 {
+                    self.ar1[e * s0 + c] = 0.0;
+                }
+            }
+            for j in 0..r {
+                self.arr[yi + j * r] = 0.0;
+                self.arr[j + yi * r] = 0.0;
+            }
+        } else {
+            self.a11.iter_mut().for_each(|v| *v = 0.0);
+            self.ar1.iter_mut().for_each(|v| *v = 0.0);
+            self.arr.iter_mut().for_each(|v| *v = 0.0);
+        }
+        let mut ri: Vec<usize> = Vec::with_capacity(r.min(64));
+        let mut rv: Vec<f64> = Vec::with_capacity(r.min(64));
+        let mut z0 = vec![0.0; s0];
+        for t in 0..self.n {
+            let sw = rows.w.map(|w| w[t].sqrt()).unwrap_or(1.0);
+            let l = rows.refs[0][t] as usize;
+            for c in 0..s0 {
+                z0[c] = rows.z[0][t * s0 + c] * sw;
+            }
+            let yv = rows.y[t] * sw;
+            let xe = self.colptr[l + 1] - (p + 1);
+            if only_y {
+                for c in 0..s0 {
+                    self.ar1[(xe + p) * s0 + c] += yv * z0[c];
+                }
+            } else {
+                let a = &mut self.a11[l * s0 * s0..(l + 1) * s0 * s0];
+                for c in 0..s0 {
+                    for q in 0..s0 {
+                        a[q + c * s0] += z0[q] * z0[c];
+                    }
+                }
+                for k in 1..nt {
+                    let sk = self.terms[k].s;
+                    let e = self.slot[k][t] as usize;
+                    for a in 0..sk {
+                        let zv = rows.z[k][t * sk + a] * sw;
+                        for c in 0..s0 {
+                            self.ar1[(e + a) * s0 + c] += zv * z0[c];
+                        }
+                    }
+                }
+                for a in 0..p {
+                    let xv = rows.x[t * p + a] * sw;
+                    for c in 0..s0 {
+                        self.ar1[(xe + a) * s0 + c] += xv * z0[c];
+                    }
+                }
+                for c in 0..s0 {
+                    self.ar1[(xe + p) * s0 + c] += yv * z0[c];
+                }
+            }
+            // the rest block: the row's nonzeros in the rest, in increasing index
+            ri.clear();
+            rv.clear();
+            for k in 1..nt {
+                let sk = self.terms[k].s;
+                let base = self.off[k] + rows.refs[k][t] as usize * sk;
+                for a in 0..sk {
+                    ri.push(base + a);
+                    rv.push(rows.z[k][t * sk + a] * sw);
+                }
+            }
+            for a in 0..p {
+                ri.push(qz + a);
+                rv.push(rows.x[t * p + a] * sw);
+            }
+            ri.push(yi);
+            rv.push(yv);
+            let m = ri.len();
+            if only_y {
+                for b in 0..m {
+                    self.arr[yi + ri[b] * r] += yv * rv[b];
+                }
+            } else {
+                for b in 0..m {
+                    let col = ri[b] * r;
+                    let vb = rv[b];
+                    for a in b..m {
+                        self.arr[ri[a] + col] += rv[a] * vb;
+                    }
+                }
+            }
+        }
+        // mirror the lower triangle (the scaling by Lambda works on full rows and columns)
+        for j in 0..r {
+            for i in (j + 1)..r {
+                self.arr[j + i * r] = self.arr[i + j * r];
+            }
+        }
+    }
+
+    fn set_lambda(&mut self, theta: &[f64]) {
+        for (k, t) in self.terms.iter().enumerate() {
+            let lam = &mut self.lam[k];
+            lam.iter_mut().for_each(|v| *v = 0.0);
+            for &(i, j, ti) in &t.lambda {
+                lam[i + j * t.s] = theta[ti];
+            }
+        }
+    }
+
+    /// Number of theta values the terms refer to.
+    pub fn n_theta(&self) -> usize {
+        self.terms
+            .iter()
+            .flat_map(|t| t.lambda.iter().map(|&(_, _, ti)| ti + 1))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Factor at theta. Returns false if the dense block is not positive definite (which
+    /// happens only for a rank-deficient X).
+    fn factor(&mut self, theta: &[f64]) -> bool {
+        if self.factored.as_deref() == Some(theta) {
+            return true;
+        }
+        self.factored = None;
+        self.set_lambda(theta);
+        let s0 = self.terms[0].s;
+        let nl0 = self.terms[0].nlev;
+        let (r, qz, p) = (self.r, self.qz, self.p);
+        let mut tmp = vec![0.0; s0 * s0];
+        let mut row = vec![0.0; s0];
+        // 1. diagonal blocks of term 0
+        for l in 0..nl0 {
+            let blk = l * s0 * s0;
+            let (a, out) = (&self.a11[blk..blk + s0 * s0], &mut self.l11[blk..blk + s0 * s0]);
+            small::congruence_t(&self.lam[0], a, s0, &mut tmp, out);
+            for j in 0..s0 {
+                out[j + j * s0] += 1.0;
+            }
+            if !small::chol_lower(out, s0) {
+                return false;
+            }
+        }
+        // 2. the sparse block below term 0: B = Lambda_rest' A Lambda_0 D^-T, in place in bmat
+        let lam0 = &self.lam[0];
+        let maxs = self.terms.iter().map(|t| t.s).max().unwrap_or(1);
+        let mut buf = vec![0.0; maxs];
+        for l in 0..nl0 {
+            let d = &self.l11[l * s0 * s0..(l + 1) * s0 * s0];
+            let (e0, end) = (self.colptr[l], self.colptr[l + 1]);
+            // right: times Lambda_0
+            for e in e0..end {
+                for c in 0..s0 {
+                    let mut v = 0.0;
+                    for q in c..s0 {
+                        v += self.ar1[e * s0 + q] * lam0[q + c * s0];
+                    }
+                    row[c] = v;
+                }
+                self.bmat[e * s0..(e + 1) * s0].copy_from_slice(&row);
+            }
+            // left: Lambda_k' on the rows of each block of another term (X and y rows: none)
+            let mut e = e0;
+            while e < end {
+                let ix = self.idx[e] as usize;
+                if ix >= qz {
+                    break;
+                }
+                let (k, sk) = self.term_of(ix);
+                let lk = &self.lam[k];
+                for c in 0..s0 {
+                    for a in 0..sk {
+                        let mut v = 0.0;
+                        for q in a..sk {
+                            v += lk[q + a * sk] * self.bmat[(e + q) * s0 + c];
+                        }
+                        buf[a] = v;
+                    }
+                    for a in 0..sk {
+                        self.bmat[(e + a) * s0 + c] = buf[a];
+                    }
+                }
+                e += sk;
+            }
+            // then D^-T on the right: each row solves D x = row'
+            for e in e0..end {
+                small::solve_lower(d, s0, &mut self.bmat[e * s0..(e + 1) * s0]);
+            }
+        }
+        // 3. the dense block: Lambda_rest' A_rest Lambda_rest + I_z - sum B_l B_l'
+        self.c.copy_from_slice(&self.arr);
+        for k in 1..self.terms.len() {
+            let sk = self.terms[k].s;
+            let lk = self.lam[k].clone();
+            for lv in 0..self.terms[k].nlev {
+                let base = self.off[k] + lv * sk;
+                if sk == 1 {
+                    let th = lk[0];
+                    for j in 0..r {
+                        self.c[base + j * r] *= th;
+                    }
+                    for i in 0..r {
+                        self.c[i + base * r] *= th;
+                    }
+                    continue;
+                }
+                // rows: C[base.., j] = Lk' C[base.., j]; columns: C[i, base..] = C[i, base..] Lk
+                let mut buf = vec![0.0; sk];
+                for j in 0..r {
+                    for a in 0..sk {
+                        let mut v = 0.0;
+                        for q in a..sk {
+                            v += lk[q + a * sk] * self.c[base + q + j * r];
+                        }
+                        buf[a] = v;
+                    }
+                    for a in 0..sk {
+                        self.c[base + a + j * r] = buf[a];
+                    }
+                }
+                for i in 0..r {
+                    for c in 0..sk {
+                        let mut v = 0.0;
+                        for q in c..sk {
+                            v += self.c[i + (base + q) * r] * lk[q + c * sk];
+                        }
+                        buf[c] = v;
+                    }
+                    for c in 0..sk {
+                        self.c[i + (base + c) * r] = buf[c];
+                    }
+                }
+            }
+        }
+        for j in 0..qz {
+            self.c[j + j * r] += 1.0;
+        }
+        for l in 0..nl0 {
+            let (e0, e1) = (self.colptr[l], self.colptr[l + 1]);
+            for b in e0..e1 {
+                let ib = self.idx[b] as usize;
+                let bb = &self.bmat[b * s0..(b + 1) * s0];
+                let col = ib * r;
+                for a in b..e1 {
+                    let ia = self.idx[a] as usize;
+                    let ba = &self.bmat[a * s0..(a + 1) * s0];
+                    let mut v = 0.0;
+                    for c in 0..s0 {
+                        v += ba[c] * bb[c];
+                    }
+                    self.c[ia + col] -= v;
+                }
+            }
+        }
+        let _ = p;
+        // 4. dense Cholesky
+        let cm = MatMut::from_column_major_slice_mut(&mut self.c, r, r);
+        let stack = MemStack::new(&mut self.mem);
+        if llt::cholesky_in_place(cm, Default::default(), self.par, stack, Default::default()).is_err() {
+            return false;
+        }
+        self.factored = Some(theta.to_vec());
+        true
+    }
+
+    /// (term, s) of the rest index `ix` < qz
+    fn term_of(&self, ix: usize) -> (usize, usize) {
+        let mut k = self.terms.len() - 1;
+        while k > 1 && self.off[k] > ix {
+            k -= 1;
+        }
+        (k, self.terms[k].s)
+    }
+
+    fn logdets(&self) -> (f64, f64, f64) {
+        let s0 = self.terms[0].s;
+        let (r, qz, p) = (self.r, self.qz, self.p);
+        let mut ldl2 = 0.0;
+        for l in 0..self.terms[0].nlev {
+            for j in 0..s0 {
+                ldl2 += self.l11[l * s0 * s0 + j + j * s0].ln();
+            }
+        }
+        for j in 0..qz {
+            ldl2 += self.c[j + j * r].ln();
+        }
+        let mut ldrx2 = 0.0;
+        for j in qz..qz + p {
+            ldrx2 += self.c[j + j * r].ln();
+        }
+        let last = self.c[(r - 1) + (r - 1) * r];
+        (2.0 * ldl2, 2.0 * ldrx2, last * last)
+    }
+
+    /// Profiled deviance (ML) or REML criterion at theta, without the prior-weights term
+    /// (-sum log w, which the caller adds). Returns +inf where the factorisation fails.
+    pub fn objective(&mut self, theta: &[f64], reml: bool) -> f64 {
+        if !self.factor(theta) {
+            return f64::INFINITY;
+        }
+        let (ldl2, ldrx2, pwrss) = self.logdets();
+        profiled(self.n, self.p, ldl2, ldrx2, pwrss, reml)
+    }
+
+    /// Estimates at theta: beta, u, b = Lambda u, the pieces of the deviance and L_X.
+    pub fn solution(&mut self, theta: &[f64], reml: bool) -> Option<Solution> {
+        if !self.factor(theta) {
+            return None;
+        }
+        let (ldl2, ldrx2, pwrss) = self.logdets();
+        let (r, qz, p) = (self.r, self.qz, self.p);
+        let c = &self.c;
+        let at = |i: usize, j: usize| c[i + j * r];
+        let yr = r - 1;
+        let mut beta = vec![0.0; p];
+        for i in (0..p).rev() {
+            let mut v = at(yr, qz + i);
+            for k in (i + 1)..p {
+                v -= at(qz + k, qz + i) * beta[k];
+            }
+            beta[i] = v / at(qz + i, qz + i);
+        }
+        let mut ur = vec![0.0; qz];
+        for i in 0..qz {
+            let mut v = at(yr, i);
+            for k in 0..p {
+                v -= at(qz + k, i) * beta[k];
+            }
+            ur[i] = v;
+        }
+        for i in (0..qz).rev() {
+            let mut v = ur[i];
+            for k in (i + 1)..qz {
+                v -= at(k, i) * ur[k];
+            }
+            ur[i] = v / at(i, i);
+        }
+        let s0 = self.terms[0].s;
+        let nl0 = self.terms[0].nlev;
+        let mut u0 = vec![0.0; nl0 * s0];
+        for l in 0..nl0 {
+            let (e0, e1) = (self.colptr[l], self.colptr[l + 1]);
+            let mut v: Vec<f64> = self.bmat[(e1 - 1) * s0..e1 * s0].to_vec();
+            for e in e0..e1 - 1 {
+                let ix = self.idx[e] as usize;
+                let coef = if ix < qz { ur[ix] } else { beta[ix - qz] };
+                for cc in 0..s0 {
+                    v[cc] -= self.bmat[e * s0 + cc] * coef;
+                }
+            }
+            small::solve_lower_t(&self.l11[l * s0 * s0..(l + 1) * s0 * s0], s0, &mut v);
+            u0[l * s0..(l + 1) * s0].copy_from_slice(&v);
+        }
+        let mut u = vec![u0];
+        for k in 1..self.terms.len() {
+            let sz = self.terms[k].nlev * self.terms[k].s;
+            u.push(ur[self.off[k]..self.off[k] + sz].to_vec());
+        }
+        let b = u
+            .iter()
+            .enumerate()
+            .map(|(k, uk)| {
+                let s = self.terms[k].s;
+                let lam = &self.lam[k];
+                let mut bk = vec![0.0; uk.len()];
+                for lv in 0..self.terms[k].nlev {
+                    for i in 0..s {
+                        let mut v = 0.0;
+                        for j in 0..=i {
+                            v += lam[i + j * s] * uk[lv * s + j];
+                        }
+                        bk[lv * s + i] = v;
+                    }
+                }
+                bk
+            })
+            .collect();
+        let mut rx = vec![0.0; p * p];
+        for j in 0..p {
+            for i in j..p {
+                rx[i + j * p] = at(qz + i, qz + j);
+            }
+        }
+        Some(Solution {
+            objective: profiled(self.n, p, ldl2, ldrx2, pwrss, reml),
+            beta,
+            u,
+            b,
+            pwrss,
+            ldl2,
+            ldrx2,
+            rx,
+        })
+    }
+
+    /// Conditional covariance of b given the data and the estimates, relative to sigma^2:
+    /// per term, level-major blocks of s x s (column-major).
+    ///
+    /// With L_Z = [[D, 0], [B, C]] (D block diagonal for term 0, C the dense factor of the
+    /// other terms) and P = (C C')^-1, the diagonal blocks of (L_Z L_Z')^-1 are
+    /// D_l^-T (I + B_l' P B_l) D_l^-1 for term 0 and the blocks of P for the others; B_l is
+    /// sparse, so this costs one dense inverse plus small sums.
+    pub fn condvar(&mut self, theta: &[f64]) -> Option<Vec<Vec<f64>>> {
+        if !self.factor(theta) {
+            return None;
+        }
+        let (r, qz) = (self.r, self.qz);
+        let mut pm = vec![0.0; qz * qz];
+        if qz > 0 {
+            let mut cz = vec![0.0; qz * qz];
+            for j in 0..qz {
+                for i in j..qz {
+                    cz[i + j * qz] = self.c[i + j * r];
+                }
+            }
+            let mut inv = vec![0.0; qz * qz];
+            faer::linalg::triangular_inverse::invert_lower_triangular(
+                MatMut::from_column_major_slice_mut(&mut inv, qz, qz),
+                MatRef::from_column_major_slice(&cz, qz, qz),
+                self.par,
+            );
+            // zero the strict upper part (invert_lower_triangular leaves it unspecified)
+            for j in 0..qz {
+                for i in 0..j {
+                    inv[i + j * qz] = 0.0;
+                }
+            }
+            let invm = MatRef::from_column_major_slice(&inv, qz, qz);
+            faer::linalg::matmul::matmul(
+                MatMut::from_column_major_slice_mut(&mut pm, qz, qz),
+                faer::Accum::Replace,
+                invm.transpose(),
+                invm,
+                1.0,
+                self.par,
+            );
+        }
+        let s0 = self.terms[0].s;
+        let nl0 = self.terms[0].nlev;
+        let mut out = Vec::with_capacity(self.terms.len());
+        let mut t0 = vec![0.0; nl0 * s0 * s0];
+        let mut g = vec![0.0; s0 * s0];
+        let mut dinv = vec![0.0; s0 * s0];
+        let mut h = vec![0.0; s0 * s0];
+        let mut tmp = vec![0.0; s0 * s0];
+        for l in 0..nl0 {
+            g.iter_mut().for_each(|v| *v = 0.0);
+            for j in 0..s0 {
+                g[j + j * s0] = 1.0;
+            }
+            let (e0, e1) = (self.colptr[l], self.colptr[l + 1]);
+            for e in e0..e1 {
+                let ie = self.idx[e] as usize;
+                if ie >= qz {
+                    break;
+                }
+                for f in e0..e1 {
+                    let jf = self.idx[f] as usize;
+                    if jf >= qz {
+                        break;
+                    }
+                    let pv = pm[ie + jf * qz];
+                    for a in 0..s0 {
+                        for bb in 0..s0 {
+                            g[a + bb * s0] += self.bmat[e * s0 + a] * pv * self.bmat[f * s0 + bb];
+                        }
+                    }
+                }
+            }
+            small::invert_lower(&self.l11[l * s0 * s0..(l + 1) * s0 * s0], s0, &mut dinv);
+            // h = Dinv' G Dinv
+            small::congruence_t(&dinv, &g, s0, &mut tmp, &mut h);
+            let v = lambda_sandwich(&self.lam[0], &h, s0);
+            t0[l * s0 * s0..(l + 1) * s0 * s0].copy_from_slice(&v);
+        }
+        out.push(t0);
+        for k in 1..self.terms.len() {
+            let sk = self.terms[k].s;
+            let mut tk = vec![0.0; self.terms[k].nlev * sk * sk];
+            for lv in 0..self.terms[k].nlev {
+                let base = self.off[k] + lv * sk;
+                let mut blk = vec![0.0; sk * sk];
+                for j in 0..sk {
+                    for i in 0..sk {
+                        blk[i + j * sk] = pm[(base + i) + (base + j) * qz];
+                    }
+                }
+                let v = lambda_sandwich(&self.lam[k], &blk, sk);
+                tk[lv * sk * sk..(lv + 1) * sk * sk].copy_from_slice(&v);
+            }
+            out.push(tk);
+        }
+        Some(out)
+    }
+}
+
+/// Lam H Lam' for lower-triangular Lam and symmetric H (s x s, column-major).
+fn lambda_sandwich(lam: &[f64], h: &[f64], s: usize) -> Vec<f64> {
+    let mut t = vec![0.0; s * s];
+    for j in 0..s {
+        for i in 0..s {
+            let mut v = 0.0;
+            for q in 0..=i {
+                v += lam[i + q * s] * h[q + j * s];
+            }
+            t[i + j * s] = v;
+        }
+    }
+    let mut out = vec![0.0; s * s];
+    for j in 0..s {
+        for i in 0..s {
+            let mut v = 0.0;
+            for q in 0..=j {
+                v += t[i + q * s] * lam[j + q * s];
+            }
+            out[i + j * s] = v;
+        }
+    }
+    out
+}
+
+/// -2 log-likelihood profiled over beta and sigma (ML), or the REML criterion.
+pub fn profiled(n: usize, p: usize, ldl2: f64, ldrx2: f64, pwrss: f64, reml: bool) -> f64 {
+    let two_pi = 2.0 * std::f64::consts::PI;
+    if reml {
+        let nmp = (n - p) as f64;
+        ldl2 + ldrx2 + nmp * (1.0 + (two_pi * pwrss / nmp).ln())
+    } else {
+        let nf = n as f64;
+        ldl2 + nf * (1.0 + (two_pi * pwrss / nf).ln())
+    }
+}

@@ -1,0 +1,41 @@
+"""multilevel: multilevel (mixed-effects) models with lme4's formula language and numbers.
+
+>>> import multilevel as ml
+>>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
+>>> round(fit.loglik, 3)
+-871.814
+"""
+from __future__ import annotations
+
+from .errors import (
+    ColumnNotFoundError,
+    DataError,
+    FitError,
+    FormulaError,
+    ModelSpecError,
+    MultilevelError,
+    MultilevelWarning,
+)
+from .lmm import lmer
+
+__all__ = [
+    "lmer",
+    "MultilevelError",
+    "FormulaError",
+    "ColumnNotFoundError",
+    "DataError",
+    "ModelSpecError",
+    "FitError",
+    "MultilevelWarning",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # datasets is imported on first use so that `import multilevel` stays light
+    if name == "datasets":
+        from . import datasets
+
+        return datasets
+    raise AttributeError(f"module 'multilevel' has no attribute {name!r}")

@@ -1,0 +1,313 @@
+"""Linear mixed models: the fit driver.
+
+``lmer`` builds the model frame (design.py), hands plain arrays to the compiled engine
+(``multilevel._core.LmmCore``: blocked Cholesky, profiled deviance), optimises theta with
+BOBYQA (optimize.py) and packs the estimates into an :class:`~multilevel.results.LmmFit`.
+The engine knows nothing of formulas; the result object runs no optimiser.
+"""
+from __future__ import annotations
+
+import time
+import warnings as _warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+
+from ._core import LmmCore
+from .design import ModelFrame
+from .errors import FitError, MultilevelWarning
+from .optimize import bobyqa, control_options, newton_decrement
+
+SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
+
+
+@dataclass
+class EngineTerm:
+    """Random-effect terms of one grouping factor merged for the engine: lme4 keeps
+    ``(1|g) + (0+x|g)`` as two blocks, the engine sees one term with s = 2 whose Lambda has
+    a structural zero, so that the term stays block diagonal instead of becoming dense."""
+
+    blocks: list[int]  # indices into frame.reterms
+    cols: list[slice]  # columns of each block inside the merged Z
+    refs: np.ndarray
+    Z: np.ndarray
+    nlev: int
+    lam: list[tuple[int, int, int]]  # (row, col, theta index) of Lambda's nonzeros
+
+
+def theta_layout(frame: ModelFrame) -> tuple[list[slice], np.ndarray, np.ndarray]:
+    """Per block the slice of theta it owns (lme4 order: lower triangle by columns), the
+    starting value (Lambda = I) and the lower bounds (0 on diagonals)."""
+    slices, start, lower = [], [], []
+    i = 0
+    for t in frame.reterms:
+        s = t.n_terms
+        m = s * (s + 1) // 2
+        slices.append(slice(i, i + m))
+        for c in range(s):
+            for r in range(c, s):
+                start.append(1.0 if r == c else 0.0)
+                lower.append(0.0 if r == c else -np.inf)
+        i += m
+    return slices, np.array(start), np.array(lower)
+
+
+def engine_terms(frame: ModelFrame, slices: list[slice]) -> list[EngineTerm]:
+    groups: dict[str, list[int]] = {}
+    for k, t in enumerate(frame.reterms):
+        groups.setdefault(t.group, []).append(k)
+    out = []
+    for blocks in groups.values():
+        first = frame.reterms[blocks[0]]
+        zs, cols, lam = [], [], []
+        c0 = 0
+        for k in blocks:
+            t = frame.reterms[k]
+            s = t.n_terms
+            zs.append(t.Z)
+            cols.append(slice(c0, c0 + s))
+            ti = slices[k].start
+            for c in range(s):
+                for r in range(c, s):
+                    lam.append((c0 + r, c0 + c, ti))
+                    ti += 1
+            c0 += s
+        Z = zs[0] if len(zs) == 1 else np.ascontiguousarray(np.hstack(zs))
+        refs = np.ascontiguousarray(first.refs, dtype=np.uint32)
+        out.append(EngineTerm(blocks, cols, refs, np.ascontiguousarray(Z, dtype=float), first.n_levels, lam))
+    # the term with most levels goes first: its block never fills in (stable for ties)
+    out.sort(key=lambda e: -e.nlev)
+    return out
+
+
+class LmmProblem:
+    """The arrays of one linear mixed model bound to the compiled engine.
+
+    The small interface inference code relies on: ``objective(theta)``, ``solution(theta)``,
+    ``condvar(theta)``, ``set_y(y)`` (a new response, e.g. for the parametric bootstrap).
+    """
+
+    def __init__(self, frame: ModelFrame, reml: bool):
+        self.frame = frame
+        self.reml = reml
+        self.slices, self.theta0, self.lower = theta_layout(frame)
+        self.eterms = engine_terms(frame, self.slices)
+        y = frame.y if frame.offset is None else frame.y - frame.offset
+        self.w = None if frame.weights is None else np.ascontiguousarray(frame.weights, dtype=float)
+        # lme4's log-likelihood of weighted data carries +0.5 sum(log w)
+        self.logw = 0.0 if self.w is None else float(np.sum(np.log(self.w[self.w > 0])))
+        self.core = LmmCore(
+            [e.refs for e in self.eterms],
+            [e.Z for e in self.eterms],
+            [e.nlev for e in self.eterms],
+            [e.lam for e in self.eterms],
+            np.ascontiguousarray(frame.X, dtype=float),
+            np.ascontiguousarray(y, dtype=float),
+            self.w,
+        )
+
+    @property
+    def n(self) -> int:
+        return self.frame.nobs
+
+    @property
+    def p(self) -> int:
+        return self.frame.X.shape[1]
+
+    def objective(self, theta: np.ndarray) -> float:
+        """-2 log-likelihood (ML) or the REML criterion, profiled over beta and sigma."""
+        return self.core.objective(np.ascontiguousarray(theta, dtype=float), self.reml) - self.logw
+
+    def ml_deviance(self, theta: np.ndarray) -> float:
+        return self.core.objective(np.ascontiguousarray(theta, dtype=float), False) - self.logw
+
+    def set_y(self, y: np.ndarray) -> None:
+        off = self.frame.offset
+        y = np.ascontiguousarray(y if off is None else y - off, dtype=float)
+        self.core.set_y(y, self.w)
+
+    def solution(self, theta: np.ndarray) -> dict[str, Any]:
+        sol = self.core.solution(np.ascontiguousarray(theta, dtype=float), self.reml)
+        n, p = self.n, self.p
+        sigma2 = sol["pwrss"] / (n - p if self.reml else n)
+        b_blocks: list[np.ndarray] = [None] * len(self.frame.reterms)  # type: ignore[list-item]
+        for e, bflat in zip(self.eterms, sol["b"]):
+            b = np.asarray(bflat).reshape(e.nlev, -1)
+            for k, cols in zip(e.blocks, e.cols):
+                b_blocks[k] = np.ascontiguousarray(b[:, cols])
+        rx = np.asarray(sol["rx"]).reshape(p, p, order="F")
+        if p:
+            rxinv = linalg.solve_triangular(rx, np.eye(p), lower=True)
+            vcov = sigma2 * (rxinv.T @ rxinv)
+        else:
+            vcov = np.zeros((0, 0))
+        return {
+            "beta": np.asarray(sol["beta"]),
+            "b": b_blocks,
+            "sigma": float(np.sqrt(sigma2)),
+            "vcov": vcov,
+            "objective": sol["objective"] - self.logw,
+            "pwrss": sol["pwrss"],
+            "ldl2": sol["ldl2"],
+            "ldrx2": sol["ldrx2"],
+        }
+
+    def condvar(self, theta: np.ndarray, sigma: float) -> list[np.ndarray]:
+        """Conditional covariance of b per lme4 block: (n_levels, s, s) arrays."""
+        cv = self.core.condvar(np.ascontiguousarray(theta, dtype=float))
+        out: list[np.ndarray] = [None] * len(self.frame.reterms)  # type: ignore[list-item]
+        for e, flat in zip(self.eterms, cv):
+            s = e.Z.shape[1]
+            # blocks are column-major; they are symmetric, so the transpose is harmless
+            blocks = np.asarray(flat).reshape(e.nlev, s, s).transpose(0, 2, 1) * sigma**2
+            for k, cols in zip(e.blocks, e.cols):
+                out[k] = np.ascontiguousarray(blocks[:, cols, cols])
+        return out
+
+    def fitted(self, beta: np.ndarray, b: list[np.ndarray]) -> np.ndarray:
+        f = self.frame
+        out = f.X @ beta if f.X.shape[1] else np.zeros(self.n)
+        for t, bk in zip(f.reterms, b):
+            out = out + np.einsum("ij,ij->i", t.Z, bk[t.refs])
+        if f.offset is not None:
+            out = out + f.offset
+        return out
+
+
+def diagonal_theta(frame: ModelFrame, slices: list[slice]) -> np.ndarray:
+    """Indices of the theta entries on the diagonal of some Lambda (lower bound 0)."""
+    idx = []
+    for t, sl in zip(frame.reterms, slices):
+        s = t.n_terms
+        k = sl.start
+        for c in range(s):
+            idx.append(k)
+            k += s - c
+    return np.array(idx, dtype=int)
+
+
+def fit_theta(problem: LmmProblem, opts: dict) -> tuple[np.ndarray, float, dict, list[str]]:
+    """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
+    check convergence. Returns (theta, objective, optinfo, warnings)."""
+    t0 = time.perf_counter()
+    res = bobyqa(problem.objective, problem.theta0, problem.lower, opts)
+    theta, fval = res.x.copy(), res.fun
+    warns = list(res.warnings)
+    # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the
+    # boundary it cannot reach exactly. Put it there if that costs nothing.
+    diag = diagonal_theta(problem.frame, problem.slices)
+    for i in diag:
+        if 0 < theta[i] < 1e-4:
+            trial = theta.copy()
+            trial[i] = 0.0
+            ft = problem.objective(trial)
+            if ft <= fval + 1e-10:
+                theta, fval = trial, min(ft, fval)
+    extra = 0
+    if opts["check_conv"]:
+        count = len(res.log)
+        calls = [0]
+
+        def counted(x):
+            calls[0] += 1
+            return problem.objective(x)
+
+        dec, grad = newton_decrement(counted, theta, problem.lower, fval)
+        extra = calls[0]
+        if dec > opts["conv_tol"]:
+            warns.append(
+                f"Model may not have converged: a Newton step from the optimum would lower the "
+                f"{'REML criterion' if problem.reml else 'deviance'} by {dec:.2g} "
+                f"(max|grad| = {np.abs(grad).max():.3g})"
+            )
+        del count
+    optinfo = {
+        "optimizer": "bobyqa",
+        "feval": res.feval,
+        "feval_checks": extra,
+        "code": res.code,
+        "message": res.message,
+        "fit_log": res.log,
+        "messages": list(warns),
+        "time": time.perf_counter() - t0,
+    }
+    return theta, fval, optinfo, warns
+
+
+def lmer(
+    formula: str,
+    data: Any,
+    reml: bool = True,
+    weights: Any = None,
+    offset: Any = None,
+    control: dict | None = None,
+):
+    """Fit a linear mixed model by REML (default) or maximum likelihood.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax: ``"Reaction ~ Days + (Days | Subject)"``, ``(1 | a/b)``, ``(x || g)``...
+    data : pandas or polars DataFrame (or a dict of columns)
+    reml : bool
+        REML (True, lme4's default) or ML (False).
+    weights : column name or array, optional
+        Prior (precision) weights: Var(e_i) = sigma^2 / w_i.
+    offset : column name or array, optional
+        A known term added to the linear predictor (adds to ``offset()`` in the formula).
+    control : dict, optional
+        Optimiser settings: ``ftol_abs``, ``ftol_rel``, ``xtol_abs``, ``maxeval``,
+        ``check_conv`` (finite-difference convergence check, default True), ``conv_tol``.
+
+    Returns
+    -------
+    LmmFit
+
+    Examples
+    --------
+    >>> import multilevel as ml
+    >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
+    >>> fit.fixef.round(3).tolist()
+    [251.405, 10.467]
+    """
+    from .design import build_model_frame
+    from .results import LmmFit
+
+    opts = control_options(control)
+    frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian")
+    problem = LmmProblem(frame, reml)
+    theta, fval, optinfo, warns = fit_theta(problem, opts)
+    sol = problem.solution(theta)
+    if not np.isfinite(sol["objective"]):
+        raise FitError("the fit failed: the objective is not finite at the estimate")
+    sigma = sol["sigma"]
+    is_sing = bool(np.any(theta[diagonal_theta(frame, problem.slices)] < opts["singular_tol"]))
+    messages = list(frame.warnings)
+    if is_sing:
+        messages.append(SINGULAR_MESSAGE)
+    messages.extend(warns)
+    for m in messages:
+        _warnings.warn(m, MultilevelWarning, stacklevel=2)
+    obj = sol["objective"]
+    dev_ml = problem.ml_deviance(theta)
+    fit = LmmFit(
+        frame=frame,
+        reml=reml,
+        theta=theta,
+        beta=sol["beta"],
+        vcov=sol["vcov"],
+        sigma=sigma,
+        b=sol["b"],
+        condvar=lambda: problem.condvar(theta, sigma),
+        loglik=-obj / 2.0,
+        deviance_ml=dev_ml,
+        reml_criterion=obj if reml else None,
+        fitted=problem.fitted(sol["beta"], sol["b"]),
+        converged=not warns,
+        warnings=messages,
+        optinfo=optinfo,
+    )
+    fit._problem = problem  # for inference code (profiles, bootstrap), not part of the API
+    return fit
