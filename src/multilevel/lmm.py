@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import linalg
 
 from ._core import LmmCore
 from .design import ModelFrame
@@ -137,9 +136,11 @@ class LmmProblem:
             b = np.asarray(bflat).reshape(e.nlev, -1)
             for k, cols in zip(e.blocks, e.cols):
                 b_blocks[k] = np.ascontiguousarray(b[:, cols])
-        rx = np.asarray(sol["rx"]).reshape(p, p, order="F")
+        rx = np.ascontiguousarray(np.asarray(sol["rx"]).reshape(p, p).T)  # column-major from Rust
         if p:
-            rxinv = linalg.solve_triangular(rx, np.eye(p), lower=True)
+            # p is small: a plain inverse avoids scipy's per-call overhead, which dominated
+            # the whole fit of small models
+            rxinv = np.linalg.inv(rx)
             vcov = sigma2 * (rxinv.T @ rxinv)
         else:
             vcov = np.zeros((0, 0))
