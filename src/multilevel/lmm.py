@@ -106,6 +106,20 @@ class LmmProblem:
             np.ascontiguousarray(y, dtype=float),
             self.w,
         )
+        self.theta0, self.step0 = self._start()
+
+    def _start(self) -> tuple[np.ndarray, np.ndarray]:
+        """Starting theta and BOBYQA's first step: moment estimates for the diagonals (from
+        the engine's cross products), 0 for correlations; steps in proportion, since a start
+        near the optimum wastes evaluations when the first trust region is wide."""
+        theta0 = self.theta0.copy()
+        step = np.full(theta0.size, 0.1)
+        for e, diag in zip(self.eterms, self.core.moment_start()):
+            for r, c, i in e.lam:
+                if r == c:
+                    theta0[i] = diag[r]
+                    step[i] = 0.15 * diag[r] + 0.05
+        return theta0, step
 
     @property
     def n(self) -> int:
@@ -193,6 +207,8 @@ def fit_theta(problem: LmmProblem, opts: dict) -> tuple[np.ndarray, float, dict,
     """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
     check convergence. Returns (theta, objective, optinfo, warnings)."""
     t0 = time.perf_counter()
+    if opts.get("initial_step") is None:
+        opts = dict(opts, initial_step=problem.step0)
     res = bobyqa(problem.objective, problem.theta0, problem.lower, opts)
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)

@@ -751,6 +751,101 @@ impl Lmm {
         })
     }
 
+    /// Starting values for the diagonal of each Lambda, per term and column, from moments of
+    /// the cross products already at hand (no pass over the rows): ordinary least squares
+    /// residuals r, then per level and column c the "group mean" m = sum(z_c r) / sum(z_c^2);
+    /// the spread of m over levels beyond what the noise explains estimates that column's
+    /// variance. Crude, but close enough that BOBYQA needs about half the evaluations of a
+    /// start at 1 on crossed models (InstEval 80 -> 40). Falls back to 1 where undefined.
+    pub fn moment_start(&self) -> Vec<Vec<f64>> {
+        let fallback: Vec<Vec<f64>> = self.terms.iter().map(|t| vec![1.0; t.s]).collect();
+        let (p, r, qz) = (self.p, self.r, self.qz);
+        let yi = r - 1;
+        let at = |i: usize, j: usize| self.arr[i + j * r];
+        let mut xtx = vec![0.0; p * p];
+        let mut beta = vec![0.0; p];
+        for j in 0..p {
+            for i in 0..p {
+                xtx[i + j * p] = at(qz + i, qz + j);
+            }
+            beta[j] = at(yi, qz + j);
+        }
+        if p > 0 {
+            if !small::chol_lower(&mut xtx, p) {
+                return fallback;
+            }
+            small::solve_lower(&xtx, p, &mut beta);
+            small::solve_lower_t(&xtx, p, &mut beta);
+        }
+        let rss = at(yi, yi) - (0..p).map(|a| beta[a] * at(yi, qz + a)).sum::<f64>();
+        let n = self.n as f64;
+        let s2tot = rss / n;
+        if !(s2tot > 0.0) {
+            return fallback;
+        }
+        // per term and column: (variance estimate, mean z^2)
+        let mut comps: Vec<Vec<(f64, f64)>> = Vec::new();
+        let spread = |pairs: &[(f64, f64)]| -> (f64, f64) {
+            // pairs of (sum z r, sum z^2) over levels
+            let used: Vec<&(f64, f64)> = pairs.iter().filter(|(_, d)| *d > 0.0).collect();
+            if used.len() < 2 {
+                return (f64::NAN, 0.0);
+            }
+            let k = used.len() as f64;
+            let ms: Vec<f64> = used.iter().map(|(s, d)| s / d).collect();
+            let mean = ms.iter().sum::<f64>() / k;
+            let var = ms.iter().map(|m| (m - mean) * (m - mean)).sum::<f64>() / (k - 1.0);
+            let noise = s2tot * used.iter().map(|(_, d)| 1.0 / d).sum::<f64>() / k;
+            let meanz2 = used.iter().map(|(_, d)| *d).sum::<f64>() / n;
+            (var - noise, meanz2)
+        };
+        let s0 = self.terms[0].s;
+        let mut c0 = Vec::new();
+        for c in 0..s0 {
+            let pairs: Vec<(f64, f64)> = (0..self.terms[0].nlev)
+                .map(|l| {
+                    let d = self.a11[l * s0 * s0 + c + c * s0];
+                    let xe = self.colptr[l + 1] - (p + 1);
+                    let mut sz = self.ar1[(xe + p) * s0 + c];
+                    for a in 0..p {
+                        sz -= self.ar1[(xe + a) * s0 + c] * beta[a];
+                    }
+                    (sz, d)
+                })
+                .collect();
+            c0.push(spread(&pairs));
+        }
+        comps.push(c0);
+        for k in 1..self.terms.len() {
+            let sk = self.terms[k].s;
+            let mut ck = Vec::new();
+            for c in 0..sk {
+                let pairs: Vec<(f64, f64)> = (0..self.terms[k].nlev)
+                    .map(|lv| {
+                        let ix = self.off[k] + lv * sk + c;
+                        let mut sz = at(yi, ix);
+                        for a in 0..p {
+                            sz -= at(qz + a, ix) * beta[a];
+                        }
+                        (sz, at(ix, ix))
+                    })
+                    .collect();
+                ck.push(spread(&pairs));
+            }
+            comps.push(ck);
+        }
+        let explained: f64 = comps.iter().flatten().filter(|(v, _)| v.is_finite()).map(|(v, m)| v.max(0.0) * m).sum();
+        let s2e = (s2tot - explained).max(0.05 * s2tot);
+        comps
+            .iter()
+            .map(|ck| {
+                ck.iter()
+                    .map(|&(v, _)| if v.is_finite() { (v.max(0.0) / s2e).sqrt().clamp(0.1, 10.0) } else { 1.0 })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Conditional covariance of b given the data and the estimates, relative to sigma^2:
     /// per term, level-major blocks of s x s (column-major).
     ///

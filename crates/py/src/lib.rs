@@ -154,6 +154,11 @@ impl LmmCore {
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
+    /// Starting values for the diagonals of Lambda, per term and column (see the core docs).
+    fn moment_start(&self) -> Vec<Vec<f64>> {
+        self.inner.moment_start()
+    }
+
     #[getter]
     fn rest_size(&self) -> usize {
         self.inner.rest_size()
