@@ -289,10 +289,41 @@ impl Lmm {
 
     /// Sum the cross products over the rows. With `only_y`, just the y row.
     fn accumulate(&mut self, rows: &Rows, only_y: bool) {
+        self.clear(only_y);
+        self.add_rows(rows, 0, only_y);
+        self.finish();
+    }
+
+    /// Accumulate the cross products from chunks of rows (out of core, or data arriving in
+    /// pieces): `clear_values`, then `add_chunk` for each chunk with the index of its first
+    /// row in the whole data, then `finish_values`. The pattern (built by `new` from the
+    /// grouping codes of all rows) is kept.
+    pub fn clear_values(&mut self) {
+        self.clear(false);
+    }
+
+    pub fn add_chunk(&mut self, rows: &Rows, first_row: usize) -> Result<(), LmmError> {
+        let m = rows.y.len();
+        if first_row + m > self.n {
+            return Err(LmmError::Shape(format!("chunk rows {first_row}..{} beyond n = {}", first_row + m, self.n)));
+        }
+        check_len("x", rows.x.len(), m * self.p)?;
+        for (k, t) in self.terms.iter().enumerate() {
+            check_len("refs", rows.refs[k].len(), m)?;
+            check_len("z", rows.z[k].len(), m * t.s)?;
+        }
+        self.add_rows(rows, first_row, false);
+        Ok(())
+    }
+
+    pub fn finish_values(&mut self) {
+        self.finish();
+    }
+
+    fn clear(&mut self, only_y: bool) {
         self.factored = None;
-        let (p, r, qz) = (self.p, self.r, self.qz);
+        let r = self.r;
         let s0 = self.terms[0].s;
-        let nt = self.terms.len();
         let yi = r - 1;
         if only_y {
             for l in 0..self.terms[0].nlev {
@@ -310,10 +341,18 @@ impl Lmm {
             self.ar1.iter_mut().for_each(|v| *v = 0.0);
             self.arr.iter_mut().for_each(|v| *v = 0.0);
         }
+    }
+
+    /// Add rows (a chunk whose first row is row `first` of the data) to the cross products.
+    fn add_rows(&mut self, rows: &Rows, first: usize, only_y: bool) {
+        let (p, r, qz) = (self.p, self.r, self.qz);
+        let s0 = self.terms[0].s;
+        let nt = self.terms.len();
+        let yi = r - 1;
         let mut ri: Vec<usize> = Vec::with_capacity(r.min(64));
         let mut rv: Vec<f64> = Vec::with_capacity(r.min(64));
         let mut z0 = vec![0.0; s0];
-        for t in 0..self.n {
+        for t in 0..rows.y.len() {
             let sw = rows.w.map(|w| w[t].sqrt()).unwrap_or(1.0);
             let l = rows.refs[0][t] as usize;
             for c in 0..s0 {
@@ -334,7 +373,7 @@ impl Lmm {
                 }
                 for k in 1..nt {
                     let sk = self.terms[k].s;
-                    let e = self.slot[k][t] as usize;
+                    let e = self.slot[k][first + t] as usize;
                     for a in 0..sk {
                         let zv = rows.z[k][t * sk + a] * sw;
                         for c in 0..s0 {
@@ -384,6 +423,10 @@ impl Lmm {
                 }
             }
         }
+    }
+
+    fn finish(&mut self) {
+        let r = self.r;
         // mirror the lower triangle (the scaling by Lambda works on full rows and columns)
         for j in 0..r {
             for i in (j + 1)..r {
@@ -1129,6 +1172,38 @@ mod tests {
         let mut fresh = Lmm::new(terms.clone(), p, &rows2).unwrap();
         let th = [0.7, -0.3, 0.2, 1.5, 0.0, 0.4];
         assert!((m.objective(&th, true) - fresh.objective(&th, true)).abs() < 1e-10);
+    }
+
+    #[test]
+    fn chunked_accumulation_equals_one_pass() {
+        let mut g = Lcg(11);
+        let n = 500;
+        let terms = vec![
+            Term { nlev: 20, s: 2, lambda: vec![(0, 0, 0), (1, 0, 1), (1, 1, 2)] },
+            Term { nlev: 6, s: 1, lambda: vec![(0, 0, 3)] },
+        ];
+        let refs: Vec<Vec<u32>> = terms.iter().map(|t| (0..n).map(|_| g.level(t.nlev)).collect()).collect();
+        let z: Vec<Vec<f64>> = vec![(0..2 * n).map(|i| if i % 2 == 0 { 1.0 } else { g.next() }).collect(), vec![1.0; n]];
+        let x: Vec<f64> = (0..2 * n).map(|i| if i % 2 == 0 { 1.0 } else { g.next() }).collect();
+        let y: Vec<f64> = (0..n).map(|_| g.next()).collect();
+        let rows = Rows { refs: refs.iter().map(|v| v.as_slice()).collect(), z: z.iter().map(|v| v.as_slice()).collect(), x: &x, y: &y, w: None };
+        let mut whole = Lmm::new(terms.clone(), 2, &rows).unwrap();
+        let mut chunked = Lmm::new(terms, 2, &rows).unwrap();
+        chunked.clear_values();
+        for (a, b) in [(0usize, 137usize), (137, 400), (400, 500)] {
+            let chunk = Rows {
+                refs: refs.iter().map(|v| &v[a..b]).collect(),
+                z: vec![&z[0][2 * a..2 * b], &z[1][a..b]],
+                x: &x[2 * a..2 * b],
+                y: &y[a..b],
+                w: None,
+            };
+            chunked.add_chunk(&chunk, a).unwrap();
+        }
+        chunked.finish_values();
+        let th = [0.9, 0.2, 0.5, 0.7];
+        let (f1, f2) = (whole.objective(&th, true), chunked.objective(&th, true));
+        assert!((f1 - f2).abs() < 1e-10 * f1.abs(), "{f1} vs {f2}");
     }
 
     #[test]
