@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # datasets is imported on first use so that `import multilevel` stays light
     if name == "datasets":
-        from . import datasets
+        import importlib
 
-        return datasets
+        return importlib.import_module(".datasets", __name__)
     raise AttributeError(f"module 'multilevel' has no attribute {name!r}")

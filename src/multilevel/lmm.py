@@ -325,6 +325,7 @@ def lmer(
         converged=not warns,
         warnings=messages,
         optinfo=optinfo,
+        weights_name=weights if isinstance(weights, str) else None,
     )
     fit._problem = problem  # for inference code (profiles, bootstrap), not part of the API
     return fit

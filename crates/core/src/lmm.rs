@@ -290,8 +290,42 @@ impl Lmm {
     /// Sum the cross products over the rows. With `only_y`, just the y row.
     fn accumulate(&mut self, rows: &Rows, only_y: bool) {
         self.clear(only_y);
-        self.add_rows(rows, 0, only_y);
+        if only_y || self.n < 200_000 {
+            self.add_rows(rows, 0, only_y);
+        } else {
+            // Scattered updates make this pass memory-latency bound; two threads overlap the
+            // misses. The halves are fixed (not the machine's thread count), so the sums and
+            // hence the results are the same everywhere.
+            let mid = self.n / 2;
+            let (lo, hi) = (rows.range(0, mid, &self.terms, self.p), rows.range(mid, self.n, &self.terms, self.p));
+            let mut other = Acc { a11: vec![0.0; self.a11.len()], ar1: vec![0.0; self.ar1.len()], arr: vec![0.0; self.arr.len()] };
+            let mut mine = Acc {
+                a11: std::mem::take(&mut self.a11),
+                ar1: std::mem::take(&mut self.ar1),
+                arr: std::mem::take(&mut self.arr),
+            };
+            {
+                let pat = self.pattern();
+                rayon::join(|| pat.add_rows(&mut mine, &lo, 0, false), || pat.add_rows(&mut other, &hi, mid, false));
+            }
+            for (a, b) in mine.a11.iter_mut().zip(&other.a11) {
+                *a += b;
+            }
+            for (a, b) in mine.ar1.iter_mut().zip(&other.ar1) {
+                *a += b;
+            }
+            for (a, b) in mine.arr.iter_mut().zip(&other.arr) {
+                *a += b;
+            }
+            self.a11 = mine.a11;
+            self.ar1 = mine.ar1;
+            self.arr = mine.arr;
+        }
         self.finish();
+    }
+
+    fn pattern(&self) -> Pattern<'_> {
+        Pattern { terms: &self.terms, p: self.p, r: self.r, qz: self.qz, off: &self.off, colptr: &self.colptr, slot: &self.slot }
     }
 
     /// Accumulate the cross products from chunks of rows (out of core, or data arriving in
@@ -345,84 +379,15 @@ impl Lmm {
 
     /// Add rows (a chunk whose first row is row `first` of the data) to the cross products.
     fn add_rows(&mut self, rows: &Rows, first: usize, only_y: bool) {
-        let (p, r, qz) = (self.p, self.r, self.qz);
-        let s0 = self.terms[0].s;
-        let nt = self.terms.len();
-        let yi = r - 1;
-        let mut ri: Vec<usize> = Vec::with_capacity(r.min(64));
-        let mut rv: Vec<f64> = Vec::with_capacity(r.min(64));
-        let mut z0 = vec![0.0; s0];
-        for t in 0..rows.y.len() {
-            let sw = rows.w.map(|w| w[t].sqrt()).unwrap_or(1.0);
-            let l = rows.refs[0][t] as usize;
-            for c in 0..s0 {
-                z0[c] = rows.z[0][t * s0 + c] * sw;
-            }
-            let yv = rows.y[t] * sw;
-            let xe = self.colptr[l + 1] - (p + 1);
-            if only_y {
-                for c in 0..s0 {
-                    self.ar1[(xe + p) * s0 + c] += yv * z0[c];
-                }
-            } else {
-                let a = &mut self.a11[l * s0 * s0..(l + 1) * s0 * s0];
-                for c in 0..s0 {
-                    for q in 0..s0 {
-                        a[q + c * s0] += z0[q] * z0[c];
-                    }
-                }
-                for k in 1..nt {
-                    let sk = self.terms[k].s;
-                    let e = self.slot[k][first + t] as usize;
-                    for a in 0..sk {
-                        let zv = rows.z[k][t * sk + a] * sw;
-                        for c in 0..s0 {
-                            self.ar1[(e + a) * s0 + c] += zv * z0[c];
-                        }
-                    }
-                }
-                for a in 0..p {
-                    let xv = rows.x[t * p + a] * sw;
-                    for c in 0..s0 {
-                        self.ar1[(xe + a) * s0 + c] += xv * z0[c];
-                    }
-                }
-                for c in 0..s0 {
-                    self.ar1[(xe + p) * s0 + c] += yv * z0[c];
-                }
-            }
-            // the rest block: the row's nonzeros in the rest, in increasing index
-            ri.clear();
-            rv.clear();
-            for k in 1..nt {
-                let sk = self.terms[k].s;
-                let base = self.off[k] + rows.refs[k][t] as usize * sk;
-                for a in 0..sk {
-                    ri.push(base + a);
-                    rv.push(rows.z[k][t * sk + a] * sw);
-                }
-            }
-            for a in 0..p {
-                ri.push(qz + a);
-                rv.push(rows.x[t * p + a] * sw);
-            }
-            ri.push(yi);
-            rv.push(yv);
-            let m = ri.len();
-            if only_y {
-                for b in 0..m {
-                    self.arr[yi + ri[b] * r] += yv * rv[b];
-                }
-            } else {
-                for b in 0..m {
-                    let col = ri[b] * r;
-                    let vb = rv[b];
-                    for a in b..m {
-                        self.arr[ri[a] + col] += rv[a] * vb;
-                    }
-                }
-            }
-        }
+        let mut acc = Acc {
+            a11: std::mem::take(&mut self.a11),
+            ar1: std::mem::take(&mut self.ar1),
+            arr: std::mem::take(&mut self.arr),
+        };
+        self.pattern().add_rows(&mut acc, rows, first, only_y);
+        self.a11 = acc.a11;
+        self.ar1 = acc.ar1;
+        self.arr = acc.arr;
     }
 
     fn finish(&mut self) {
@@ -465,64 +430,30 @@ impl Lmm {
         let s0 = self.terms[0].s;
         let nl0 = self.terms[0].nlev;
         let (r, qz, p) = (self.r, self.qz, self.p);
-        let mut tmp = vec![0.0; s0 * s0];
-        let mut row = vec![0.0; s0];
-        // 1. diagonal blocks of term 0
-        for l in 0..nl0 {
-            let blk = l * s0 * s0;
-            let (a, out) = (&self.a11[blk..blk + s0 * s0], &mut self.l11[blk..blk + s0 * s0]);
-            small::congruence_t(&self.lam[0], a, s0, &mut tmp, out);
-            for j in 0..s0 {
-                out[j + j * s0] += 1.0;
-            }
-            if !small::chol_lower(out, s0) {
+        // 1.-2. per level of term 0 (independent across levels: two halves on two threads
+        // when there are many; no sums cross the halves, so results do not depend on it)
+        {
+            let ctx = LevelCtx {
+                terms: &self.terms,
+                lam: &self.lam,
+                a11: &self.a11,
+                ar1: &self.ar1,
+                colptr: &self.colptr,
+                idx: &self.idx,
+                off: &self.off,
+                qz,
+            };
+            let ok = if nl0 >= 4000 {
+                let mid = nl0 / 2;
+                let (l_lo, l_hi) = self.l11.split_at_mut(mid * s0 * s0);
+                let (b_lo, b_hi) = self.bmat.split_at_mut(self.colptr[mid] * s0);
+                let (x, y) = rayon::join(|| ctx.levels(0, mid, l_lo, b_lo), || ctx.levels(mid, nl0, l_hi, b_hi));
+                x && y
+            } else {
+                ctx.levels(0, nl0, &mut self.l11, &mut self.bmat)
+            };
+            if !ok {
                 return false;
-            }
-        }
-        // 2. the sparse block below term 0: B = Lambda_rest' A Lambda_0 D^-T, in place in bmat
-        let lam0 = &self.lam[0];
-        let maxs = self.terms.iter().map(|t| t.s).max().unwrap_or(1);
-        let mut buf = vec![0.0; maxs];
-        for l in 0..nl0 {
-            let d = &self.l11[l * s0 * s0..(l + 1) * s0 * s0];
-            let (e0, end) = (self.colptr[l], self.colptr[l + 1]);
-            // right: times Lambda_0
-            for e in e0..end {
-                for c in 0..s0 {
-                    let mut v = 0.0;
-                    for q in c..s0 {
-                        v += self.ar1[e * s0 + q] * lam0[q + c * s0];
-                    }
-                    row[c] = v;
-                }
-                self.bmat[e * s0..(e + 1) * s0].copy_from_slice(&row);
-            }
-            // left: Lambda_k' on the rows of each block of another term (X and y rows: none)
-            let mut e = e0;
-            while e < end {
-                let ix = self.idx[e] as usize;
-                if ix >= qz {
-                    break;
-                }
-                let (k, sk) = self.term_of(ix);
-                let lk = &self.lam[k];
-                for c in 0..s0 {
-                    for a in 0..sk {
-                        let mut v = 0.0;
-                        for q in a..sk {
-                            v += lk[q + a * sk] * self.bmat[(e + q) * s0 + c];
-                        }
-                        buf[a] = v;
-                    }
-                    for a in 0..sk {
-                        self.bmat[(e + a) * s0 + c] = buf[a];
-                    }
-                }
-                e += sk;
-            }
-            // then D^-T on the right: each row solves D x = row'
-            for e in e0..end {
-                small::solve_lower(d, s0, &mut self.bmat[e * s0..(e + 1) * s0]);
             }
         }
         // 3. the dense block: Lambda_rest' A_rest Lambda_rest + I_z - sum B_l B_l'
@@ -662,15 +593,6 @@ impl Lmm {
             );
             l0 = l1;
         }
-    }
-
-    /// (term, s) of the rest index `ix` < qz
-    fn term_of(&self, ix: usize) -> (usize, usize) {
-        let mut k = self.terms.len() - 1;
-        while k > 1 && self.off[k] > ix {
-            k -= 1;
-        }
-        (k, self.terms[k].s)
     }
 
     fn logdets(&self) -> (f64, f64, f64) {
@@ -987,6 +909,211 @@ impl Lmm {
             out.push(tk);
         }
         Some(out)
+    }
+}
+
+/// The pattern of the cross products (fixed once built), for accumulating values.
+struct Pattern<'a> {
+    terms: &'a [Term],
+    p: usize,
+    r: usize,
+    qz: usize,
+    off: &'a [usize],
+    colptr: &'a [usize],
+    slot: &'a [Vec<u32>],
+}
+
+/// Values of the cross products being accumulated.
+struct Acc {
+    a11: Vec<f64>,
+    ar1: Vec<f64>,
+    arr: Vec<f64>,
+}
+
+impl Pattern<'_> {
+    /// Add rows (a chunk whose first row is row `first` of the data) to the cross products.
+    fn add_rows(&self, acc: &mut Acc, rows: &Rows, first: usize, only_y: bool) {
+        let (p, r, qz) = (self.p, self.r, self.qz);
+        let s0 = self.terms[0].s;
+        let nt = self.terms.len();
+        let yi = r - 1;
+        let mut ri: Vec<usize> = Vec::with_capacity(r.min(64));
+        let mut rv: Vec<f64> = Vec::with_capacity(r.min(64));
+        let mut z0 = vec![0.0; s0];
+        for t in 0..rows.y.len() {
+            let sw = rows.w.map(|w| w[t].sqrt()).unwrap_or(1.0);
+            let l = rows.refs[0][t] as usize;
+            for c in 0..s0 {
+                z0[c] = rows.z[0][t * s0 + c] * sw;
+            }
+            let yv = rows.y[t] * sw;
+            let xe = self.colptr[l + 1] - (p + 1);
+            if only_y {
+                for c in 0..s0 {
+                    acc.ar1[(xe + p) * s0 + c] += yv * z0[c];
+                }
+            } else {
+                let a = &mut acc.a11[l * s0 * s0..(l + 1) * s0 * s0];
+                for c in 0..s0 {
+                    for q in 0..s0 {
+                        a[q + c * s0] += z0[q] * z0[c];
+                    }
+                }
+                for k in 1..nt {
+                    let sk = self.terms[k].s;
+                    let e = self.slot[k][first + t] as usize;
+                    for a in 0..sk {
+                        let zv = rows.z[k][t * sk + a] * sw;
+                        for c in 0..s0 {
+                            acc.ar1[(e + a) * s0 + c] += zv * z0[c];
+                        }
+                    }
+                }
+                for a in 0..p {
+                    let xv = rows.x[t * p + a] * sw;
+                    for c in 0..s0 {
+                        acc.ar1[(xe + a) * s0 + c] += xv * z0[c];
+                    }
+                }
+                for c in 0..s0 {
+                    acc.ar1[(xe + p) * s0 + c] += yv * z0[c];
+                }
+            }
+            // the rest block: the row's nonzeros in the rest, in increasing index
+            ri.clear();
+            rv.clear();
+            for k in 1..nt {
+                let sk = self.terms[k].s;
+                let base = self.off[k] + rows.refs[k][t] as usize * sk;
+                for a in 0..sk {
+                    ri.push(base + a);
+                    rv.push(rows.z[k][t * sk + a] * sw);
+                }
+            }
+            for a in 0..p {
+                ri.push(qz + a);
+                rv.push(rows.x[t * p + a] * sw);
+            }
+            ri.push(yi);
+            rv.push(yv);
+            let m = ri.len();
+            if only_y {
+                for b in 0..m {
+                    acc.arr[yi + ri[b] * r] += yv * rv[b];
+                }
+            } else {
+                for b in 0..m {
+                    let col = ri[b] * r;
+                    let vb = rv[b];
+                    for a in b..m {
+                        acc.arr[ri[a] + col] += rv[a] * vb;
+                    }
+                }
+            }
+        }
+    }
+
+}
+
+impl<'a> Rows<'a> {
+    /// Rows a..b as a chunk.
+    fn range(&self, a: usize, b: usize, terms: &[Term], p: usize) -> Rows<'a> {
+        Rows {
+            refs: self.refs.iter().map(|r| &r[a..b]).collect(),
+            z: self.z.iter().zip(terms).map(|(z, t)| &z[a * t.s..b * t.s]).collect(),
+            x: &self.x[a * p..b * p],
+            y: &self.y[a..b],
+            w: self.w.map(|w| &w[a..b]),
+        }
+    }
+}
+
+/// What the per-level steps of a factorisation read; they write only their own levels'
+/// slices of L11 and B.
+struct LevelCtx<'a> {
+    terms: &'a [Term],
+    lam: &'a [Vec<f64>],
+    a11: &'a [f64],
+    ar1: &'a [f64],
+    colptr: &'a [usize],
+    idx: &'a [u32],
+    off: &'a [usize],
+    qz: usize,
+}
+
+impl LevelCtx<'_> {
+    /// (term, s) of the rest index `ix` < qz
+    fn term_of(&self, ix: usize) -> (usize, usize) {
+        let mut k = self.terms.len() - 1;
+        while k > 1 && self.off[k] > ix {
+            k -= 1;
+        }
+        (k, self.terms[k].s)
+    }
+
+    /// Levels lo..hi of term 0: L11 blocks (`l11` starts at level lo) and the rows of B
+    /// below them (`bmat` starts at entry colptr[lo]).
+    fn levels(&self, lo: usize, hi: usize, l11: &mut [f64], bmat: &mut [f64]) -> bool {
+        let s0 = self.terms[0].s;
+        let qz = self.qz;
+        let lam0 = &self.lam[0];
+        let maxs = self.terms.iter().map(|t| t.s).max().unwrap_or(1);
+        let mut tmp = vec![0.0; s0 * s0];
+        let mut row = vec![0.0; s0];
+        let mut buf = vec![0.0; maxs];
+        let ebase = self.colptr[lo];
+        for l in lo..hi {
+            // 1. diagonal block: chol(Lambda_0' A11 Lambda_0 + I)
+            let blk = l * s0 * s0;
+            let d = &mut l11[(l - lo) * s0 * s0..(l - lo + 1) * s0 * s0];
+            small::congruence_t(lam0, &self.a11[blk..blk + s0 * s0], s0, &mut tmp, d);
+            for j in 0..s0 {
+                d[j + j * s0] += 1.0;
+            }
+            if !small::chol_lower(d, s0) {
+                return false;
+            }
+            let d: &[f64] = d;
+            // 2. B = Lambda_rest' A Lambda_0 D^-T
+            let (e0, end) = (self.colptr[l], self.colptr[l + 1]);
+            for e in e0..end {
+                for c in 0..s0 {
+                    let mut v = 0.0;
+                    for q in c..s0 {
+                        v += self.ar1[e * s0 + q] * lam0[q + c * s0];
+                    }
+                    row[c] = v;
+                }
+                bmat[(e - ebase) * s0..(e - ebase + 1) * s0].copy_from_slice(&row);
+            }
+            // Lambda_k' on the rows of each block of another term (X and y rows: none)
+            let mut e = e0;
+            while e < end {
+                let ix = self.idx[e] as usize;
+                if ix >= qz {
+                    break;
+                }
+                let (k, sk) = self.term_of(ix);
+                let lk = &self.lam[k];
+                for c in 0..s0 {
+                    for a in 0..sk {
+                        let mut v = 0.0;
+                        for q in a..sk {
+                            v += lk[q + a * sk] * bmat[(e - ebase + q) * s0 + c];
+                        }
+                        buf[a] = v;
+                    }
+                    for a in 0..sk {
+                        bmat[(e - ebase + a) * s0 + c] = buf[a];
+                    }
+                }
+                e += sk;
+            }
+            for e in e0..end {
+                small::solve_lower(d, s0, &mut bmat[(e - ebase) * s0..(e - ebase + 1) * s0]);
+            }
+        }
+        true
     }
 }
 

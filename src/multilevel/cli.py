@@ -1,0 +1,149 @@
+"""The ``multilevel`` command line.
+
+    multilevel fit "mAch ~ meanses + cses + (1 + cses | school)" --data hsb
+    multilevel fit "Reaction ~ Days + (Days | Subject)" --data sleepstudy.csv --ml --json
+    multilevel datasets
+
+``fit`` prints lme4's summary of the model (or, with ``--json``, the fit in the field names
+of the lme4 reference JSON); ``--data`` is a CSV/TSV/Parquet file or the name of a bundled
+data set (``multilevel datasets`` lists them). Errors in the input (a formula that does not
+parse, a column that does not exist, a file that cannot be read) print one line
+``error: ...`` on stderr and exit with status 2, without a traceback.
+
+Example
+-------
+>>> from multilevel.cli import main
+>>> main(["datasets"])            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .errors import MultilevelError, MultilevelWarning
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # argparse's status for bad usage; we use it for every input error
+
+
+class _InputError(Exception):
+    """A problem with the command-line input that is not a MultilevelError (e.g. a bad file)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one sub-command per task)."""
+    p = argparse.ArgumentParser(
+        prog="multilevel",
+        description="Multilevel (mixed-effects) models with lme4's formulas and numbers.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    f = sub.add_parser("fit", help="fit a model and print its summary",
+                       description="Fit a linear mixed model (lme4's lmer) and print lme4's summary.")
+    f.add_argument("formula", help='lme4 formula, e.g. "Reaction ~ Days + (Days | Subject)"')
+    f.add_argument("--data", required=True, metavar="PATH_OR_NAME",
+                   help="CSV/TSV/Parquet file, or the name of a bundled data set (see `multilevel datasets`)")
+    f.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    f.add_argument("--weights", metavar="COL", help="column of prior (precision) weights")
+    f.add_argument("--json", action="store_true",
+                   help="print the fit as JSON in the field names of lme4's reference fits")
+    # GLMM options (--family, --link, --nagq) belong here; _fit() is where they are dispatched.
+    f.set_defaults(handler=_cmd_fit)
+
+    d = sub.add_parser("datasets", help="list the bundled data sets",
+                       description="List the data sets bundled with multilevel.")
+    d.set_defaults(handler=_cmd_datasets)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 for an input error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (MultilevelError, _InputError) as e:
+        # one line: the message's first line (FormulaError adds the formula and a caret below)
+        lines = str(e).strip().splitlines()
+        print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --- fit ----------------------------------------------------------------------------------
+
+
+def _read_data(spec: str) -> tuple[pd.DataFrame, str]:
+    """A data frame from a file path or a bundled data set name, and the name to show."""
+    if os.path.exists(spec):
+        lower = spec.lower()
+        try:
+            if lower.endswith((".parquet", ".pq")):
+                df = pd.read_parquet(spec)
+            elif lower.endswith((".tsv", ".tsv.gz", ".tab")):
+                df = pd.read_csv(spec, sep="\t")
+            else:
+                df = pd.read_csv(spec)
+        except (OSError, ValueError, ImportError) as e:
+            raise _InputError(f"cannot read {spec!r}: {e}") from e
+        return df, os.path.basename(spec)
+    from .datasets import load
+
+    try:
+        return load(spec), spec
+    except MultilevelError as e:
+        raise _InputError(f"{spec!r} is neither a file nor a bundled data set "
+                          "(`multilevel datasets` lists them)") from e
+
+
+def _fit(args: argparse.Namespace, df: pd.DataFrame) -> Any:
+    """Fit the model the arguments describe (the one place that chooses lmer vs glmer)."""
+    import multilevel  # lazily: the engine is only loaded for `fit`
+
+    kw: dict[str, Any] = {"reml": not args.ml}
+    if args.weights:
+        kw["weights"] = args.weights
+    return multilevel.lmer(args.formula, data=df, **kw)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    df, name = _read_data(args.data)
+    with warnings.catch_warnings():
+        # the summary (and the JSON's convergence.warnings) already carry the fit's warnings
+        warnings.simplefilter("ignore", MultilevelWarning)
+        fit = _fit(args, df)
+    if hasattr(fit, "data_name"):
+        fit.data_name = name
+    if hasattr(fit, "weights_name") and args.weights:
+        fit.weights_name = args.weights
+    if args.json:
+        print(json.dumps(fit.to_dict(), indent=2))
+    else:
+        print(fit.summary())
+    return EXIT_OK
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from .datasets import list_datasets
+
+    tab = list_datasets()
+    source = (tab["package"] + "::" + tab["r_name"]).tolist()
+    wn = max(len("name"), int(tab["name"].str.len().max()))
+    ws = max(len(s) for s in source)
+    print(f"{'name':<{wn}}  {'rows':>6}  {'cols':>4}  {'R source':<{ws}}  description")
+    for r, src in zip(tab.itertuples(index=False), source):
+        print(f"{r.name:<{wn}}  {r.rows:>6}  {r.columns:>4}  {src:<{ws}}  {r.description}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Example data sets bundled with multilevel (the data of lme4's and mlmRev's examples).
+
+``load(name)`` returns a pandas DataFrame in which every factor is a categorical with R's
+level order (the first level is the reference level of treatment contrasts, which is not
+always the alphabetically first, e.g. Hsb82 ``sector``: Public, Catholic) and R's ordered
+factors are ordered categoricals. Grouping factors with numeric-looking labels (``Subject``
+308, 309, ...) stay categorical, as in R. Names are lower case; ``hsb`` is mlmRev's
+``Hsb82`` (with the school mean SES ``meanses`` and the group-centred ``cses``).
+
+The numbers are exactly those lme4 was fitted on for the reference fits: the CSVs were
+written with the shortest decimal text that reads back to the same double. Licence and
+provenance: ``data/PROVENANCE.md`` (GPL (>= 2), as the R packages that distribute them).
+
+Example
+-------
+>>> from multilevel.datasets import list_datasets, load
+>>> df = load("sleepstudy")
+>>> df.shape, list(df.columns)
+((180, 3), ['Reaction', 'Days', 'Subject'])
+>>> list(df["Subject"].cat.categories[:3])
+['308', '309', '310']
+>>> "hsb" in set(list_datasets()["name"])
+True
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import pandas as pd
+
+from ..errors import DataError
+
+__all__ = ["load", "list_datasets", "info"]
+
+_ALIASES = {"hsb82": "hsb"}
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, dict[str, Any]]:
+    """Column types, R level orders and descriptions of the bundled files (data/datasets.json)."""
+    text = resources.files(__package__).joinpath("data", "datasets.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _key(name: str) -> str:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key.endswith(".csv"):
+        key = key[:-4]
+    if key not in _catalog():
+        raise DataError(f"no bundled data set named {name!r}; available: {', '.join(sorted(_catalog()))}")
+    return key
+
+
+def list_datasets() -> pd.DataFrame:
+    """The bundled data sets: name, R name, R package, rows, columns and a one-line description.
+
+    >>> list_datasets().loc[lambda d: d.name == "dyestuff", ["rows", "columns"]].values.tolist()
+    [[30, 2]]
+    """
+    rows = [
+        {"name": k, "r_name": m["r_name"], "package": m["package"], "rows": m["nrow"],
+         "columns": m["ncol"], "description": m["description"]}
+        for k, m in _catalog().items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def info(name: str) -> dict[str, Any]:
+    """Everything known about one data set: description, provenance, columns and their types."""
+    m = _catalog()[_key(name)]
+    return {k: v for k, v in m.items()}
+
+
+def _levels(rule_or_list: Any, values: pd.Series) -> list[str]:
+    """R's level order: stored explicitly, or (for long lists) as the rule that reproduces it.
+
+    The rules were checked against R's levels when the catalogue was built: ``numeric``
+    (labels sorted as numbers), ``lexical`` (sorted as strings), ``appearance`` (order of
+    first appearance in the file).
+    """
+    if isinstance(rule_or_list, list):
+        return rule_or_list
+    uniq = list(pd.unique(values.dropna()))
+    if rule_or_list == "numeric":
+        return sorted(uniq, key=float)
+    if rule_or_list == "lexical":
+        return sorted(uniq)
+    if rule_or_list == "appearance":
+        return uniq
+    raise ValueError(f"unknown level rule {rule_or_list!r}")
+
+
+def load(name: str) -> pd.DataFrame:
+    """Load a bundled data set by name (case-insensitive: ``"sleepstudy"``, ``"hsb"``, ``"Dyestuff"``).
+
+    Factors become categoricals with R's level order (ordered factors: ordered categoricals);
+    integer columns without missing values are int64, numbers with missing values float64
+    (NaN).
+    """
+    key = _key(name)
+    meta = _catalog()[key]
+    cols = meta["columns"]
+    factors = [c for c, m in cols.items() if "factor" in m["type"]]
+    path = resources.files(__package__).joinpath("data", meta["file"])
+    with resources.as_file(path) as p:
+        # Only empty fields are missing: labels such as "NA:NA" (star$birthq) are real levels.
+        df = pd.read_csv(p, dtype={c: str for c in factors}, keep_default_na=False, na_values=[""])
+    for c, m in cols.items():
+        if c in factors:
+            levels = _levels(m.get("levels", m.get("levels_rule")), df[c])
+            df[c] = pd.Categorical(df[c], categories=levels, ordered=m["type"] == "ordered factor")
+        elif m["type"] == "integer" and not df[c].isna().any():
+            df[c] = df[c].astype("int64")
+        else:
+            df[c] = df[c].astype("float64")
+    return df

@@ -1,0 +1,27 @@
+"""The formula layer: lme4's formula language, parsed exactly as R reads it.
+
+``parse_formula(text)`` returns a :class:`ParsedFormula`: the response expression, the fixed
+part expanded into R's terms (:class:`ModelTerms`), and the random-effects bars expanded as
+lme4 does (:class:`BarTerm`; ``||`` split into uncorrelated terms, ``a/b`` into ``b:a`` and
+``a``). Nothing here looks at data; :mod:`multilevel.design` turns a parsed formula and a data
+frame into arrays, evaluating expressions such as ``I(age^2)`` or ``scale(x)`` through
+formulaic (:class:`NumericExpressions`).
+
+>>> from multilevel.formula import parse_formula
+>>> f = parse_formula("y ~ x * f + offset(log(n)) + (1 + x || g) + (1 | a/b)")
+>>> f.fixed.labels, f.fixed.intercept, [b.text for b in f.bars]
+(['x', 'f', 'x:f'], True, ['1 | g', '0 + x | g', '1 | b:a', '1 | a'])
+"""
+from __future__ import annotations
+
+from ._model import BarTerm, ModelTerms, ParsedFormula, Term, expand_terms, parse_formula
+from ._python import NumericExpressions, is_logical, to_python
+from ._rsyntax import (Arg, BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse,
+                       format_r_number, names_in, parse_expression)
+
+__all__ = [
+    "parse_formula", "ParsedFormula", "ModelTerms", "Term", "BarTerm", "expand_terms",
+    "NumericExpressions", "to_python", "is_logical",
+    "parse_expression", "deparse", "format_r_number", "names_in",
+    "Node", "Name", "Num", "Str", "Call", "Arg", "BinOp", "Unary", "Paren",
+]

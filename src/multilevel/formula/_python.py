@@ -1,0 +1,284 @@
+"""Adapter to formulaic: evaluate R expressions such as ``I(age^2)``, ``log(y)``, ``scale(x)`` or
+``poly(x, 2)`` on a data frame, and again on new data with the same stateful-transform state.
+
+R and Python spell expressions differently (``^`` is power in R and xor in Python; ``log`` is
+``np.log``; ``TRUE`` is ``True``; ``2`` is a double in R), so every R expression is translated
+into Python code and handed to formulaic as a quoted Python factor ``{...}``. Data columns are
+passed under aliases (``_v0``, ``_v1``, ...) so that any column name works, including ones
+that are not Python identifiers (``my.var``, ``lambda``). formulaic evaluates the code with
+its stateful transforms (``scale``, ``poly``) and keeps their state in a ``ModelSpec``, which
+is what :meth:`NumericExpressions.transform` re-applies to new data.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, FormulaError
+from ._rsyntax import BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in
+
+__all__ = ["to_python", "NumericExpressions", "is_logical"]
+
+_NUMPY_SAME = {"log10", "log2", "log1p", "exp", "expm1", "sqrt", "abs", "sin", "cos", "tan",
+               "sinh", "cosh", "tanh", "floor", "trunc", "sign"}
+_NUMPY_RENAMED = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "ceiling": "ceil"}
+_CONST = {"TRUE": "True", "T": "True", "FALSE": "False", "F": "False", "pi": "np.pi",
+          "Inf": "np.inf", "NA": "np.nan", "NaN": "np.nan"}
+_CMP = {"==", "!=", "<", ">", "<=", ">="}
+
+
+def is_logical(node: Node) -> bool:
+    """Whether an expression is logical-valued in R (``x > 3``, ``!flag``, ``I(a == b)``); R's
+    model.matrix codes such variables like a factor with levels FALSE, TRUE."""
+    while True:
+        if isinstance(node, Paren):
+            node = node.inner
+        elif isinstance(node, Call) and node.func == "I" and len(node.args) == 1:
+            node = node.args[0].value
+        else:
+            break
+    if isinstance(node, BinOp):
+        return node.op in _CMP or node.op in ("&", "&&", "|", "||")
+    if isinstance(node, Unary):
+        return node.op == "!"
+    return False
+
+
+def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") -> str:
+    """Translate an R expression into Python code for formulaic.
+
+    ``alias(name)`` gives the Python name of a data column (None if the name is no column, in
+    which case R's constants ``TRUE``, ``pi``... are recognised).
+
+    >>> from multilevel.formula import parse_expression
+    >>> to_python(parse_expression("I(age^2)"), lambda n: n)
+    '((age ** 2.0))'
+    """
+    def fail(msg: str, n: Node) -> FormulaError:
+        return FormulaError(msg, text or None, n.pos if text else None)
+
+    def tr(n: Node) -> str:
+        if isinstance(n, Name):
+            a = alias(n.name)
+            if a is not None:
+                return a
+            if n.name in _CONST:
+                return _CONST[n.name]
+            raise fail(f"unknown variable '{n.name}'", n)
+        if isinstance(n, Num):
+            # R numbers are doubles: 2 ** -1 must not be integer arithmetic
+            return repr(float(n.value))
+        if isinstance(n, Str):
+            return repr(n.value)
+        if isinstance(n, Paren):
+            return f"({tr(n.inner)})"
+        if isinstance(n, Unary):
+            if n.op == "!":
+                return f"np.logical_not({tr(n.operand)})"
+            return f"({n.op}{tr(n.operand)})"
+        if isinstance(n, BinOp):
+            a, b = tr(n.left), tr(n.right)
+            op = n.op
+            if op == "^":
+                return f"({a} ** {b})"
+            if op in ("+", "-", "*", "/") or op in _CMP:
+                return f"({a} {op} {b})"
+            if op == "%%":
+                return f"np.mod({a}, {b})"
+            if op == "%/%":
+                return f"np.floor_divide({a}, {b})"
+            if op in ("&", "&&"):
+                return f"np.logical_and({a}, {b})"
+            if op in ("|", "||"):
+                return f"np.logical_or({a}, {b})"
+            if op == "%in%":
+                return f"np.isin({a}, {b})"
+            raise fail(f"operator '{op}' is not supported inside an expression", n)
+        if isinstance(n, Call):
+            return call(n)
+        raise fail("unsupported expression", n)
+
+    def positional(n: Call, names: list[str], defaults: dict[str, Node | None]) -> dict:
+        """Match R arguments by name, then by position, as R does."""
+        out: dict[str, Node | None] = dict(defaults)
+        rest = []
+        for arg in n.args:
+            if arg.name is not None:
+                match = [nm for nm in names if nm == arg.name] or \
+                        [nm for nm in names if nm.startswith(arg.name)]
+                if len(match) != 1:
+                    raise fail(f"unknown argument '{arg.name}' of {n.func}()", n)
+                out[match[0]] = arg.value
+            else:
+                rest.append(arg.value)
+        free = [nm for nm in names if nm not in {a.name for a in n.args if a.name}]
+        if len(rest) > len(free):
+            raise fail(f"too many arguments for {n.func}()", n)
+        for nm, v in zip(free, rest):
+            out[nm] = v
+        return out
+
+    def call(n: Call) -> str:
+        f = n.func
+        args = [a.value for a in n.args]
+        if f == "I":
+            if len(args) != 1:
+                raise fail("I() takes one argument", n)
+            return f"({tr(args[0])})"
+        if f in _NUMPY_SAME or f in _NUMPY_RENAMED:
+            if len(args) != 1:
+                raise fail(f"{f}() takes one argument here", n)
+            return f"np.{_NUMPY_RENAMED.get(f, f)}({tr(args[0])})"
+        if f == "log":
+            m = positional(n, ["x", "base"], {"base": None})
+            if m["base"] is None:
+                return f"np.log({tr(m['x'])})"
+            return f"(np.log({tr(m['x'])}) / np.log({tr(m['base'])}))"
+        if f == "round":
+            m = positional(n, ["x", "digits"], {"digits": None})
+            d = "0" if m["digits"] is None else f"int({tr(m['digits'])})"
+            return f"np.round({tr(m['x'])}, {d})"
+        if f in ("pmin", "pmax"):
+            if len(args) < 2:
+                raise fail(f"{f}() needs at least two arguments", n)
+            fn = "np.minimum" if f == "pmin" else "np.maximum"
+            code = tr(args[0])
+            for a in args[1:]:
+                code = f"{fn}({code}, {tr(a)})"
+            return code
+        if f in ("as.numeric", "as.double"):
+            return f"np.asarray({tr(args[0])}, dtype=float)"
+        if f == "as.integer":
+            return f"np.trunc(np.asarray({tr(args[0])}, dtype=float))"
+        if f == "ifelse":
+            m = positional(n, ["test", "yes", "no"], {})
+            if any(k not in m for k in ("test", "yes", "no")):
+                raise fail("ifelse() needs test, yes and no", n)
+            return f"np.where({tr(m['test'])}, {tr(m['yes'])}, {tr(m['no'])})"
+        if f == "scale":
+            m = positional(n, ["x", "center", "scale"], {"center": None, "scale": None})
+            kw = ""
+            for k in ("center", "scale"):
+                v = m[k]
+                if v is not None:
+                    if not (isinstance(v, Name) and v.name in ("TRUE", "FALSE", "T", "F")):
+                        raise fail(f"scale(): only {k} = TRUE/FALSE is supported", n)
+                    kw += f", {k}={_CONST[v.name]}"
+            return f"scale({tr(m['x'])}{kw})"
+        if f == "poly":
+            m = positional(n, ["x", "degree", "coefs", "raw"],
+                           {"degree": None, "coefs": None, "raw": None})
+            if m["coefs"] is not None:
+                raise fail("poly(): 'coefs' is not supported (new data reuse the fitted "
+                           "coefficients automatically)", n)
+            deg = m["degree"]
+            if deg is None:
+                deg_txt = "1"
+            elif isinstance(deg, Num) and deg.value == int(deg.value) and deg.value >= 1:
+                deg_txt = str(int(deg.value))
+            else:
+                raise fail("poly(): the degree must be a whole number (several variables in "
+                           "poly() are not supported)", n)
+            raw = m["raw"]
+            raw_txt = ""
+            if raw is not None:
+                if not (isinstance(raw, Name) and raw.name in ("TRUE", "FALSE", "T", "F")):
+                    raise fail("poly(): raw must be TRUE or FALSE", n)
+                raw_txt = f", raw={_CONST[raw.name]}"
+            return f"poly({tr(m['x'])}, degree={deg_txt}{raw_txt})"
+        raise fail(f"function '{f}' cannot be used in this expression", n)
+
+    return tr(node)
+
+
+class NumericExpressions:
+    """Numeric R expressions evaluated together by formulaic on one data frame.
+
+    ``fit(frame)`` evaluates every expression (learning the state of ``scale()``/``poly()``);
+    ``transform(frame)`` evaluates them on new data with that state. Each result is a float64
+    array of shape (n, k) — k > 1 for ``poly(x, k)`` — and ``suffixes[i]`` gives the R
+    column-name suffixes of expression i (``["1", "2"]`` for ``poly(x, 2)``, ``[""]`` else).
+
+    >>> from multilevel.formula import parse_expression
+    >>> ev = NumericExpressions([parse_expression("I(x^2)")])
+    >>> ev.fit({"x": np.array([1.0, 2.0, 3.0])})[0].ravel().tolist()
+    [1.0, 4.0, 9.0]
+    """
+
+    def __init__(self, nodes: list[Node], text: str = ""):
+        self.nodes = list(nodes)
+        self.text = text
+        names: dict[str, None] = {}
+        for node in self.nodes:
+            for nm in names_in(node):
+                names.setdefault(nm.name, None)
+        self.names = list(names)                # every name used (columns or R constants)
+        self.columns: dict[str, str] = {}       # data column -> alias, fixed by fit()
+        self.spec = None                        # formulaic ModelSpec after fit()
+        self.suffixes: list[list[str]] = []
+        self._codes: list[str] = []
+
+    def _frame(self, data: Mapping[str, np.ndarray], n: int) -> pd.DataFrame:
+        return pd.DataFrame({a: data[c] for c, a in self.columns.items()},
+                            index=pd.RangeIndex(n), copy=False)
+
+    def fit(self, data: Mapping[str, np.ndarray], n: int | None = None) -> list[np.ndarray]:
+        """Evaluate on the fitting data; ``data`` maps column names to arrays (rows used)."""
+        from formulaic import Formula, model_matrix
+
+        if not self.nodes:
+            self.spec = None
+            return []
+        if n is None:
+            n = len(next(iter(data.values()))) if data else 0
+        # a data column wins over R's constant of the same name (T, F, pi), as in R
+        self.columns = {nm: f"_v{i}" for i, nm in enumerate(x for x in self.names if x in data)}
+        self._codes = [to_python(node, self.columns.get, self.text) for node in self.nodes]
+        formula = Formula("0 + " + " + ".join("{" + c + "}" for c in self._codes),
+                          _ordering="none")
+        try:
+            # NaN / Inf from log(0) and the like are handled by the caller (rows dropped or
+            # an error naming the expression), so numpy's warnings would only be noise
+            with np.errstate(all="ignore"):
+                mm = model_matrix(formula, self._frame(data, n), na_action="ignore",
+                                  ensure_full_rank=False, output="numpy")
+        except FormulaError:
+            raise
+        except Exception as e:  # formulaic / numpy errors: name the R expression
+            raise DataError(f"cannot evaluate {self._which(e)}: {e}") from e
+        self.spec = mm.model_spec
+        return self._split(np.asarray(mm, dtype=np.float64), first=True)
+
+    def transform(self, data: Mapping[str, np.ndarray], n: int | None = None) -> list[np.ndarray]:
+        """Evaluate on new data with the state learned by :meth:`fit`."""
+        if not self.nodes:
+            return []
+        if n is None:
+            n = len(next(iter(data.values()))) if data else 0
+        try:
+            with np.errstate(all="ignore"):
+                mm = self.spec.get_model_matrix(self._frame(data, n), na_action="ignore")
+        except Exception as e:
+            raise DataError(f"cannot evaluate {self._which(e)} on the new data: {e}") from e
+        return self._split(np.asarray(mm, dtype=np.float64), first=False)
+
+    def _which(self, e: Exception) -> str:
+        keys = [deparse(n) for n in self.nodes]
+        return ", ".join(keys) if len(keys) < 4 else f"{len(keys)} expressions"
+
+    def _split(self, M: np.ndarray, first: bool) -> list[np.ndarray]:
+        slices = list(self.spec.term_slices.values())
+        if len(slices) != len(self.nodes):  # formulaic merged two identical expressions
+            raise RuntimeError("formulaic returned an unexpected number of terms")
+        out = []
+        if first:
+            self.suffixes = []
+        for sl in slices:
+            block = np.ascontiguousarray(M[:, sl])
+            out.append(block)
+            if first:
+                k = block.shape[1]
+                self.suffixes.append([""] if k == 1 else [str(i + 1) for i in range(k)])
+        return out

@@ -1,0 +1,306 @@
+"""The text summary of a fit, laid out like lme4's ``print(summary(fit))``.
+
+Section by section (lme4 1.1-31, ``print.summary.merMod``):
+
+    Linear mixed model fit by REML ['lmerMod']
+    Formula: Reaction ~ Days + (Days | Subject)
+
+    REML criterion at convergence: 1743.6          (ML fits: AIC BIC logLik deviance df.resid)
+
+    Scaled residuals:
+        Min      1Q  Median      3Q     Max
+    -3.9536 -0.4634  0.0231  0.4634  5.1793
+
+    Random effects:
+     Groups   Name        Variance Std.Dev. Corr
+     Subject  (Intercept) 612.09   24.740
+              Days         35.07    5.922   0.07
+     Residual             654.94   25.592
+    Number of obs: 180, groups:  Subject, 18
+
+    Fixed effects:
+                Estimate Std. Error t value
+    (Intercept)  251.405      6.825  36.838
+    Days          10.467      1.546   6.771
+
+    Correlation of Fixed Effects:
+         (Intr)
+    Days -0.138
+
+followed, if there is anything to report, by the optimiser's convergence code and every
+warning of the fit. Numbers are formatted with R's rules (``report.rformat``) at lme4's
+``digits = 4``. Two deliberate differences: trailing blanks are dropped, and warnings that
+lme4 prints elsewhere (rows dropped for missing values, rank-deficient columns) are listed
+here too so that a printed summary tells the whole story.
+
+Example
+-------
+>>> print(fit.summary())          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .rformat import (
+    LINE_WIDTH,
+    _r_round,
+    abbreviate,
+    char_matrix_lines,
+    coefmat_lines,
+    format_num,
+    format_real,
+    named_vector_lines,
+    zapsmall,
+)
+
+__all__ = ["Summary", "summary_lines", "varcorr_lines", "coef_table", "COR_MAX"]
+
+#: lme4's ``lme4.summary.cor.max``: the fixed-effects correlation is not shown for more coefficients.
+COR_MAX = 20
+#: ``max(3, getOption("digits") - 3)`` in ``print.summary.merMod``.
+DIGITS = 4
+
+
+class Summary:
+    """The summary of a fit: ``str()`` is lme4's text layout, ``_repr_html_`` an HTML version.
+
+    Attributes give the pieces as data: ``coefficients`` (Estimate, Std. Error, t/z value
+    [, Pr(>|z|)]), ``varcorr``, ``ngroups``, ``warnings``.
+    """
+
+    def __init__(self, fit: Any, correlation: bool | None = None):
+        self.fit = fit
+        self.correlation = correlation
+
+    @cached_property
+    def coefficients(self) -> pd.DataFrame:
+        return coef_table(self.fit)
+
+    @property
+    def varcorr(self):
+        return self.fit.varcorr
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        return self.fit.ngroups
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.fit.warnings
+
+    @cached_property
+    def text(self) -> str:
+        return "\n".join(summary_lines(self.fit, correlation=self.correlation))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        from .html import summary_html
+
+        return summary_html(self.fit)
+
+
+# --- pieces ------------------------------------------------------------------------------
+
+
+def _is_glmm(fit: Any) -> bool:
+    return getattr(fit, "family", "gaussian") != "gaussian"
+
+
+def _uses_scale(fit: Any) -> bool:
+    """Whether the model has a residual scale (t values, a Residual row): LMMs, not binomial/Poisson."""
+    return getattr(fit, "family", "gaussian") == "gaussian"
+
+
+def title(fit: Any) -> str:
+    """lme4's ``methTitle`` plus the class tag."""
+    if _is_glmm(fit):
+        nagq = int(getattr(fit, "nagq", 1) or 1)
+        how = ("(Laplace Approximation)" if nagq == 1
+               else f"(Adaptive Gauss-Hermite Quadrature, nAGQ = {nagq})")
+        return f"Generalized linear mixed model fit by maximum likelihood {how} ['glmerMod']"
+    if fit.reml:
+        return "Linear mixed model fit by REML ['lmerMod']"
+    # R pastes an empty GLMM qualifier onto "maximum likelihood", hence lme4's double space
+    return "Linear mixed model fit by maximum likelihood  ['lmerMod']"
+
+
+def call_lines(fit: Any) -> list[str]:
+    """Family, Formula, Data and Weights lines (lme4's ``.prt.family`` and ``.prt.call``)."""
+    out = []
+    if _is_glmm(fit):
+        out.append(f" Family: {fit.family}  ( {fit.link} )")
+    out.append(f"Formula: {fit.formula}")
+    if getattr(fit, "data_name", None):
+        out.append(f"   Data: {fit.data_name}")
+    if getattr(fit.frame, "weights", None) is not None:
+        out.append(f"Weights: {getattr(fit, 'weights_name', None) or '(prior weights)'}")
+    return out
+
+
+def criterion_lines(fit: Any) -> list[str]:
+    """``REML criterion at convergence: ...`` or the AIC / BIC / logLik / deviance / df.resid row."""
+    if not _is_glmm(fit) and fit.reml:
+        return [f"REML criterion at convergence: {format_num(_r_round(fit.reml_criterion, 1))}"]
+    vals = [fit.aic, fit.bic, fit.loglik, -2.0 * fit.loglik, float(fit.df_resid)]
+    txt = format_real([_r_round(v, 1) for v in vals], digits=7)
+    txt[-1] = format_num(_r_round(float(fit.df_resid), 1))  # lme4 shows df.resid as an integer
+    return named_vector_lines(txt, ["AIC", "BIC", "logLik", "deviance", "df.resid"])
+
+
+def residual_lines(fit: Any, digits: int = DIGITS) -> list[str]:
+    """Quantiles of the scaled Pearson residuals (``.prt.resids``)."""
+    r = np.asarray(fit.residuals(type="pearson", scaled=True), dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return ["Scaled residuals:", "(none)"]
+    q = np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])  # R's default type 7
+    txt = format_real(zapsmall(list(q), digits + 1), digits=digits)
+    return ["Scaled residuals:"] + named_vector_lines(txt, ["Min", "1Q", "Median", "3Q", "Max"])
+
+
+def varcorr_lines(vc: Any, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",)) -> list[str]:
+    """lme4's ``formatVC`` table: Groups, Name, Variance and/or Std.Dev., and correlations.
+
+    Variances (and SDs) are formatted together with R's ``format(digits = digits)``;
+    correlations of each block with ``max(2, digits - 2)`` decimals, lower triangle only.
+    """
+    groups: list[str] = []
+    names: list[str] = []
+    sds: list[float] = []
+    lens: list[int] = []
+    for blk in vc:
+        s = blk.sd.to_numpy()
+        for i, t in enumerate(blk.terms):
+            groups.append(blk.block_name if i == 0 else "")
+            names.append(t)
+            sds.append(float(s[i]))
+        lens.append(len(blk.terms))
+    if vc.sigma is not None:
+        groups.append("Residual")
+        names.append("")
+        sds.append(float(vc.sigma))
+        lens.append(1)
+    colnames = ["Groups", "Name"]
+    columns: list[list[str]] = [groups, names]
+    if "Variance" in comp:
+        colnames.append("Variance")
+        columns.append(format_real([s * s for s in sds], digits=digits))
+    if "Std.Dev." in comp:
+        colnames.append("Std.Dev.")
+        columns.append(format_real(sds, digits=digits))
+    if lens and max(lens) > 1:
+        maxlen = max(lens)
+        dig = max(2, digits - 2)
+        corr_rows: list[list[str]] = []
+        for blk in vc:
+            c = blk.corr
+            k = c.shape[0]
+            txt = format_real([_r_round(float(v), dig) for v in c.ravel()], digits=7, nsmall=dig)
+            for i in range(k):
+                row = [txt[i * k + j] if j < i else "" for j in range(k)] + [""] * (maxlen - k)
+                corr_rows.append(row[: maxlen - 1])
+        while len(corr_rows) < len(groups):
+            corr_rows.append([""] * (maxlen - 1))
+        for j in range(maxlen - 1):
+            colnames.append("Corr" if j == 0 else "")
+            columns.append([r[j] for r in corr_rows])
+    cells = [[col[i] for col in columns] for i in range(len(groups))]
+    return char_matrix_lines(cells, colnames, [""] * len(groups), right=False)
+
+
+def groups_lines(fit: Any) -> list[str]:
+    """``Number of obs: 180, groups:  Subject, 18`` (wrapped like R's ``cat(fill = TRUE)``)."""
+    first = f"Number of obs: {fit.nobs}, groups: "
+    second = "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
+    if len(first) + 1 + len(second) > LINE_WIDTH:
+        return [first.rstrip(), second]
+    return [f"{first} {second}"]
+
+
+def coef_table(fit: Any) -> pd.DataFrame:
+    """Estimate, Std. Error, t value (z value and Pr(>|z|) for GLMMs) by coefficient."""
+    est = fit.fixef
+    se = fit.se
+    stat = est / se
+    if _uses_scale(fit):
+        return pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": stat})
+    from scipy.stats import norm
+
+    p = 2.0 * norm.sf(np.abs(stat.to_numpy()))
+    return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": stat, "Pr(>|z|)": p})
+
+
+def fixef_lines(fit: Any, digits: int = DIGITS) -> list[str]:
+    tab = coef_table(fit)
+    values = [[None if pd.isna(v) else float(v) for v in row] for row in tab.to_numpy()]
+    return coefmat_lines(list(tab.index), list(tab.columns), values, digits=digits,
+                         has_pvalue=tab.shape[1] == 4)
+
+
+def correlation_lines(fit: Any, correlation: bool | None) -> list[str]:
+    """``Correlation of Fixed Effects`` (lower triangle, 3 decimals, abbreviated names)."""
+    names = list(fit.fixef.index)
+    p = len(names)
+    if correlation is None:
+        correlation = p <= COR_MAX
+        if not correlation:
+            return ["", f"Correlation matrix not shown by default, as p = {p} > {COR_MAX}.",
+                    "Use fit.summary(correlation=True) or fit.vcov if you need it"]
+    if not correlation or p <= 1:
+        return []
+    v = fit.vcov.to_numpy()
+    sd = np.sqrt(np.diag(v))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = v / np.outer(sd, sd)
+    txt = format_real([_r_round(float(x), 3) for x in corr.ravel()], digits=7, nsmall=3)
+    rn = abbreviate(names, 11)
+    cn = abbreviate(names, 6)
+    cells = [[txt[i * p + j] if j < i else "" for j in range(p - 1)] for i in range(1, p)]
+    return ["", "Correlation of Fixed Effects:"] + char_matrix_lines(cells, cn[:-1], rn[1:], right=False)
+
+
+def convergence_lines(fit: Any) -> list[str]:
+    """lme4's ``.prt.warn``: the optimiser's code, then every message and warning of the fit."""
+    optinfo = getattr(fit, "optinfo", {}) or {}
+    code = int(optinfo.get("code", 0))
+    # optinfo["code"] is NLopt's status. lme4's nloptwrap reports the successful stops
+    # (1 success, 2 stopval, 3 ftol, 4 xtol reached) as 0; failures (< 0) and stops on a
+    # budget (5 maxeval, 6 maxtime) are shown as they are.
+    if 1 <= code <= 4:
+        code = 0
+    msgs = list(fit.warnings)
+    if code == 0 and not msgs:
+        return []
+    optimizer = optinfo.get("optimizer", "bobyqa")
+    extra = "(OK)" if code == 0 else (f"({optinfo['message']})" if optinfo.get("message") else "")
+    return [f"optimizer ({optimizer}) convergence code: {code} {extra}".rstrip()] + msgs
+
+
+def summary_lines(fit: Any, correlation: bool | None = None) -> list[str]:
+    """The whole summary as a list of lines (see the module docstring for the layout)."""
+    lines = [title(fit)]
+    lines += call_lines(fit)
+    lines.append("")
+    lines += criterion_lines(fit)
+    lines.append("")
+    lines += residual_lines(fit)
+    lines.append("")
+    lines.append("Random effects:")
+    comp = ("Variance", "Std.Dev.")
+    lines += varcorr_lines(fit.varcorr, digits=DIGITS, comp=comp)
+    lines += groups_lines(fit)
+    if len(fit.fixef) > 0:
+        lines += ["", "Fixed effects:"]
+        lines += fixef_lines(fit)
+        lines += correlation_lines(fit, correlation)
+    lines += convergence_lines(fit)
+    return lines

@@ -1,0 +1,101 @@
+"""The ``multilevel`` command line (``multilevel.cli.main``)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import multilevel
+from _lmm_oracle import oracle_fit, sleepstudy_frame
+from conftest import load_case
+from multilevel.cli import main
+from multilevel.datasets import load
+from multilevel.errors import ColumnNotFoundError
+
+HSB_FORMULA = "mAch ~ meanses + cses + (1 + cses | school)"
+
+
+# --- plumbing, with the engine replaced by a hand-built fit ------------------------------------
+
+
+@pytest.fixture
+def fake_lmer(monkeypatch):
+    """Replace multilevel.lmer by a function returning the sleepstudy fit at lme4's theta."""
+    calls = []
+
+    def lmer(formula, data, reml=True, weights=None):
+        calls.append({"formula": formula, "n": len(data), "reml": reml, "weights": weights})
+        if "nosuchcolumn" in formula:
+            raise ColumnNotFoundError("column 'nosuchcolumn' not found in the data")
+        case = load_case("sleepstudy_slope_reml" if reml else "sleepstudy_slope_ml")
+        return oracle_fit(sleepstudy_frame(load("sleepstudy")), list(case["results"]["theta"].values()), reml)
+
+    monkeypatch.setattr(multilevel, "lmer", lmer, raising=False)
+    return calls
+
+
+def test_fit_prints_summary(fake_lmer, capsys):
+    assert main(["fit", "Reaction ~ Days + (Days | Subject)", "--data", "sleepstudy"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Linear mixed model fit by REML ['lmerMod']")
+    assert "   Data: sleepstudy" in out
+    assert fake_lmer == [{"formula": "Reaction ~ Days + (Days | Subject)", "n": 180, "reml": True, "weights": None}]
+
+
+def test_fit_ml_json_and_csv_path(fake_lmer, capsys, tmp_path):
+    path = tmp_path / "sleep.csv"
+    load("sleepstudy").to_csv(path, index=False)
+    assert main(["fit", "Reaction ~ Days + (Days | Subject)", "--data", str(path), "--ml", "--json",
+                 "--weights", "Days"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["REML"] is False and d["results"]["nobs"] == 180
+    assert fake_lmer[0]["reml"] is False and fake_lmer[0]["weights"] == "Days"
+
+
+def test_input_errors_exit_2_with_one_line(fake_lmer, capsys):
+    assert main(["fit", "Reaction ~ nosuchcolumn + (1 | Subject)", "--data", "sleepstudy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["fit", "y ~ x", "--data", "no_such_dataset"]) == 2
+    assert capsys.readouterr().err.startswith("error: 'no_such_dataset' is neither a file")
+
+
+def test_usage_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "y ~ x"])  # --data is required
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main([])
+
+
+def test_datasets_command(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["name", "rows", "cols"]
+    hsb = next(line for line in out if line.startswith("hsb "))
+    assert hsb.split()[1:3] == ["7185", "8"]
+    assert any(line.startswith("sleepstudy ") for line in out)
+
+
+# --- with the real engine ----------------------------------------------------------------
+
+
+def test_fit_bundled_hsb(capsys):
+    assert main(["fit", HSB_FORMULA, "--data", "hsb"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Linear mixed model fit by REML ['lmerMod']")
+    assert "Number of obs: 7185, groups:  school, 160" in out
+    assert "   Data: hsb" in out
+
+
+def test_fit_hsb_json(capsys):
+    assert main(["fit", HSB_FORMULA, "--data", "hsb", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fixef_names"] == ["(Intercept)", "meanses", "cses"]
+    assert d["results"]["ngrps"] == {"school": 160} and d["results"]["nobs"] == 7185
+
+
+def test_fit_bad_column_real_engine(capsys):
+    assert main(["fit", "mAch ~ nosuchcolumn + (1 | school)", "--data", "hsb"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
