@@ -1,0 +1,71 @@
+"""Bad input through the public entry point: each error is a MultilevelError subclass with a
+message that names the problem, and the user's frame is never modified by a fit."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel as ml
+from multilevel.datasets import load
+
+
+@pytest.fixture()
+def sleep() -> pd.DataFrame:
+    return load("sleepstudy")
+
+
+@pytest.mark.parametrize(
+    "formula, kind, message",
+    [
+        ("Reaction ~ Dayz + (Days | Subject)", ml.ColumnNotFoundError, "'Dayz'.*'Days'"),
+        ("Subject ~ Days + (1 | Subject)", ml.DataError, "'Subject'"),
+        ("Reaction ~ Days + (1 | one)", ml.ModelSpecError, "'one' has only one level"),
+        ("Reaction ~ Days + (1 | row)", ml.ModelSpecError, "must be < number of observations"),
+        ("Reaction ~ Days + (Days | pair)", ml.ModelSpecError, "number of random effects"),
+        ("Reaction ~ Days + (Days | Subject", ml.FormulaError, r"\^"),
+        ("Reaction ~ Days", ml.FormulaError, "no random-effects terms"),
+    ],
+)
+def test_bad_input_errors(sleep, formula, kind, message):
+    df = sleep.assign(one="k", row=np.arange(len(sleep)), pair=np.arange(len(sleep)) // 2)
+    with pytest.raises(kind, match=message) as info:
+        ml.lmer(formula, df)
+    assert isinstance(info.value, ml.MultilevelError)
+
+
+def test_empty_after_dropping_missing_rows(sleep):
+    df = sleep.assign(Days=np.nan)
+    with pytest.raises(ml.DataError, match="no rows left"):
+        ml.lmer("Reaction ~ Days + (1 | Subject)", df)
+
+
+def test_formula_error_points_at_position(sleep):
+    with pytest.raises(ml.FormulaError) as info:
+        ml.lmer("Reaction ~ Days + (Days || Subject))", sleep)
+    assert info.value.position is not None
+    assert "^" in str(info.value)
+
+
+def test_frame_unchanged_by_fit(sleep):
+    df = sleep.copy()
+    df.loc[3, "Reaction"] = np.nan
+    before = copy.deepcopy(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.lmer("Reaction ~ Days + (Days | Subject)", df, weights=np.ones(len(df)))
+    pd.testing.assert_frame_equal(df, before)
+    assert fit.nobs == len(df) - 1
+    assert any("missing" in w for w in fit.warnings)
+
+
+def test_warnings_on_result_and_summary():
+    dy2 = load("dyestuff2")
+    with pytest.warns(ml.MultilevelWarning, match="singular"):
+        fit = ml.lmer("Yield ~ 1 + (1 | Batch)", dy2)
+    assert fit.is_singular
+    assert any("singular" in w for w in fit.warnings)
+    assert "boundary (singular) fit" in str(fit.summary())
