@@ -69,3 +69,11 @@ def test_warnings_on_result_and_summary():
     assert fit.is_singular
     assert any("singular" in w for w in fit.warnings)
     assert "boundary (singular) fit" in str(fit.summary())
+
+
+def test_too_large_dense_block_is_a_clear_error():
+    n = 26_000
+    rows = np.arange(n)
+    df = pd.DataFrame({"y": np.sin(rows), "a": rows // 2, "b": rows % 12_500})
+    with pytest.raises(ml.ModelSpecError, match="too large for the engine.*dense"):
+        ml.lmer("y ~ 1 + (1 | a) + (1 | b)", df)

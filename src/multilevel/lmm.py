@@ -16,7 +16,7 @@ import numpy as np
 
 from ._core import LmmCore
 from .design import ModelFrame
-from .errors import FitError, MultilevelWarning
+from .errors import FitError, ModelSpecError, MultilevelWarning
 from .optimize import bobyqa, control_options, newton_decrement
 
 SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
@@ -97,15 +97,18 @@ class LmmProblem:
         self.w = None if frame.weights is None else np.ascontiguousarray(frame.weights, dtype=float)
         # lme4's log-likelihood of weighted data carries +0.5 sum(log w)
         self.logw = 0.0 if self.w is None else float(np.sum(np.log(self.w[self.w > 0])))
-        self.core = LmmCore(
-            [e.refs for e in self.eterms],
-            [e.Z for e in self.eterms],
-            [e.nlev for e in self.eterms],
-            [e.lam for e in self.eterms],
-            np.ascontiguousarray(frame.X, dtype=float),
-            np.ascontiguousarray(y, dtype=float),
-            self.w,
-        )
+        try:
+            self.core = LmmCore(
+                [e.refs for e in self.eterms],
+                [e.Z for e in self.eterms],
+                [e.nlev for e in self.eterms],
+                [e.lam for e in self.eterms],
+                np.ascontiguousarray(frame.X, dtype=float),
+                np.ascontiguousarray(y, dtype=float),
+                self.w,
+            )
+        except ValueError as exc:  # the engine's size limit; shapes are ours to get right
+            raise ModelSpecError(f"this model is too large for the engine: {exc}") from None
         self.theta0, self.step0 = self._start()
 
     def _start(self) -> tuple[np.ndarray, np.ndarray]:

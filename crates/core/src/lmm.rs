@@ -53,12 +53,18 @@ pub struct Rows<'a> {
 #[derive(Debug)]
 pub enum LmmError {
     Shape(String),
+    /// the dense block would be too large for memory or time
+    TooLarge(String),
 }
+
+/// Largest dense block (terms after the first, X and y) the engine accepts: 12000^2 doubles
+/// are 1.15 GB and a Cholesky of that size takes seconds per evaluation.
+pub const MAX_DENSE: usize = 12_000;
 
 impl std::fmt::Display for LmmError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LmmError::Shape(s) => write!(f, "{s}"),
+            LmmError::Shape(s) | LmmError::TooLarge(s) => write!(f, "{s}"),
         }
     }
 }
@@ -155,6 +161,14 @@ impl Lmm {
             qz += terms[k].nlev * terms[k].s;
         }
         let r = qz + p + 1;
+        if r > MAX_DENSE {
+            return Err(LmmError::TooLarge(format!(
+                "the random-effect terms after the first (the one with most levels) have {qz} \
+                 coefficients together; the engine holds them in one dense {r} x {r} block \
+                 ({:.1} GB), which is more than it supports (at most {MAX_DENSE} rows)",
+                (r as f64) * (r as f64) * 8e-9
+            )));
+        }
         let s0 = terms[0].s;
         let nl0 = terms[0].nlev;
 
