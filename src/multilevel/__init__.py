@@ -16,10 +16,25 @@ from .errors import (
     MultilevelError,
     MultilevelWarning,
 )
+from .glmm import glmer
 from .lmm import lmer
+from .lm import LmFit, lm
+from .describe import describe
+from .pooling import pooling, two_stage
+from .inference import anova, compare, icc, r2
 
 __all__ = [
     "lmer",
+    "lm",
+    "LmFit",
+    "describe",
+    "pooling",
+    "two_stage",
+    "glmer",
+    "anova",
+    "compare",
+    "icc",
+    "r2",
     "MultilevelError",
     "FormulaError",
     "ColumnNotFoundError",

@@ -2,6 +2,7 @@
 
     multilevel fit "mAch ~ meanses + cses + (1 + cses | school)" --data hsb
     multilevel fit "Reaction ~ Days + (Days | Subject)" --data sleepstudy.csv --ml --json
+    multilevel report "Reaction ~ Days + (1 | Subject)" "Reaction ~ Days + (Days | Subject)" --data sleepstudy
     multilevel datasets
 
 ``fit`` prints lme4's summary of the model (or, with ``--json``, the fit in the field names
@@ -9,6 +10,9 @@ of the lme4 reference JSON); ``--data`` is a CSV/TSV/Parquet file or the name of
 data set (``multilevel datasets`` lists them). Errors in the input (a formula that does not
 parse, a column that does not exist, a file that cannot be read) print one line
 ``error: ...`` on stderr and exit with status 2, without a traceback.
+
+``report`` fits each formula and writes one self-contained HTML report (``-o``, default
+``report.html``; see ``multilevel.report.html_report``).
 
 Example
 -------
@@ -57,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the fit as JSON in the field names of lme4's reference fits")
     # GLMM options (--family, --link, --nagq) belong here; _fit() is where they are dispatched.
     f.set_defaults(handler=_cmd_fit)
+
+    r = sub.add_parser("report", help="fit models and write a self-contained HTML report",
+                       description="Fit one or more models to one data set and write one HTML file "
+                                   "(data structure, pooling, summaries, plots, model comparison). "
+                                   "The file embeds its images and needs no network.")
+    r.add_argument("formulas", nargs="+", metavar="FORMULA",
+                   help="lme4 formula(s); several are compared (side-by-side table, likelihood-ratio tests)")
+    r.add_argument("--data", required=True, metavar="PATH_OR_NAME",
+                   help="CSV/TSV/Parquet file, or the name of a bundled data set (see `multilevel datasets`)")
+    r.add_argument("-o", "--output", default="report.html", metavar="FILE",
+                   help="where to write the report (default: report.html)")
+    r.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    r.add_argument("--family", metavar="NAME", help="GLMM family (binomial, poisson): fit with glmer")
+    r.add_argument("--title", help="title of the report")
+    r.set_defaults(handler=_cmd_report)
 
     d = sub.add_parser("datasets", help="list the bundled data sets",
                        description="List the data sets bundled with multilevel.")
@@ -126,6 +145,27 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(json.dumps(fit.to_dict(), indent=2))
     else:
         print(fit.summary())
+    return EXIT_OK
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report.html_report import build_report
+
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):  # fail before the fitting, not after it
+        raise _InputError(f"cannot write {args.output!r}: directory {out_dir!r} does not exist")
+    df, name = _read_data(args.data)
+    html = build_report(args.formulas, df, data_name=name, reml=not args.ml, family=args.family,
+                        title=args.title)  # progress on stderr when it is a terminal
+    try:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(html)
+    except OSError as e:
+        raise _InputError(f"cannot write {args.output!r}: {e.strerror or e}") from e
+    print(f"wrote {args.output} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
     return EXIT_OK
 
 

@@ -38,9 +38,10 @@ import pandas as pd
 from .errors import ColumnNotFoundError, DataError, FormulaError, ModelSpecError
 from .formula import (BarTerm, Call, ModelTerms, Name, Node, NumericExpressions, ParsedFormula,
                       Paren, Str, Num, deparse, format_r_number, is_logical, parse_formula)
+from .formula._centering import allow_new_groups
 from .formula._model import CONSTANTS
 
-__all__ = ["ReTerm", "NewDesign", "ModelFrame", "build_model_frame"]
+__all__ = ["ReTerm", "NewDesign", "ModelFrame", "build_model_frame", "build_fixed_frame"]
 
 
 @dataclass
@@ -173,7 +174,18 @@ class ModelFrame:
         ([[1.0, 0.5]], [1])
         """
         spec: _FrameSpec = self.spec
-        return spec.new_design(self, newdata, re_form, allow_new_levels, offset)
+        # center(x, by = g) / group_mean(x, by = g) of an unseen group use the grand mean only
+        # when new levels are allowed (see formula/_centering.py)
+        with allow_new_groups(allow_new_levels):
+            return spec.new_design(self, newdata, re_form, allow_new_levels, offset)
+
+    @property
+    def all_fixef_names(self) -> list[str]:
+        """Names of every fixed-effect column before rank-deficient ones were dropped, in
+        model-matrix order (R's ``names(coef(lm_fit))``, aliased ones included)."""
+        spec = self.spec
+        plan = getattr(spec, "plan", None)
+        return list(plan.names) if plan is not None else list(self.fixef_names)
 
 
 # ============================================================================================
@@ -1012,7 +1024,7 @@ def _row_label(data: _Data, columns: Sequence[str], i: int) -> str:
 
 def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
-                      family: str = "gaussian") -> ModelFrame:
+                      family: str = "gaussian", require_bars: bool = True) -> ModelFrame:
     """Build the arrays of a mixed model from an lme4 formula and a data frame.
 
     data: a pandas DataFrame, a polars DataFrame (or anything narwhals reads), or a dict of
@@ -1020,6 +1032,8 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     weights, offset: a column name or an array with one value per row of ``data``.
     family: ``"gaussian"``, ``"binomial"`` or ``"poisson"`` (decides how the response is
         read: a two-level factor or ``cbind(s, f)`` for binomial, counts for poisson).
+    require_bars: if False a formula without random-effects terms is accepted (the frame
+        then has no ``reterms``); :func:`build_fixed_frame` is the entry point for that.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"y": [1.0, 2.1, 2.9, 4.2, 5.1, 5.8],
@@ -1034,7 +1048,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     parsed = parse_formula(formula)
     if parsed.response is None:
         raise FormulaError("the formula has no response (write 'response ~ terms')", formula, 0)
-    if not parsed.bars:
+    if not parsed.bars and require_bars:
         raise FormulaError("no random-effects terms; use multilevel.lm for a model without "
                            "random effects", formula, len(formula))
     family = str(family).lower()
@@ -1200,6 +1214,31 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         term_labels=parsed.fixed.labels,
         factor_levels=factor_levels,
     )
+
+
+def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
+                      | None = None, offset: str | Sequence[float] | np.ndarray | None = None
+                      ) -> ModelFrame:
+    """The model frame of a fixed-effects-only model (``multilevel.lm``).
+
+    Same formula language, missing-value rule, factor coding, stateful transforms and
+    rank-deficiency rule as :func:`build_model_frame`; a formula with random-effects terms
+    is an error. ``frame.y``, ``frame.X`` (estimable columns), ``frame.fixef_names``,
+    ``frame.all_fixef_names`` (with the dropped ones), ``frame.dropped_columns`` and
+    ``frame.new_design(newdata).X`` (for predictions) are what a least-squares fit needs.
+
+    >>> mf = build_fixed_frame("y ~ x + factor(g)", {"y": [1., 2, 3, 5], "x": [0., 1, 2, 3],
+    ...                        "g": ["a", "a", "b", "b"]})
+    >>> mf.fixef_names, mf.new_design({"x": [1.5], "g": ["b"]}).X.tolist()
+    (['(Intercept)', 'x', 'factor(g)b'], [[1.0, 1.5, 1.0]])
+    """
+    parsed = parse_formula(formula)
+    if parsed.bars:
+        raise FormulaError("this model has no random effects: remove the (... | g) terms (use "
+                           "factor(g) for one coefficient per group), or fit it with lmer",
+                           formula, parsed.bars[0].pos)
+    return build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
+                             require_bars=False)
 
 
 def _what(name: str | None, default: str) -> str:

@@ -514,8 +514,13 @@ class LmmFit:
             r = r / self._sigma
         return pd.Series(r, index=self._row_index(), name="residuals")
 
-    def predict(self, newdata: Any = None, re_form: str | None = None, allow_new_levels: bool = False) -> pd.Series:
+    def predict(self, newdata: Any = None, re_form: str | None = None, allow_new_levels: bool = False,
+                interval: str | None = None, level: float = 0.95) -> pd.Series | pd.DataFrame:
         """Predictions on the response scale (lme4's ``predict.merMod``).
+
+        interval:         None for point predictions (a Series); "confidence" or "prediction"
+                          for a DataFrame with fit, lwr, upr (see
+                          ``multilevel.inference.predict_interval`` for what each includes).
 
         newdata:          a data frame (pandas or polars) with the model's variables; None
                           for the fitting data.
@@ -528,6 +533,13 @@ class LmmFit:
         >>> fit.predict(new, allow_new_levels=True).round(1).tolist()
         [253.7, 303.7]
         """
+        if interval is not None:
+            from .inference import predict_interval
+
+            if newdata is None:
+                raise DataError("intervals need newdata (the fitting data works: fit.frame rows)")
+            return predict_interval(self, newdata, interval=interval, level=level, re_form=re_form,
+                                    allow_new_levels=allow_new_levels)
         fixed_only = _is_fixed_only(re_form)
         if newdata is None:
             if re_form is None:
@@ -558,14 +570,66 @@ class LmmFit:
 
     # -- presentation ------------------------------------------------------------------------
 
-    def summary(self, correlation: bool | None = None) -> Summary:
+    def summary(self, correlation: bool | None = None, ddf: str | None = None) -> Summary:
         """lme4's ``summary(fit)``: prints as lme4 does; ``_repr_html_`` for notebooks.
 
         correlation: show the correlation of the fixed effects (default: when p <= 20).
+        ddf: "satterthwaite", "kenward-roger" or "residual" adds lmerTest's df and p-value
+        columns to the fixed effects.
+
+        >>> from multilevel.datasets import load
+        >>> import multilevel as ml
+        >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", load("sleepstudy"))
+        >>> print(fit.summary(ddf="satterthwaite").coefficients.round(2))
+                     Estimate  Std. Error    df  t value  Pr(>|t|)
+        (Intercept)    251.41        6.82  17.0    36.84       0.0
+        Days            10.47        1.55  17.0     6.77       0.0
         """
         from .report.summary import Summary
 
-        return Summary(self, correlation=correlation)
+        return Summary(self, correlation=correlation, ddf=ddf)
+
+    # -- inference (see multilevel.inference for the methods and their references) ---------
+
+    def coef_table(self, ddf: str | None = "satterthwaite") -> pd.DataFrame:
+        """t tests of the fixed effects: columns estimate, se, df, t, p. ``ddf`` is
+        "satterthwaite" (lmerTest), "kenward-roger" (pbkrtest, REML fits), "residual" (n - p)
+        or None (z tests)."""
+        from .inference import coef_table
+
+        return coef_table(self, ddf)
+
+    def anova_terms(self, ddf: str | None = "satterthwaite", type: int = 3) -> pd.DataFrame:
+        """F tests of the model terms (lmerTest's ``anova(fit)``), type III by default."""
+        from .inference import anova_terms
+
+        return anova_terms(self, ddf, type=type)
+
+    def confint(self, method: str = "profile", level: float = 0.95, n: int = 500,
+                seed: int | None = None, which: list[str] | None = None) -> pd.DataFrame:
+        """Confidence intervals named as lme4 names them (``sd_(Intercept)|Subject``,
+        ``cor_Days.(Intercept)|Subject``, ``sigma``, fixed effects). ``method``: "profile"
+        (lme4's default: likelihood-ratio profiles, REML fits refitted by ML first), "wald"
+        (fixed effects only, others NaN, as lme4) or "bootstrap" (``n`` parametric replicates,
+        percentile intervals)."""
+        from .inference import confint
+
+        return confint(self, method=method, level=level, n=n, seed=seed, which=which)
+
+    def bootstrap(self, n: int = 1000, seed: int | None = None, func: Callable[[Any], Any] | None = None,
+                  progress: bool | None = None, workers: int | None = None) -> pd.DataFrame:
+        """Parametric bootstrap (lme4's ``bootMer``): one row of estimates per replicate,
+        refitting with a new response only. Deterministic for a ``seed``."""
+        from .inference import bootstrap
+
+        return bootstrap(self, n=n, seed=seed, func=func, progress=progress, workers=workers)
+
+    def simulate(self, n: int = 1, seed: int | None = None) -> np.ndarray:
+        """``n`` responses simulated from the fitted model (new random effects and noise),
+        an (n, nobs) array."""
+        from .inference import simulate
+
+        return simulate(self, n=n, seed=seed)
 
     def to_dict(self) -> dict:
         """All results in the field names of the lme4 reference JSON (JSON-serialisable)."""

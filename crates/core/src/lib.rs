@@ -3,5 +3,6 @@
 //! No Python types here: the crate is tested with `cargo test` and wrapped by a thin PyO3
 //! module (crates/py). See `lmm` for the linear mixed model engine.
 
+pub mod glmm;
 pub mod lmm;
 pub mod small;

@@ -1,6 +1,7 @@
 //! Thin PyO3 wrapper around multilevel-core. Arrays cross the boundary without copies where
 //! numpy's layout allows; the GIL is released while the core computes.
 
+use multilevel_core::glmm::{self, Dist, Glmm, GlmmRows, Link};
 use multilevel_core::lmm::{Lmm, Rows, Term};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -165,8 +166,212 @@ impl LmmCore {
     }
 }
 
+/// A generalized linear mixed model bound to the compiled PIRLS engine. The rows are copied
+/// (sorted by group) on construction; the warm start (the last conditional modes) is kept
+/// between evaluations.
+#[pyclass(module = "multilevel._core")]
+struct GlmmCore {
+    inner: Glmm,
+}
+
+fn opt_slice<'a>(a: &'a Option<PyReadonlyArray1<'a, f64>>, what: &str) -> PyResult<Option<&'a [f64]>> {
+    match a {
+        Some(a) => Ok(Some(slice(a, what)?)),
+        None => Ok(None),
+    }
+}
+
+fn glmm_err(e: glmm::GlmmError) -> PyErr {
+    match e {
+        glmm::GlmmError::Shape(s) => PyValueError::new_err(s),
+        glmm::GlmmError::Pirls(s) => PyRuntimeError::new_err(s),
+    }
+}
+
+#[pymethods]
+impl GlmmCore {
+    /// GlmmCore(refs, z, nlev, lambdas, x, y, family, link, wt=None, ntrials=None, offset=None)
+    ///
+    /// As LmmCore, plus family ("binomial", "poisson"), link ("logit", "probit", "cloglog",
+    /// "log", "identity", "sqrt"), prior weights wt, the binomial trials when they differ
+    /// from the weights (ntrials) and the offset.
+    #[new]
+    #[pyo3(signature = (refs, z, nlev, lambdas, x, y, family, link, wt=None, ntrials=None, offset=None))]
+    fn new(
+        py: Python<'_>,
+        refs: Vec<PyReadonlyArray1<'_, u32>>,
+        z: Vec<PyReadonlyArray2<'_, f64>>,
+        nlev: Vec<usize>,
+        lambdas: Vec<Vec<(usize, usize, usize)>>,
+        x: PyReadonlyArray2<'_, f64>,
+        y: PyReadonlyArray1<'_, f64>,
+        family: &str,
+        link: &str,
+        wt: Option<PyReadonlyArray1<'_, f64>>,
+        ntrials: Option<PyReadonlyArray1<'_, f64>>,
+        offset: Option<PyReadonlyArray1<'_, f64>>,
+    ) -> PyResult<Self> {
+        if refs.len() != z.len() || refs.len() != nlev.len() || refs.len() != lambdas.len() {
+            return Err(PyValueError::new_err("refs, z, nlev and lambdas must have one entry per term"));
+        }
+        let dist = Dist::from_name(family).ok_or_else(|| PyValueError::new_err(format!("unknown family {family:?}")))?;
+        let link = Link::from_name(link).ok_or_else(|| PyValueError::new_err(format!("unknown link {link:?}")))?;
+        let terms: Vec<Term> = (0..refs.len())
+            .map(|k| Term { nlev: nlev[k], s: z[k].shape()[1], lambda: lambdas[k].clone() })
+            .collect();
+        let p = x.shape()[1];
+        let rows = GlmmRows {
+            refs: refs.iter().map(|a| slice(a, "refs")).collect::<PyResult<Vec<_>>>()?,
+            z: z.iter().map(|a| slice2(a, "Z")).collect::<PyResult<Vec<_>>>()?,
+            x: slice2(&x, "X")?,
+            y: slice(&y, "y")?,
+            wt: opt_slice(&wt, "wt")?,
+            ntrials: opt_slice(&ntrials, "ntrials")?,
+            offset: opt_slice(&offset, "offset")?,
+        };
+        let inner = py.detach(|| Glmm::new(terms, p, &rows, dist, link)).map_err(glmm_err)?;
+        Ok(GlmmCore { inner })
+    }
+
+    /// Laplace deviance at (theta, beta) (PIRLS over u only); inf if PIRLS fails.
+    fn laplace(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>, beta: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let be = slice(&beta, "beta")?.to_vec();
+        let inner = &mut self.inner;
+        Ok(py.detach(|| inner.laplace(&th, &be)))
+    }
+
+    /// Like laplace, but raises the PIRLS error instead of returning inf.
+    fn try_laplace(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>, beta: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let be = slice(&beta, "beta")?.to_vec();
+        let inner = &mut self.inner;
+        py.detach(|| inner.try_laplace(&th, &be)).map_err(glmm_err)
+    }
+
+    /// Adaptive Gauss-Hermite deviance (one scalar term) with the given rule.
+    fn agq(
+        &mut self,
+        py: Python<'_>,
+        theta: PyReadonlyArray1<'_, f64>,
+        beta: PyReadonlyArray1<'_, f64>,
+        nodes: PyReadonlyArray1<'_, f64>,
+        weights: PyReadonlyArray1<'_, f64>,
+    ) -> PyResult<f64> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let be = slice(&beta, "beta")?.to_vec();
+        let zn = slice(&nodes, "nodes")?.to_vec();
+        let wn = slice(&weights, "weights")?.to_vec();
+        let inner = &mut self.inner;
+        Ok(py.detach(|| inner.agq(&th, &be, &zn, &wn)))
+    }
+
+    /// lme4's nAGQ = 0 criterion at theta (PIRLS over u and beta); beta is then `beta`.
+    fn laplace_joint(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let inner = &mut self.inner;
+        Ok(py.detach(|| inner.laplace_joint(&th)))
+    }
+
+    /// Pieces of the last evaluation: objective, aic (-2 log p(y|u) with constants), dev
+    /// (sum of deviance residuals), usq, ldl2, iterations.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let i = self.inner.info();
+        let d = PyDict::new(py);
+        d.set_item("objective", i.objective)?;
+        d.set_item("aic", i.aic)?;
+        d.set_item("dev", i.dev)?;
+        d.set_item("usq", i.usq)?;
+        d.set_item("ldl2", i.ldl2)?;
+        d.set_item("iterations", i.iterations)?;
+        Ok(d)
+    }
+
+    #[getter]
+    fn beta<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_vec(py, self.inner.beta().to_vec())
+    }
+
+    #[getter]
+    fn is_scalar(&self) -> bool {
+        self.inner.is_scalar()
+    }
+
+    /// Spherical random effects per term (level-major, flattened).
+    fn u<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyArray1<f64>>> {
+        self.inner.u().into_iter().map(|v| PyArray1::from_vec(py, v)).collect()
+    }
+
+    /// b = Lambda(theta) u per term (level-major, flattened).
+    fn b<'py>(&self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Vec<Bound<'py, PyArray1<f64>>>> {
+        let th = slice(&theta, "theta")?;
+        Ok(self.inner.b(th).into_iter().map(|v| PyArray1::from_vec(py, v)).collect())
+    }
+
+    /// Set the warm start u (per term, level-major).
+    fn set_u(&mut self, u: Vec<PyReadonlyArray1<'_, f64>>) -> PyResult<()> {
+        let uu: Vec<Vec<f64>> = u.iter().map(|a| slice(a, "u").map(|s| s.to_vec())).collect::<PyResult<_>>()?;
+        self.inner.set_u(&uu).map_err(glmm_err)
+    }
+
+    /// Forget the warm start.
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+
+    fn eta<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_vec(py, self.inner.eta())
+    }
+    fn mu<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_vec(py, self.inner.mu())
+    }
+    /// IRLS weights at the last evaluation.
+    fn weights<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_vec(py, self.inner.weights())
+    }
+
+    /// Conditional covariances of b at the current weights, per term flat (nlev * s * s).
+    fn condvar<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Vec<Bound<'py, PyArray1<f64>>>> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let inner = &mut self.inner;
+        let cv = py.detach(|| inner.condvar(&th)).map_err(glmm_err)?;
+        Ok(cv.into_iter().map(|v| PyArray1::from_vec(py, v)).collect())
+    }
+
+    /// R_X (p x p lower, column-major flattened) at the current weights.
+    fn rx<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let inner = &mut self.inner;
+        let rx = py.detach(|| inner.rx(&th)).map_err(glmm_err)?;
+        Ok(PyArray1::from_vec(py, rx))
+    }
+
+    /// PIRLS settings: convergence tolerance on the steps and the iteration limit.
+    #[pyo3(signature = (tol=None, maxit=None))]
+    fn set_control(&mut self, tol: Option<f64>, maxit: Option<usize>) {
+        if let Some(t) = tol {
+            self.inner.control.tol = t;
+        }
+        if let Some(m) = maxit {
+            self.inner.control.maxit = m;
+        }
+    }
+}
+
+/// Gauss-Hermite rule for the standard normal (lme4's GHrule): (nodes, weights summing to 1).
+#[pyfunction]
+fn gauss_hermite<'py>(py: Python<'py>, n: usize) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    if n == 0 {
+        return Err(PyValueError::new_err("the number of nodes must be positive"));
+    }
+    let (z, w) = glmm::gauss_hermite(n);
+    Ok((PyArray1::from_vec(py, z), PyArray1::from_vec(py, w)))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LmmCore>()?;
+    m.add_class::<GlmmCore>()?;
+    m.add_function(wrap_pyfunction!(gauss_hermite, m)?)?;
     Ok(())
 }

@@ -50,6 +50,8 @@ def _key(name: str) -> str:
     key = _ALIASES.get(key, key)
     if key.endswith(".csv"):
         key = key[:-4]
+    if key in _simulated():
+        return key
     if key not in _catalog():
         raise DataError(f"no bundled data set named {name!r}; available: {', '.join(sorted(_catalog()))}")
     return key
@@ -66,12 +68,42 @@ def list_datasets() -> pd.DataFrame:
          "columns": m["ncol"], "description": m["description"]}
         for k, m in _catalog().items()
     ]
+    for k, (_fn, description) in _simulated().items():
+        df = _simulated_frame(k)
+        rows.append({"name": k, "r_name": "", "package": "multilevel (simulated)",
+                     "rows": len(df), "columns": df.shape[1], "description": description})
     return pd.DataFrame(rows)
+
+
+def _simulated() -> dict:
+    """Simulated teaching data sets (``simulate.py``), by name."""
+    from .simulate import SIMULATED
+
+    return SIMULATED
+
+
+@lru_cache(maxsize=None)
+def _simulated_frame(key: str) -> pd.DataFrame:
+    from .simulate import DEFAULT_SEED
+
+    return _simulated()[key][0](seed=DEFAULT_SEED)
 
 
 def info(name: str) -> dict[str, Any]:
     """Everything known about one data set: description, provenance, columns and their types."""
-    m = _catalog()[_key(name)]
+    key = _key(name)
+    if key in _simulated():
+        from .simulate import DEFAULT_SEED
+
+        fn, description = _simulated()[key]
+        df = _simulated_frame(key)
+        return {"description": description,
+                "provenance": f"multilevel.datasets.simulate.{fn.__name__}(seed={DEFAULT_SEED})",
+                "nrow": len(df), "ncol": df.shape[1],
+                "columns": {c: {"type": "factor" if isinstance(df[c].dtype, pd.CategoricalDtype)
+                                else ("integer" if df[c].dtype.kind == "i" else "double")}
+                            for c in df.columns}}
+    m = _catalog()[key]
     return {k: v for k, v in m.items()}
 
 
@@ -102,6 +134,8 @@ def load(name: str) -> pd.DataFrame:
     (NaN).
     """
     key = _key(name)
+    if key in _simulated():  # drawn with the default seed; a copy, so callers may modify it
+        return _simulated_frame(key).copy()
     meta = _catalog()[key]
     cols = meta["columns"]
     factors = [c for c, m in cols.items() if "factor" in m["type"]]

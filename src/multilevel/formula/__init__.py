@@ -5,7 +5,8 @@ part expanded into R's terms (:class:`ModelTerms`), and the random-effects bars 
 lme4 does (:class:`BarTerm`; ``||`` split into uncorrelated terms, ``a/b`` into ``b:a`` and
 ``a``). Nothing here looks at data; :mod:`multilevel.design` turns a parsed formula and a data
 frame into arrays, evaluating expressions such as ``I(age^2)`` or ``scale(x)`` through
-formulaic (:class:`NumericExpressions`).
+formulaic (:class:`NumericExpressions`). Besides R's functions a formula may centre variables:
+``center(x)``, ``center(x, by = g)`` and ``group_mean(x, by = g)`` (``_centering.py``).
 
 >>> from multilevel.formula import parse_formula
 >>> f = parse_formula("y ~ x * f + offset(log(n)) + (1 + x || g) + (1 | a/b)")

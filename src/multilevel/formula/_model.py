@@ -29,6 +29,8 @@ NUMERIC_FUNCTIONS = frozenset({
     "I", "log", "log10", "log2", "log1p", "exp", "expm1", "sqrt", "abs", "sin", "cos", "tan",
     "asin", "acos", "atan", "sinh", "cosh", "tanh", "floor", "ceiling", "trunc", "round",
     "sign", "pmin", "pmax", "as.numeric", "as.double", "as.integer", "ifelse", "scale", "poly",
+    # centring (multilevel's own, not R's): see _python.py / _centering.py
+    "center", "group_mean",
 })
 FACTOR_FUNCTIONS = frozenset({"factor", "as.factor", "relevel"})
 SPECIAL_FUNCTIONS = frozenset({"offset", "cbind"})

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, FormulaError
+from ._centering import CENTERING_TRANSFORMS
 from ._rsyntax import BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in
 
 __all__ = ["to_python", "NumericExpressions", "is_logical"]
@@ -27,6 +28,8 @@ _NUMPY_RENAMED = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "ceiling
 _CONST = {"TRUE": "True", "T": "True", "FALSE": "False", "F": "False", "pi": "np.pi",
           "Inf": "np.inf", "NA": "np.nan", "NaN": "np.nan"}
 _CMP = {"==", "!=", "<", ">", "<=", ">="}
+# names the translated code may call besides formulaic's own transforms (scale, poly, np)
+_CONTEXT = {"np": np, **CENTERING_TRANSFORMS}
 
 
 def is_logical(node: Node) -> bool:
@@ -188,6 +191,24 @@ def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") ->
                     raise fail("poly(): raw must be TRUE or FALSE", n)
                 raw_txt = f", raw={_CONST[raw.name]}"
             return f"poly({tr(m['x'])}, degree={deg_txt}{raw_txt})"
+        if f in ("center", "group_mean"):
+            # multilevel's centring transforms (_centering.py); by= must name a data column
+            m = positional(n, ["x", "by"], {"by": None})
+            if "x" not in m or m["x"] is None:
+                raise fail(f"{f}() needs a variable to centre", n)
+            by = m["by"]
+            if by is None and f == "group_mean":
+                raise fail("group_mean() needs by = <grouping column>, e.g. group_mean(x, by = g)",
+                           n)
+            by_txt = ""
+            if by is not None:
+                b = by
+                while isinstance(b, Paren):
+                    b = b.inner
+                if not isinstance(b, Name) or alias(b.name) is None:
+                    raise fail(f"{f}(): by must be the name of a data column", by)
+                by_txt = f", by={alias(b.name)}"
+            return f"_ml_{f}({tr(m['x'])}{by_txt})"
         raise fail(f"function '{f}' cannot be used in this expression", n)
 
     return tr(node)
@@ -242,8 +263,8 @@ class NumericExpressions:
             # NaN / Inf from log(0) and the like are handled by the caller (rows dropped or
             # an error naming the expression), so numpy's warnings would only be noise
             with np.errstate(all="ignore"):
-                mm = model_matrix(formula, self._frame(data, n), na_action="ignore",
-                                  ensure_full_rank=False, output="numpy")
+                mm = model_matrix(formula, self._frame(data, n), context=_CONTEXT,
+                                  na_action="ignore", ensure_full_rank=False, output="numpy")
         except FormulaError:
             raise
         except Exception as e:  # formulaic / numpy errors: name the R expression
@@ -259,9 +280,14 @@ class NumericExpressions:
             n = len(next(iter(data.values()))) if data else 0
         try:
             with np.errstate(all="ignore"):
-                mm = self.spec.get_model_matrix(self._frame(data, n), na_action="ignore")
+                mm = self.spec.get_model_matrix(self._frame(data, n), context=_CONTEXT,
+                                                na_action="ignore")
         except Exception as e:
-            raise DataError(f"cannot evaluate {self._which(e)} on the new data: {e}") from e
+            # formulaic wraps our transforms' errors; the innermost message is the useful one
+            root = e
+            while root.__cause__ is not None:
+                root = root.__cause__
+            raise DataError(f"cannot evaluate {self._which(e)} on the new data: {root}") from e
         return self._split(np.asarray(mm, dtype=np.float64), first=False)
 
     def _which(self, e: Exception) -> str:

@@ -72,13 +72,14 @@ class Summary:
     [, Pr(>|z|)]), ``varcorr``, ``ngroups``, ``warnings``.
     """
 
-    def __init__(self, fit: Any, correlation: bool | None = None):
+    def __init__(self, fit: Any, correlation: bool | None = None, ddf: str | None = None):
         self.fit = fit
         self.correlation = correlation
+        self.ddf = ddf
 
     @cached_property
     def coefficients(self) -> pd.DataFrame:
-        return coef_table(self.fit)
+        return coef_table(self.fit, self.ddf)
 
     @property
     def varcorr(self):
@@ -94,7 +95,7 @@ class Summary:
 
     @cached_property
     def text(self) -> str:
-        return "\n".join(summary_lines(self.fit, correlation=self.correlation))
+        return "\n".join(summary_lines(self.fit, correlation=self.correlation, ddf=self.ddf))
 
     def __str__(self) -> str:
         return self.text
@@ -226,8 +227,20 @@ def groups_lines(fit: Any) -> list[str]:
     return [f"{first} {second}"]
 
 
-def coef_table(fit: Any) -> pd.DataFrame:
-    """Estimate, Std. Error, t value (z value and Pr(>|z|) for GLMMs) by coefficient."""
+# lmerTest's names of the methods in its summary title
+_DDF_TITLES = {"satterthwaite": "Satterthwaite's method", "kenward-roger": "Kenward-Roger's method",
+               "residual": "residual degrees of freedom"}
+
+
+def coef_table(fit: Any, ddf: str | None = None) -> pd.DataFrame:
+    """Estimate, Std. Error, t value (z value and Pr(>|z|) for GLMMs) by coefficient; with
+    ``ddf`` for a linear mixed model, lmerTest's Estimate, Std. Error, df, t value, Pr(>|t|)."""
+    if ddf is not None and _uses_scale(fit):
+        from ..inference import coef_table as ddf_table
+
+        tab = ddf_table(fit, ddf)
+        return pd.DataFrame({"Estimate": tab["estimate"], "Std. Error": tab["se"], "df": tab["df"],
+                             "t value": tab["t"], "Pr(>|t|)": tab["p"]})
     est = fit.fixef
     se = fit.se
     stat = est / se
@@ -239,11 +252,11 @@ def coef_table(fit: Any) -> pd.DataFrame:
     return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": stat, "Pr(>|z|)": p})
 
 
-def fixef_lines(fit: Any, digits: int = DIGITS) -> list[str]:
-    tab = coef_table(fit)
+def fixef_lines(fit: Any, digits: int = DIGITS, ddf: str | None = None) -> list[str]:
+    tab = coef_table(fit, ddf)
     values = [[None if pd.isna(v) else float(v) for v in row] for row in tab.to_numpy()]
     return coefmat_lines(list(tab.index), list(tab.columns), values, digits=digits,
-                         has_pvalue=tab.shape[1] == 4)
+                         has_pvalue=str(tab.columns[-1]).startswith("Pr("))
 
 
 def correlation_lines(fit: Any, correlation: bool | None) -> list[str]:
@@ -285,9 +298,13 @@ def convergence_lines(fit: Any) -> list[str]:
     return [f"optimizer ({optimizer}) convergence code: {code} {extra}".rstrip()] + msgs
 
 
-def summary_lines(fit: Any, correlation: bool | None = None) -> list[str]:
+def summary_lines(fit: Any, correlation: bool | None = None, ddf: str | None = None) -> list[str]:
     """The whole summary as a list of lines (see the module docstring for the layout)."""
     lines = [title(fit)]
+    if ddf is not None and _uses_scale(fit):
+        # lmerTest's title: "... fit by REML. t-tests use Satterthwaite's method [...]"
+        head = lines[0].split(" [")[0].split(" ['")[0]
+        lines[0] = f"{head}. t-tests use {_DDF_TITLES.get(ddf, ddf)} ['lmerModLmerTest']"
     lines += call_lines(fit)
     lines.append("")
     lines += criterion_lines(fit)
@@ -300,7 +317,7 @@ def summary_lines(fit: Any, correlation: bool | None = None) -> list[str]:
     lines += groups_lines(fit)
     if len(fit.fixef) > 0:
         lines += ["", "Fixed effects:"]
-        lines += fixef_lines(fit)
+        lines += fixef_lines(fit, ddf=ddf)
         lines += correlation_lines(fit, correlation)
     lines += convergence_lines(fit)
     return lines

@@ -1,0 +1,48 @@
+"""Inference for fitted mixed models: model comparison, denominator degrees of freedom,
+confidence intervals, the parametric bootstrap, variance decompositions and model tables.
+
+============================  =============================================================
+``anova(*fits)``              likelihood-ratio tests of nested models (lme4's ``anova``)
+``coef_table(fit, ddf)``      t tests of the fixed effects: Satterthwaite (lmerTest),
+                              Kenward-Roger (pbkrtest), residual df, or z tests
+``anova_terms(fit, ddf)``     type III F tests of the model terms (lmerTest's ``anova(fit)``)
+``confint(fit, method)``      Wald, profile-likelihood (lme4) or parametric-bootstrap intervals
+``bootstrap(fit, n)``         parametric bootstrap replicates; ``simulate(fit, n)`` responses
+``predict_interval``          confidence / prediction intervals for new data
+``icc``, ``r2``               intraclass correlations, Nakagawa-Schielzeth R² (performance)
+``variance_reduction``        proportional reduction of each variance component
+``design_effect``             1 + (m - 1) ICC
+``compare(*fits)``            side-by-side table of models (text, markdown, HTML, LaTeX)
+``display(fit)``              arm's compact display
+============================  =============================================================
+"""
+from __future__ import annotations
+
+from .anova import anova, format_anova
+from .bootstrap import bootstrap, simulate
+from .confint import confint, profile
+from .ddf import anova_terms, coef_table, kenward_roger, satterthwaite
+from .confint import predict_interval
+from .tables import ModelTable, compare, display
+from .variance import design_effect, icc, r2, variance_reduction
+
+__all__ = [
+    "anova",
+    "format_anova",
+    "coef_table",
+    "anova_terms",
+    "satterthwaite",
+    "kenward_roger",
+    "confint",
+    "profile",
+    "bootstrap",
+    "simulate",
+    "predict_interval",
+    "icc",
+    "r2",
+    "variance_reduction",
+    "design_effect",
+    "compare",
+    "display",
+    "ModelTable",
+]

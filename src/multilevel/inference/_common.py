@@ -1,0 +1,237 @@
+"""Helpers shared by the inference functions: access to a fit's engine problem, lme4's
+SD/correlation parameterisation of the random effects, and the ML refit of a REML fit.
+
+The inference code talks to the engine through the small interface of
+:class:`multilevel.lmm.LmmProblem`: ``objective(theta)``, ``ml_deviance(theta)``,
+``solution(theta)``, ``set_y(y)`` and ``fit_theta(problem, opts)``. Nothing here runs on a
+data frame or a formula.
+"""
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelSpecError, MultilevelError
+
+
+# --- what kind of fit is this -----------------------------------------------------------
+
+
+def is_lmm(fit: Any) -> bool:
+    """True for a linear mixed model fit that carries its engine problem."""
+    return getattr(fit, "_problem", None) is not None and getattr(fit, "family", "gaussian") == "gaussian"
+
+
+def is_glmm(fit: Any) -> bool:
+    return getattr(fit, "family", "gaussian") != "gaussian"
+
+
+def lmm_problem(fit: Any, what: str):
+    """The engine problem of an LMM fit, or a clear error for anything else."""
+    if is_glmm(fit):
+        raise ModelSpecError(f"{what} is available for linear mixed models (lmer) only, "
+                             f"not for a {getattr(fit, 'family', '?')} GLMM")
+    prob = getattr(fit, "_problem", None)
+    if prob is None:
+        raise MultilevelError(f"{what} needs a fit made by multilevel.lmer (it keeps the engine "
+                              f"problem); this object has none")
+    return prob
+
+
+def block_sizes(frame: Any) -> list[int]:
+    return [rt.n_terms for rt in frame.reterms]
+
+
+def diag_positions(sizes: list[int]) -> np.ndarray:
+    """Positions in theta (lme4 order: lower triangle by columns) of the diagonal entries."""
+    out, pos = [], 0
+    for s in sizes:
+        for c in range(s):
+            out.append(pos)
+            pos += s - c
+    return np.array(out, dtype=int)
+
+
+# --- lme4's sd / cor parameters ---------------------------------------------------------
+
+
+def _tri(s: int) -> list[tuple[int, int]]:
+    """(row, col) of the lower triangle of an s x s matrix, column by column."""
+    return [(r, c) for c in range(s) for r in range(c, s)]
+
+
+def sdcor_names(frame: Any, sigma: bool = True) -> list[str]:
+    """lme4's names (``confint(..., oldNames = FALSE)``): ``sd_(Intercept)|Subject``,
+    ``cor_Days.(Intercept)|Subject``, ..., ``sigma``; same order as theta."""
+    names = []
+    for rt in frame.reterms:
+        for r, c in _tri(rt.n_terms):
+            if r == c:
+                names.append(f"sd_{rt.terms[r]}|{rt.group}")
+            else:
+                names.append(f"cor_{rt.terms[r]}.{rt.terms[c]}|{rt.group}")
+    if sigma:
+        names.append("sigma")
+    return names
+
+
+def sdcor_kinds(frame: Any) -> list[str]:
+    """'sd' or 'cor' for each theta position."""
+    return ["sd" if r == c else "cor" for rt in frame.reterms for r, c in _tri(rt.n_terms)]
+
+
+def theta_to_sdcor(theta: np.ndarray, sizes: list[int], sigma: float) -> np.ndarray:
+    """lme4's ``Cv_to_Sv``: theta (relative Cholesky factors) -> SDs and correlations on the
+    data scale, in theta's order (a correlation with a zero SD is reported as 0)."""
+    out, pos = [], 0
+    for s in sizes:
+        m = s * (s + 1) // 2
+        L = np.zeros((s, s))
+        for k, (r, c) in enumerate(_tri(s)):
+            L[r, c] = theta[pos + k]
+        S = L @ L.T
+        sd = np.sqrt(np.clip(np.diag(S), 0.0, None))
+        for r, c in _tri(s):
+            if r == c:
+                out.append(sigma * sd[r])
+            else:
+                den = sd[r] * sd[c]
+                out.append(S[r, c] / den if den > 0 else 0.0)
+        pos += m
+    return np.array(out)
+
+
+def psd_cholesky(S: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a positive semi-definite matrix (zero pivots give zero
+    columns, as lme4's ``safe_chol`` does for SDs at 0 or correlations at +-1)."""
+    s = S.shape[0]
+    L = np.zeros_like(S)
+    for j in range(s):
+        d = S[j, j] - L[j, :j] @ L[j, :j]
+        if d <= 1e-14 * max(1.0, abs(S[j, j])):
+            continue
+        L[j, j] = np.sqrt(d)
+        for i in range(j + 1, s):
+            L[i, j] = (S[i, j] - L[i, :j] @ L[j, :j]) / L[j, j]
+    return L
+
+
+def sdcor_to_theta(pars: np.ndarray, sizes: list[int], sigma: float) -> np.ndarray:
+    """lme4's ``Sv_to_Cv``: SDs and correlations (theta's order) -> theta relative to sigma."""
+    out, pos = [], 0
+    for s in sizes:
+        m = s * (s + 1) // 2
+        v = pars[pos:pos + m]
+        if s == 1:
+            out.append(v[0] / sigma)
+        else:
+            sd = np.zeros(s)
+            C = np.eye(s)
+            for k, (r, c) in enumerate(_tri(s)):
+                if r == c:
+                    sd[r] = v[k]
+                else:
+                    C[r, c] = C[c, r] = v[k]
+            L = psd_cholesky(sd[:, None] * C * sd[None, :]) / sigma
+            out.extend(L[r, c] for r, c in _tri(s))
+        pos += m
+    return np.array(out, dtype=float)
+
+
+# --- the ML fit of a model ---------------------------------------------------------------
+
+
+@dataclass
+class LmmState:
+    """An LMM at its optimum: the problem and the estimates (ML or REML as ``problem.reml``)."""
+
+    problem: Any
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma: float
+    vcov: np.ndarray
+    objective: float  # -2 logLik (ML) or REML criterion
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+
+def state_of(fit: Any) -> LmmState:
+    """The fit's own estimates as an :class:`LmmState`."""
+    prob = lmm_problem(fit, "this method")
+    return LmmState(prob, np.asarray(fit._theta, float).copy(), np.asarray(fit._beta, float).copy(),
+                    float(fit._sigma), np.asarray(fit._vcov, float), -2.0 * float(fit._loglik))
+
+
+_ML_CACHE: "weakref.WeakKeyDictionary[Any, LmmState]" = weakref.WeakKeyDictionary()
+
+
+def ml_state(fit: Any, control: dict | None = None) -> LmmState:
+    """The ML estimates of an LMM: the fit itself when it is an ML fit, otherwise lme4's
+    ``refitML``: the same model refitted by maximum likelihood, starting at the REML theta.
+    The result is cached per fit object."""
+    prob = lmm_problem(fit, "the ML refit")
+    if not prob.reml:
+        return state_of(fit)
+    hit = _ML_CACHE.get(fit)
+    if hit is not None:
+        return hit
+    from ..lmm import LmmProblem, fit_theta
+    from ..optimize import control_options
+
+    mlp = LmmProblem(prob.frame, reml=False)
+    opts = control_options(dict({"check_conv": False}, **(control or {})))
+    start = np.asarray(fit._theta, float).copy()
+    mlp.theta0 = start  # lme4's refitML also starts from the REML estimates
+    theta, fval, _info, _w = fit_theta(mlp, opts)
+    sol = mlp.solution(theta)
+    st = LmmState(mlp, theta, sol["beta"], sol["sigma"], sol["vcov"], sol["objective"])
+    _ML_CACHE[fit] = st
+    return st
+
+
+def copy_problem(problem: Any, X: np.ndarray | None = None, fixef_names: list[str] | None = None,
+                 reml: bool | None = None):
+    """A new engine problem on the same random-effects structure (optionally other fixed
+    columns): its own cross products, so it can take new responses independently."""
+    from ..lmm import LmmProblem
+
+    frame = problem.frame
+    if X is not None:
+        frame = dataclasses.replace(frame, X=np.ascontiguousarray(X, dtype=float),
+                                    fixef_names=list(fixef_names or []))
+    return LmmProblem(frame, problem.reml if reml is None else reml)
+
+
+def pwrss_from_residuals(problem: Any, theta: np.ndarray, sol: dict) -> float:
+    """The penalised weighted residual sum of squares ||W^1/2 (y - X beta - Z b)||^2 + ||u||^2
+    recomputed from the residuals of ``problem.solution(theta)``.
+
+    The engine gets the PWRSS from the cross products (the last diagonal element of the
+    Cholesky factor), which cancels digits when the mean of y is large relative to the
+    residual SD (rounding noise ~1e-10 relative). Numerical derivatives of the deviance
+    amplify that noise; the PWRSS is stationary in (beta, u), so recomputing it from the
+    residuals of the solution is accurate to rounding of the sums.
+    """
+    frame = problem.frame
+    r = frame.y - problem.fitted(sol["beta"], sol["b"])
+    rss = float(np.dot(frame.weights * r, r)) if frame.weights is not None else float(np.dot(r, r))
+    u2 = 0.0
+    pos = 0
+    for rt, b in zip(frame.reterms, sol["b"]):
+        s = rt.n_terms
+        m = s * (s + 1) // 2
+        L = np.zeros((s, s))
+        for k, (i, j) in enumerate(_tri(s)):
+            L[i, j] = theta[pos + k]
+        pos += m
+        d = np.abs(np.diag(L))
+        Linv = np.linalg.inv(L) if np.all(d > 0) else np.linalg.pinv(L)
+        u = np.asarray(b) @ Linv.T  # b_l = Lambda u_l for every level l
+        u2 += float(np.sum(u * u))
+    return rss + u2

@@ -1,0 +1,168 @@
+"""The HTML report (``multilevel.report.html_report``) and ``multilevel report``: sections,
+self-containment (no external resource of any kind), embedded images, notes for missing
+tools, progress reporting. The browser checks are in ``test_report_browser.py``."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import warnings
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+import multilevel as ml  # noqa: E402
+from multilevel.cli import main  # noqa: E402
+from multilevel.datasets import load  # noqa: E402
+from multilevel.report import html_report  # noqa: E402
+from multilevel.report.html_report import build_report  # noqa: E402
+
+SLEEP = ["Reaction ~ Days + (1 | Subject)", "Reaction ~ Days + (Days | Subject)"]
+
+
+@pytest.fixture(scope="module")
+def report() -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_report(SLEEP, load("sleepstudy"), data_name="sleepstudy", progress=False)
+
+
+def images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_sections_and_models(report):
+    assert report.startswith("<!DOCTYPE html>") and report.rstrip().endswith("</html>")
+    ids = re.findall(r'<h2 id="([^"]+)"', report)
+    assert ids == ["data", "pooling", "model-1", "model-2", "comparison"]
+    assert "<title>Multilevel models of sleepstudy</title>" in report
+    # each model's summary, in lme4's layout
+    assert report.count("Linear mixed model fit by REML") == 2
+    assert "Reaction ~ Days + (Days | Subject)" in report
+
+
+def test_self_contained(report):
+    # nothing to fetch: no scripts, stylesheets, fonts, frames; every src/href is data: or #anchor
+    assert "<script" not in report and "<iframe" not in report and "@import" not in report
+    assert "url(" not in report and "@font-face" not in report
+    refs = re.findall(r'\b(?:src|href)="([^"]*)"', report)
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:40] for r in refs if not r.startswith(("data:", "#"))]
+    assert not re.search(r"https?://", report)
+
+
+def test_images_are_pngs(report):
+    from PIL import Image
+
+    pngs = images(report)
+    # per model: caterpillar, fitted lines, effects, diagnostics, profile; + coefficient plot
+    assert len(pngs) >= 11
+    for data in pngs:
+        im = Image.open(io.BytesIO(data))
+        assert im.format == "PNG" and im.width > 200 and im.height > 150
+    alts = re.findall(r'<img [^>]*alt="([^"]*)"', report)
+    assert len(alts) == len(pngs) and all(alts)
+
+
+def test_comparison_section(report):
+    comp = report[report.index('<h2 id="comparison">'):]
+    assert "Model 1" in comp and "Model 2" in comp
+    assert "Likelihood-ratio tests" in comp
+    if html_report._tool("anova") is not None:
+        assert "Chisq" in comp or 'class="note"' in comp or 'class="error"' in comp
+
+
+def test_missing_tools_and_failures_give_visible_notes(monkeypatch):
+    from multilevel import plots
+
+    def boom(*a, **k):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(html_report, "_tool", lambda name: None)
+    monkeypatch.setattr(plots, "plot_diagnostics", boom)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        html = build_report(SLEEP, load("sleepstudy"), progress=False)
+    notes = re.findall(r'<p class="note">([^<]*)</p>', html)
+    assert any("describe" in n for n in notes)
+    assert any("pooling" in n.lower() for n in notes)
+    assert any("compare" in n for n in notes) and any("anova" in n for n in notes)
+    assert html.count('<p class="error">diagnostics: RuntimeError: kaput</p>') == 2
+    assert '<h2 id="comparison">' in html and images(html)  # the rest is still there
+
+
+def test_one_model_no_comparison_and_progress_callback():
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        html = build_report("strength ~ 1 + (1 | batch/cask)", load("pastes"),
+                            progress=lambda i, n, msg: calls.append((i, n, msg)))
+    assert re.findall(r'<h2 id="([^"]+)"', html) == ["data", "pooling", "model-1"]
+    assert "needs a model with one grouping factor" in html
+    assert calls and calls[0][2].startswith("fitting model 1")
+    assert [c[0] for c in calls] == list(range(1, len(calls) + 1)) and all(i <= n for i, n, _ in calls)
+    assert calls[-1][2] == "writing HTML"
+
+
+def test_progress_on_terminals_only(monkeypatch):
+    class Stream(io.StringIO):
+        tty = False
+
+        def isatty(self):
+            return self.tty
+
+    quiet = Stream()
+    monkeypatch.setattr("sys.stderr", quiet)
+    prog = html_report._Progress(None, 3)
+    prog.step("fitting")
+    prog.done()
+    assert quiet.getvalue() == ""  # not a terminal: silent
+    tty = Stream()
+    tty.tty = True
+    monkeypatch.setattr("sys.stderr", tty)
+    prog = html_report._Progress(None, 3)
+    prog.step("fitting model 1")
+    prog.step("plots")
+    prog.done()
+    out = tty.getvalue()
+    assert "multilevel report [1/3] fitting model 1" in out and "[2/3] plots" in out
+    assert out.count("\r") == 3 and out.endswith("\n") and "done in" in out
+    forced = Stream()
+    monkeypatch.setattr("sys.stderr", forced)
+    html_report._Progress(True, 1).step("x")
+    assert "[1/1] x" in forced.getvalue()
+
+
+def test_glmm_report():
+    if getattr(ml, "glmer", None) is None:
+        pytest.fail("multilevel.glmer is missing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        html = build_report("cbind(incidence, size - incidence) ~ period + (1 | herd)", load("cbpp"),
+                            family="binomial", progress=False)
+    assert "Generalized linear mixed model" in html and "binomial" in html
+    assert 'class="error"' not in html
+    assert "pooling comparison is made for linear mixed models" in html
+    assert len(images(html)) >= 3
+
+
+def test_cli_report(tmp_path, capsys):
+    csv = tmp_path / "sleep.csv"
+    load("sleepstudy").to_csv(csv, index=False)
+    out = tmp_path / "r.html"
+    assert main(["report", *SLEEP, "--data", str(csv), "--ml", "-o", str(out), "--title", "My title"]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert re.findall(r'<h2 id="([^"]+)"', html)[-1] == "comparison"
+    assert "Data: sleep.csv" in html and "<title>My title</title>" in html
+    assert html.count("Linear mixed model fit by maximum likelihood") == 2
+    assert capsys.readouterr().out.startswith(f"wrote {out}")
+
+
+def test_cli_report_errors(tmp_path, capsys):
+    assert main(["report", "Reaction ~ nope + (1 | Subject)", "--data", "sleepstudy",
+                 "-o", str(tmp_path / "x.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert main(["report", SLEEP[0], "--data", "sleepstudy", "-o", str(tmp_path / "no" / "x.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.html").exists()
