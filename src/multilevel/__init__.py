@@ -48,9 +48,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # datasets is imported on first use so that `import multilevel` stays light
-    if name == "datasets":
+    # datasets and plots (matplotlib) are imported on first use so that `import multilevel`
+    # stays light
+    if name in ("datasets", "plots"):
         import importlib
 
-        return importlib.import_module(".datasets", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'multilevel' has no attribute {name!r}")

@@ -305,7 +305,12 @@ class _Column:
             s = self.series
             if self.kind == "categorical":
                 codes = s.cat.codes.to_numpy()
-                labels = [_label_of(c) for c in s.cat.categories]
+                cats = s.cat.categories
+                if cats.dtype == object or pd.api.types.is_string_dtype(cats.dtype):
+                    # text categories are their own labels: one vectorised conversion
+                    labels = cats.astype(str).tolist()
+                else:
+                    labels = [_label_of(c) for c in cats]
             elif self.kind == "bool":
                 if s.dtype == bool:
                     codes = s.to_numpy().astype(np.int8)

@@ -185,12 +185,15 @@ class LmmProblem:
         return out
 
     def fitted(self, beta: np.ndarray, b: list[np.ndarray]) -> np.ndarray:
-        f = self.frame
-        out = f.X @ beta if f.X.shape[1] else np.zeros(self.n)
-        for t, bk in zip(f.reterms, b):
-            out = out + np.einsum("ij,ij->i", t.Z, bk[t.refs])
-        if f.offset is not None:
-            out = out + f.offset
+        """X beta + Z b (+ offset) for the rows of the fit; b per lme4 block."""
+        b_engine = []
+        for e in self.eterms:
+            blocks = [np.asarray(b[k], dtype=float) for k in e.blocks]
+            merged = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
+            b_engine.append(np.ascontiguousarray(merged).ravel())
+        out = self.core.fitted(np.ascontiguousarray(beta, dtype=float), b_engine)
+        if self.frame.offset is not None:
+            out = out + self.frame.offset
         return out
 
 

@@ -1156,6 +1156,28 @@ fn lambda_sandwich(lam: &[f64], h: &[f64], s: usize) -> Vec<f64> {
     out
 }
 
+/// The linear predictor X beta + sum_k Z_k b_k[refs_k] of the rows (no offset), in one pass.
+/// `b[k]` is level-major (nlev x s_k).
+pub fn linear_predictor(rows: &Rows, p: usize, beta: &[f64], b: &[Vec<f64>]) -> Vec<f64> {
+    let n = rows.y.len();
+    let mut out = vec![0.0; n];
+    for (t, o) in out.iter_mut().enumerate() {
+        let mut v = 0.0;
+        for a in 0..p {
+            v += rows.x[t * p + a] * beta[a];
+        }
+        for (k, bk) in b.iter().enumerate() {
+            let s = rows.z[k].len() / n.max(1);
+            let l = rows.refs[k][t] as usize;
+            for c in 0..s {
+                v += rows.z[k][t * s + c] * bk[l * s + c];
+            }
+        }
+        *o = v;
+    }
+    out
+}
+
 /// -2 log-likelihood profiled over beta and sigma (ML), or the REML criterion.
 pub fn profiled(n: usize, p: usize, ldl2: f64, ldrx2: f64, pwrss: f64, reml: bool) -> f64 {
     let two_pi = 2.0 * std::f64::consts::PI;

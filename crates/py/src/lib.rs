@@ -160,6 +160,27 @@ impl LmmCore {
         self.inner.moment_start()
     }
 
+    /// X beta + Z b for the model's rows (no offset); `b` per engine term, level-major.
+    fn fitted<'py>(&self, py: Python<'py>, beta: PyReadonlyArray1<'_, f64>, b: Vec<PyReadonlyArray1<'_, f64>>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let beta_s = slice(&beta, "beta")?.to_vec();
+        let b_v: Vec<Vec<f64>> = b.iter().map(|a| slice(a, "b").map(|s| s.to_vec())).collect::<PyResult<_>>()?;
+        let p = self.inner.p();
+        if beta_s.len() != p || b_v.len() != self.inner.terms().len() {
+            return Err(PyValueError::new_err("beta or b do not match the model"));
+        }
+        for (bk, t) in b_v.iter().zip(self.inner.terms()) {
+            if bk.len() != t.nlev * t.s {
+                return Err(PyValueError::new_err("b does not match the model's terms"));
+            }
+        }
+        let n = self.inner.nobs();
+        let dummy_y = vec![0.0; n];
+        let out = with_rows(py, &self.refs, &self.z, &self.x, &dummy_y, None, |rows| {
+            multilevel_core::lmm::linear_predictor(rows, p, &beta_s, &b_v)
+        })?;
+        Ok(PyArray1::from_vec(py, out))
+    }
+
     #[getter]
     fn rest_size(&self) -> usize {
         self.inner.rest_size()

@@ -15,6 +15,8 @@ term, as ``expandDoubleVerts`` does), and ``(1 | a/b)`` becomes ``(1 | b:a) + (1
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 from ..errors import FormulaError
@@ -474,7 +476,8 @@ def _expand_bar(bar: BinOp, text: str) -> list[BarTerm]:
 
 
 def parse_formula(text: str) -> ParsedFormula:
-    """Parse an lme4 model formula.
+    """Parse an lme4 model formula (cached: the result is immutable, and parsing costs more
+    than fitting a small model).
 
     The response (left of ``~``) may be any expression (``log(y)``, ``cbind(s, n - s)``) or
     absent (``"~ (1 | g)"``, as ``re_form`` strings are written). Raises
@@ -488,6 +491,11 @@ def parse_formula(text: str) -> ParsedFormula:
     """
     if not isinstance(text, str):
         raise FormulaError(f"a formula must be a string, not {type(text).__name__}")
+    return _parse_formula_cached(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_formula_cached(text: str) -> ParsedFormula:
     root = parse_expression(text)
     if isinstance(root, BinOp) and root.op == "~":
         response, rhs = root.left, root.right
