@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ._shared import TextResult
 from .design import _Data
 from .errors import DataError
 
@@ -34,7 +35,7 @@ __all__ = ["describe", "Description"]
 
 
 @dataclass
-class Description:
+class Description(TextResult):
     """The multilevel structure of a data set (what :func:`describe` returns).
 
     nobs:       rows described (rows with a missing grouping label are left out).
@@ -134,12 +135,6 @@ class Description:
         if self.notes:
             lines += [""] + [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return self.text
 
     def _repr_html_(self) -> str:
         parts = ['<div class="ml-describe">',

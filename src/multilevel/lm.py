@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .design import ModelFrame, _Data, _rank_keep, _take, build_fixed_frame
+from ._shared import InformationCriteria
 from .errors import DataError, ModelSpecError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,7 +46,7 @@ __all__ = ["lm", "LmFit"]
 _LME4_RANK_MESSAGE = "fixed-effect model matrix is rank deficient"
 
 
-class LmFit:
+class LmFit(InformationCriteria):
     """A fitted linear model (what :func:`lm` returns).
 
     ==========================  ========================================================
@@ -361,16 +362,6 @@ class LmFit:
         w = np.ones(n) if self._w is None else self._w[self._nz]
         return 0.5 * (float(np.sum(np.log(w))) - n * (math.log(2 * math.pi) + 1.0 - math.log(n)
                                                        + math.log(self._rss)))
-
-    @property
-    def aic(self) -> float:
-        """-2 logLik + 2 npar."""
-        return -2.0 * self.loglik + 2.0 * self.npar
-
-    @property
-    def bic(self) -> float:
-        """-2 logLik + log(nobs) npar."""
-        return -2.0 * self.loglik + math.log(self.nobs) * self.npar
 
     @property
     def deviance(self) -> float:

@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ._shared import TextResult
 from .design import _Data
 from .errors import DataError, ModelSpecError
 from .formula import parse_expression, parse_formula
@@ -203,7 +204,7 @@ def _group_sizes(setup: _Setup) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class Pooling:
+class Pooling(TextResult):
     """Complete, no and partial pooling of one multilevel model (see :func:`pooling`).
 
     table:       one row per group: ``group``, ``n`` and for each random-effect coefficient
@@ -256,12 +257,6 @@ class Pooling:
                          "values shown net of them): " + ", ".join(self.absorbed))
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return self.text
 
     def _repr_html_(self) -> str:
         fmt = lambda v: f"{v:.4g}"  # noqa: E731
@@ -360,7 +355,7 @@ def pooling(formula: str, data: Any) -> Pooling:
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class TwoStage:
+class TwoStage(TextResult):
     """Two-stage estimates next to the mixed model's (see :func:`two_stage`).
 
     table:            by fixed-effect name: ``two_stage``, ``two_stage_se``, ``mixed``,
@@ -393,12 +388,6 @@ class TwoStage:
         lines += self.table.to_string(float_format=lambda v: f"{v:.4g}").splitlines()
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return self.text
 
     def _repr_html_(self) -> str:
         return ('<div class="ml-two-stage">' + f"<b>Two-stage estimates for "

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import pandas as pd
 
+from ._shared import InformationCriteria
 from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -229,7 +230,7 @@ class RandomEffects(dict):
 # --- the fit ----------------------------------------------------------------------------
 
 
-class LmmFit:
+class LmmFit(InformationCriteria):
     """A fitted linear mixed model (what ``multilevel.lmer`` returns).
 
     The constructor only stores what the engine produced; all tables are built on first
@@ -398,16 +399,6 @@ class LmmFit:
     def loglik(self) -> float:
         """Maximised log-likelihood; the REML log-likelihood for REML fits (as lme4)."""
         return self._loglik
-
-    @property
-    def aic(self) -> float:
-        """-2 logLik + 2 npar (REML logLik for REML fits, as lme4)."""
-        return -2.0 * self._loglik + 2.0 * self.npar
-
-    @property
-    def bic(self) -> float:
-        """-2 logLik + log(nobs) npar."""
-        return -2.0 * self._loglik + math.log(self.nobs) * self.npar
 
     @property
     def deviance(self) -> float:
