@@ -179,7 +179,7 @@ def header(settings: dict, versions: dict, lme4: dict | None) -> list[str]:
         + ", ".join(f"{t} {v}" for t, v in versions.items()) + ".",
         f"Median of up to {s['repeats']} timed fits after one warm-up (budget {s['budget']:g} s "
         f"per cell; `*` = only the warm-up ran), fresh process per cell, fit timeout "
-        f"{s['timeout']:g} s. logLik compared with the best lme4 logLik known for the case "
+        f"{s['timeout']:g} s, threads per tool: {s.get('threads') or 'its default'}. logLik compared with the best lme4 logLik known for the case "
         f"(tolerance {s['loglik_tol']:g}): ✗ = lower (another optimum), ▲ = higher. "
         f"Load average (1, 5, 15 min) at start / end: {s['loadavg'][0]} / {s['loadavg'][1]}.",
     ]

@@ -34,6 +34,9 @@ from report import build_rows, fmt_time, render  # noqa: E402
 from tools import TOOLS  # noqa: E402
 
 PEER_ORDER = ("ours", "glmm", "mixedlm", "statsmodels")
+# Thread-pool sizes read by OpenBLAS, MKL, OpenMP, BLIS, Accelerate and rayon when they load.
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
 
 
 # --------------------------------------------------------------------------- running
@@ -44,9 +47,12 @@ def run_worker(tool: str, case: Case, args) -> dict:
     cmd = [sys.executable, str(HERE / "worker.py"), "--tool", tool, "--case", case.name,
            "--repeats", str(args.repeats), "--budget", str(args.budget),
            "--shared", str(args.shared), "--mem-limit-gb", str(args.mem_limit_gb)]
+    env = dict(os.environ)
+    if args.threads:
+        env.update({v: str(args.threads) for v in THREAD_VARS})
     with tempfile.TemporaryFile(mode="w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
         lines: queue.Queue = queue.Queue()
 
         def pump() -> None:
@@ -107,6 +113,10 @@ def parse_args(argv=None):
                     help="kill a worker whose data load + setup runs longer (seconds)")
     ap.add_argument("--mem-limit-gb", type=float, default=12.0,
                     help="address-space limit of each worker (0 = none; default 12)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="cap every tool's BLAS / OpenMP / rayon thread pools (sets "
+                    "OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, RAYON_NUM_THREADS, ...); "
+                    "default 0 = each tool's own default")
     ap.add_argument("--quick", action="store_true",
                     help="skip the big cases (InstEval, 1e6 rows); fewer repeats")
     ap.add_argument("--loglik-tol", type=float, default=1e-3,
@@ -171,7 +181,8 @@ def main(argv=None) -> None:
     load_start = _loadavg()
     results = measure_all(cases, args)
     settings = {"repeats": args.repeats, "budget": args.budget, "timeout": args.timeout,
-                "loglik_tol": args.loglik_tol, "loadavg": (load_start, _loadavg())}
+                "loglik_tol": args.loglik_tol, "threads": args.threads,
+                "loadavg": (load_start, _loadavg())}
     versions = {t: next((c["version"] for c in results[t].values() if "version" in c), "—")
                 for t in args.peers}
     text = render(build_rows(cases, args.peers, results, lme4, args.shared),

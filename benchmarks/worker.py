@@ -4,7 +4,8 @@ Steps: load the data frame and set the tool up (imports, formula dialect; untime
 memory baseline, then fit once as a warm-up (its time is reported as the first call) and
 repeat until ``--repeats`` timed fits are done or ``--budget`` seconds are spent (at least one
 timed fit unless the warm-up alone used the budget). Time is ``time.perf_counter()`` around
-the fit call only.
+the fit call only. No ``gc.collect()`` between fits: it evicts the CPU caches and makes a
+sub-millisecond fit 2-4x slower; Python's collector runs as it would for a user.
 
 Memory: ``baseline`` is the resident set after imports + data load (after ``gc.collect()``).
 The kernel's peak-RSS mark is then reset (``/proc/self/clear_refs``), so the fit peak is the
