@@ -37,9 +37,11 @@
 use crate::lmm::{Lmm, LmmError, Rows, Term};
 use crate::small;
 
+mod crossed;
 mod kernel;
 
 pub use kernel::{exp_fast, ln_1_2, Dist, Link};
+use crossed::Crossed;
 use kernel::{fill, group_pass, have_avx2, GenericK, Kernel, LogitK, PoissonLogK};
 
 // ============================================================================================
@@ -208,8 +210,8 @@ pub struct Glmm {
     y: Vec<f64>,
     wt: Vec<f64>,
     off: Vec<f64>,
-    /// deviance residual = dc - 2 (dy lmu + dn l1mu) + 2 mc mu
-    dc: Vec<f64>,
+    /// deviance residual = dc - 2 (dy lmu + dn l1mu) + 2 mc mu (dc kept only as sums:
+    /// `dcsum`, `dc_total`)
     dy: Vec<f64>,
     dn: Vec<f64>,
     /// -2 log p(y | mu) = ac - 2 (ay lmu + an l1mu) + 2 mc mu
@@ -253,6 +255,13 @@ pub struct Glmm {
     pub control: PirlsControl,
     // ---- engines ----
     scalar: bool,
+    /// every term scalar (and more than one): the dedicated solver with gradients, and the
+    /// same with the fixed-effect columns (nAGQ = 0 PIRLS, R_X)
+    crossed: Option<Crossed>,
+    crossed_x: Option<Crossed>,
+    /// first-order prediction of the modes from the last gradient: (theta, beta) there, the
+    /// modes, and du/d(theta, beta) (q x (ntheta + p), column-major)
+    pred: Option<(Vec<f64>, Vec<f64>, Vec<f64>)>,
     lmm_u: Option<Lmm>,
     lmm_b: Option<Lmm>,
 }
@@ -437,6 +446,12 @@ impl Glmm {
         }
         let q = uoff[terms.len()];
         let scalar = terms.len() == 1 && terms[0].s == 1;
+        let crossed = if !scalar && terms.iter().all(|t| t.s == 1) {
+            let nlev: Vec<usize> = terms.iter().map(|t| t.nlev).collect();
+            Some(Crossed::new(&nlev, &refs, 0))
+        } else {
+            None
+        };
         Ok(Glmm {
             dist,
             link,
@@ -449,7 +464,6 @@ impl Glmm {
             y,
             wt,
             off,
-            dc,
             dy,
             dn,
             ac,
@@ -478,6 +492,9 @@ impl Glmm {
             control: PirlsControl::default(),
             terms,
             scalar,
+            crossed,
+            crossed_x: None,
+            pred: None,
             lmm_u: None,
             lmm_b: None,
         })
@@ -510,6 +527,7 @@ impl Glmm {
         self.u.iter_mut().for_each(|v| *v = 0.0);
         self.warm = false;
         self.state_ok = false;
+        self.pred = None;
     }
 
     /// Spherical random effects per term (level-major nlev x s).
@@ -660,6 +678,7 @@ impl Glmm {
         self.check_theta(theta)?;
         self.theta_last = theta.to_vec();
         self.set_offb(beta)?;
+        self.predict_modes(theta, beta);
         if self.scalar {
             with_kernel!(self, k => self.scalar_u(k, theta[self.terms[0].lambda[0].2], None))?;
         } else {
@@ -702,7 +721,7 @@ impl Glmm {
 
     /// One pass over group l's rows at u_l: (sum of deviance residuals, sum W r z, sum W z^2).
     #[inline(always)]
-    fn group_pass<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64, _store: bool) -> (f64, f64, f64) {
+    fn group_pass<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64) -> (f64, f64, f64) {
         let r = self.gstart[l]..self.gstart[l + 1];
         let [d, s, h] = group_pass(
             self.avx2,
@@ -740,8 +759,7 @@ impl Glmm {
         let mut maxit = 0;
         for l in 0..nl {
             let mut ul = if self.warm { self.u[l] } else { 0.0 };
-            // every pass stores eta, mu and W: the last pass is always at the accepted u
-            let (mut dv, mut s, mut h) = self.group_pass(k, l, th, ul, true);
+            let (mut dv, mut s, mut h) = self.group_pass(k, l, th, ul);
             let mut pdev = dv + ul * ul;
             let mut it = 0;
             let mut prev = f64::INFINITY;
@@ -764,7 +782,7 @@ impl Glmm {
                 let mut halvings = 0;
                 loop {
                     let un = ul + st;
-                    let (dn, sn, hn) = self.group_pass(k, l, th, un, true);
+                    let (dn, sn, hn) = self.group_pass(k, l, th, un);
                     let pn = dn + un * un;
                     if pn <= pdev + 1e-12 * (1.0 + pdev.abs()) {
                         ul = un;
@@ -809,7 +827,7 @@ impl Glmm {
                         continue;
                     }
                     let uk = ul + zk * sd;
-                    let (dk, _, _) = self.group_pass(k, l, th, uk, false);
+                    let (dk, _, _) = self.group_pass(k, l, th, uk);
                     let devc = dk + uk * uk;
                     mult += wk * (0.5 * zk * zk - 0.5 * (devc - devc0)).exp();
                 }
@@ -824,6 +842,250 @@ impl Glmm {
         };
         self.info = EvalInfo { objective, aic, dev, usq, ldl2, iterations: maxit };
         Ok(())
+    }
+
+    /// Gradient of the Laplace criterion in (theta, beta) at the mode found by the last
+    /// [`laplace`](Self::laplace) call (see [`has_gradient`](Self::has_gradient); `None`
+    /// otherwise or when there was no successful evaluation). The formulas below are for
+    /// one scalar term; `crossed_gradient` has the general all-scalar case.
+    ///
+    /// With d_j = 1 + theta^2 sum W z^2 (the IRLS weights W) and the mode u_j solving
+    /// theta sum_i z_i s_i = u_j (s the score in eta), the criterion is
+    /// -2 log p(y | u) + |u|^2 + sum_j log d_j. The first two terms are stationary in u, so
+    /// only their explicit derivatives enter; log d_j changes with eta through W' = dW/deta,
+    /// and eta moves with the parameters directly and through the mode, whose derivatives
+    /// come from differentiating the mode equation (with the observed information Wo; for
+    /// canonical links Wo = W):
+    ///   du_j/dbeta = -theta sum_i Wo_i z_i x_i / (1 + theta^2 sum Wo z^2),
+    ///   du_j/dtheta = (sum_i z_i s_i - theta u_j sum Wo z^2) / (1 + theta^2 sum Wo z^2).
+    pub fn laplace_gradient(&mut self) -> Option<Vec<f64>> {
+        self.laplace_gradient_opt(true)
+    }
+
+    /// As [`laplace_gradient`](Self::laplace_gradient); `jacobian` also keeps du/d(theta,
+    /// beta) to predict the modes of the next evaluations (skip it for points that will
+    /// not be revisited, such as the columns of a finite-difference Hessian).
+    pub fn laplace_gradient_opt(&mut self, jacobian: bool) -> Option<Vec<f64>> {
+        if !self.has_gradient() || !self.warm || !self.info.objective.is_finite() {
+            return None;
+        }
+        if !self.scalar {
+            self.refresh_state();
+            return with_kernel!(self, k => self.crossed_gradient(k, jacobian));
+        }
+        let ti = self.terms[0].lambda[0].2;
+        let th = *self.theta_last.get(ti)?;
+        let ntheta = self.theta_last.len();
+        let (g, jt, jb) = with_kernel!(self, k => self.scalar_gradient(k, th));
+        let mut out = vec![0.0; ntheta + self.p];
+        out[ti] = g[0];
+        out[ntheta..].copy_from_slice(&g[1..]);
+        let nl = self.u.len();
+        let mut jac = vec![0.0; nl * (ntheta + self.p)];
+        jac[ti * nl..(ti + 1) * nl].copy_from_slice(&jt);
+        jac[ntheta * nl..].copy_from_slice(&jb);
+        if jacobian {
+            let x0: Vec<f64> = self.theta_last.iter().chain(self.beta.iter()).copied().collect();
+            self.pred = Some((x0, self.u.clone(), jac));
+        }
+        Some(out)
+    }
+
+    /// Start PIRLS from the modes predicted to first order from the last gradient evaluation
+    /// (a warm start one order better than the last modes: steps of 1e-4 in the parameters
+    /// leave errors of 1e-8, which one Newton step removes).
+    fn predict_modes(&mut self, theta: &[f64], beta: &[f64]) {
+        let Some((x0, u0, jac)) = &self.pred else { return };
+        let nx = x0.len();
+        if nx != theta.len() + beta.len() {
+            return;
+        }
+        let q = u0.len();
+        let mut dx = Vec::with_capacity(nx);
+        for (j, v) in theta.iter().chain(beta.iter()).enumerate() {
+            dx.push(v - x0[j]);
+        }
+        // only near the point of the gradient (else the last modes are the better guess)
+        if dx.iter().zip(x0).any(|(d, x)| d.abs() > 0.05 * (1.0 + x.abs())) {
+            return;
+        }
+        let mut u = u0.clone();
+        for (j, d) in dx.iter().enumerate() {
+            if *d != 0.0 {
+                let col = &jac[j * q..(j + 1) * q];
+                for (a, c) in u.iter_mut().zip(col) {
+                    *a += c * d;
+                }
+            }
+        }
+        if u.iter().all(|v| v.is_finite()) {
+            self.u = u;
+            self.warm = true;
+            self.state_ok = false;
+        }
+    }
+
+    fn ensure_crossed_x(&mut self, joint: bool) {
+        if joint && self.crossed_x.is_none() && self.crossed.is_some() {
+            let nlev: Vec<usize> = self.terms.iter().map(|t| t.nlev).collect();
+            self.crossed_x = Some(Crossed::new(&nlev, &self.refs, self.p));
+        }
+    }
+
+    /// theta of each (scalar) term
+    fn term_thetas(&self, theta: &[f64]) -> Vec<f64> {
+        self.terms.iter().map(|t| theta[t.lambda[0].2]).collect()
+    }
+
+    /// Whether [`laplace_gradient`](Self::laplace_gradient) is available: one scalar term
+    /// (any link), or all terms scalar with a canonical link (logit, Poisson log).
+    pub fn has_gradient(&self) -> bool {
+        self.scalar
+            || (self.crossed.is_some()
+                && matches!((self.dist, self.link), (Dist::Binomial, Link::Logit) | (Dist::Poisson, Link::Log)))
+    }
+
+    /// Gradient for all-scalar (crossed / nested) terms and a canonical link, at the modes of
+    /// the last evaluation. With h_i = a_i' M^-1 a_i (a_i = Lambda' z_i), G_i = M^-1 a_i on
+    /// the row's levels, W' = dW/deta and w = M^-1 Lambda' Z' (W' h) (one adjoint solve for
+    /// the modes' dependence on the parameters), per row
+    /// c_i = -2 s_i + W'_i h_i - W_i (Z Lambda w)_i and
+    ///   d/dbeta = sum_i c_i x_i,
+    ///   d/dtheta_t = sum_i z_it u_t(i) c_i + 2 sum_i W_i z_it G_it + sum_i z_it w_t(i) s_i.
+    fn crossed_gradient<K: Kernel>(&mut self, k: K, jacobian: bool) -> Option<Vec<f64>> {
+        let th = self.term_thetas(&self.theta_last);
+        let (n, p, nt) = (self.n, self.p, self.terms.len());
+        let g = self.crossed.as_mut()?.row_inverse_products(&th, &self.refs, &self.z);
+        let mut s_ = vec![0.0; n];
+        let mut w_ = vec![0.0; n];
+        let mut wph = vec![0.0; n];
+        let mut v = vec![0.0; self.u.len()];
+        for i in 0..n {
+            let d = k.deriv_mu(self.eta[i], self.mu[i], self.y[i], self.wt[i]);
+            let mut h = 0.0;
+            for t in 0..nt {
+                h += th[t] * self.z[t][i] * g[i * nt + t];
+            }
+            s_[i] = d.wr;
+            w_[i] = d.w;
+            wph[i] = d.wp * h;
+            for t in 0..nt {
+                v[self.uoff[t] + self.refs[t][i] as usize] += th[t] * self.z[t][i] * wph[i];
+            }
+        }
+        let n0 = self.terms[0].nlev;
+        let w = self.crossed.as_ref()?.solve(&v[..n0], &v[n0..]);
+        let mut gb = vec![0.0; p];
+        let mut gt = vec![0.0; nt];
+        for i in 0..n {
+            let mut tz = 0.0;
+            for t in 0..nt {
+                tz += th[t] * self.z[t][i] * w[self.uoff[t] + self.refs[t][i] as usize];
+            }
+            let c = -2.0 * s_[i] + wph[i] - w_[i] * tz;
+            let xi = &self.x[i * p..(i + 1) * p];
+            for a in 0..p {
+                gb[a] += c * xi[a];
+            }
+            for t in 0..nt {
+                let j = self.uoff[t] + self.refs[t][i] as usize;
+                let zit = self.z[t][i];
+                gt[t] += zit * self.u[j] * c + 2.0 * w_[i] * zit * g[i * nt + t] + zit * w[j] * s_[i];
+            }
+        }
+        let ntheta = self.theta_last.len();
+        let mut out = vec![0.0; ntheta + p];
+        for (t, term) in self.terms.iter().enumerate() {
+            out[term.lambda[0].2] += gt[t];
+        }
+        out[ntheta..].copy_from_slice(&gb);
+        if !jacobian {
+            return Some(out);
+        }
+        // du/d(theta, beta) for the next warm start: M^-1 r with
+        // r_beta_c = -Lambda'Z'W x_c, r_theta_t = Lambda_t'Z's - Lambda'Z'W (z_t u_t)
+        let q = self.u.len();
+        let mut jac = vec![0.0; q * (ntheta + p)];
+        let mut r = vec![0.0; q];
+        let cr = self.crossed.as_ref()?;
+        for col in 0..(ntheta + p) {
+            r.iter_mut().for_each(|v| *v = 0.0);
+            let term_t = if col < ntheta { self.terms.iter().position(|tm| tm.lambda[0].2 == col) } else { None };
+            if col < ntheta && term_t.is_none() {
+                continue;
+            }
+            for i in 0..n {
+                let val = if let Some(t) = term_t {
+                    let j = self.uoff[t] + self.refs[t][i] as usize;
+                    r[j] += self.z[t][i] * s_[i];
+                    -w_[i] * self.z[t][i] * self.u[j]
+                } else {
+                    -w_[i] * self.x[i * p + (col - ntheta)]
+                };
+                for t in 0..nt {
+                    r[self.uoff[t] + self.refs[t][i] as usize] += th[t] * self.z[t][i] * val;
+                }
+            }
+            let sol = cr.solve(&r[..n0], &r[n0..]);
+            jac[col * q..(col + 1) * q].copy_from_slice(&sol);
+        }
+        if jacobian {
+            let x0: Vec<f64> = self.theta_last.iter().chain(self.beta.iter()).copied().collect();
+            self.pred = Some((x0, self.u.clone(), jac));
+        }
+        Some(out)
+    }
+
+    /// [d/dtheta, d/dbeta...] for the scalar engine at the stored modes, and du/dtheta
+    /// (nl) and du/dbeta (nl x p, column-major).
+    fn scalar_gradient<K: Kernel>(&self, k: K, th: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (p, nl) = (self.p, self.terms[0].nlev);
+        let mut gb = vec![0.0; p]; // -2 X's + sum_j ...
+        let mut gt = 0.0;
+        let mut co = vec![0.0; p];
+        let mut a = vec![0.0; p];
+        let th2 = th * th;
+        let mut jt = vec![0.0; nl];
+        let mut jb = vec![0.0; nl * p];
+        for l in 0..nl {
+            let ul = self.u[l];
+            let bu = th * ul;
+            let (mut sj, mut hj, mut hoj, mut bj) = (0.0, 0.0, 0.0, 0.0);
+            co.iter_mut().for_each(|v| *v = 0.0);
+            a.iter_mut().for_each(|v| *v = 0.0);
+            for i in self.gstart[l]..self.gstart[l + 1] {
+                let zi = self.z[0][i];
+                let eta = self.offb[i] + zi * bu;
+                let d = k.deriv(eta, self.y[i], self.wt[i]);
+                let xi = &self.x[i * p..(i + 1) * p];
+                sj += zi * d.wr;
+                hj += d.w * zi * zi;
+                let woz = d.wo * zi;
+                hoj += woz * zi;
+                let wpz2 = d.wp * zi * zi;
+                bj += wpz2 * zi;
+                for c in 0..p {
+                    gb[c] -= 2.0 * d.wr * xi[c];
+                    co[c] += woz * xi[c];
+                    a[c] += wpz2 * xi[c];
+                }
+            }
+            let dj = 1.0 + th2 * hj;
+            let dobs = 1.0 + th2 * hoj;
+            for c in 0..p {
+                gb[c] += th2 / dj * (a[c] - bj * th2 * co[c] / dobs);
+            }
+            let dudt = (sj - th * ul * hoj) / dobs;
+            gt += -2.0 * ul * sj + (2.0 * th * hj + th2 * bj * (ul + th * dudt)) / dj;
+            jt[l] = dudt;
+            for c in 0..p {
+                jb[c * nl + l] = -th * co[c] / dobs;
+            }
+        }
+        let mut out = Vec::with_capacity(p + 1);
+        out.push(gt);
+        out.extend_from_slice(&gb);
+        (out, jt, jb)
     }
 
     /// nAGQ = 0 with one scalar term: Fisher scoring over (u, beta); the fixed effects couple
@@ -1158,10 +1420,21 @@ impl Glmm {
         let mut prev = f64::INFINITY;
         let mut ldl2;
         loop {
-            let sol = self.lmm_solve(theta, joint)?;
-            ldl2 = sol.ldl2;
-            let unew: Vec<f64> = sol.u.concat();
-            let bnew = sol.beta;
+            let (unew, bnew) = if self.crossed.is_some() {
+                let th = self.term_thetas(theta);
+                self.ensure_crossed_x(joint);
+                let cr = if joint { self.crossed_x.as_mut() } else { self.crossed.as_mut() }.unwrap();
+                let x: &[f64] = if joint { &self.x } else { &[] };
+                let (u, b) = cr.factor_solve(&th, &self.refs, &self.z, x, &self.w, &self.wresp).ok_or_else(|| {
+                    GlmmError::Pirls("PIRLS: the penalised least-squares system is not positive definite".into())
+                })?;
+                ldl2 = cr.logdet;
+                (u, b)
+            } else {
+                let sol = self.lmm_solve(theta, joint)?;
+                ldl2 = sol.ldl2;
+                (sol.u.concat(), sol.beta)
+            };
             let mut maxstep: f64 = 0.0;
             for (a, b) in unew.iter().zip(&self.u) {
                 maxstep = maxstep.max((a - b).abs() / (1.0 + b.abs()));
@@ -1238,6 +1511,16 @@ impl Glmm {
             return Ok(vec![self.d2.iter().map(|d| th * th / d).collect()]);
         }
         self.refresh_state();
+        if self.crossed.is_some() {
+            let th = self.term_thetas(theta);
+            let cr = self.crossed.as_mut().unwrap();
+            cr.factor_solve(&th, &self.refs, &self.z, &[], &self.w, &self.wresp)
+                .ok_or_else(|| GlmmError::Pirls("factorisation failed".into()))?;
+            let d = cr.inverse_diagonal();
+            return Ok((0..self.terms.len())
+                .map(|t| (self.uoff[t]..self.uoff[t + 1]).map(|j| th[t] * th[t] * d[j]).collect())
+                .collect());
+        }
         self.ensure_lmm(false)?;
         let rows = Rows {
             refs: self.refs.iter().map(|v| v.as_slice()).collect(),
@@ -1257,6 +1540,15 @@ impl Glmm {
     pub fn rx(&mut self, theta: &[f64]) -> Result<Vec<f64>, GlmmError> {
         self.check_theta(theta)?;
         self.refresh_state();
+        if self.crossed.is_some() {
+            self.ensure_crossed_x(true);
+            let th = self.term_thetas(theta);
+            let yt: Vec<f64> = (0..self.n).map(|i| self.wresp[i] + self.offb[i] - self.off[i]).collect();
+            let cr = self.crossed_x.as_mut().unwrap();
+            cr.factor_solve(&th, &self.refs, &self.z, &self.x, &self.w, &yt)
+                .ok_or_else(|| GlmmError::Pirls("the fixed-effects block is not positive definite".into()))?;
+            return Ok(cr.rx());
+        }
         self.ensure_lmm(true)?;
         // the working response of the (u, beta) system; R_X does not depend on it, but the
         // factor of the whole system must exist
@@ -1578,6 +1870,121 @@ mod tests {
         let (z, w) = gauss_hermite(30);
         let a30 = m.agq(&th, &beta, &z, &w);
         assert!((a30 - a1).abs() < 0.5, "{a30} vs {a1}");
+    }
+
+    #[test]
+    fn scalar_laplace_gradient_matches_finite_differences() {
+        let mut g = Lcg(31);
+        let terms = vec![Term { nlev: 7, s: 1, lambda: vec![(0, 0, 0)] }];
+        for (dist, link) in
+            [(Dist::Binomial, Link::Logit), (Dist::Binomial, Link::Probit), (Dist::Binomial, Link::Cloglog), (Dist::Poisson, Link::Log)]
+        {
+            let mut pb = problem(&mut g, 90, terms.clone(), dist);
+            // a non-trivial z (random slope without intercept) exercises the z^3 terms
+            for v in pb.z[0].iter_mut() {
+                *v = 0.5 + g.next();
+            }
+            let mut m = Glmm::new(terms.clone(), 2, &rows(&pb), dist, link).unwrap();
+            for x in [[0.8, -0.3, 0.5], [1.7, 0.2, -0.6], [0.2, 0.1, 0.1]] {
+                m.laplace(&x[..1], &x[1..]);
+                let grad = m.laplace_gradient().unwrap();
+                for j in 0..3 {
+                    let h = 1e-5;
+                    let (mut xp, mut xm) = (x, x);
+                    xp[j] += h;
+                    xm[j] -= h;
+                    let fd = (m.laplace(&xp[..1], &xp[1..]) - m.laplace(&xm[..1], &xm[1..])) / (2.0 * h);
+                    assert!((fd - grad[j]).abs() < 1e-5 * (1.0 + fd.abs()), "{dist:?}/{link:?} x={x:?} j={j}: {fd} vs {}", grad[j]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crossed_engine_matches_brute_force_and_its_gradient_finite_differences() {
+        let mut g = Lcg(77);
+        let terms = vec![
+            Term { nlev: 11, s: 1, lambda: vec![(0, 0, 0)] },
+            Term { nlev: 5, s: 1, lambda: vec![(0, 0, 1)] },
+            Term { nlev: 3, s: 1, lambda: vec![(0, 0, 2)] },
+        ];
+        for (dist, link) in [(Dist::Binomial, Link::Logit), (Dist::Poisson, Link::Log), (Dist::Binomial, Link::Probit)] {
+            let mut pb = problem(&mut g, 150, terms.clone(), dist);
+            for v in pb.z[1].iter_mut() {
+                *v = 0.3 + g.next(); // a scalar slope term
+            }
+            let mut m = Glmm::new(terms.clone(), 2, &rows(&pb), dist, link).unwrap();
+            assert!(m.crossed.is_some());
+            check_laplace(&pb, dist, link, &[vec![0.9, 0.5, 0.3], vec![1.4, 0.0, 0.8]]);
+            if !m.has_gradient() {
+                continue;
+            }
+            for x in [[0.9, 0.5, 0.3, -0.2, 0.4], [1.4, 0.2, 0.8, 0.3, -0.5]] {
+                m.laplace(&x[..3], &x[3..]);
+                let grad = m.laplace_gradient().unwrap();
+                for j in 0..5 {
+                    let h = 1e-5;
+                    let (mut xp, mut xm) = (x, x);
+                    xp[j] += h;
+                    xm[j] -= h;
+                    let fd = (m.laplace(&xp[..3], &xp[3..]) - m.laplace(&xm[..3], &xm[3..])) / (2.0 * h);
+                    assert!((fd - grad[j]).abs() < 1e-5 * (1.0 + fd.abs()), "{dist:?} x={x:?} j={j}: {fd} vs {}", grad[j]);
+                }
+                // conditional variances and R_X agree with the LMM engine's
+                let cv = m.condvar(&x[..3]).unwrap();
+                let rx = m.rx(&x[..3]).unwrap();
+                let cr = m.crossed.take();
+                let cv2 = m.condvar(&x[..3]).unwrap();
+                let rx2 = m.rx(&x[..3]).unwrap();
+                m.crossed = cr;
+                for (a, b) in cv.concat().iter().zip(cv2.concat().iter()) {
+                    assert!((a - b).abs() < 1e-10 * (1.0 + b.abs()), "condvar {a} vs {b}");
+                }
+                for (a, b) in rx.iter().zip(rx2.iter()) {
+                    assert!((a - b).abs() < 1e-10 * (1.0 + b.abs()), "rx {a} vs {b}");
+                }
+            }
+            // nAGQ = 0 through the crossed solver and through the LMM engine
+            let mut a = Glmm::new(terms.clone(), 2, &rows(&pb), dist, link).unwrap();
+            let mut b = Glmm::new(terms.clone(), 2, &rows(&pb), dist, link).unwrap();
+            b.crossed = None;
+            let th = [0.8, 0.4, 0.6];
+            let (fa, fb) = (a.laplace_joint(&th), b.laplace_joint(&th));
+            assert!((fa - fb).abs() < 1e-9 * fa.abs(), "{fa} vs {fb}");
+            for (u, v) in a.beta().iter().zip(b.beta()) {
+                assert!((u - v).abs() < 1e-8);
+            }
+        }
+    }
+
+    #[test]
+    fn predicted_modes_are_first_order_accurate() {
+        let mut g = Lcg(91);
+        for terms in [
+            vec![Term { nlev: 9, s: 1, lambda: vec![(0, 0, 0)] }],
+            vec![Term { nlev: 9, s: 1, lambda: vec![(0, 0, 0)] }, Term { nlev: 4, s: 1, lambda: vec![(0, 0, 1)] }],
+        ] {
+            let pb = problem(&mut g, 120, terms.clone(), Dist::Binomial);
+            let nth = terms.len();
+            let mut m = Glmm::new(terms.clone(), 2, &rows(&pb), Dist::Binomial, Link::Logit).unwrap();
+            let x: Vec<f64> = [0.9, 0.6].iter().take(nth).chain([-0.2, 0.4].iter()).copied().collect();
+            m.laplace(&x[..nth], &x[nth..]);
+            m.laplace_gradient().unwrap();
+            let (x0, u0, jac) = m.pred.clone().unwrap();
+            let q = u0.len();
+            for j in 0..x.len() {
+                let h = 1e-3;
+                let mut xp = x.clone();
+                xp[j] += h;
+                let mut fresh = Glmm::new(terms.clone(), 2, &rows(&pb), Dist::Binomial, Link::Logit).unwrap();
+                fresh.laplace(&xp[..nth], &xp[nth..]);
+                let up = fresh.u().concat();
+                for a in 0..q {
+                    let pred = u0[a] + jac[j * q + a] * (xp[j] - x0[j]);
+                    assert!((pred - up[a]).abs() < 1e-5, "j={j} a={a}: {pred} vs {}", up[a]);
+                }
+            }
+        }
     }
 
     #[test]

@@ -262,6 +262,27 @@ impl GlmmCore {
         Ok(py.detach(|| inner.laplace(&th, &be)))
     }
 
+    /// Laplace deviance and its gradient in (theta, beta) (see has_gradient; the gradient
+    /// is None for other models or when PIRLS failed). `jacobian`: keep the modes'
+    /// derivatives to warm-start the next evaluations near this point.
+    #[pyo3(signature = (theta, beta, jacobian=true))]
+    fn laplace_grad<'py>(
+        &mut self,
+        py: Python<'py>,
+        theta: PyReadonlyArray1<'_, f64>,
+        beta: PyReadonlyArray1<'_, f64>,
+        jacobian: bool,
+    ) -> PyResult<(f64, Option<Bound<'py, PyArray1<f64>>>)> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let be = slice(&beta, "beta")?.to_vec();
+        let inner = &mut self.inner;
+        let (f, g) = py.detach(|| {
+            let f = inner.laplace(&th, &be);
+            (f, if f.is_finite() { inner.laplace_gradient_opt(jacobian) } else { None })
+        });
+        Ok((f, g.map(|v| PyArray1::from_vec(py, v))))
+    }
+
     /// Like laplace, but raises the PIRLS error instead of returning inf.
     fn try_laplace(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>, beta: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
         let th = slice(&theta, "theta")?.to_vec();
@@ -316,6 +337,13 @@ impl GlmmCore {
     #[getter]
     fn is_scalar(&self) -> bool {
         self.inner.is_scalar()
+    }
+
+    /// The engine gives the exact gradient of the Laplace criterion (one scalar term, or
+    /// all terms scalar with a canonical link).
+    #[getter]
+    fn has_gradient(&self) -> bool {
+        self.inner.has_gradient()
     }
 
     /// Spherical random effects per term (level-major, flattened).

@@ -330,6 +330,11 @@ pub(crate) trait Kernel: Copy {
     /// the deviance residual without its per-row constant: dev_i = dc_i + dev(...)
     fn dev(&self, v: &RowVal, dy: f64, dn: f64, wt: f64) -> f64;
     fn deriv(&self, eta: f64, y: f64, wt: f64) -> RowDeriv;
+    /// The same from the stored mean (canonical links need no transcendental function).
+    #[inline(always)]
+    fn deriv_mu(&self, eta: f64, _mu: f64, y: f64, wt: f64) -> RowDeriv {
+        self.deriv(eta, y, wt)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -382,6 +387,14 @@ impl Kernel for LogitK {
         // canonical link: observed = expected information, w = wt mu (1 - mu)
         RowDeriv { w: v.w, wr: v.wr, wo: v.w, wp: v.w * (1.0 - 2.0 * v.mu) }
     }
+    #[inline(always)]
+    fn deriv_mu(&self, eta: f64, mu: f64, y: f64, wt: f64) -> RowDeriv {
+        if !(mu > EPS && mu < 1.0 - EPS) {
+            return self.deriv(eta, y, wt); // lme4's clamps
+        }
+        let w = wt * mu * (1.0 - mu);
+        RowDeriv { w, wr: wt * (y - mu), wo: w, wp: w * (1.0 - 2.0 * mu) }
+    }
 }
 
 impl Kernel for PoissonLogK {
@@ -402,6 +415,14 @@ impl Kernel for PoissonLogK {
     fn deriv(&self, eta: f64, y: f64, wt: f64) -> RowDeriv {
         let v = self.row(eta, y, wt);
         RowDeriv { w: v.w, wr: v.wr, wo: v.w, wp: v.w }
+    }
+    #[inline(always)]
+    fn deriv_mu(&self, eta: f64, mu: f64, y: f64, wt: f64) -> RowDeriv {
+        if !(mu > EPS) {
+            return self.deriv(eta, y, wt);
+        }
+        let w = wt * mu;
+        RowDeriv { w, wr: wt * (y - mu), wo: w, wp: w }
     }
 }
 
