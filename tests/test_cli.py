@@ -99,3 +99,23 @@ def test_fit_bad_column_real_engine(capsys):
     assert main(["fit", "mAch ~ nosuchcolumn + (1 | school)", "--data", "hsb"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_fit_glmm_from_the_command_line(capsys):
+    code = main(["fit", "cbind(incidence, size - incidence) ~ period + (1 | herd)", "--data", "cbpp",
+                 "--family", "binomial"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Generalized linear mixed model fit by maximum likelihood" in out
+    assert "Family: binomial  ( logit )" in out
+    code = main(["fit", "cbind(incidence, size - incidence) ~ period + (1 | herd)", "--data", "cbpp",
+                 "--family", "binomial", "--nagq", "25", "--json"])
+    d = json.loads(capsys.readouterr().out)
+    # lme4 leaves the saturated term out of logLik for nAGQ > 1 (reference: -50.005015)
+    assert code == 0 and d["results"]["logLik"] == pytest.approx(-50.005015, abs=1e-5)
+
+
+def test_glmm_options_need_a_family(capsys):
+    code = main(["fit", "Reaction ~ Days + (1 | Subject)", "--data", "sleepstudy", "--nagq", "5"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: --link and --nagq need --family")

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     f = sub.add_parser("fit", help="fit a model and print its summary",
-                       description="Fit a linear mixed model (lme4's lmer) and print lme4's summary.")
+                       description="Fit a linear mixed model (lme4's lmer), or with --family a "
+                                   "generalised one (glmer), and print lme4's summary.")
     f.add_argument("formula", help='lme4 formula, e.g. "Reaction ~ Days + (Days | Subject)"')
     f.add_argument("--data", required=True, metavar="PATH_OR_NAME",
                    help="CSV/TSV/Parquet file, or the name of a bundled data set (see `multilevel datasets`)")
@@ -59,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", metavar="COL", help="column of prior (precision) weights")
     f.add_argument("--json", action="store_true",
                    help="print the fit as JSON in the field names of lme4's reference fits")
-    # GLMM options (--family, --link, --nagq) belong here; _fit() is where they are dispatched.
+    f.add_argument("--family", metavar="NAME",
+                   help="fit a generalised model (glmer): binomial or poisson")
+    f.add_argument("--link", metavar="NAME", help="link function (default: the family's canonical link)")
+    f.add_argument("--nagq", type=int, default=1, metavar="N",
+                   help="glmer: 1 = Laplace (default), > 1 adaptive Gauss-Hermite points, 0 = fast nAGQ=0 fit")
     f.set_defaults(handler=_cmd_fit)
 
     r = sub.add_parser("report", help="fit models and write a self-contained HTML report",
@@ -125,10 +130,18 @@ def _fit(args: argparse.Namespace, df: pd.DataFrame) -> Any:
     """Fit the model the arguments describe (the one place that chooses lmer vs glmer)."""
     import multilevel  # lazily: the engine is only loaded for `fit`
 
-    kw: dict[str, Any] = {"reml": not args.ml}
+    kw: dict[str, Any] = {}
     if args.weights:
         kw["weights"] = args.weights
-    return multilevel.lmer(args.formula, data=df, **kw)
+    family = getattr(args, "family", None)
+    if family and family != "gaussian":
+        if args.ml:
+            raise _InputError("--ml is for linear mixed models; glmer fits are always ML")
+        return multilevel.glmer(args.formula, data=df, family=family, link=args.link,
+                                nagq=args.nagq, **kw)
+    if getattr(args, "link", None) or getattr(args, "nagq", 1) != 1:
+        raise _InputError("--link and --nagq need --family (binomial or poisson)")
+    return multilevel.lmer(args.formula, data=df, reml=not args.ml, **kw)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
