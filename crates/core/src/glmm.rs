@@ -347,21 +347,7 @@ impl Glmm {
         }
         // ---- sort the rows by the levels of term 0 (counting sort, stable) ----
         let nl0 = terms[0].nlev;
-        let mut gstart = vec![0usize; nl0 + 1];
-        for &l in rows.refs[0] {
-            gstart[l as usize + 1] += 1;
-        }
-        for l in 0..nl0 {
-            gstart[l + 1] += gstart[l];
-        }
-        let mut perm = vec![0u32; n];
-        {
-            let mut next = gstart.clone();
-            for (i, &l) in rows.refs[0].iter().enumerate() {
-                perm[next[l as usize]] = i as u32;
-                next[l as usize] += 1;
-            }
-        }
+        let (gstart, perm) = crate::small::rows_by_level(rows.refs[0], nl0);
         let take = |a: &[f64]| -> Vec<f64> { perm.iter().map(|&i| a[i as usize]).collect() };
         let refs: Vec<Vec<u32>> =
             rows.refs.iter().map(|r| perm.iter().map(|&i| r[i as usize]).collect()).collect();

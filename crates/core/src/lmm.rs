@@ -173,21 +173,7 @@ impl Lmm {
         let nl0 = terms[0].nlev;
 
         // ---- pattern: which levels of the other terms meet each level of term 0 ----
-        let mut count = vec![0usize; nl0 + 1];
-        for &l in rows.refs[0] {
-            count[l as usize + 1] += 1;
-        }
-        for l in 0..nl0 {
-            count[l + 1] += count[l];
-        }
-        let mut order = vec![0u32; n];
-        {
-            let mut next = count.clone();
-            for (t, &l) in rows.refs[0].iter().enumerate() {
-                order[next[l as usize]] = t as u32;
-                next[l as usize] += 1;
-            }
-        }
+        let (count, order) = small::rows_by_level(rows.refs[0], nl0);
         let mut mark: Vec<Vec<u32>> = terms.iter().map(|t| vec![u32::MAX; t.nlev]).collect();
         let mut slot: Vec<Vec<u32>> = (0..terms.len())
             .map(|k| if k == 0 { Vec::new() } else { vec![0u32; n] })
