@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 import warnings as _warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from .errors import DataError, FitError, ModelSpecError, MultilevelWarning
 from .families import Family, get_family
 from .lmm import SINGULAR_MESSAGE, diagonal_theta, engine_terms, theta_layout
 from .optimize import bobyqa, control_options
+
+if TYPE_CHECKING:  # for the return hint only; glmm_results is imported lazily in glmer
+    from .glmm_results import GlmmFit
 
 __all__ = ["glmer", "GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd"]
 
@@ -406,7 +409,7 @@ def glmer(
     weights: Any = None,
     offset: Any = None,
     control: dict | None = None,
-):
+) -> GlmmFit:
     """Fit a generalized linear mixed model by maximum likelihood (lme4's ``glmer``).
 
     Parameters

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import warnings as _warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ._core import LmmCore
 from .design import ModelFrame
 from .errors import FitError, ModelSpecError, MultilevelWarning
 from .optimize import bobyqa, control_options, newton_decrement
+
+if TYPE_CHECKING:  # the result module imports nothing from here; this is for the hint
+    from .results import LmmFit
 
 SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 
@@ -276,7 +279,7 @@ def lmer(
     weights: Any = None,
     offset: Any = None,
     control: dict | None = None,
-):
+) -> LmmFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood.
 
     Parameters
