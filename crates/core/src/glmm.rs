@@ -1559,16 +1559,7 @@ impl Glmm {
 mod tests {
     use super::*;
 
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((self.0 >> 11) as f64) / ((1u64 << 53) as f64)
-        }
-        fn level(&mut self, n: usize) -> u32 {
-            ((self.next() * n as f64) as usize).min(n - 1) as u32
-        }
-    }
+    use crate::testutil::Lcg;
 
     #[test]
     fn gauss_hermite_moments() {

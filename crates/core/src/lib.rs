@@ -6,3 +6,5 @@
 pub mod glmm;
 pub mod lmm;
 pub mod small;
+#[cfg(test)]
+mod testutil;

@@ -1180,17 +1180,7 @@ pub fn profiled(n: usize, p: usize, ldl2: f64, ldrx2: f64, pwrss: f64, reml: boo
 mod tests {
     use super::*;
 
-    /// A small deterministic pseudo-random generator, so the tests need no crate.
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((self.0 >> 11) as f64) / ((1u64 << 53) as f64)
-        }
-        fn level(&mut self, n: usize) -> u32 {
-            ((self.next() * n as f64) as usize).min(n - 1) as u32
-        }
-    }
+    use crate::testutil::Lcg;
 
     /// Dense symmetric solve by Cholesky, for the brute-force reference.
     fn dense_chol(a: &[f64], n: usize) -> Vec<f64> {
