@@ -165,6 +165,17 @@ impl From<LmmError> for GlmmError {
     }
 }
 
+/// Where PIRLS stands between iterations.
+struct PirlsIter {
+    it: usize,
+    /// the previous relative step (for the noise-floor test)
+    prev: f64,
+    /// no step taken yet from the starting values
+    fresh: bool,
+    dev: f64,
+    pdev: f64,
+}
+
 /// PIRLS settings.
 #[derive(Clone, Copy, Debug)]
 pub struct PirlsControl {
@@ -1074,18 +1085,77 @@ impl Glmm {
         (out, jt, jb)
     }
 
+    /// One PIRLS iteration once the next mode (`unew`, and `bnew` when `joint`) is known:
+    /// report convergence, or step towards it, halving the step until the penalised deviance
+    /// (from `pass`, the caller's pass over the rows) does not increase. Returns true when
+    /// converged. Shared by the scalar fast path and the general path.
+    fn pirls_advance(
+        &mut self,
+        unew: &[f64],
+        bnew: &[f64],
+        joint: bool,
+        st: &mut PirlsIter,
+        mut pass: impl FnMut(&mut Self) -> f64,
+    ) -> Result<bool, GlmmError> {
+        let ctl = self.control;
+        let rel = |new: &[f64], old: &[f64]| {
+            new.iter().zip(old).fold(0.0f64, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())))
+        };
+        let mut maxstep = rel(unew, &self.u);
+        if joint {
+            maxstep = maxstep.max(rel(bnew, &self.beta));
+        }
+        if !maxstep.is_finite() {
+            return Err(GlmmError::Pirls("PIRLS: non-finite step".into()));
+        }
+        if !st.fresh && ctl.converged(maxstep, st.prev) {
+            return Ok(true);
+        }
+        st.prev = if st.fresh { f64::INFINITY } else { maxstep };
+        st.it += 1;
+        if st.it > ctl.maxit {
+            return Err(GlmmError::Pirls(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
+        }
+        let (u0, b0) = (self.u.clone(), self.beta.clone());
+        let mut fac = 1.0;
+        let mut halvings = 0;
+        loop {
+            for (j, v) in self.u.iter_mut().enumerate() {
+                *v = u0[j] + fac * (unew[j] - u0[j]);
+            }
+            if joint {
+                for (a, v) in self.beta.iter_mut().enumerate() {
+                    *v = b0[a] + fac * (bnew[a] - b0[a]);
+                }
+            }
+            let dn = pass(self);
+            let pn = dn + self.u.iter().map(|v| v * v).sum::<f64>();
+            if pn.is_finite() && pn <= st.pdev + 1e-12 * (1.0 + st.pdev.abs()) {
+                st.dev = dn;
+                st.pdev = pn;
+                break;
+            }
+            halvings += 1;
+            if halvings > ctl.max_halvings {
+                return Err(GlmmError::Pirls("PIRLS step-halvings failed to reduce the deviance".into()));
+            }
+            fac *= 0.5;
+        }
+        st.fresh = false;
+        Ok(false)
+    }
+
     /// nAGQ = 0 with one scalar term: Fisher scoring over (u, beta); the fixed effects couple
     /// the groups, so every step is a pass over all rows and a p x p Schur complement.
     fn scalar_joint<K: Kernel>(&mut self, k: K, th: f64) -> Result<(), GlmmError> {
         let (p, nl) = (self.p, self.terms[0].nlev);
-        let ctl = self.control;
         let mut sys = JointSystem::new(nl, p);
         let mut unew = vec![0.0; nl];
         let mut bnew = vec![0.0; p];
-        let mut fresh = !self.warm;
+        let fresh = !self.warm;
         let usq = |u: &[f64]| u.iter().map(|v| v * v).sum::<f64>();
-        let mut dev;
-        let mut pdev;
+        let dev;
+        let pdev;
         if fresh {
             self.u.iter_mut().for_each(|v| *v = 0.0);
             self.scalar_joint_pass(k, th, true, &mut sys);
@@ -1095,8 +1165,7 @@ impl Glmm {
             dev = self.scalar_joint_pass(k, th, false, &mut sys);
             pdev = dev + usq(&self.u);
         }
-        let mut it = 0;
-        let mut prev = f64::INFINITY;
+        let mut st = PirlsIter { it: 0, prev: f64::INFINITY, fresh, dev, pdev };
         let mut s = vec![0.0; p * p];
         let mut rb = vec![0.0; p];
         loop {
@@ -1122,7 +1191,6 @@ impl Glmm {
                 small::solve_lower(&s, p, &mut bnew);
                 small::solve_lower_t(&s, p, &mut bnew);
             }
-            let mut maxstep: f64 = 0.0;
             for l in 0..nl {
                 let d = th * th * sys.h[l] + 1.0;
                 let c = &sys.c[l * p..(l + 1) * p];
@@ -1131,46 +1199,10 @@ impl Glmm {
                     v -= th * c[a] * bnew[a];
                 }
                 unew[l] = v / d;
-                maxstep = maxstep.max((unew[l] - self.u[l]).abs() / (1.0 + self.u[l].abs()));
             }
-            for a in 0..p {
-                maxstep = maxstep.max((bnew[a] - self.beta[a]).abs() / (1.0 + self.beta[a].abs()));
-            }
-            if !maxstep.is_finite() {
-                return Err(GlmmError::Pirls("PIRLS: non-finite step".into()));
-            }
-            if !fresh && ctl.converged(maxstep, prev) {
+            if self.pirls_advance(&unew, &bnew, true, &mut st, |me| me.scalar_joint_pass(k, th, false, &mut sys))? {
                 break;
             }
-            prev = if fresh { f64::INFINITY } else { maxstep };
-            it += 1;
-            if it > ctl.maxit {
-                return Err(GlmmError::Pirls(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
-            }
-            let (u0, b0) = (self.u.clone(), self.beta.clone());
-            let mut fac = 1.0;
-            let mut halvings = 0;
-            loop {
-                for l in 0..nl {
-                    self.u[l] = u0[l] + fac * (unew[l] - u0[l]);
-                }
-                for a in 0..p {
-                    self.beta[a] = b0[a] + fac * (bnew[a] - b0[a]);
-                }
-                let dn = self.scalar_joint_pass(k, th, false, &mut sys);
-                let pn = dn + usq(&self.u);
-                if pn.is_finite() && pn <= pdev + 1e-12 * (1.0 + pdev.abs()) {
-                    dev = dn;
-                    pdev = pn;
-                    break;
-                }
-                halvings += 1;
-                if halvings > ctl.max_halvings {
-                    return Err(GlmmError::Pirls("PIRLS step-halvings failed to reduce the deviance".into()));
-                }
-                fac *= 0.5;
-            }
-            fresh = false;
         }
         // the last pass was at the converged (u, beta): its weights define L
         let mut ldl2 = 0.0;
@@ -1185,6 +1217,7 @@ impl Glmm {
         for i in 0..self.n {
             self.wresp[i] -= self.offb[i] - self.off[i];
         }
+        let (dev, it) = (st.dev, st.it);
         let aic = self.total_aic(dev);
         let us = usq(&self.u);
         self.warm = true;
@@ -1376,16 +1409,14 @@ impl Glmm {
     }
 
     fn pirls_general<K: Kernel>(&mut self, k: K, theta: &[f64], joint: bool) -> Result<(), GlmmError> {
-        let ctl = self.control;
         let lams = self.lambdas(theta);
-        let p = self.p;
-        let mut fresh = !self.warm;
+        let fresh = !self.warm;
         if fresh {
             self.u.iter_mut().for_each(|v| *v = 0.0);
         }
         let usq = |u: &[f64]| u.iter().map(|v| v * v).sum::<f64>();
-        let mut dev;
-        let mut pdev;
+        let dev;
+        let pdev;
         if joint && fresh {
             // first step from the family's starting means (glm's initialize)
             for i in 0..self.n {
@@ -1402,8 +1433,7 @@ impl Glmm {
             dev = self.general_pass(k, &lams, joint);
             pdev = dev + usq(&self.u);
         }
-        let mut it = 0;
-        let mut prev = f64::INFINITY;
+        let mut st = PirlsIter { it: 0, prev: f64::INFINITY, fresh, dev, pdev };
         let mut ldl2;
         loop {
             let (unew, bnew) = if self.crossed.is_some() {
@@ -1421,52 +1451,9 @@ impl Glmm {
                 ldl2 = sol.ldl2;
                 (sol.u.concat(), sol.beta)
             };
-            let mut maxstep: f64 = 0.0;
-            for (a, b) in unew.iter().zip(&self.u) {
-                maxstep = maxstep.max((a - b).abs() / (1.0 + b.abs()));
-            }
-            if joint {
-                for a in 0..p {
-                    maxstep = maxstep.max((bnew[a] - self.beta[a]).abs() / (1.0 + self.beta[a].abs()));
-                }
-            }
-            if !maxstep.is_finite() {
-                return Err(GlmmError::Pirls("PIRLS: non-finite step".into()));
-            }
-            if !fresh && ctl.converged(maxstep, prev) {
+            if self.pirls_advance(&unew, &bnew, joint, &mut st, |me| me.general_pass(k, &lams, joint))? {
                 break;
             }
-            prev = if fresh { f64::INFINITY } else { maxstep };
-            it += 1;
-            if it > ctl.maxit {
-                return Err(GlmmError::Pirls(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
-            }
-            let (u0, b0) = (self.u.clone(), self.beta.clone());
-            let mut fac = 1.0;
-            let mut halvings = 0;
-            loop {
-                for (j, v) in self.u.iter_mut().enumerate() {
-                    *v = u0[j] + fac * (unew[j] - u0[j]);
-                }
-                if joint {
-                    for a in 0..p {
-                        self.beta[a] = b0[a] + fac * (bnew[a] - b0[a]);
-                    }
-                }
-                let dn = self.general_pass(k, &lams, joint);
-                let pn = dn + usq(&self.u);
-                if pn.is_finite() && pn <= pdev + 1e-12 * (1.0 + pdev.abs()) {
-                    dev = dn;
-                    pdev = pn;
-                    break;
-                }
-                halvings += 1;
-                if halvings > ctl.max_halvings {
-                    return Err(GlmmError::Pirls("PIRLS step-halvings failed to reduce the deviance".into()));
-                }
-                fac *= 0.5;
-            }
-            fresh = false;
         }
         if joint {
             let b = self.beta.clone();
@@ -1475,6 +1462,7 @@ impl Glmm {
                 self.wresp[i] -= self.offb[i] - self.off[i];
             }
         }
+        let (dev, it) = (st.dev, st.it);
         let aic = self.total_aic(dev);
         let us = usq(&self.u);
         self.warm = true;
