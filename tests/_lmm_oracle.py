@@ -14,8 +14,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from multilevel.design import ModelFrame, NewDesign, ReTerm
-from multilevel.results import LmmFit, lambda_blocks
+from multilevel.design.frame import ModelFrame, NewDesign, ReTerm
+from multilevel.results.lmm import LmmFit
+from multilevel.covariance import lambda_blocks
 
 
 def _full_z_lambda(frame: ModelFrame, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[slice]]:

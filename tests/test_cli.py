@@ -1,4 +1,4 @@
-"""The ``multilevel`` command line (``multilevel.cli.main``)."""
+"""The ``multilevel`` command line (``multilevel.app.cli.main``)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import multilevel
 from _lmm_oracle import oracle_fit, sleepstudy_frame
 from conftest import load_case
-from multilevel.cli import main
+from multilevel.app.cli import main
 from multilevel.datasets import load
 from multilevel.errors import ColumnNotFoundError
 

@@ -120,7 +120,7 @@ def test_text_html_and_dict(pop):
     assert out["levels"][0]["n_groups"] == 100 and out["icc"]["class"] == d.icc["class"]
 
 
-@pytest.mark.parametrize("module", ["multilevel.describe"])
+@pytest.mark.parametrize("module", ["multilevel.toolkit.describe"])
 def test_docstring_examples(module):
     import doctest
     import importlib

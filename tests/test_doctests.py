@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 MODULES = ["multilevel.report.rformat", "multilevel.report.export", "multilevel.report.summary",
-           "multilevel.report.html", "multilevel.results", "multilevel.datasets", "multilevel.cli"]
+           "multilevel.report.html", "multilevel.results.lmm", "multilevel.datasets", "multilevel.app.cli"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -22,7 +22,7 @@ def test_docstring_examples(name):
     from multilevel.datasets import load
 
     extra = {"ml": ml, "load": load, "pd": pd}
-    if name == "multilevel.results":
+    if name == "multilevel.results.lmm":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             extra["fit"] = ml.lmer("Reaction ~ Days + (Days | Subject)", data=load("sleepstudy"))

@@ -17,7 +17,7 @@ from scipy import integrate, optimize, special, stats
 
 import multilevel as ml
 from multilevel import families
-from multilevel.glmm import GlmmProblem, deriv12
+from multilevel.engine.glmm import GlmmProblem, deriv12
 
 
 def _fit(*args, **kw):
@@ -144,7 +144,7 @@ def _dense_laplace(fit, theta, beta):
     n = fr.nobs
     cols = []
     sizes = [rt.n_terms for rt in fr.reterms]
-    from multilevel.results import lambda_blocks
+    from multilevel.covariance import lambda_blocks
 
     lams = lambda_blocks(np.asarray(theta), sizes)
     for rt, lam in zip(fr.reterms, lams):

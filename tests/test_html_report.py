@@ -1,4 +1,4 @@
-"""The HTML report (``multilevel.report.html_report``) and ``multilevel report``: sections,
+"""The HTML report (``multilevel.app.html_report``) and ``multilevel report``: sections,
 self-containment (no external resource of any kind), embedded images, notes for missing
 tools, progress reporting. The browser checks are in ``test_report_browser.py``."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("matplotlib")
 
 import multilevel as ml  # noqa: E402
-from multilevel.cli import main  # noqa: E402
+from multilevel.app.cli import main  # noqa: E402
 from multilevel.datasets import load  # noqa: E402
-from multilevel.report import html_report  # noqa: E402
-from multilevel.report.html_report import build_report  # noqa: E402
+from multilevel.app import html_report  # noqa: E402
+from multilevel.app.html_report import build_report  # noqa: E402
 
 SLEEP = ["Reaction ~ Days + (1 | Subject)", "Reaction ~ Days + (Days | Subject)"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from _inference_helpers import fit_case
 
-from multilevel.inference import compare, display
+from multilevel.report.tables import compare, display
 
 
 def _two():
@@ -75,7 +75,7 @@ def test_display_is_arms_layout():
 
 MODULES = ["multilevel.inference.anova", "multilevel.inference.ddf", "multilevel.inference.confint",
            "multilevel.inference.bootstrap", "multilevel.inference.variance",
-           "multilevel.inference.tables", "multilevel.inference._common"]
+           "multilevel.report.tables", "multilevel.inference._common"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,4 @@
-"""multilevel.lm: least squares with the mixed models' formula language, checked against R's
+"""multilevel.results.lm: least squares with the mixed models' formula language, checked against R's
 printed numbers for lm(Reaction ~ Days, sleepstudy) and against closed forms computed here
 with numpy (no statsmodels)."""
 from __future__ import annotations
@@ -278,7 +278,7 @@ def test_usable_beside_mixed_models(sleep, sleep_fit):
     assert tab["Chisq"].iloc[1] == pytest.approx(148.35, abs=0.01)
 
 
-@pytest.mark.parametrize("module", ["multilevel.lm", "multilevel.report.lm_summary"])
+@pytest.mark.parametrize("module", ["multilevel.results.lm", "multilevel.report.lm_summary"])
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -1,4 +1,4 @@
-"""Plots (``multilevel.plots``): each renders to PNG, and what it shows is checked from its
+"""Plots (``multilevel.report.plots``): each renders to PNG, and what it shows is checked from its
 artists: one line per group, one point per level, the number of panels, labels, legends,
 and the numbers behind the lines (fitted values, predictions, profile limits vs lme4)."""
 from __future__ import annotations

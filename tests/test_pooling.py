@@ -217,7 +217,7 @@ def test_two_stage_skips_groups_without_an_estimate():
     assert any("no-pooling estimate not defined" in n for n in ts.notes)
 
 
-@pytest.mark.parametrize("module", ["multilevel.pooling"])
+@pytest.mark.parametrize("module", ["multilevel.toolkit.pooling"])
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import multilevel as ml
-from multilevel.report.html_report import build_report
+from multilevel.app.html_report import build_report
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 TIMEOUT = 60.0

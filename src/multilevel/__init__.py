@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from .errors import (
+from multilevel.errors import (
     ColumnNotFoundError,
     DataError,
     FitError,
@@ -16,12 +16,14 @@ from .errors import (
     MultilevelError,
     MultilevelWarning,
 )
-from .glmm import glmer
-from .lmm import lmer
-from .lm import LmFit, lm
-from .describe import describe
-from .pooling import pooling, two_stage
-from .inference import anova, compare, icc, r2
+from multilevel.models.glmer import glmer
+from multilevel.models.lmer import lmer
+from multilevel.results.lm import LmFit
+from multilevel.models.lm import lm
+from multilevel.toolkit.describe import describe
+from multilevel.toolkit.pooling import pooling, two_stage
+from multilevel.inference import anova, icc, r2
+from multilevel.report.tables import compare
 
 __all__ = [
     "lmer",
@@ -47,11 +49,14 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+_LAZY = {"datasets": "multilevel.datasets", "plots": "multilevel.report.plots"}
+
+
 def __getattr__(name: str):
     # datasets and plots (matplotlib) are imported on first use so that `import multilevel`
     # stays light
-    if name in ("datasets", "plots"):
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(_LAZY[name])
     raise AttributeError(f"module 'multilevel' has no attribute {name!r}")

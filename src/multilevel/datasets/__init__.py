@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import DataError
+from multilevel.errors import DataError
 
 __all__ = ["load", "list_datasets", "info"]
 
@@ -77,14 +77,14 @@ def list_datasets() -> pd.DataFrame:
 
 def _simulated() -> dict:
     """Simulated teaching data sets (``simulate.py``), by name."""
-    from .simulate import SIMULATED
+    from multilevel.datasets.simulate import SIMULATED
 
     return SIMULATED
 
 
 @lru_cache(maxsize=None)
 def _simulated_frame(key: str) -> pd.DataFrame:
-    from .simulate import DEFAULT_SEED
+    from multilevel.datasets.simulate import DEFAULT_SEED
 
     return _simulated()[key][0](seed=DEFAULT_SEED)
 
@@ -93,7 +93,7 @@ def info(name: str) -> dict[str, Any]:
     """Everything known about one data set: description, provenance, columns and their types."""
     key = _key(name)
     if key in _simulated():
-        from .simulate import DEFAULT_SEED
+        from multilevel.datasets.simulate import DEFAULT_SEED
 
         fn, description = _simulated()[key]
         df = _simulated_frame(key)

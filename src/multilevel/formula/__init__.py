@@ -15,9 +15,9 @@ formulaic (:class:`NumericExpressions`). Besides R's functions a formula may cen
 """
 from __future__ import annotations
 
-from ._model import BarTerm, ModelTerms, ParsedFormula, Term, expand_terms, parse_formula
-from ._python import NumericExpressions, is_logical, to_python
-from ._rsyntax import (Arg, BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse,
+from multilevel.formula._model import BarTerm, ModelTerms, ParsedFormula, Term, expand_terms, parse_formula
+from multilevel.formula._python import NumericExpressions, is_logical, to_python
+from multilevel.formula._rsyntax import (Arg, BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse,
                        format_r_number, names_in, parse_expression)
 
 __all__ = [

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from formulaic.utils.stateful_transforms import stateful_transform
 
-from ._rsyntax import format_r_number
+from multilevel.formula._rsyntax import format_r_number
 
 __all__ = ["ml_center", "ml_group_mean", "allow_new_groups", "CENTERING_TRANSFORMS"]
 

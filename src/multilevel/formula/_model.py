@@ -19,8 +19,8 @@ import functools
 
 from dataclasses import dataclass
 
-from ..errors import FormulaError
-from ._rsyntax import (BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in,
+from multilevel.errors import FormulaError
+from multilevel.formula._rsyntax import (BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in,
                        parse_expression)
 
 __all__ = ["Term", "ModelTerms", "BarTerm", "ParsedFormula", "parse_formula"]

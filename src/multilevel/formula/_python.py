@@ -16,9 +16,9 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, FormulaError
-from ._centering import CENTERING_TRANSFORMS
-from ._rsyntax import BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in
+from multilevel.errors import DataError, FormulaError
+from multilevel.formula._centering import CENTERING_TRANSFORMS
+from multilevel.formula._rsyntax import BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in
 
 __all__ = ["to_python", "NumericExpressions", "is_logical"]
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..errors import FormulaError
+from multilevel.errors import FormulaError
 
 __all__ = [
     "Node", "Name", "Num", "Str", "Call", "Arg", "BinOp", "Unary", "Paren",

@@ -1,5 +1,11 @@
 """Inference for fitted mixed models: model comparison, denominator degrees of freedom,
-confidence intervals, the parametric bootstrap, variance decompositions and model tables.
+confidence intervals, the parametric bootstrap and variance decompositions.
+
+Layer: inference (above models and results). Reads fits through their public accessors and
+the engine interface of :mod:`multilevel.inference._common` (set theta, evaluate, refit with a
+new response). May import: design, covariance, families, engine, models, results, errors,
+control. Never toolkit, report or app: the model tables (``compare``, ``display``) are
+presentation and live in :mod:`multilevel.report.tables`.
 
 ============================  =============================================================
 ``anova(*fits)``              likelihood-ratio tests of nested models (lme4's ``anova``)
@@ -12,19 +18,16 @@ confidence intervals, the parametric bootstrap, variance decompositions and mode
 ``icc``, ``r2``               intraclass correlations, Nakagawa-Schielzeth R² (performance)
 ``variance_reduction``        proportional reduction of each variance component
 ``design_effect``             1 + (m - 1) ICC
-``compare(*fits)``            side-by-side table of models (text, markdown, HTML, LaTeX)
-``display(fit)``              arm's compact display
 ============================  =============================================================
 """
 from __future__ import annotations
 
-from .anova import anova, format_anova
-from .bootstrap import bootstrap, simulate
-from .confint import confint, profile
-from .ddf import anova_terms, coef_table, kenward_roger, satterthwaite
-from .confint import predict_interval
-from .tables import ModelTable, compare, display
-from .variance import design_effect, icc, r2, variance_reduction
+from multilevel.inference.anova import anova, format_anova
+from multilevel.inference.bootstrap import bootstrap, simulate
+from multilevel.inference.confint import confint, profile
+from multilevel.inference.ddf import anova_terms, coef_table, kenward_roger, satterthwaite
+from multilevel.inference.confint import predict_interval
+from multilevel.inference.variance import design_effect, icc, r2, variance_reduction
 
 __all__ = [
     "anova",
@@ -42,7 +45,4 @@ __all__ = [
     "r2",
     "variance_reduction",
     "design_effect",
-    "compare",
-    "display",
-    "ModelTable",
 ]

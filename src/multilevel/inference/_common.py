@@ -2,7 +2,7 @@
 SD/correlation parameterisation of the random effects, and the ML refit of a REML fit.
 
 The inference code talks to the engine through the small interface of
-:class:`multilevel.lmm.LmmProblem`: ``objective(theta)``, ``ml_deviance(theta)``,
+:class:`multilevel.engine.lmm.LmmProblem`: ``objective(theta)``, ``ml_deviance(theta)``,
 ``solution(theta)``, ``set_y(y)`` and ``fit_theta(problem, opts)``. Nothing here runs on a
 data frame or a formula.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelSpecError, MultilevelError
+from multilevel.errors import ModelSpecError, MultilevelError
 
 
 # --- what kind of fit is this -----------------------------------------------------------
@@ -181,8 +181,8 @@ def ml_state(fit: Any, control: dict | None = None) -> LmmState:
     hit = _ML_CACHE.get(fit)
     if hit is not None:
         return hit
-    from ..lmm import LmmProblem, fit_theta
-    from ..optimize import control_options
+    from multilevel.engine.lmm import LmmProblem, fit_theta
+    from multilevel.engine.optimize import control_options
 
     mlp = LmmProblem(prob.frame, reml=False)
     opts = control_options(dict({"check_conv": False}, **(control or {})))
@@ -199,7 +199,7 @@ def copy_problem(problem: Any, X: np.ndarray | None = None, fixef_names: list[st
                  reml: bool | None = None):
     """A new engine problem on the same random-effects structure (optionally other fixed
     columns): its own cross products, so it can take new responses independently."""
-    from ..lmm import LmmProblem
+    from multilevel.engine.lmm import LmmProblem
 
     frame = problem.frame
     if X is not None:

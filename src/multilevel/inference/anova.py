@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import MultilevelError, MultilevelWarning
-from ._common import is_lmm, ml_state
+from multilevel.errors import MultilevelError, MultilevelWarning
+from multilevel.inference._common import is_lmm, ml_state
 
 __all__ = ["anova"]
 

@@ -26,8 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..errors import ModelSpecError
-from ._common import block_sizes, copy_problem, is_glmm, lmm_problem, sdcor_names, theta_to_sdcor
+from multilevel.errors import ModelSpecError
+from multilevel.inference._common import block_sizes, copy_problem, is_glmm, lmm_problem, sdcor_names, theta_to_sdcor
 
 __all__ = ["simulate", "bootstrap"]
 
@@ -135,7 +135,7 @@ class _Progress:
 
 def _replicate_fit(fit: Any, problem: Any, y: np.ndarray, theta: np.ndarray, sol: dict) -> Any:
     """A full :class:`LmmFit` for one replicate (only built when ``func`` is given)."""
-    from ..results import LmmFit
+    from multilevel.results.lmm import LmmFit
 
     frame = dataclasses.replace(problem.frame, y=np.asarray(y, float))
     sigma = sol["sigma"]
@@ -180,8 +180,8 @@ def bootstrap(fit: Any, n: int = 1000, seed: Any = None, func: Callable[[Any], A
     >>> reps.shape
     (20, 6)
     """
-    from ..lmm import fit_theta
-    from ..optimize import control_options
+    from multilevel.engine.lmm import fit_theta
+    from multilevel.engine.optimize import control_options
 
     prob0 = lmm_problem(fit, "bootstrap")
     n = int(n)

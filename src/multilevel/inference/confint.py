@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from ..errors import ModelSpecError, MultilevelError
-from ._common import (
+from multilevel.errors import ModelSpecError, MultilevelError
+from multilevel.inference._common import (
     block_sizes,
     copy_problem,
     is_glmm,
@@ -377,7 +377,7 @@ def confint(fit: Any, method: str = "profile", level: float = 0.95, n: int = 500
     if m == "profile":
         return profile(fit, level, which).intervals
     if m in ("bootstrap", "boot"):
-        from .bootstrap import bootstrap
+        from multilevel.inference.bootstrap import bootstrap
 
         reps = bootstrap(fit, n, seed=seed, progress=progress)
         vnames, fnames = _param_names(fit)
@@ -424,7 +424,7 @@ def predict_interval(fit: Any, newdata: Any, interval: str = "confidence", level
     if kind not in ("confidence", "prediction"):
         raise ModelSpecError("interval must be 'confidence' or 'prediction'")
     frame = fit.frame
-    from ..results import _is_fixed_only
+    from multilevel.results.lmm import _is_fixed_only
 
     fixed_only = _is_fixed_only(re_form)
     nd = frame.new_design(newdata, re_form="~0" if fixed_only else re_form,

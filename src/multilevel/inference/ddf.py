@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, stats
 
-from ..errors import ModelSpecError, MultilevelError
-from ._common import is_glmm, lmm_problem, pwrss_from_residuals
+from multilevel.errors import ModelSpecError, MultilevelError
+from multilevel.inference._common import is_glmm, lmm_problem, pwrss_from_residuals
 
 __all__ = ["coef_table", "anova_terms", "satterthwaite", "kenward_roger", "contest"]
 
@@ -529,7 +529,7 @@ def type3_contrasts(fit: Any) -> dict[str, np.ndarray]:
     every combination of factor levels, which gives the same matrices when no cell of the
     data is empty (otherwise lmerTest itself warns to interpret type III tests with care).
     """
-    from ..design import _fill
+    from multilevel.design.frame import _fill
 
     frame = fit.frame
     X = np.asarray(frame.X, float)

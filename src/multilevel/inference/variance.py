@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import ModelSpecError
-from ._common import is_glmm
+from multilevel.errors import ModelSpecError
+from multilevel.inference._common import is_glmm
 
 __all__ = ["variance_components", "icc", "r2", "variance_reduction", "design_effect"]
 

@@ -34,8 +34,8 @@ from functools import cached_property
 from html import escape
 from typing import Any
 
-from .rformat import LINE_WIDTH
-from .summary import (
+from multilevel.report.rformat import LINE_WIDTH
+from multilevel.report.summary import (
     Summary,
     convergence_lines,
     correlation_lines,

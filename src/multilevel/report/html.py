@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .rformat import _r_round, coefmat_cells, format_real
-from .summary import (
+from multilevel.report.rformat import _r_round, coefmat_cells, format_real
+from multilevel.report.summary import (
     COR_MAX,
     DIGITS,
     call_lines,

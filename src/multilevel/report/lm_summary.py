@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .rformat import coefmat_cells, coefmat_lines, format_num, format_pval, format_real, \
+from multilevel.report.rformat import coefmat_cells, coefmat_lines, format_num, format_pval, format_real, \
     named_vector_lines, zapsmall
 
 __all__ = ["LmSummary", "lm_summary_lines", "lm_coef_table"]
@@ -168,7 +168,7 @@ class LmSummary:
         return self.text
 
     def _repr_html_(self) -> str:
-        from .html import _STYLE, table_html
+        from multilevel.report.html import _STYLE, table_html
 
         fit = self.fit
         tab = self.coefficients

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .rformat import (
+from multilevel.report.rformat import (
     LINE_WIDTH,
     _r_round,
     abbreviate,
@@ -104,7 +104,7 @@ class Summary:
         return self.text
 
     def _repr_html_(self) -> str:
-        from .html import summary_html
+        from multilevel.report.html import summary_html
 
         return summary_html(self.fit)
 
@@ -236,7 +236,7 @@ def coef_table(fit: Any, ddf: str | None = None) -> pd.DataFrame:
     """Estimate, Std. Error, t value (z value and Pr(>|z|) for GLMMs) by coefficient; with
     ``ddf`` for a linear mixed model, lmerTest's Estimate, Std. Error, df, t value, Pr(>|t|)."""
     if ddf is not None and _uses_scale(fit):
-        from ..inference import coef_table as ddf_table
+        from multilevel.inference import coef_table as ddf_table
 
         tab = ddf_table(fit, ddf)
         return pd.DataFrame({"Estimate": tab["estimate"], "Std. Error": tab["se"], "df": tab["df"],

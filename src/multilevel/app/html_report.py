@@ -2,9 +2,9 @@
 
 ``build_report(formulas, data)`` fits every formula and returns a single HTML document with:
 
-1. the structure of the data (``multilevel.describe``: groups, sizes, outcome);
+1. the structure of the data (``multilevel.toolkit.describe``: groups, sizes, outcome);
 2. when the first formula has one grouping factor, the pooling comparison
-   (``multilevel.pooling``: complete / no / partial pooling, shrinkage plots and the table);
+   (``multilevel.toolkit.pooling``: complete / no / partial pooling, shrinkage plots and the table);
 3. for each model its summary (lme4's layout), caterpillar plots of the random effects,
    fitted lines, effect plots, diagnostics and profile plots;
 4. with several formulas, the side-by-side table (``multilevel.compare``), likelihood-ratio
@@ -21,7 +21,7 @@ Progress: long work prints one status line on stderr when stderr is a terminal
 
 Example
 -------
->>> from multilevel.report.html_report import build_report
+>>> from multilevel.app.html_report import build_report
 >>> html = build_report(["Reaction ~ Days + (Days | Subject)"],
 ...                     ml.datasets.load("sleepstudy"), data_name="sleepstudy")  # doctest: +SKIP
 >>> open("report.html", "w").write(html)                                     # doctest: +SKIP
@@ -218,7 +218,7 @@ def _slope_variable(fit: Any, df: pd.DataFrame) -> str | None:
             if t in num:
                 return t
     rt = fit.frame.reterms[0]
-    from ..plots import _used_rows
+    from multilevel.report.plots import _used_rows
 
     try:
         used = _used_rows(fit, df)
@@ -263,7 +263,7 @@ def _fit_one(formula: str, df: pd.DataFrame, reml: bool, family: str | None, dat
 
     with warnings.catch_warnings():
         # the summaries show every warning of a fit
-        from ..errors import MultilevelWarning
+        from multilevel.errors import MultilevelWarning
 
         warnings.simplefilter("ignore", MultilevelWarning)
         if family in (None, "gaussian"):
@@ -290,7 +290,7 @@ def _tool(name: str):
         fn = getattr(multilevel, name)
     except AttributeError:
         fn = None
-    if isinstance(fn, types.ModuleType):  # e.g. the module multilevel.pooling
+    if isinstance(fn, types.ModuleType):  # e.g. the module multilevel.toolkit.pooling
         fn = getattr(fn, name, None)
     if fn is None:
         try:
@@ -337,7 +337,7 @@ def _describe_section(df: pd.DataFrame, fit: Any) -> str:
     parts = [f'<p>{len(df)} rows, {df.shape[1]} columns; the first model uses {fit.nobs} rows'
              f'{"" if fit.nobs == len(df) else " (rows with missing values dropped)"}.</p>']
     if describe is None:
-        parts.append(_note("Data description skipped: multilevel.describe is not available in this "
+        parts.append(_note("Data description skipped: multilevel.toolkit.describe is not available in this "
                            "version."))
         parts.append(frame_html(_column_overview(df), index=False))
         return "".join(parts)
@@ -348,9 +348,9 @@ def _describe_section(df: pd.DataFrame, fit: Any) -> str:
                 describe(df, groups, outcome)
             parts.append('<div class="box">' + _html_of(desc) + "</div>")
     except Exception as exc:  # not implemented yet, or failed: the plain overview instead
-        parts.append(_note("Data description (multilevel.describe) not available in this version."
+        parts.append(_note("Data description (multilevel.toolkit.describe) not available in this version."
                            if isinstance(exc, NotImplementedError) else
-                           f"multilevel.describe failed ({type(exc).__name__}: {exc}); a plain overview instead."))
+                           f"multilevel.toolkit.describe failed ({type(exc).__name__}: {exc}); a plain overview instead."))
         parts.append(frame_html(_column_overview(df), index=False))
     return "".join(parts)
 
@@ -368,11 +368,11 @@ def _column_overview(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pooling_section(formula: str, df: pd.DataFrame, dpi: int) -> str:
-    from .. import plots
+    from multilevel.report import plots
 
     pooling = _tool("pooling")
     if pooling is None:
-        return _note("Pooling comparison skipped: multilevel.pooling is not available in this version.")
+        return _note("Pooling comparison skipped: multilevel.toolkit.pooling is not available in this version.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = pooling(formula, df)
@@ -395,7 +395,7 @@ def _pooling_section(formula: str, df: pd.DataFrame, dpi: int) -> str:
 
 def _model_section(i: int, fit: Any, df: pd.DataFrame, dpi: int, max_effects: int,
                    prog: _Progress) -> str:
-    from .. import plots
+    from multilevel.report import plots
 
     parts = [f'<h2 id="{_anchor(i, "model")}">Model {i}: <code>{escape(fit.formula)}</code></h2>',
              '<div class="box">', _call_section("summary", lambda: _html_of(fit.summary())), "</div>"]
@@ -424,7 +424,7 @@ def _model_section(i: int, fit: Any, df: pd.DataFrame, dpi: int, max_effects: in
     if _is_lmm(fit):
         if fit.nobs > PROFILE_MAX_NOBS or len(fit.theta) > PROFILE_MAX_THETA:
             parts.append(_note("Profile plots skipped for a model of this size "
-                               "(multilevel.plots.plot_profile(fit) draws them)."))
+                               "(multilevel.report.plots.plot_profile(fit) draws them)."))
         else:
             prog.step(f"profiles of model {i}")
             parts.append(_call_section("profile", lambda: _figure_html(
@@ -434,7 +434,7 @@ def _model_section(i: int, fit: Any, df: pd.DataFrame, dpi: int, max_effects: in
 
 
 def _effects_figure(fit: Any, df: pd.DataFrame, variables: Sequence[str]):
-    from .. import plots
+    from multilevel.report import plots
 
     k = len(variables)
     ncols = min(3, k)
@@ -449,7 +449,7 @@ def _effects_figure(fit: Any, df: pd.DataFrame, variables: Sequence[str]):
 
 
 def _comparison_section(fits: list[Any], names: list[str], dpi: int) -> str:
-    from .. import plots
+    from multilevel.report import plots
 
     parts = ['<p>Models: ' + "; ".join(f"<b>{escape(n)}</b> <code>{escape(f.formula)}</code>"
                                        for n, f in zip(names, fits)) + "</p>"]
@@ -511,7 +511,7 @@ def build_report(formulas: Sequence[str] | str, data: Any, data_name: str | None
     Raises the fit's error (FormulaError, ColumnNotFoundError...) when a formula cannot be
     fitted; every later failure becomes a visible note in the report.
     """
-    from ..plots import _to_pandas
+    from multilevel.report.plots import _to_pandas
 
     if isinstance(formulas, str):
         formulas = [formulas]

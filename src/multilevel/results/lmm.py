@@ -1,6 +1,6 @@
 """Result objects of a fitted linear mixed model: estimates, random effects, predictions.
 
-The fit driver (``multilevel.lmm``) builds an :class:`LmmFit` from the engine's raw arrays;
+The fit driver (``multilevel.engine.lmm``) builds an :class:`LmmFit` from the engine's raw arrays;
 everything a user reads from it (tables with names, variance components, conditional modes,
 information criteria, the summary) is derived here, on first access, and cached. No method
 of this module runs the optimiser.
@@ -35,70 +35,27 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import pandas as pd
 
-from ._shared import InformationCriteria
-from .errors import DataError
+from multilevel.results.base import InformationCriteria
+from multilevel.errors import DataError
+from multilevel.covariance import SINGULAR_TOL, _diag_positions, lambda_blocks, theta_names
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .design import ModelFrame
-    from .report.summary import Summary
+    from multilevel.design.frame import ModelFrame
+    from multilevel.report.summary import Summary
 
 __all__ = ["LmmFit", "VarCorr", "VarCorrBlock", "RandomEffects", "lambda_blocks", "theta_names"]
 
-#: lme4's default tolerance of ``isSingular()``.
-SINGULAR_TOL = 1e-4
 
 
 # --- theta <-> relative covariance factors ------------------------------------------------
 
 
-def _lower_tri_colwise(s: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the lower triangle of an s x s matrix, column by column (lme4's order)."""
-    cols, rows = np.triu_indices(s)  # (i <= j) row-major == (col, row) column-major lower
-    return rows, cols
 
 
-def lambda_blocks(theta: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
-    """Split lme4's theta into the lower-triangular relative factors Λ of each block.
-
-    >>> [L.tolist() for L in lambda_blocks(np.array([1.0, 0.5, 2.0, 3.0]), [2, 1])]
-    [[[1.0, 0.0], [0.5, 2.0]], [[3.0]]]
-    """
-    out = []
-    pos = 0
-    for s in sizes:
-        m = s * (s + 1) // 2
-        L = np.zeros((s, s))
-        r, c = _lower_tri_colwise(s)
-        L[r, c] = theta[pos : pos + m]
-        out.append(L)
-        pos += m
-    if pos != len(theta):
-        raise ValueError(f"theta has {len(theta)} elements, the blocks need {pos}")
-    return out
 
 
-def theta_names(groups: Sequence[str], terms: Sequence[Sequence[str]]) -> list[str]:
-    """lme4's names of theta: ``group.term`` on the diagonal, ``group.row_term.col_term`` below it.
-
-    >>> theta_names(["Subject"], [["(Intercept)", "Days"]])
-    ['Subject.(Intercept)', 'Subject.Days.(Intercept)', 'Subject.Days']
-    """
-    names = []
-    for g, tt in zip(groups, terms):
-        r, c = _lower_tri_colwise(len(tt))
-        for i, j in zip(r, c):
-            names.append(f"{g}.{tt[i]}" if i == j else f"{g}.{tt[i]}.{tt[j]}")
-    return names
 
 
-def _diag_positions(sizes: Sequence[int]) -> list[int]:
-    """Positions in theta of the diagonal elements of each Λ (those with lower bound 0)."""
-    pos, out = 0, []
-    for s in sizes:
-        r, c = _lower_tri_colwise(s)
-        out.extend(pos + int(k) for k in np.flatnonzero(r == c))
-        pos += s * (s + 1) // 2
-    return out
 
 
 # --- variance components ----------------------------------------------------------------
@@ -180,7 +137,7 @@ class VarCorr(Sequence[VarCorrBlock]):
 
     def format(self, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",)) -> str:
         """lme4's table of variance components (``formatVC``) as text."""
-        from .report.summary import varcorr_lines
+        from multilevel.report.summary import varcorr_lines
 
         return "\n".join(varcorr_lines(self, digits=digits, comp=comp))
 
@@ -374,7 +331,7 @@ class LmmFit(InformationCriteria):
     def varcorr(self) -> VarCorr:
         """Variance components: per term the covariance sigma² Λ Λᵀ, SDs and correlations."""
         rts = self.frame.reterms
-        from .report.rformat import make_unique_names
+        from multilevel.report.rformat import make_unique_names
 
         names = make_unique_names([rt.group for rt in rts])
         blocks = [
@@ -525,7 +482,7 @@ class LmmFit(InformationCriteria):
         [253.7, 303.7]
         """
         if interval is not None:
-            from .inference import predict_interval
+            from multilevel.inference import predict_interval
 
             if newdata is None:
                 raise DataError("intervals need newdata (the fitting data works: fit.frame rows)")
@@ -576,7 +533,7 @@ class LmmFit(InformationCriteria):
         (Intercept)    251.41        6.82  17.0    36.84       0.0
         Days            10.47        1.55  17.0     6.77       0.0
         """
-        from .report.summary import Summary
+        from multilevel.report.summary import Summary
 
         return Summary(self, correlation=correlation, ddf=ddf)
 
@@ -586,13 +543,13 @@ class LmmFit(InformationCriteria):
         """t tests of the fixed effects: columns estimate, se, df, t, p. ``ddf`` is
         "satterthwaite" (lmerTest), "kenward-roger" (pbkrtest, REML fits), "residual" (n - p)
         or None (z tests)."""
-        from .inference import coef_table
+        from multilevel.inference import coef_table
 
         return coef_table(self, ddf)
 
     def anova_terms(self, ddf: str | None = "satterthwaite", type: int = 3) -> pd.DataFrame:
         """F tests of the model terms (lmerTest's ``anova(fit)``), type III by default."""
-        from .inference import anova_terms
+        from multilevel.inference import anova_terms
 
         return anova_terms(self, ddf, type=type)
 
@@ -603,7 +560,7 @@ class LmmFit(InformationCriteria):
         (lme4's default: likelihood-ratio profiles, REML fits refitted by ML first), "wald"
         (fixed effects only, others NaN, as lme4) or "bootstrap" (``n`` parametric replicates,
         percentile intervals)."""
-        from .inference import confint
+        from multilevel.inference import confint
 
         return confint(self, method=method, level=level, n=n, seed=seed, which=which)
 
@@ -611,20 +568,20 @@ class LmmFit(InformationCriteria):
                   progress: bool | None = None, workers: int | None = None) -> pd.DataFrame:
         """Parametric bootstrap (lme4's ``bootMer``): one row of estimates per replicate,
         refitting with a new response only. Deterministic for a ``seed``."""
-        from .inference import bootstrap
+        from multilevel.inference import bootstrap
 
         return bootstrap(self, n=n, seed=seed, func=func, progress=progress, workers=workers)
 
     def simulate(self, n: int = 1, seed: int | None = None) -> np.ndarray:
         """``n`` responses simulated from the fitted model (new random effects and noise),
         an (n, nobs) array."""
-        from .inference import simulate
+        from multilevel.inference import simulate
 
         return simulate(self, n=n, seed=seed)
 
     def to_dict(self) -> dict:
         """All results in the field names of the lme4 reference JSON (JSON-serialisable)."""
-        from .report.export import to_dict
+        from multilevel.report.export import to_dict
 
         return to_dict(self)
 

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .design import ModelFrame, _Data, _rank_keep, _take, build_fixed_frame
-from ._shared import InformationCriteria
-from .errors import DataError, ModelSpecError
+from multilevel.design.frame import ModelFrame, _rank_keep
+from multilevel.results.base import InformationCriteria
+from multilevel.errors import DataError, ModelSpecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .report.lm_summary import LmSummary
+    from multilevel.report.lm_summary import LmSummary
 
 __all__ = ["lm", "LmFit"]
 
@@ -371,7 +371,7 @@ class LmFit(InformationCriteria):
     @cached_property
     def varcorr(self):
         """No random effects, only the residual standard deviation (prints like lme4)."""
-        from .results import VarCorr
+        from multilevel.results.lmm import VarCorr
 
         return VarCorr([], self._sigma)
 
@@ -421,13 +421,13 @@ class LmFit(InformationCriteria):
 
     def summary(self) -> LmSummary:
         """R's ``summary(lm_fit)``: prints in R's layout; ``.coefficients`` as a DataFrame."""
-        from .report.lm_summary import LmSummary
+        from multilevel.report.lm_summary import LmSummary
 
         return LmSummary(self)
 
     def to_dict(self) -> dict:
         """The results as a JSON-serialisable dict."""
-        from .report.export import jsonable
+        from multilevel.report.export import jsonable
 
         coef = self.coef()
         fs = self.fstatistic
@@ -471,43 +471,3 @@ class LmFit(InformationCriteria):
         return self.summary()._repr_html_()
 
 
-def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None) -> LmFit:
-    """Fit a linear model by (weighted) least squares, as R's ``lm()``.
-
-    Parameters
-    ----------
-    formula : str
-        R syntax without random-effects terms: ``"y ~ x * f + factor(g) + center(x, by = g)"``.
-    data : pandas or polars DataFrame (or a dict of columns)
-    weights : column name or array, optional
-        Precision weights, Var(e_i) = sigma² / w_i (rows with weight 0 do not count).
-    cluster : column name, optional
-        Cluster-robust (CR1, Stata's small-sample correction) standard errors by this column;
-        t tests then use G - 1 df. The column must have no missing values in the rows used.
-
-    Returns
-    -------
-    LmFit
-
-    Examples
-    --------
-    >>> import multilevel as ml
-    >>> fit = ml.lm("Reaction ~ Days", ml.datasets.load("sleepstudy"))
-    >>> round(fit.loglik, 3), fit.npar, round(fit.fstatistic["value"], 2)
-    (-950.147, 3, 71.46)
-    """
-    frame = build_fixed_frame(formula, data, weights=weights)
-    codes = None
-    if cluster is not None:
-        if not isinstance(cluster, str):
-            raise DataError("cluster must be the name of a column of data")
-        src = _Data(data)
-        col = src.column(cluster)
-        c, _labels = col.factor()
-        c = _take(c, frame.rows)
-        if (c < 0).any():
-            raise DataError(f"cluster column '{cluster}' has {int((c < 0).sum())} missing value(s) "
-                            f"in the rows used; drop those rows first")
-        codes = np.asarray(c, dtype=np.int64)
-    return LmFit(frame, weights_name=weights if isinstance(weights, str) else None,
-                 cluster=cluster, cluster_codes=codes)

@@ -35,11 +35,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ColumnNotFoundError, DataError, FormulaError, ModelSpecError
-from .formula import (BarTerm, Call, ModelTerms, Name, Node, NumericExpressions, ParsedFormula,
+from multilevel.errors import ColumnNotFoundError, DataError, FormulaError, ModelSpecError
+from multilevel.formula import (BarTerm, Call, ModelTerms, Name, Node, NumericExpressions, ParsedFormula,
                       Paren, Str, Num, deparse, format_r_number, is_logical, parse_formula)
-from .formula._centering import allow_new_groups
-from .formula._model import CONSTANTS
+from multilevel.formula._centering import allow_new_groups
+from multilevel.formula._model import CONSTANTS
 
 __all__ = ["ReTerm", "NewDesign", "ModelFrame", "build_model_frame", "build_fixed_frame"]
 

@@ -25,7 +25,7 @@ Artists carry a ``gid`` naming what they show (``"group:308"``, ``"level-points"
 Example
 -------
 >>> import multilevel as ml
->>> from multilevel.plots import plot_caterpillar
+>>> from multilevel.report.plots import plot_caterpillar
 >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
 >>> fig = plot_caterpillar(fit)
 >>> [ax.get_xlabel() for ax in fig.axes]
@@ -192,7 +192,7 @@ def _linkinv(fit: Any):
     link = link if link is None or isinstance(link, str) else getattr(link, "name", None)
     if fam == "gaussian" and link in (None, "identity"):
         return lambda eta: eta
-    from .families import get_family
+    from multilevel.families import get_family
 
     return get_family(fam, link).linkinv
 
@@ -903,8 +903,8 @@ def profile_sd(fit: Any, zmax: float = 2.6, npoints: int = 12) -> dict[str, pd.D
     Uses the fit's engine (``fit._problem``: ``ml_deviance``, ``solution``) and the
     optimiser wrapper; only ``lmer`` fits have one.
     """
-    from .optimize import bobyqa, control_options
-    from .results import lambda_blocks
+    from multilevel.engine.optimize import bobyqa, control_options
+    from multilevel.covariance import lambda_blocks
 
     prob = getattr(fit, "_problem", None)
     if prob is None or not hasattr(prob, "ml_deviance") or not _is_gaussian(fit):
@@ -971,7 +971,7 @@ def _inference_limits(fit: Any, names: Sequence[str], level: float) -> dict[str,
     """Profile interval ends from ``multilevel.inference.profile`` for ``names`` ({} when that
     function is missing or fails): drawn on the curves as a cross-check."""
     try:
-        from .inference import profile as inference_profile  # the function
+        from multilevel.inference import profile as inference_profile  # the function
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tab = inference_profile(fit, level=level, which=list(names)).intervals

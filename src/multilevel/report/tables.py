@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import MultilevelError
-from ._common import is_glmm
+from multilevel.errors import MultilevelError
+from multilevel.inference._common import is_glmm
 
 __all__ = ["ModelTable", "compare", "display"]
 
@@ -177,7 +177,7 @@ def compare(*fits: Any, names: Sequence[str] | None = None, digits: int = 3,
     >>> print(t.to_markdown().splitlines()[0])
     | | Model 1 | Model 2 |
     """
-    from .ddf import coef_table
+    from multilevel.inference.ddf import coef_table
 
     if len(fits) == 1 and isinstance(fits[0], (list, tuple)):
         fits = tuple(fits[0])
@@ -279,7 +279,7 @@ def display(fit: Any, digits: int = 2, detail: bool = False, file: Any = None) -
     DIC and lme4's deviance (for REML fits that of the ML refit; for GLMMs the conditional
     deviance, the sum of squared deviance residuals), as arm computes them.
     Returns the text; prints it unless ``file=False``."""
-    from .ddf import coef_table
+    from multilevel.inference.ddf import coef_table
 
     glmm = is_glmm(fit)
     fn = "glmer" if glmm else "lmer"
@@ -316,7 +316,7 @@ def display(fit: Any, digits: int = 2, detail: bool = False, file: Any = None) -
     sd_txt = _fround(allsd, digits)
     maxlen = max([len(b.terms) for b in blocks] + [1])
     rows, k = [], 0
-    from ..report.rformat import make_unique_names
+    from multilevel.report.rformat import make_unique_names
 
     labels = make_unique_names([b.group for b in blocks])
     for b, lab in zip(blocks, labels):
@@ -337,7 +337,7 @@ def display(fit: Any, digits: int = 2, detail: bool = False, file: Any = None) -
         # arm uses lme4's deviance(), which for a GLMM is the conditional deviance
         dev = float(getattr(fit, "conditional_deviance", -2.0 * float(fit.loglik)))
     else:
-        from ._common import ml_state
+        from multilevel.inference._common import ml_state
 
         dev = ml_state(fit).objective
     dhat = -2.0 * float(fit.loglik)

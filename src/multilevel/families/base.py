@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 from scipy import special
 
-from .errors import ModelSpecError
+from multilevel.errors import ModelSpecError
 
 __all__ = ["Link", "Family", "get_family", "binomial", "poisson", "LINKS"]
 

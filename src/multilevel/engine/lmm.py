@@ -2,25 +2,25 @@
 
 ``lmer`` builds the model frame (design.py), hands plain arrays to the compiled engine
 (``multilevel._core.LmmCore``: blocked Cholesky, profiled deviance), optimises theta with
-BOBYQA (optimize.py) and packs the estimates into an :class:`~multilevel.results.LmmFit`.
+BOBYQA (optimize.py) and packs the estimates into an :class:`~multilevel.results.lmm.LmmFit`.
 The engine knows nothing of formulas; the result object runs no optimiser.
 """
 from __future__ import annotations
 
 import time
-import warnings as _warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._core import LmmCore
-from .design import ModelFrame
-from .errors import FitError, ModelSpecError, MultilevelWarning
-from .optimize import bobyqa, control_options, newton_decrement
+from multilevel._core import LmmCore
+from multilevel.covariance import diagonal_theta, theta_layout
+from multilevel.design.frame import ModelFrame
+from multilevel.errors import ModelSpecError
+from multilevel.engine.optimize import bobyqa, newton_decrement
 
 if TYPE_CHECKING:  # the result module imports nothing from here; this is for the hint
-    from .results import LmmFit
+    pass
 
 SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 
@@ -39,21 +39,6 @@ class EngineTerm:
     lam: list[tuple[int, int, int]]  # (row, col, theta index) of Lambda's nonzeros
 
 
-def theta_layout(frame: ModelFrame) -> tuple[list[slice], np.ndarray, np.ndarray]:
-    """Per block the slice of theta it owns (lme4 order: lower triangle by columns), the
-    starting value (Lambda = I) and the lower bounds (0 on diagonals)."""
-    slices, start, lower = [], [], []
-    i = 0
-    for t in frame.reterms:
-        s = t.n_terms
-        m = s * (s + 1) // 2
-        slices.append(slice(i, i + m))
-        for c in range(s):
-            for r in range(c, s):
-                start.append(1.0 if r == c else 0.0)
-                lower.append(0.0 if r == c else -np.inf)
-        i += m
-    return slices, np.array(start), np.array(lower)
 
 
 def engine_terms(frame: ModelFrame, slices: list[slice]) -> list[EngineTerm]:
@@ -210,16 +195,6 @@ class LmmProblem:
         return out
 
 
-def diagonal_theta(frame: ModelFrame, slices: list[slice]) -> np.ndarray:
-    """Indices of the theta entries on the diagonal of some Lambda (lower bound 0)."""
-    idx = []
-    for t, sl in zip(frame.reterms, slices):
-        s = t.n_terms
-        k = sl.start
-        for c in range(s):
-            idx.append(k)
-            k += s - c
-    return np.array(idx, dtype=int)
 
 
 def fit_theta(problem: LmmProblem, opts: dict) -> tuple[np.ndarray, float, dict, list[str]]:
@@ -272,79 +247,3 @@ def fit_theta(problem: LmmProblem, opts: dict) -> tuple[np.ndarray, float, dict,
     return theta, fval, optinfo, warns
 
 
-def lmer(
-    formula: str,
-    data: Any,
-    reml: bool = True,
-    weights: Any = None,
-    offset: Any = None,
-    control: dict | None = None,
-) -> LmmFit:
-    """Fit a linear mixed model by REML (default) or maximum likelihood.
-
-    Parameters
-    ----------
-    formula : str
-        lme4 syntax: ``"Reaction ~ Days + (Days | Subject)"``, ``(1 | a/b)``, ``(x || g)``...
-    data : pandas or polars DataFrame (or a dict of columns)
-    reml : bool
-        REML (True, lme4's default) or ML (False).
-    weights : column name or array, optional
-        Prior (precision) weights: Var(e_i) = sigma^2 / w_i.
-    offset : column name or array, optional
-        A known term added to the linear predictor (adds to ``offset()`` in the formula).
-    control : dict, optional
-        Optimiser settings: ``ftol_abs``, ``ftol_rel``, ``xtol_abs``, ``maxeval``,
-        ``check_conv`` (finite-difference convergence check, default True), ``conv_tol``.
-
-    Returns
-    -------
-    LmmFit
-
-    Examples
-    --------
-    >>> import multilevel as ml
-    >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
-    >>> fit.fixef.round(3).tolist()
-    [251.405, 10.467]
-    """
-    from .design import build_model_frame
-    from .results import LmmFit
-
-    opts = control_options(control)
-    frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian")
-    problem = LmmProblem(frame, reml)
-    theta, fval, optinfo, warns = fit_theta(problem, opts)
-    sol = problem.solution(theta)
-    if not np.isfinite(sol["objective"]):
-        raise FitError("the fit failed: the objective is not finite at the estimate")
-    sigma = sol["sigma"]
-    is_sing = bool(np.any(theta[diagonal_theta(frame, problem.slices)] < opts["singular_tol"]))
-    messages = list(frame.warnings)
-    if is_sing:
-        messages.append(SINGULAR_MESSAGE)
-    messages.extend(warns)
-    for m in messages:
-        _warnings.warn(m, MultilevelWarning, stacklevel=2)
-    obj = sol["objective"]
-    dev_ml = problem.ml_deviance(theta)
-    fit = LmmFit(
-        frame=frame,
-        reml=reml,
-        theta=theta,
-        beta=sol["beta"],
-        vcov=sol["vcov"],
-        sigma=sigma,
-        b=sol["b"],
-        condvar=lambda: problem.condvar(theta, sigma),
-        loglik=-obj / 2.0,
-        deviance_ml=dev_ml,
-        reml_criterion=obj if reml else None,
-        fitted=problem.fitted(sol["beta"], sol["b"]),
-        converged=not warns,
-        warnings=messages,
-        optinfo=optinfo,
-        weights_name=weights if isinstance(weights, str) else None,
-    )
-    fit._problem = problem  # for inference code (profiles, bootstrap), not part of the API
-    return fit

@@ -1,6 +1,6 @@
 """The result of a generalized linear mixed model fit (what ``multilevel.glmer`` returns).
 
-:class:`GlmmFit` extends :class:`~multilevel.results.LmmFit` (same accessors: ``fixef``,
+:class:`GlmmFit` extends :class:`~multilevel.results.lmm.LmmFit` (same accessors: ``fixef``,
 ``se``, ``vcov``, ``theta``, ``varcorr``, ``ranef``, ``coef``, ``ngroups``, ``is_singular``,
 ``converged``, ``warnings``) with what differs for a GLMM:
 
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .results import LmmFit, VarCorr, VarCorrBlock
+from multilevel.results.lmm import LmmFit, VarCorr, VarCorrBlock
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .design import ModelFrame
-    from .families import Family
+    from multilevel.design.frame import ModelFrame
+    from multilevel.families import Family
 
 __all__ = ["GlmmFit"]
 
@@ -143,7 +143,7 @@ class GlmmFit(LmmFit):
     @cached_property
     def varcorr(self) -> VarCorr:  # type: ignore[override]
         """Variance components: per term the covariance Λ Λᵀ (no residual row)."""
-        from .report.rformat import make_unique_names
+        from multilevel.report.rformat import make_unique_names
 
         rts = self.frame.reterms
         names = make_unique_names([rt.group for rt in rts])
@@ -254,13 +254,13 @@ class GlmmFit(LmmFit):
 
     def summary(self, correlation: bool | None = None):
         """lme4's ``summary(glmerfit)``: prints as lme4 does."""
-        from .report.glmm_summary import GlmmSummary
+        from multilevel.report.glmm_summary import GlmmSummary
 
         return GlmmSummary(self, correlation=correlation)
 
     def to_dict(self) -> dict:
         """All results in the field names of the lme4 reference JSON (JSON-serialisable)."""
-        from .report.export import jsonable, to_dict
+        from multilevel.report.export import jsonable, to_dict
 
         d = to_dict(self)
         d["REML"] = None

@@ -55,7 +55,7 @@ DEFAULTS = {
 
 def control_options(control: dict | None) -> dict:
     """Merge user control settings with the defaults; unknown keys are an error."""
-    from .errors import ModelSpecError
+    from multilevel.errors import ModelSpecError
 
     opts = dict(DEFAULTS)
     for key, value in (control or {}).items():

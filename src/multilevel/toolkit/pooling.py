@@ -44,11 +44,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ._shared import TextResult
-from .design import _Data
-from .errors import DataError, ModelSpecError
-from .formula import parse_expression, parse_formula
-from .lm import LmFit, lm
+from multilevel.results.base import TextResult
+from multilevel.design.frame import _Data
+from multilevel.errors import DataError, ModelSpecError
+from multilevel.formula import parse_expression, parse_formula
+from multilevel.results.lm import LmFit
+from multilevel.models.lm import lm
 
 __all__ = ["pooling", "two_stage", "Pooling", "TwoStage"]
 
@@ -92,7 +93,7 @@ def _as_pandas(data: Any) -> pd.DataFrame:
 
 
 def _setup(formula: str, data: Any) -> _Setup:
-    from .lmm import lmer
+    from multilevel.models.lmer import lmer
 
     parsed = parse_formula(formula)
     groups = {b.group for b in parsed.bars}
@@ -267,7 +268,7 @@ class Pooling(TextResult):
                 + "".join(f"<p>Note: {escape(n)}</p>" for n in self.notes) + "</div>")
 
     def to_dict(self) -> dict:
-        from .report.export import jsonable
+        from multilevel.report.export import jsonable
 
         return jsonable({"formula": self.formula, "group_name": self.group_name,
                          "coef_names": self.coef_names, "x_name": self.x_name,
@@ -396,7 +397,7 @@ class TwoStage(TextResult):
                 + "".join(f"<p>Note: {escape(n)}</p>" for n in self.notes) + "</div>")
 
     def to_dict(self) -> dict:
-        from .report.export import jsonable
+        from multilevel.report.export import jsonable
 
         return jsonable({"formula": self.formula, "equations": self.equations,
                          "table": self.table.to_dict(orient="index"), "notes": self.notes})

@@ -12,11 +12,11 @@ parse, a column that does not exist, a file that cannot be read) print one line
 ``error: ...`` on stderr and exit with status 2, without a traceback.
 
 ``report`` fits each formula and writes one self-contained HTML report (``-o``, default
-``report.html``; see ``multilevel.report.html_report``).
+``report.html``; see ``multilevel.app.html_report``).
 
 Example
 -------
->>> from multilevel.cli import main
+>>> from multilevel.app.cli import main
 >>> main(["datasets"])            # doctest: +SKIP
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .errors import MultilevelError, MultilevelWarning
+from multilevel.errors import MultilevelError, MultilevelWarning
 
 __all__ = ["main", "build_parser"]
 
@@ -117,7 +117,7 @@ def _read_data(spec: str) -> tuple[pd.DataFrame, str]:
         except (OSError, ValueError, ImportError) as e:
             raise _InputError(f"cannot read {spec!r}: {e}") from e
         return df, os.path.basename(spec)
-    from .datasets import load
+    from multilevel.datasets import load
 
     try:
         return load(spec), spec
@@ -165,7 +165,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report.html_report import build_report
+    from multilevel.app.html_report import build_report
 
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):  # fail before the fitting, not after it
@@ -186,7 +186,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from .datasets import list_datasets
+    from multilevel.datasets import list_datasets
 
     tab = list_datasets()
     source = (tab["package"] + "::" + tab["r_name"]).tolist()

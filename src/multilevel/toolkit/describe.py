@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ._shared import TextResult
-from .design import _Data
-from .errors import DataError
+from multilevel.results.base import TextResult
+from multilevel.design.frame import _Data
+from multilevel.errors import DataError
 
 __all__ = ["describe", "Description"]
 
@@ -152,7 +152,7 @@ class Description(TextResult):
 
     def to_dict(self) -> dict:
         """Everything as JSON-serialisable data."""
-        from .report.export import jsonable
+        from multilevel.report.export import jsonable
 
         return jsonable({
             "nobs": self.nobs, "groups": list(self.groups), "nested": self.nested,
@@ -329,7 +329,7 @@ def _outcome_icc(desc: Description, src: Any, outcome: str, rows: np.ndarray,
                  units: list[np.ndarray]) -> None:
     """Null-model ICCs; the fits run on a private frame with safe column names (y, g0, ...)
     so that any column name works in the formula."""
-    from .lmm import lmer
+    from multilevel.models.lmer import lmer
 
     col = src.column(outcome)
     if not col.is_numeric:

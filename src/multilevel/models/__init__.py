@@ -1,0 +1,12 @@
+"""The models layer: ``lmer``, ``glmer`` and ``lm``, each lme4's staged pipeline.
+
+Layer: models (above engine and results: a model function builds the frame, binds the
+engine problem, optimises and packs a plain-data result, as lme4's ``lFormula ->
+mkLmerDevfun -> optimizeLmer -> mkMerMod``). May import: design, covariance, families,
+engine, results, errors, control. Never inference, toolkit, report or app.
+"""
+from multilevel.models.glmer import glmer
+from multilevel.models.lm import lm
+from multilevel.models.lmer import lmer
+
+__all__ = ["lmer", "glmer", "lm"]

@@ -1,0 +1,16 @@
+"""The results layer: fitted models as plain data.
+
+Layer: results (above engine). ``LmmFit``, ``GlmmFit`` and ``LmFit`` hold estimates and the
+arrays needed to rebuild their engine problem; they never run an optimiser. May import:
+design, covariance, families, engine (to rebuild a problem lazily), errors, control.
+
+The only upward edges of the package are the convenience methods on the fit objects
+(``fit.summary()``, ``fit.confint()``, ``fit.anova_terms()``, ...), which import the
+inference and report layers inside the method body; they are gathered in
+:mod:`multilevel.results.methods`.
+"""
+from multilevel.results.glmm import GlmmFit
+from multilevel.results.lm import LmFit
+from multilevel.results.lmm import LmmFit, RandomEffects, VarCorr, VarCorrBlock
+
+__all__ = ["LmmFit", "GlmmFit", "LmFit", "VarCorr", "VarCorrBlock", "RandomEffects"]
