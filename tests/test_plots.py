@@ -16,6 +16,7 @@ pytest.importorskip("matplotlib")  # the `plot` extra; CI installs it with `test
 
 import multilevel as ml  # noqa: E402
 from multilevel import plots  # noqa: E402
+from multilevel.inference import profile_sd  # noqa: E402
 from multilevel.datasets import load  # noqa: E402
 
 from conftest import load_case  # noqa: E402
@@ -405,7 +406,7 @@ def _crossings(x, z, level=1.959964):
 
 def test_profile_sd_matches_lme4(sleep_fit):
     ref = load_case("sleepstudy_slope_reml")["results"]["profile_ci_95"]
-    prof = plots.profile_sd(sleep_fit)
+    prof = profile_sd(sleep_fit)
     assert list(prof) == ["sd_(Intercept)|Subject", "sd_Days|Subject", "sigma"]
     for name, df in prof.items():
         lo, hi = _crossings(df["value"], df["zeta"])
@@ -441,7 +442,7 @@ def test_profile_boundary_and_precomputed():
     pastes = load("pastes")
     fit = ml.lmer("strength ~ 1 + (1 | batch/cask)", pastes)
     ref = load_case("pastes_nested_reml")["results"]["profile_ci_95"]
-    prof = plots.profile_sd(fit)
+    prof = profile_sd(fit)
     lo, hi = _crossings(prof["sd_(Intercept)|batch"]["value"], prof["sd_(Intercept)|batch"]["zeta"])
     assert lo == 0.0 and hi == pytest.approx(ref["sd_(Intercept)|batch"][1], rel=3e-3)
     fig = plots.plot_profile(fit, profile={"a": (np.array([1.0, 2.0, 3.0]), np.array([-2.0, 0.0, 2.0]))})

@@ -11,6 +11,9 @@ The numbers are exactly those lme4 was fitted on for the reference fits: the CSV
 written with the shortest decimal text that reads back to the same double. Licence and
 provenance: ``data/PROVENANCE.md`` (GPL (>= 2), as the R packages that distribute them).
 
+Layer: datasets, at the bottom beside errors: it imports only ``multilevel.errors`` (and
+numpy / pandas), so any layer, the tests and the app may load example data.
+
 Example
 -------
 >>> from multilevel.datasets import list_datasets, load

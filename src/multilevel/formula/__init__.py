@@ -8,6 +8,9 @@ frame into arrays, evaluating expressions such as ``I(age^2)`` or ``scale(x)`` t
 formulaic (:class:`NumericExpressions`). Besides R's functions a formula may centre variables:
 ``center(x)``, ``center(x, by = g)`` and ``group_mean(x, by = g)`` (``_centering.py``).
 
+Layer: formula (the lowest above errors). May import: ``multilevel.errors``, formulaic. It
+never sees data frames (design does), arrays of a model (engine) or fits (results).
+
 >>> from multilevel.formula import parse_formula
 >>> f = parse_formula("y ~ x * f + offset(log(n)) + (1 + x || g) + (1 | a/b)")
 >>> f.fixed.labels, f.fixed.intercept, [b.text for b in f.bars]

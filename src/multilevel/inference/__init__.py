@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from multilevel.inference.anova import anova, format_anova
 from multilevel.inference.bootstrap import bootstrap, simulate
-from multilevel.inference.confint import confint, profile
+from multilevel.inference.confint import confint, profile, profile_sd
 from multilevel.inference.ddf import anova_terms, coef_table, kenward_roger, satterthwaite
 from multilevel.inference.confint import predict_interval
 from multilevel.inference.variance import design_effect, icc, r2, variance_reduction
@@ -38,6 +38,7 @@ __all__ = [
     "kenward_roger",
     "confint",
     "profile",
+    "profile_sd",
     "bootstrap",
     "simulate",
     "predict_interval",

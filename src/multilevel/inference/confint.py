@@ -32,6 +32,7 @@ from scipy import optimize, stats
 
 from multilevel.errors import ModelSpecError, MultilevelError
 from multilevel.inference._common import (
+    is_lmm,
     block_sizes,
     copy_problem,
     is_glmm,
@@ -474,3 +475,83 @@ def predict_interval(fit: Any, newdata: Any, interval: str = "confidence", level
     zq = stats.norm.ppf(0.5 + level / 2.0)
     index = newdata.index if isinstance(newdata, pd.DataFrame) and len(newdata.index) == len(pred) else None
     return pd.DataFrame({"fit": pred, "se": se, "lwr": pred - zq * se, "upr": pred + zq * se}, index=index)
+
+
+def profile_sd(fit: Any, zmax: float = 2.6, npoints: int = 12) -> dict[str, pd.DataFrame]:
+    """Likelihood profiles of the random-effect standard deviations and of sigma, as lme4's
+    ``profile(fit)`` computes them for these parameters (a fallback for fits without
+    :mod:`multilevel.inference`'s profile; no correlations, no fixed effects).
+
+    As lme4, the model is first refitted by maximum likelihood and the ML deviance is
+    profiled, also for REML fits. For a standard deviation sd_j = σ·‖row j of Λ(θ)‖ fixed
+    at s, σ is determined by θ and the deviance n·log(2πσ²) + PWRSS(θ)/σ² + log|L_θ|² is
+    minimised over all of θ; for σ fixed, likewise. ζ = sign(s − ŝ)·√(d(s) − d̂). The grid
+    steps out from the estimate (on the log scale) until |ζ| ≥ ``zmax`` or the parameter
+    is near 0. Returns ``{name: DataFrame(value, zeta)}`` with lme4's names
+    (``sd_(Intercept)|Subject``, ``sigma``).
+
+    Uses the fit's engine problem (``ml_deviance``, ``solution``) and the optimiser; only
+    ``lmer`` fits have one. (It lives here, not with the plots, since drawing never fits.)
+    """
+    from multilevel.engine.optimize import bobyqa, control_options
+    from multilevel.covariance import lambda_blocks
+
+    prob = getattr(fit, "_problem", None)
+    if prob is None or not hasattr(prob, "ml_deviance") or not is_lmm(fit):
+        raise ValueError("this fit cannot be profiled here (only lmer fits keep their engine)")
+    n = prob.n
+    rts = fit.frame.reterms
+    sizes = [rt.n_terms for rt in rts]
+    lower = np.asarray(prob.lower, dtype=float)
+    opts = control_options({"ftol_abs": 1e-9, "xtol_abs": 1e-7, "check_conv": False})
+    step = np.full(lower.size, 0.05)
+    res = bobyqa(prob.ml_deviance, np.asarray(fit.theta, dtype=float), lower, dict(opts, initial_step=step))
+    theta_ml, dev_ml = res.x.copy(), float(res.fun)
+
+    def pieces(theta: np.ndarray) -> tuple[float, float]:
+        sol = prob.solution(np.asarray(theta, dtype=float))
+        return float(sol["pwrss"]), float(sol["ldl2"])
+
+    def row_norm(theta: np.ndarray, k: int, j: int) -> float:
+        return float(np.linalg.norm(lambda_blocks(theta, sizes)[k][j]))
+
+    pw, _ = pieces(theta_ml)
+    sigma_ml = math.sqrt(pw / n)
+    params: list[tuple[str, int | None, int | None, float]] = []
+    for k, rt in enumerate(rts):
+        for j, t in enumerate(rt.terms):
+            params.append((f"sd_{t}|{rt.group}", k, j, sigma_ml * row_norm(theta_ml, k, j)))
+    params.append(("sigma", None, None, sigma_ml))
+    out: dict[str, pd.DataFrame] = {}
+    for name, k, j, s_hat in params:
+        if not s_hat > 0:
+            continue  # a standard deviation estimated at 0 (singular fit): no profile
+
+        def deviance(theta: np.ndarray, s: float, k=k, j=j) -> float:
+            r = 1.0 if k is None else row_norm(theta, k, j)
+            if not r > 0:
+                return float("inf")
+            sigma2 = (s / r) ** 2
+            pwrss, ldl2 = pieces(theta)
+            return n * math.log(2 * math.pi * sigma2) + pwrss / sigma2 + ldl2
+
+        rows = [(s_hat, 0.0)]
+        for direction in (-1.0, 1.0):
+            theta = theta_ml.copy()
+            logs, h = math.log(s_hat), 0.03
+            for _ in range(4 * npoints):
+                logs += direction * h
+                s = math.exp(logs)
+                r = bobyqa(lambda th, s=s: deviance(th, s), theta, lower, dict(opts, initial_step=step))
+                theta = r.x.copy()
+                zeta = direction * math.sqrt(max(float(r.fun) - dev_ml, 0.0))
+                rows.append((s, zeta))
+                if abs(zeta) >= zmax or s < 1e-3 * s_hat:
+                    break
+                # aim for steps of about zmax / npoints in zeta
+                slope = abs(zeta) / abs(logs - math.log(s_hat))
+                if slope > 0:
+                    h = float(np.clip((zmax / npoints) / slope, 0.02, 0.6))
+        rows.sort()
+        out[name] = pd.DataFrame(rows, columns=["value", "zeta"])
+    return out

@@ -1,2 +1,9 @@
-"""Presentation of fits: lme4-style text summaries (``summary``), HTML (``html``),
-JSON-ready dicts in the reference schema (``export``) and R's number formatting (``rformat``)."""
+"""The report layer: what users read and look at.
+
+Layer: report (above inference and toolkit; below the package's front and the app). Text
+summaries in R's layouts (``summary``, ``glmm_summary``, ``lm_summary``), R's number formatting
+(``rformat``), HTML for notebooks (``html``), side-by-side model tables and arm's ``display``
+(``tables``) and the plots (``plots``: matplotlib drawing of plot data taken from fits). May
+import every layer below; it never fits a model or runs an optimiser (profiles and other
+computations come from inference).
+"""

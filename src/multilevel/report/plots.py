@@ -51,7 +51,6 @@ __all__ = [
     "plot_effect",
     "plot_diagnostics",
     "plot_profile",
-    "profile_sd",
 ]
 
 # colours: matplotlib's default cycle, named for what they show
@@ -887,84 +886,6 @@ def plot_diagnostics(fit: Any, *, axes: Any = None, ncols: int | None = None):
 # --- profiles -------------------------------------------------------------------------------
 
 
-def profile_sd(fit: Any, zmax: float = 2.6, npoints: int = 12) -> dict[str, pd.DataFrame]:
-    """Likelihood profiles of the random-effect standard deviations and of sigma, as lme4's
-    ``profile(fit)`` computes them for these parameters (a fallback for fits without
-    :mod:`multilevel.inference`'s profile; no correlations, no fixed effects).
-
-    As lme4, the model is first refitted by maximum likelihood and the ML deviance is
-    profiled, also for REML fits. For a standard deviation sd_j = σ·‖row j of Λ(θ)‖ fixed
-    at s, σ is determined by θ and the deviance n·log(2πσ²) + PWRSS(θ)/σ² + log|L_θ|² is
-    minimised over all of θ; for σ fixed, likewise. ζ = sign(s − ŝ)·√(d(s) − d̂). The grid
-    steps out from the estimate (on the log scale) until |ζ| ≥ ``zmax`` or the parameter
-    is near 0. Returns ``{name: DataFrame(value, zeta)}`` with lme4's names
-    (``sd_(Intercept)|Subject``, ``sigma``).
-
-    Uses the fit's engine (``fit._problem``: ``ml_deviance``, ``solution``) and the
-    optimiser wrapper; only ``lmer`` fits have one.
-    """
-    from multilevel.engine.optimize import bobyqa, control_options
-    from multilevel.covariance import lambda_blocks
-
-    prob = getattr(fit, "_problem", None)
-    if prob is None or not hasattr(prob, "ml_deviance") or not _is_gaussian(fit):
-        raise ValueError("this fit cannot be profiled here (only lmer fits keep their engine)")
-    n = prob.n
-    rts = fit.frame.reterms
-    sizes = [rt.n_terms for rt in rts]
-    lower = np.asarray(prob.lower, dtype=float)
-    opts = control_options({"ftol_abs": 1e-9, "xtol_abs": 1e-7, "check_conv": False})
-    step = np.full(lower.size, 0.05)
-    res = bobyqa(prob.ml_deviance, np.asarray(fit.theta, dtype=float), lower, dict(opts, initial_step=step))
-    theta_ml, dev_ml = res.x.copy(), float(res.fun)
-
-    def pieces(theta: np.ndarray) -> tuple[float, float]:
-        sol = prob.solution(np.asarray(theta, dtype=float))
-        return float(sol["pwrss"]), float(sol["ldl2"])
-
-    def row_norm(theta: np.ndarray, k: int, j: int) -> float:
-        return float(np.linalg.norm(lambda_blocks(theta, sizes)[k][j]))
-
-    pw, _ = pieces(theta_ml)
-    sigma_ml = math.sqrt(pw / n)
-    params: list[tuple[str, int | None, int | None, float]] = []
-    for k, rt in enumerate(rts):
-        for j, t in enumerate(rt.terms):
-            params.append((f"sd_{t}|{rt.group}", k, j, sigma_ml * row_norm(theta_ml, k, j)))
-    params.append(("sigma", None, None, sigma_ml))
-    out: dict[str, pd.DataFrame] = {}
-    for name, k, j, s_hat in params:
-        if not s_hat > 0:
-            continue  # a standard deviation estimated at 0 (singular fit): no profile
-
-        def deviance(theta: np.ndarray, s: float, k=k, j=j) -> float:
-            r = 1.0 if k is None else row_norm(theta, k, j)
-            if not r > 0:
-                return float("inf")
-            sigma2 = (s / r) ** 2
-            pwrss, ldl2 = pieces(theta)
-            return n * math.log(2 * math.pi * sigma2) + pwrss / sigma2 + ldl2
-
-        rows = [(s_hat, 0.0)]
-        for direction in (-1.0, 1.0):
-            theta = theta_ml.copy()
-            logs, h = math.log(s_hat), 0.03
-            for _ in range(4 * npoints):
-                logs += direction * h
-                s = math.exp(logs)
-                r = bobyqa(lambda th, s=s: deviance(th, s), theta, lower, dict(opts, initial_step=step))
-                theta = r.x.copy()
-                zeta = direction * math.sqrt(max(float(r.fun) - dev_ml, 0.0))
-                rows.append((s, zeta))
-                if abs(zeta) >= zmax or s < 1e-3 * s_hat:
-                    break
-                # aim for steps of about zmax / npoints in zeta
-                slope = abs(zeta) / abs(logs - math.log(s_hat))
-                if slope > 0:
-                    h = float(np.clip((zmax / npoints) / slope, 0.02, 0.6))
-        rows.sort()
-        out[name] = pd.DataFrame(rows, columns=["value", "zeta"])
-    return out
 
 
 def _inference_limits(fit: Any, names: Sequence[str], level: float) -> dict[str, tuple[float, float]]:
@@ -1021,6 +942,8 @@ def plot_profile(fit: Any, *, axes: Any = None, ncols: int = 3, level: float = 0
             raise ValueError("profile= must be {name: (values, zeta)} or {name: DataFrame(value, zeta)}")
         limits: dict[str, tuple[float, float]] = {}
     else:
+        from multilevel.inference.confint import profile_sd
+
         table = {nm: (df["value"].to_numpy(), df["zeta"].to_numpy()) for nm, df in profile_sd(fit).items()}
         limits = _inference_limits(fit, list(table), level)
     names = list(table)
