@@ -41,10 +41,13 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["build_report", "write_report"]
 
@@ -199,7 +202,7 @@ def _numeric_columns(df: pd.DataFrame) -> set[str]:
     return {c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
 
 
-def _fixed_variables(fit: Any, df: pd.DataFrame) -> list[str]:
+def _fixed_variables(fit: AnyFit, df: pd.DataFrame) -> list[str]:
     """Data columns of the fixed part (not offsets), in formula order."""
     spec = getattr(fit.frame, "spec", None)
     cols = list(spec.fixed.columns()) if spec is not None else []
@@ -208,7 +211,7 @@ def _fixed_variables(fit: Any, df: pd.DataFrame) -> list[str]:
     return [c for c in cols if c in df.columns and c != off and c not in offsets]
 
 
-def _slope_variable(fit: Any, df: pd.DataFrame) -> str | None:
+def _slope_variable(fit: AnyFit, df: pd.DataFrame) -> str | None:
     """The predictor for the fitted-lines plot: a numeric random slope, else the first
     numeric variable of the fixed part that varies within the groups (a group-level
     variable would draw each group as a vertical stroke), else None."""
@@ -232,7 +235,7 @@ def _slope_variable(fit: Any, df: pd.DataFrame) -> str | None:
     return None
 
 
-def _grouping_columns(fit: Any, df: pd.DataFrame) -> tuple[list[str], bool]:
+def _grouping_columns(fit: AnyFit, df: pd.DataFrame) -> tuple[list[str], bool]:
     """(grouping columns outermost first, nested?) of a fit, for ``describe``.
 
     ``(1 | batch/cask)`` gives the groups ``cask:batch`` and ``batch``: nested, batch outside.
@@ -251,7 +254,7 @@ def _grouping_columns(fit: Any, df: pd.DataFrame) -> tuple[list[str], bool]:
     return cols, False
 
 
-def _is_lmm(fit: Any) -> bool:
+def _is_lmm(fit: AnyFit) -> bool:
     return getattr(fit, "family", "gaussian") == "gaussian" and getattr(fit, "_problem", None) is not None
 
 
@@ -330,7 +333,7 @@ def _html_of(obj: Any) -> str:
     return f"<pre>{escape(str(obj))}</pre>"
 
 
-def _describe_section(df: pd.DataFrame, fit: Any) -> str:
+def _describe_section(df: pd.DataFrame, fit: AnyFit) -> str:
     describe = _tool("describe")
     groups, nested = _grouping_columns(fit, df)
     outcome = fit.frame.response if fit.frame.response in df.columns else None
@@ -393,7 +396,7 @@ def _pooling_section(formula: str, df: pd.DataFrame, dpi: int) -> str:
     return "".join(parts)
 
 
-def _model_section(i: int, fit: Any, df: pd.DataFrame, dpi: int, max_effects: int,
+def _model_section(i: int, fit: AnyFit, df: pd.DataFrame, dpi: int, max_effects: int,
                    prog: _Progress) -> str:
     from multilevel.report import plots
 
@@ -433,7 +436,7 @@ def _model_section(i: int, fit: Any, df: pd.DataFrame, dpi: int, max_effects: in
     return "".join(parts)
 
 
-def _effects_figure(fit: Any, df: pd.DataFrame, variables: Sequence[str]):
+def _effects_figure(fit: AnyFit, df: pd.DataFrame, variables: Sequence[str]):
     from multilevel.report import plots
 
     k = len(variables)

@@ -11,26 +11,29 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from multilevel.errors import ModelSpecError, MultilevelError
 
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
+
 
 # --- what kind of fit is this -----------------------------------------------------------
 
 
-def is_lmm(fit: Any) -> bool:
+def is_lmm(fit: AnyFit) -> bool:
     """True for a linear mixed model fit that carries its engine problem."""
     return getattr(fit, "_problem", None) is not None and getattr(fit, "family", "gaussian") == "gaussian"
 
 
-def is_glmm(fit: Any) -> bool:
+def is_glmm(fit: AnyFit) -> bool:
     return getattr(fit, "family", "gaussian") != "gaussian"
 
 
-def lmm_problem(fit: Any, what: str):
+def lmm_problem(fit: AnyFit, what: str):
     """The engine problem of an LMM fit, or a clear error for anything else."""
     if is_glmm(fit):
         raise ModelSpecError(f"{what} is available for linear mixed models (lmer) only, "
@@ -161,7 +164,7 @@ class LmmState:
         return -0.5 * self.objective
 
 
-def state_of(fit: Any) -> LmmState:
+def state_of(fit: AnyFit) -> LmmState:
     """The fit's own estimates as an :class:`LmmState`."""
     prob = lmm_problem(fit, "this method")
     return LmmState(prob, np.asarray(fit._theta, float).copy(), np.asarray(fit._beta, float).copy(),
@@ -171,7 +174,7 @@ def state_of(fit: Any) -> LmmState:
 _ML_CACHE: "weakref.WeakKeyDictionary[Any, LmmState]" = weakref.WeakKeyDictionary()
 
 
-def ml_state(fit: Any, control: dict | None = None) -> LmmState:
+def ml_state(fit: AnyFit, control: dict | None = None) -> LmmState:
     """The ML estimates of an LMM: the fit itself when it is an ML fit, otherwise lme4's
     ``refitML``: the same model refitted by maximum likelihood, starting at the REML theta.
     The result is cached per fit object."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,12 +28,15 @@ from scipy import stats
 from multilevel.errors import MultilevelError, MultilevelWarning
 from multilevel.inference._common import is_lmm, ml_state
 
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
+
 __all__ = ["anova"]
 
 REFIT_NOTE = "refitting model(s) with ML (instead of REML)"
 
 
-def _response(fit: Any) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+def _response(fit: AnyFit) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(rows used, response, prior weights) of a fit, as far as the object tells."""
     frame = getattr(fit, "frame", None)
     if frame is not None:
@@ -70,7 +73,7 @@ def _check_same_data(fits: Sequence[Any], names: Sequence[str]) -> None:
                                   f"than {names[0]}; the responses differ")
 
 
-def anova(*fits: Any, refit: bool = True, names: Sequence[str] | None = None) -> pd.DataFrame:
+def anova(*fits: AnyFit, refit: bool = True, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Likelihood-ratio tests of nested mixed models (lme4's ``anova(m0, m1, ...)``).
 
     Parameters

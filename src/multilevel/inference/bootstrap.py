@@ -21,13 +21,16 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from multilevel.errors import ModelSpecError
 from multilevel.inference._common import block_sizes, copy_problem, is_glmm, lmm_problem, sdcor_names, theta_to_sdcor
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["simulate", "bootstrap"]
 
@@ -40,7 +43,7 @@ def _streams(seed: Any, n: int) -> list[np.random.Generator]:
 class _Simulator:
     """Draws responses of one fitted model; holds the pieces that do not change."""
 
-    def __init__(self, fit: Any):
+    def __init__(self, fit: AnyFit):
         frame = fit.frame
         self.frame = frame
         self.glmm = is_glmm(fit)
@@ -77,7 +80,7 @@ class _Simulator:
         raise ModelSpecError(f"simulate() does not know the {self.family.name} family")
 
 
-def simulate(fit: Any, n: int = 1, seed: Any = None) -> np.ndarray:
+def simulate(fit: AnyFit, n: int = 1, seed: Any = None) -> np.ndarray:
     """Responses simulated from the fitted model: an (n, nobs) array.
 
     Each row draws new random effects for every level (b ~ N(0, sigma^2 Lambda Lambda'))
@@ -133,7 +136,7 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _replicate_fit(fit: Any, problem: Any, y: np.ndarray, theta: np.ndarray, sol: dict) -> Any:
+def _replicate_fit(fit: AnyFit, problem: Any, y: np.ndarray, theta: np.ndarray, sol: dict) -> Any:
     """A full :class:`LmmFit` for one replicate (only built when ``func`` is given)."""
     from multilevel.results.lmm import LmmFit
 
@@ -149,7 +152,7 @@ def _replicate_fit(fit: Any, problem: Any, y: np.ndarray, theta: np.ndarray, sol
                   fitted=fitted, converged=True, warnings=[], optinfo={})
 
 
-def bootstrap(fit: Any, n: int = 1000, seed: Any = None, func: Callable[[Any], Any] | None = None,
+def bootstrap(fit: AnyFit, n: int = 1000, seed: Any = None, func: Callable[[Any], Any] | None = None,
               progress: bool | None = None, workers: int | None = None,
               control: dict | None = None) -> pd.DataFrame:
     """Parametric bootstrap of a linear mixed model (lme4's ``bootMer``, type "parametric").

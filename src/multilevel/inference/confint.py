@@ -23,7 +23,7 @@ the fixed effects; columns ``"2.5 %"`` and ``"97.5 %"`` (for ``level=0.95``).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import nlopt
 import numpy as np
@@ -44,6 +44,9 @@ from multilevel.inference._common import (
     theta_to_sdcor,
 )
 
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
+
 __all__ = ["confint", "profile", "predict_interval", "wald_intervals", "ProfileResult"]
 
 
@@ -52,13 +55,13 @@ def _colnames(level: float) -> list[str]:
     return [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
 
 
-def _param_names(fit: Any) -> tuple[list[str], list[str]]:
+def _param_names(fit: AnyFit) -> tuple[list[str], list[str]]:
     """(variance-parameter names, fixed-effect names) in lme4's order."""
     glmm = is_glmm(fit)
     return sdcor_names(fit.frame, sigma=not glmm), list(fit.fixef.index)
 
 
-def wald_intervals(fit: Any, level: float = 0.95) -> pd.DataFrame:
+def wald_intervals(fit: AnyFit, level: float = 0.95) -> pd.DataFrame:
     """lme4's ``confint(fit, method = "Wald")``: NaN for the variance parameters."""
     vnames, fnames = _param_names(fit)
     z = stats.norm.ppf(0.5 + level / 2.0)
@@ -175,7 +178,7 @@ def _bounds_sdcor(kinds: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _lmm_profile(fit: Any, level: float, which: list[str] | None) -> ProfileResult:
+def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileResult:
     st = ml_state(fit)
     prob = st.problem
     frame = prob.frame
@@ -270,7 +273,7 @@ def _lmm_profile(fit: Any, level: float, which: list[str] | None) -> ProfileResu
     return ProfileResult(tab, est.loc[order], base, nevals[0])
 
 
-def _glmm_profile(fit: Any, level: float, which: list[str] | None) -> ProfileResult:
+def _glmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileResult:
     prob = getattr(fit, "_problem", None)
     if prob is None or not hasattr(prob, "devfun"):
         raise MultilevelError("profile intervals need a fit made by multilevel.glmer")
@@ -336,7 +339,7 @@ def _glmm_profile(fit: Any, level: float, which: list[str] | None) -> ProfileRes
     return ProfileResult(tab, pd.Series(opt, index=names).loc[order], base, nevals[0])
 
 
-def profile(fit: Any, level: float = 0.95, which: list[str] | None = None) -> ProfileResult:
+def profile(fit: AnyFit, level: float = 0.95, which: list[str] | None = None) -> ProfileResult:
     """Profile-likelihood confidence intervals (lme4's ``confint(profile(fit))``); REML fits
     are refitted by ML first. ``which`` restricts the parameters (names as in the result)."""
     if is_glmm(fit):
@@ -345,7 +348,7 @@ def profile(fit: Any, level: float = 0.95, which: list[str] | None = None) -> Pr
     return _lmm_profile(fit, level, which)
 
 
-def confint(fit: Any, method: str = "profile", level: float = 0.95, n: int = 500,
+def confint(fit: AnyFit, method: str = "profile", level: float = 0.95, n: int = 500,
             seed: int | None = None, which: list[str] | None = None,
             progress: bool | None = None) -> pd.DataFrame:
     """Confidence intervals for all parameters (lme4's ``confint.merMod``).
@@ -393,7 +396,7 @@ def confint(fit: Any, method: str = "profile", level: float = 0.95, n: int = 500
 # --- intervals for predictions -----------------------------------------------------------
 
 
-def predict_interval(fit: Any, newdata: Any, interval: str = "confidence", level: float = 0.95,
+def predict_interval(fit: AnyFit, newdata: Any, interval: str = "confidence", level: float = 0.95,
                      re_form: str | None = None, allow_new_levels: bool = True) -> pd.DataFrame:
     """Point predictions with approximate confidence or prediction intervals (LMMs).
 
@@ -477,7 +480,7 @@ def predict_interval(fit: Any, newdata: Any, interval: str = "confidence", level
     return pd.DataFrame({"fit": pred, "se": se, "lwr": pred - zq * se, "upr": pred + zq * se}, index=index)
 
 
-def profile_sd(fit: Any, zmax: float = 2.6, npoints: int = 12) -> dict[str, pd.DataFrame]:
+def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, pd.DataFrame]:
     """Likelihood profiles of the random-effect standard deviations and of sigma, as lme4's
     ``profile(fit)`` computes them for these parameters (a fallback for fits without
     :mod:`multilevel.inference`'s profile; no correlations, no fixed effects).

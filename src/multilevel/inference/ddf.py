@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from scipy import linalg, stats
 
 from multilevel.errors import ModelSpecError, MultilevelError
 from multilevel.inference._common import is_glmm, lmm_problem, pwrss_from_residuals
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["coef_table", "anova_terms", "satterthwaite", "kenward_roger", "contest"]
 
@@ -134,7 +137,7 @@ _SATT: "weakref.WeakKeyDictionary[Any, SatterthwaiteInfo]" = weakref.WeakKeyDict
 _KR: "weakref.WeakKeyDictionary[Any, KenwardRogerInfo]" = weakref.WeakKeyDictionary()
 
 
-def satterthwaite(fit: Any) -> SatterthwaiteInfo:
+def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
     """The ingredients of Satterthwaite's df for a fit (computed once, cached)."""
     hit = _SATT.get(fit)
     if hit is not None:
@@ -211,7 +214,7 @@ class KenwardRogerInfo:
     W: np.ndarray
 
 
-def kenward_roger(fit: Any) -> KenwardRogerInfo:
+def kenward_roger(fit: AnyFit) -> KenwardRogerInfo:
     """Kenward-Roger adjusted covariance of the fixed effects (pbkrtest's ``vcovAdj``)."""
     hit = _KR.get(fit)
     if hit is not None:
@@ -380,7 +383,7 @@ def _ddf_method(ddf: Any) -> str | None:
     return _DDF_ALIASES[key]
 
 
-def contest(fit: Any, L: Any, ddf: str | None = "satterthwaite") -> pd.DataFrame:
+def contest(fit: AnyFit, L: Any, ddf: str | None = "satterthwaite") -> pd.DataFrame:
     """Test of one contrast L'beta = 0 (lmerTest's ``contest1D``): estimate, se, df, t, p."""
     L = np.asarray(L, float).ravel()
     beta = np.asarray(fit._beta, float)
@@ -392,7 +395,7 @@ def contest(fit: Any, L: Any, ddf: str | None = "satterthwaite") -> pd.DataFrame
     return pd.DataFrame({"estimate": [est], "se": [se], "df": [df], "t": [t], "p": [p]})
 
 
-def _contrast(fit: Any, L: np.ndarray, method: str | None) -> tuple[float, float, float]:
+def _contrast(fit: AnyFit, L: np.ndarray, method: str | None) -> tuple[float, float, float]:
     beta = np.asarray(fit._beta, float) if hasattr(fit, "_beta") else np.asarray(fit.fixef, float)
     est = float(L @ beta)
     V = np.asarray(fit.vcov, float)
@@ -410,7 +413,7 @@ def _contrast(fit: Any, L: np.ndarray, method: str | None) -> tuple[float, float
     return est, math.sqrt(var), np.inf
 
 
-def coef_table(fit: Any, ddf: str | None = "satterthwaite") -> pd.DataFrame:
+def coef_table(fit: AnyFit, ddf: str | None = "satterthwaite") -> pd.DataFrame:
     """Fixed effects with standard errors, df, t statistics and two-sided p values.
 
     ddf:
@@ -518,7 +521,7 @@ def _synthetic_values(frame: Any, rng: np.random.Generator) -> tuple[dict, int]:
     return values, n
 
 
-def type3_contrasts(fit: Any) -> dict[str, np.ndarray]:
+def type3_contrasts(fit: AnyFit) -> dict[str, np.ndarray]:
     """lmerTest's type III contrasts (``get_contrasts_type3`` for treatment coding): one
     matrix (rows: hypotheses, columns: fixed effects) per term of the fixed part.
 
@@ -590,7 +593,7 @@ def type3_contrasts(fit: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _satt_ftest(fit: Any, L: np.ndarray, eps: float = math.sqrt(np.finfo(float).eps)):
+def _satt_ftest(fit: AnyFit, L: np.ndarray, eps: float = math.sqrt(np.finfo(float).eps)):
     """lmerTest's ``contestMD``: (F, numerator df, denominator df)."""
     info = satterthwaite(fit)
     beta = np.asarray(fit._beta, float)
@@ -612,7 +615,7 @@ def _satt_ftest(fit: Any, L: np.ndarray, eps: float = math.sqrt(np.finfo(float).
     return F, q, _fstat_ddf(nu)
 
 
-def anova_terms(fit: Any, ddf: str | None = "satterthwaite", type: int = 3) -> pd.DataFrame:
+def anova_terms(fit: AnyFit, ddf: str | None = "satterthwaite", type: int = 3) -> pd.DataFrame:
     """F tests of the terms of the fixed part (lmerTest's ``anova(fit)``).
 
     type 3 (default): lmerTest's type III hypotheses (SAS's definition); type 1: sequential.

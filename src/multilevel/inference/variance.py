@@ -19,7 +19,7 @@ Then ``ICC_adjusted = var_random / (var_random + var_residual)``,
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,12 +27,15 @@ import pandas as pd
 from multilevel.errors import ModelSpecError
 from multilevel.inference._common import is_glmm
 
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
+
 __all__ = ["variance_components", "icc", "r2", "variance_reduction", "design_effect"]
 
 _LATENT_RESIDUAL = {"logit": math.pi**2 / 3, "probit": 1.0, "cloglog": math.pi**2 / 6}
 
 
-def _residual_variance(fit: Any) -> float:
+def _residual_variance(fit: AnyFit) -> float:
     if not is_glmm(fit):
         return float(fit.sigma) ** 2
     if fit.family == "binomial" and fit.link in _LATENT_RESIDUAL:
@@ -42,7 +45,7 @@ def _residual_variance(fit: Any) -> float:
                          f"is not available here")
 
 
-def variance_components(fit: Any) -> dict[str, Any]:
+def variance_components(fit: AnyFit) -> dict[str, Any]:
     """The pieces of the decomposition: ``fixed``, ``random`` (total), ``by_group``
     (random variance per grouping factor), ``residual`` and ``intercepts`` (random-intercept
     variance per grouping factor, where there is one)."""
@@ -75,7 +78,7 @@ def variance_components(fit: Any) -> dict[str, Any]:
     }
 
 
-def icc(fit: Any, by_group: bool = False) -> pd.Series:
+def icc(fit: AnyFit, by_group: bool = False) -> pd.Series:
     """Intraclass correlation coefficients (performance's ``icc``).
 
     Returns a Series with ``adjusted`` (random / (random + residual): the share of the
@@ -99,7 +102,7 @@ def icc(fit: Any, by_group: bool = False) -> pd.Series:
     return pd.Series({"adjusted": r / (r + e), "conditional": r / (f + r + e)}, name="icc")
 
 
-def r2(fit: Any) -> pd.Series:
+def r2(fit: AnyFit) -> pd.Series:
     """Nakagawa & Schielzeth's R² with Johnson's extension for random slopes
     (performance's ``r2_nakagawa``): ``marginal`` = var_fixed / total (the fixed effects),
     ``conditional`` = (var_fixed + var_random) / total (fixed and random effects)."""
@@ -109,7 +112,7 @@ def r2(fit: Any) -> pd.Series:
                      name="r2")
 
 
-def _component_variances(fit: Any) -> dict[tuple[str, str], float]:
+def _component_variances(fit: AnyFit) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
     for blk in fit.varcorr:
         for j, t in enumerate(blk.terms):
@@ -119,7 +122,7 @@ def _component_variances(fit: Any) -> dict[tuple[str, str], float]:
     return out
 
 
-def variance_reduction(fit_null: Any, fit: Any) -> pd.DataFrame:
+def variance_reduction(fit_null: AnyFit, fit: AnyFit) -> pd.DataFrame:
     """Proportional reduction of each variance component from ``fit_null`` to ``fit``
     (Raudenbush & Bryk's "proportion of variance explained"): (var_null - var_fit) / var_null
     for every random-effect variance both models have (by grouping factor and term) and the
@@ -144,7 +147,7 @@ def variance_reduction(fit_null: Any, fit: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, index=idx, columns=["null", "model", "reduction"])
 
 
-def design_effect(fit: Any) -> pd.DataFrame:
+def design_effect(fit: AnyFit) -> pd.DataFrame:
     """Design effect of the clustering by each grouping factor: ``1 + (m - 1) * ICC_g``
     with m the mean number of observations per group and ICC_g = var_g / (var_random +
     var_residual) (the random variance of that factor as in ``variance_components``).

@@ -16,9 +16,12 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["to_dict", "jsonable"]
 
@@ -49,7 +52,7 @@ def jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _re_structure(fit: Any) -> list[dict]:
+def _re_structure(fit: AnyFit) -> list[dict]:
     out = []
     names = fit.theta_names
     pos = 0
@@ -61,7 +64,7 @@ def _re_structure(fit: Any) -> list[dict]:
     return out
 
 
-def _varcorr(fit: Any) -> list[dict]:
+def _varcorr(fit: AnyFit) -> list[dict]:
     out = []
     for blk in fit.varcorr:
         sd = blk.sd
@@ -72,7 +75,7 @@ def _varcorr(fit: Any) -> list[dict]:
     return out
 
 
-def _ranef(fit: Any) -> dict:
+def _ranef(fit: AnyFit) -> dict:
     re = fit.ranef(condvar=True)
     out: dict[str, dict] = {}
     for g, df in re.items():
@@ -86,7 +89,7 @@ def _ranef(fit: Any) -> dict:
     return out
 
 
-def to_dict(fit: Any) -> dict:
+def to_dict(fit: AnyFit) -> dict:
     """All results of ``fit`` in the reference-JSON layout (see the module docstring)."""
     fe = fit.fixef
     se = fit.se

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING
 
 from multilevel.report.rformat import LINE_WIDTH
 from multilevel.report.summary import (
@@ -45,6 +45,9 @@ from multilevel.report.summary import (
     residual_lines,
     varcorr_lines,
 )
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["GlmmSummary", "glmm_summary_lines", "method_title", "title_lines"]
 
@@ -91,7 +94,7 @@ def title_lines(nagq: int, cls: str = "glmerMod", width: int = LINE_WIDTH) -> li
     return lines
 
 
-def call_lines(fit: Any) -> list[str]:
+def call_lines(fit: AnyFit) -> list[str]:
     """Family, Formula, Data and (user) Weights lines."""
     out = [f" Family: {fit.family}  ( {fit.link} )", f"Formula: {fit.formula}"]
     if getattr(fit, "data_name", None):
@@ -101,7 +104,7 @@ def call_lines(fit: Any) -> list[str]:
     return out
 
 
-def glmm_summary_lines(fit: Any, correlation: bool | None = None) -> list[str]:
+def glmm_summary_lines(fit: AnyFit, correlation: bool | None = None) -> list[str]:
     """The whole summary as a list of lines."""
     lines = title_lines(getattr(fit, "nagq", 1))
     lines += call_lines(fit)

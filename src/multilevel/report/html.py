@@ -12,7 +12,7 @@ Example
 from __future__ import annotations
 
 from html import escape
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from multilevel.report.summary import (
     residual_lines,
     title,
 )
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["summary_html", "table_html"]
 
@@ -51,7 +54,7 @@ def _pre(lines: Sequence[str]) -> str:
     return "<pre>" + escape("\n".join(lines)) + "</pre>"
 
 
-def _varcorr_table(fit: Any) -> str:
+def _varcorr_table(fit: AnyFit) -> str:
     vc = fit.varcorr
     rows: list[list[str]] = []
     sds: list[float] = []
@@ -72,7 +75,7 @@ def _varcorr_table(fit: Any) -> str:
     return table_html(["Groups", "Name", "Variance", "Std.Dev.", "Corr"], rows, left=(0, 1, 4))
 
 
-def _fixef_table(fit: Any) -> str:
+def _fixef_table(fit: AnyFit) -> str:
     tab = coef_table(fit)
     values = [[None if v != v else float(v) for v in row] for row in tab.to_numpy()]
     cols, cells, _ = coefmat_cells(list(tab.columns), values, digits=DIGITS, has_pvalue=tab.shape[1] == 4)
@@ -80,7 +83,7 @@ def _fixef_table(fit: Any) -> str:
     return table_html([""] + cols, rows)
 
 
-def _corr_table(fit: Any) -> str:
+def _corr_table(fit: AnyFit) -> str:
     names = list(fit.fixef.index)
     p = len(names)
     if p <= 1 or p > COR_MAX:
@@ -94,7 +97,7 @@ def _corr_table(fit: Any) -> str:
     return "<b>Correlation of fixed effects</b>" + table_html([""] + names[:-1], rows)
 
 
-def summary_html(fit: Any) -> str:
+def summary_html(fit: AnyFit) -> str:
     """The summary of ``fit`` as an HTML fragment."""
     parts = [_STYLE, '<div class="ml-summary">', f"<b>{escape(title(fit))}</b>", _pre(call_lines(fit)),
              _pre(criterion_lines(fit)), _pre(residual_lines(fit)),

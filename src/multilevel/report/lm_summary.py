@@ -34,13 +34,16 @@ from __future__ import annotations
 
 from functools import cached_property
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from multilevel.report.rformat import coefmat_cells, coefmat_lines, format_num, format_pval, format_real, \
     named_vector_lines, zapsmall
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["LmSummary", "lm_summary_lines", "lm_coef_table"]
 
@@ -56,7 +59,7 @@ def _signif(x: float, digits: int) -> float:
     return float(f"{x:.{digits}g}") if np.isfinite(x) else x
 
 
-def lm_coef_table(fit: Any) -> pd.DataFrame:
+def lm_coef_table(fit: AnyFit) -> pd.DataFrame:
     """Estimate, Std. Error, t value, Pr(>|t|) for every coefficient, NaN rows for aliased ones."""
     names = list(fit.coef().index)
     tab = pd.DataFrame({"Estimate": fit.fixef, "Std. Error": fit.se, "t value": fit.tvalues,
@@ -64,7 +67,7 @@ def lm_coef_table(fit: Any) -> pd.DataFrame:
     return tab.reindex(names)
 
 
-def _call_line(fit: Any) -> str:
+def _call_line(fit: AnyFit) -> str:
     args = [f"formula = {fit.formula}"]
     if getattr(fit, "data_name", None):
         args.append(f"data = {fit.data_name}")
@@ -75,7 +78,7 @@ def _call_line(fit: Any) -> str:
     return f"lm({', '.join(args)})"
 
 
-def _residual_lines(fit: Any) -> list[str]:
+def _residual_lines(fit: AnyFit) -> list[str]:
     w = fit.frame.weights
     r = fit.residuals(type="pearson").to_numpy()
     weighted = w is not None and float(np.ptp(w)) != 0.0
@@ -91,7 +94,7 @@ def _residual_lines(fit: Any) -> list[str]:
     return [head, f"ALL {fit.rank} residuals are 0: no residual degrees of freedom!"]
 
 
-def _coef_section(fit: Any) -> tuple[list[str], pd.DataFrame]:
+def _coef_section(fit: AnyFit) -> tuple[list[str], pd.DataFrame]:
     tab = lm_coef_table(fit)
     if tab.shape[0] == 0:
         return ["No Coefficients"], tab
@@ -102,14 +105,14 @@ def _coef_section(fit: Any) -> tuple[list[str], pd.DataFrame]:
                                   has_pvalue=True), tab
 
 
-def _robust_line(fit: Any) -> str | None:
+def _robust_line(fit: AnyFit) -> str | None:
     if fit.n_clusters is None:
         return None
     return (f"Standard errors: cluster-robust (CR1, Stata's small-sample correction) by "
             f"'{fit.cluster}', {fit.n_clusters} clusters; t tests on {fit.df_test} df")
 
 
-def _fit_lines(fit: Any) -> list[str]:
+def _fit_lines(fit: AnyFit) -> list[str]:
     sigma = format_num(_signif(fit.sigma, DIGITS))
     out = [f"Residual standard error: {sigma} on {fit.df_resid} degrees of freedom"]
     nd = fit.frame.n_dropped
@@ -126,7 +129,7 @@ def _fit_lines(fit: Any) -> list[str]:
     return out
 
 
-def lm_summary_lines(fit: Any) -> list[str]:
+def lm_summary_lines(fit: AnyFit) -> list[str]:
     """The whole summary as a list of lines (see the module docstring)."""
     lines = ["", "Call:", _call_line(fit), ""]
     lines += _residual_lines(fit)
@@ -150,7 +153,7 @@ class LmSummary:
     """``str()`` is R's ``summary.lm`` layout; ``coefficients`` the table as a DataFrame
     (NaN rows for aliased coefficients); ``_repr_html_`` for notebooks."""
 
-    def __init__(self, fit: Any):
+    def __init__(self, fit: AnyFit):
         self.fit = fit
 
     @cached_property

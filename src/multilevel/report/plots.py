@@ -37,10 +37,14 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
+    from multilevel.toolkit.pooling import Pooling
 
 __all__ = [
     "plot_fitted_lines",
@@ -133,7 +137,7 @@ def _to_pandas(data: Any) -> pd.DataFrame:
     return pd.DataFrame({c: df[c].to_numpy() for c in df.columns})
 
 
-def _reterm(fit: Any, group: str | None):
+def _reterm(fit: AnyFit, group: str | None):
     """The first random-effect term of ``group`` (default: the first term of the fit)."""
     rts = fit.frame.reterms
     if not rts:
@@ -147,7 +151,7 @@ def _reterm(fit: Any, group: str | None):
                      f"{', '.join(dict.fromkeys(rt.group for rt in rts))}")
 
 
-def _row_values(fit: Any, name: str, data: Any = None) -> np.ndarray:
+def _row_values(fit: AnyFit, name: str, data: Any = None) -> np.ndarray:
     """Values of variable ``name`` on the rows the fit used: from ``data`` (a column), else
     from a column of X or Z of that name."""
     fr = fit.frame
@@ -163,7 +167,7 @@ def _row_values(fit: Any, name: str, data: Any = None) -> np.ndarray:
     raise ValueError(f"{name!r} is not a column of the model matrices; pass the data (data=...)")
 
 
-def _used_rows(fit: Any, df: pd.DataFrame) -> pd.DataFrame:
+def _used_rows(fit: AnyFit, df: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``df`` the fit used: ``df`` itself when it has exactly those rows (e.g.
     ``Pooling.data``), else the rows at the fit's row positions."""
     fr = fit.frame
@@ -175,12 +179,12 @@ def _used_rows(fit: Any, df: pd.DataFrame) -> pd.DataFrame:
     raise ValueError(f"the data have {len(df)} rows, the fit used {fr.nobs}: pass the data the model was fitted to")
 
 
-def _is_gaussian(fit: Any) -> bool:
+def _is_gaussian(fit: AnyFit) -> bool:
     fam = getattr(fit, "family", "gaussian")
     return (fam if isinstance(fam, str) else getattr(fam, "name", "")) == "gaussian"
 
 
-def _linkinv(fit: Any):
+def _linkinv(fit: AnyFit):
     """The inverse link of the fit's family (identity for linear mixed models)."""
     fam = getattr(fit, "family", "gaussian")
     if not isinstance(fam, str):
@@ -242,7 +246,7 @@ def _group_colors(k: int) -> list:
 # --- fitted lines ---------------------------------------------------------------------------
 
 
-def plot_fitted_lines(fit: Any, x: str, ax: Any = None, groups: Any = None, *,
+def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *,
                       group: str | None = None, data: Any = None, population: bool = True):
     """Fitted values of each group against ``x``, one line per group, over the data points.
 
@@ -300,7 +304,7 @@ def plot_fitted_lines(fit: Any, x: str, ax: Any = None, groups: Any = None, *,
     return fig
 
 
-def _population_prediction(fit: Any) -> np.ndarray:
+def _population_prediction(fit: AnyFit) -> np.ndarray:
     """Fixed-effects predictions on the response scale at the fitting rows."""
     fr = fit.frame
     eta = fr.X @ np.asarray(fit.fixef, dtype=float)
@@ -309,7 +313,7 @@ def _population_prediction(fit: Any) -> np.ndarray:
     return np.asarray(_linkinv(fit)(eta))
 
 
-def _population_line(fit: Any, x: str, xv: np.ndarray, data: Any):
+def _population_line(fit: AnyFit, x: str, xv: np.ndarray, data: Any):
     """(x, y, label) of the fixed-effects line, or Nones when it is not a line in ``x``.
 
     With the data: the prediction over the range of ``x`` with the other variables at
@@ -354,7 +358,7 @@ def _population_line(fit: Any, x: str, xv: np.ndarray, data: Any):
 # --- pooling --------------------------------------------------------------------------------
 
 
-def _pooling_coefs(pooling: Any) -> tuple[str | None, str | None]:
+def _pooling_coefs(pooling: Pooling) -> tuple[str | None, str | None]:
     """(intercept name, slope name) among the pooling's coefficients."""
     names = list(pooling.coef_names)
     icpt = "(Intercept)" if "(Intercept)" in names else None
@@ -365,7 +369,7 @@ def _pooling_coefs(pooling: Any) -> tuple[str | None, str | None]:
     return icpt, slope
 
 
-def _pooling_rows(pooling: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str]:
+def _pooling_rows(pooling: Pooling) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str]:
     """(y, x or None, group label per row, response name) of the rows the fits used."""
     fit = pooling.fits["partial"]
     fr = fit.frame
@@ -386,7 +390,7 @@ def _line_values(table_row: pd.Series, icpt: str | None, slope: str | None, kind
     return a + b * xs
 
 
-def _pooling_offsets(pooling: Any, tab: pd.DataFrame, labels: np.ndarray, xv: np.ndarray | None,
+def _pooling_offsets(pooling: Pooling, tab: pd.DataFrame, labels: np.ndarray, xv: np.ndarray | None,
                      icpt: str | None, slope: str | None) -> dict[str, dict[str, float]]:
     """Per approach and group, the mean contribution of the model's other terms (level-2
     predictors, other covariates) to the fitted values: the table's coefficients leave them
@@ -413,7 +417,7 @@ def _pooling_offsets(pooling: Any, tab: pd.DataFrame, labels: np.ndarray, xv: np
     return out
 
 
-def plot_pooling(pooling: Any, groups: Any = None, ncols: int = 4, *, axes: Any = None):
+def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: Any = None):
     """Complete, no and partial pooling lines per group, one panel per group.
 
     pooling: the result of :func:`multilevel.pooling`.
@@ -475,7 +479,7 @@ def plot_pooling(pooling: Any, groups: Any = None, ncols: int = 4, *, axes: Any 
     return fig
 
 
-def plot_shrinkage(pooling: Any, coef: str = "(Intercept)", ax: Any = None):
+def plot_shrinkage(pooling: Pooling, coef: str = "(Intercept)", ax: Any = None):
     """No-pooling vs partial-pooling estimates of one coefficient per group, against group size.
 
     Each group is an arrow from its own estimate (no pooling, open circle) to its partial
@@ -542,7 +546,7 @@ def plot_shrinkage(pooling: Any, coef: str = "(Intercept)", ax: Any = None):
 # --- caterpillar ----------------------------------------------------------------------------
 
 
-def plot_caterpillar(fit: Any, group: str | None = None, term: str | None = None, level: float = 0.95,
+def plot_caterpillar(fit: AnyFit, group: str | None = None, term: str | None = None, level: float = 0.95,
                      ax: Any = None):
     """Conditional modes of the random effects of one grouping factor, sorted, with
     ``level`` intervals mode ± z·(conditional SD) (lme4's ``dotplot(ranef(fit, condVar = TRUE))``).
@@ -603,7 +607,7 @@ def plot_caterpillar(fit: Any, group: str | None = None, term: str | None = None
 # --- coefficients ---------------------------------------------------------------------------
 
 
-def plot_coefficients(*fits: Any, names: Sequence[str] | None = None, ax: Any = None, level: float = 0.95,
+def plot_coefficients(*fits: AnyFit, names: Sequence[str] | None = None, ax: Any = None, level: float = 0.95,
                       intercept: bool | None = None):
     """Dot-and-whisker plot of the fixed effects of one or several fits.
 
@@ -667,7 +671,7 @@ def plot_coefficients(*fits: Any, names: Sequence[str] | None = None, ax: Any = 
 # --- effect ---------------------------------------------------------------------------------
 
 
-def _typical_grid(fit: Any, x: str, data: pd.DataFrame, n: int) -> tuple[pd.DataFrame, bool]:
+def _typical_grid(fit: AnyFit, x: str, data: pd.DataFrame, n: int) -> tuple[pd.DataFrame, bool]:
     """A frame of new data: ``x`` over a grid (n points over its range, or each level), every
     other variable of the fixed part at its mean (numbers) or reference level (factors)."""
     fr = fit.frame
@@ -725,7 +729,7 @@ def _fmt_value(v: Any) -> str:
     return _short(str(v), 16)
 
 
-def _effect_values(fit: Any, grid: pd.DataFrame, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _effect_values(fit: AnyFit, grid: pd.DataFrame, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed-part prediction on the response scale with its pointwise ``level`` band."""
     from scipy.special import ndtri
 
@@ -743,7 +747,7 @@ def _effect_values(fit: Any, grid: pd.DataFrame, level: float) -> tuple[np.ndarr
     return mu, np.minimum(lo, hi), np.maximum(lo, hi)
 
 
-def plot_effect(fit: Any, x: str, data: Any = None, ax: Any = None, n: int = 50, level: float = 0.95):
+def plot_effect(fit: AnyFit, x: str, data: Any = None, ax: Any = None, n: int = 50, level: float = 0.95):
     """Predicted response across one predictor, the others held at typical values.
 
     The prediction is the fixed part (random effects 0: a typical group), on the response
@@ -835,7 +839,7 @@ def _qq(ax: Any, values: np.ndarray, title: str, gid: str) -> None:
     ax.tick_params(labelsize=8)
 
 
-def plot_diagnostics(fit: Any, *, axes: Any = None, ncols: int | None = None):
+def plot_diagnostics(fit: AnyFit, *, axes: Any = None, ncols: int | None = None):
     """Residuals against fitted values, a normal QQ plot of the residuals, and a normal QQ
     plot of the conditional modes of each random-effect term (one panel each).
 
@@ -888,7 +892,7 @@ def plot_diagnostics(fit: Any, *, axes: Any = None, ncols: int | None = None):
 
 
 
-def _inference_limits(fit: Any, names: Sequence[str], level: float) -> dict[str, tuple[float, float]]:
+def _inference_limits(fit: AnyFit, names: Sequence[str], level: float) -> dict[str, tuple[float, float]]:
     """Profile interval ends from ``multilevel.inference.profile`` for ``names`` ({} when that
     function is missing or fails): drawn on the curves as a cross-check."""
     try:
@@ -922,7 +926,7 @@ def _profile_table(pr: Any) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     return None
 
 
-def plot_profile(fit: Any, *, axes: Any = None, ncols: int = 3, level: float = 0.95, profile: Any = None):
+def plot_profile(fit: AnyFit, *, axes: Any = None, ncols: int = 3, level: float = 0.95, profile: Any = None):
     """Profile plots: ζ against each parameter (lme4's ``xyplot(profile(fit))``) for the
     standard deviations of the random effects and the residual SD.
 

@@ -40,7 +40,7 @@ Example
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,9 @@ from multilevel.report.rformat import (
     zapsmall,
 )
 
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
+
 __all__ = ["Summary", "summary_lines", "varcorr_lines", "coef_table", "COR_MAX"]
 
 #: lme4's ``lme4.summary.cor.max``: the fixed-effects correlation is not shown for more coefficients.
@@ -72,7 +75,7 @@ class Summary:
     [, Pr(>|z|)]), ``varcorr``, ``ngroups``, ``warnings``.
     """
 
-    def __init__(self, fit: Any, correlation: bool | None = None, ddf: str | None = None):
+    def __init__(self, fit: AnyFit, correlation: bool | None = None, ddf: str | None = None):
         self.fit = fit
         self.correlation = correlation
         self.ddf = ddf
@@ -112,16 +115,16 @@ class Summary:
 # --- pieces ------------------------------------------------------------------------------
 
 
-def _is_glmm(fit: Any) -> bool:
+def _is_glmm(fit: AnyFit) -> bool:
     return getattr(fit, "family", "gaussian") != "gaussian"
 
 
-def _uses_scale(fit: Any) -> bool:
+def _uses_scale(fit: AnyFit) -> bool:
     """Whether the model has a residual scale (t values, a Residual row): LMMs, not binomial/Poisson."""
     return getattr(fit, "family", "gaussian") == "gaussian"
 
 
-def title(fit: Any) -> str:
+def title(fit: AnyFit) -> str:
     """lme4's ``methTitle`` plus the class tag."""
     if _is_glmm(fit):
         nagq = int(getattr(fit, "nagq", 1) or 1)
@@ -134,7 +137,7 @@ def title(fit: Any) -> str:
     return "Linear mixed model fit by maximum likelihood  ['lmerMod']"
 
 
-def call_lines(fit: Any) -> list[str]:
+def call_lines(fit: AnyFit) -> list[str]:
     """Family, Formula, Data and Weights lines (lme4's ``.prt.family`` and ``.prt.call``)."""
     out = []
     if _is_glmm(fit):
@@ -147,7 +150,7 @@ def call_lines(fit: Any) -> list[str]:
     return out
 
 
-def criterion_lines(fit: Any) -> list[str]:
+def criterion_lines(fit: AnyFit) -> list[str]:
     """``REML criterion at convergence: ...`` or the AIC / BIC / logLik / deviance / df.resid row."""
     if not _is_glmm(fit) and fit.reml:
         return [f"REML criterion at convergence: {format_num(_r_round(fit.reml_criterion, 1))}"]
@@ -157,7 +160,7 @@ def criterion_lines(fit: Any) -> list[str]:
     return named_vector_lines(txt, ["AIC", "BIC", "logLik", "deviance", "df.resid"])
 
 
-def residual_lines(fit: Any, digits: int = DIGITS) -> list[str]:
+def residual_lines(fit: AnyFit, digits: int = DIGITS) -> list[str]:
     """Quantiles of the scaled Pearson residuals (``.prt.resids``)."""
     r = np.asarray(fit.residuals(type="pearson", scaled=True), dtype=float)
     r = r[np.isfinite(r)]
@@ -218,7 +221,7 @@ def varcorr_lines(vc: Any, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",))
     return char_matrix_lines(cells, colnames, [""] * len(groups), right=False)
 
 
-def groups_lines(fit: Any) -> list[str]:
+def groups_lines(fit: AnyFit) -> list[str]:
     """``Number of obs: 180, groups:  Subject, 18`` (wrapped like R's ``cat(fill = TRUE)``)."""
     first = f"Number of obs: {fit.nobs}, groups: "
     second = "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
@@ -232,7 +235,7 @@ _DDF_TITLES = {"satterthwaite": "Satterthwaite's method", "kenward-roger": "Kenw
                "residual": "residual degrees of freedom"}
 
 
-def coef_table(fit: Any, ddf: str | None = None) -> pd.DataFrame:
+def coef_table(fit: AnyFit, ddf: str | None = None) -> pd.DataFrame:
     """Estimate, Std. Error, t value (z value and Pr(>|z|) for GLMMs) by coefficient; with
     ``ddf`` for a linear mixed model, lmerTest's Estimate, Std. Error, df, t value, Pr(>|t|)."""
     if ddf is not None and _uses_scale(fit):
@@ -252,14 +255,14 @@ def coef_table(fit: Any, ddf: str | None = None) -> pd.DataFrame:
     return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": stat, "Pr(>|z|)": p})
 
 
-def fixef_lines(fit: Any, digits: int = DIGITS, ddf: str | None = None) -> list[str]:
+def fixef_lines(fit: AnyFit, digits: int = DIGITS, ddf: str | None = None) -> list[str]:
     tab = coef_table(fit, ddf)
     values = [[None if pd.isna(v) else float(v) for v in row] for row in tab.to_numpy()]
     return coefmat_lines(list(tab.index), list(tab.columns), values, digits=digits,
                          has_pvalue=str(tab.columns[-1]).startswith("Pr("))
 
 
-def correlation_lines(fit: Any, correlation: bool | None) -> list[str]:
+def correlation_lines(fit: AnyFit, correlation: bool | None) -> list[str]:
     """``Correlation of Fixed Effects`` (lower triangle, 3 decimals, abbreviated names)."""
     names = list(fit.fixef.index)
     p = len(names)
@@ -281,7 +284,7 @@ def correlation_lines(fit: Any, correlation: bool | None) -> list[str]:
     return ["", "Correlation of Fixed Effects:"] + char_matrix_lines(cells, cn[:-1], rn[1:], right=False)
 
 
-def convergence_lines(fit: Any) -> list[str]:
+def convergence_lines(fit: AnyFit) -> list[str]:
     """lme4's ``.prt.warn``: the optimiser's code, then every message and warning of the fit."""
     optinfo = getattr(fit, "optinfo", {}) or {}
     code = int(optinfo.get("code", 0))
@@ -298,7 +301,7 @@ def convergence_lines(fit: Any) -> list[str]:
     return [f"optimizer ({optimizer}) convergence code: {code} {extra}".rstrip()] + msgs
 
 
-def summary_lines(fit: Any, correlation: bool | None = None, ddf: str | None = None) -> list[str]:
+def summary_lines(fit: AnyFit, correlation: bool | None = None, ddf: str | None = None) -> list[str]:
     """The whole summary as a list of lines (see the module docstring for the layout)."""
     lines = [title(fit)]
     if ddf is not None and _uses_scale(fit):

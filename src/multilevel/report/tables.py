@@ -15,12 +15,15 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from multilevel.errors import MultilevelError
 from multilevel.inference._common import is_glmm
+
+if TYPE_CHECKING:
+    from multilevel.results import AnyFit
 
 __all__ = ["ModelTable", "compare", "display"]
 
@@ -158,7 +161,7 @@ def _fmt(x: float, digits: int) -> str:
     return f"{x:,.{digits}f}".replace(",", "")
 
 
-def compare(*fits: Any, names: Sequence[str] | None = None, digits: int = 3,
+def compare(*fits: AnyFit, names: Sequence[str] | None = None, digits: int = 3,
             ddf: str | None = None, stars: bool = True) -> ModelTable:
     """A side-by-side table of fitted models.
 
@@ -273,7 +276,7 @@ def _print_matrix(rownames: list[str], colnames: list[str], cells: list[list[str
     return out
 
 
-def display(fit: Any, digits: int = 2, detail: bool = False, file: Any = None) -> str:
+def display(fit: AnyFit, digits: int = 2, detail: bool = False, file: Any = None) -> str:
     """arm's ``display()`` of a mixed model: the call, fixed effects (coef.est, coef.se),
     the random-effect SDs and correlations, the numbers of observations and groups, AIC,
     DIC and lme4's deviance (for REML fits that of the ML refit; for GLMMs the conditional

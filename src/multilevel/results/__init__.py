@@ -13,4 +13,7 @@ from multilevel.results.glmm import GlmmFit
 from multilevel.results.lm import LmFit
 from multilevel.results.lmm import LmmFit, RandomEffects, VarCorr, VarCorrBlock
 
-__all__ = ["LmmFit", "GlmmFit", "LmFit", "VarCorr", "VarCorrBlock", "RandomEffects"]
+#: any fit object of the package, for type hints of functions that take one
+AnyFit = LmmFit | GlmmFit | LmFit
+
+__all__ = ["LmmFit", "GlmmFit", "LmFit", "AnyFit", "VarCorr", "VarCorrBlock", "RandomEffects"]
