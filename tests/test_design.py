@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multilevel.design.frame import build_model_frame
+from multilevel.design import build_model_frame
 from multilevel.errors import (ColumnNotFoundError, DataError, FormulaError, ModelSpecError,
                                MultilevelError)
 
