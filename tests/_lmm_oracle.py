@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from multilevel.design.frame import ModelFrame, NewDesign, ReTerm
+from multilevel.design import ModelFrame, NewDesign, ReTerm
 from multilevel.results.lmm import LmmFit
 from multilevel.covariance import lambda_blocks
 

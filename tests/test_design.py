@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multilevel.design.frame import build_model_frame
+from multilevel.design import build_model_frame
 from multilevel.errors import (ColumnNotFoundError, DataError, FormulaError, ModelSpecError,
                                MultilevelError)
 
@@ -617,6 +617,72 @@ def test_other_bad_input(small):
         build_model_frame("y ~ x + (1 | g)", [[1, 2], [3, 4]])
     with pytest.raises(DataError, match="only one level"):
         build_model_frame("y ~ f + (1 | g)", small.assign(f="A"))
+
+
+# ---------------------------------------------------------------------------------------------
+# pickling and the module graph
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("formula", [
+    "Reaction ~ Days + (Days | Subject)",
+    # stateful transforms (formulaic specs), group centring, an offset, uncorrelated terms
+    "Reaction ~ scale(Days) + poly(Days, 2) + center(Days, by = Subject) + offset(Days / 10)"
+    " + (Days || Subject)",
+])
+def test_pickled_frame_rebuilds_identical_design(formula):
+    """A ModelFrame is plain data: after a pickle round trip (another process, a cache) its
+    new_design gives the same X, offset, refs and Z as the original frame."""
+    import pickle
+
+    from multilevel.datasets import load
+
+    sleep = load("sleepstudy")
+    mf = build_model_frame(formula, sleep)
+    back = pickle.loads(pickle.dumps(mf))
+    np.testing.assert_array_equal(back.X, mf.X)
+    new = sleep.iloc[[3, 40, 41, 170]].drop(columns="Reaction")
+    for frame in (mf, back):
+        assert frame.new_design(new).X.shape == (4, len(mf.fixef_names))
+    a, b = mf.new_design(new), back.new_design(new)
+    np.testing.assert_array_equal(b.X, a.X)
+    np.testing.assert_array_equal(b.X, mf.X[[3, 40, 41, 170]])
+    assert (a.offset is None) == (b.offset is None)
+    if a.offset is not None:
+        np.testing.assert_array_equal(b.offset, a.offset)
+    assert b.term_index == a.term_index
+    for ra, rb, za, zb in zip(a.refs, b.refs, a.Z, b.Z):
+        np.testing.assert_array_equal(rb, ra)
+        np.testing.assert_array_equal(zb, za)
+
+
+DESIGN_ORDER = ["source", "variables", "matrices", "grouping", "response", "newdata", "frame"]
+
+
+def test_design_modules_form_a_layered_dag():
+    """Each design module imports only the layers below design (formula, errors, control)
+    and design modules before it in DESIGN_ORDER (so the graph has no cycle), and nothing
+    from the engine, results or above, not even under TYPE_CHECKING."""
+    import ast
+
+    import multilevel.design as design
+
+    root = Path(design.__file__).parent
+    assert sorted(p.stem for p in root.glob("*.py") if p.stem != "__init__") == sorted(DESIGN_ORDER)
+    for k, name in enumerate(DESIGN_ORDER):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = [node.module for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module] + \
+                   [a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for a in node.names]
+        for mod in imported:
+            if not mod.startswith("multilevel"):
+                continue
+            parts = mod.split(".")
+            if len(parts) >= 2 and parts[1] == "design":
+                assert len(parts) == 3 and parts[2] in DESIGN_ORDER[:k], (name, mod)
+            else:
+                assert len(parts) >= 2 and parts[1] in ("formula", "errors", "control"), \
+                    (name, mod)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Run the examples in the docstrings of the presentation, results, datasets and CLI modules.
+"""Run the examples in the docstrings of the design, presentation, results, datasets and CLI
+modules.
 
 Examples in methods' docstrings use the names ``ml``, ``load``, ``pd`` and ``fit`` (the
 sleepstudy model of the results module's docstring), as a reader would have them.
@@ -12,7 +13,8 @@ import warnings
 import pandas as pd
 import pytest
 
-MODULES = ["multilevel.report.rformat", "multilevel.report.export", "multilevel.report.summary",
+MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel.design.frame",
+           "multilevel.report.rformat", "multilevel.report.export", "multilevel.report.summary",
            "multilevel.report.html", "multilevel.results.lmm", "multilevel.datasets", "multilevel.app.cli"]
 
 

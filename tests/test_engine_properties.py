@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import multilevel as ml
 from multilevel._core import LmmCore
-from multilevel.design.frame import ModelFrame, ReTerm
+from multilevel.design import ModelFrame, ReTerm
 from multilevel.engine.lmm import LmmProblem
 
 from dense_reference import dense_z, profiled_objective

@@ -24,7 +24,7 @@ from _lmm_oracle import (
 )
 from conftest import as_array, load_case, newdata_frame, rel_diff
 from multilevel.datasets import load
-from multilevel.design.frame import ReTerm
+from multilevel.design import ReTerm
 from multilevel.errors import DataError, MultilevelError
 from multilevel.results.lmm import LmmFit, RandomEffects, VarCorr
 from multilevel.covariance import lambda_blocks, theta_names

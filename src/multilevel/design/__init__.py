@@ -4,10 +4,26 @@ Layer: design (above formula). The only code that touches data frames (pandas, p
 narwhals). May import: ``multilevel.formula``, ``multilevel.errors``, ``multilevel.control``.
 Never the engine, results or anything above.
 
-``frame`` builds the :class:`ModelFrame` (y, X, the random-effect terms with their level
-references, weights, offset) and re-applies the learnt specification to new data
-(:class:`NewDesign`).
-"""
-from multilevel.design.frame import ModelFrame, NewDesign, ReTerm, build_fixed_frame, build_model_frame
+One module per concept; each imports only the ones before it (an acyclic graph):
 
-__all__ = ["ReTerm", "NewDesign", "ModelFrame", "build_model_frame", "build_fixed_frame"]
+- ``source``: the data source (:class:`DataSource`, its :class:`Column` objects,
+  :func:`take_rows`): the only code that reads a pandas/polars frame or a dict of arrays;
+- ``variables``: each variable of a term and its encoding (factor levels, ``factor()``,
+  ``relevel()``, numeric expressions), learnt on the fitting rows;
+- ``matrices``: R's ``model.matrix`` (the column plan, :func:`fill_columns`) and its
+  rank-deficiency rule (:func:`rank_keep`);
+- ``grouping``: grouping factors and the random-effect terms (:class:`ReTerm`);
+- ``response``: the response as each family reads it;
+- ``newdata``: the specification learnt once and its re-application to new data
+  (:class:`NewDesign`);
+- ``frame``: builds the :class:`ModelFrame` (y, X, the random-effect terms with their level
+  references, weights, offset) with :func:`build_model_frame` / :func:`build_fixed_frame`.
+"""
+from multilevel.design.frame import ModelFrame, build_fixed_frame, build_model_frame
+from multilevel.design.grouping import ReTerm
+from multilevel.design.matrices import fill_columns, rank_keep
+from multilevel.design.newdata import NewDesign
+from multilevel.design.source import DataSource, take_rows
+
+__all__ = ["ReTerm", "NewDesign", "ModelFrame", "build_model_frame", "build_fixed_frame",
+           "DataSource", "take_rows", "fill_columns", "rank_keep"]

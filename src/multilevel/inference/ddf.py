@@ -532,7 +532,7 @@ def type3_contrasts(fit: AnyFit) -> dict[str, np.ndarray]:
     every combination of factor levels, which gives the same matrices when no cell of the
     data is empty (otherwise lmerTest itself warns to interpret type III tests with care).
     """
-    from multilevel.design.frame import _fill
+    from multilevel.design import fill_columns
 
     frame = fit.frame
     X = np.asarray(frame.X, float)
@@ -544,7 +544,7 @@ def type3_contrasts(fit: AnyFit) -> dict[str, np.ndarray]:
     spec = frame.spec
     rng = np.random.default_rng(20240531)
     values, n = _synthetic_values(frame, rng)
-    Xs = _fill(spec.plan, values, n, spec.keep)
+    Xs = fill_columns(spec.plan, values, n, spec.keep)
     if Xs.shape[1] != p:
         raise MultilevelError("could not rebuild the design of the fixed part for type III contrasts")
     # the over-parameterised design: ~ 0 + term for every term, all levels of every factor

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from multilevel.design.frame import _Data, _take, build_fixed_frame
+from multilevel.design import DataSource, build_fixed_frame, take_rows
 from multilevel.errors import DataError
 from multilevel.results.lm import LmFit
 
@@ -40,10 +40,10 @@ def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None)
     if cluster is not None:
         if not isinstance(cluster, str):
             raise DataError("cluster must be the name of a column of data")
-        src = _Data(data)
+        src = DataSource(data)
         col = src.column(cluster)
         c, _labels = col.factor()
-        c = _take(c, frame.rows)
+        c = take_rows(c, frame.rows)
         if (c < 0).any():
             raise DataError(f"cluster column '{cluster}' has {int((c < 0).sum())} missing value(s) "
                             f"in the rows used; drop those rows first")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from multilevel.design.frame import ModelFrame, _rank_keep
+from multilevel.design import ModelFrame, rank_keep
 from multilevel.results.base import InformationCriteria
 from multilevel.errors import DataError, ModelSpecError
 
@@ -106,7 +106,7 @@ class LmFit(InformationCriteria):
         # R decides on sqrt(w) X over the nonzero-weight rows, which can alias more columns
         cols = list(range(X.shape[1]))
         if w is not None and X.shape[1]:
-            cols = _rank_keep(Xw)
+            cols = rank_keep(Xw)
         self._cols = cols
         all_names = fr.all_fixef_names
         kept = [fr.fixef_names[j] for j in cols]

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from multilevel.results.base import TextResult
-from multilevel.design.frame import _Data
+from multilevel.design import DataSource
 from multilevel.errors import DataError
 
 __all__ = ["describe", "Description"]
@@ -235,7 +235,7 @@ def describe(data: Any, groups: str | Sequence[str], outcome: str | None = None,
     gnames = [groups] if isinstance(groups, str) else list(groups)
     if not gnames:
         raise DataError("describe() needs at least one grouping column")
-    src = _Data(data)
+    src = DataSource(data)
     n_all = src.nrows
     gcodes = []
     missing = np.zeros(n_all, dtype=bool)

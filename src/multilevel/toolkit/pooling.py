@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from multilevel.results.base import TextResult
-from multilevel.design.frame import _Data
+from multilevel.design import DataSource
 from multilevel.errors import DataError, ModelSpecError
 from multilevel.formula import parse_expression, parse_formula
 from multilevel.results.lm import LmFit
@@ -88,7 +88,7 @@ class _Setup:
 def _as_pandas(data: Any) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         return data
-    src = _Data(data)
+    src = DataSource(data)
     return pd.DataFrame({c: src.column(c).series for c in src.names})
 
 

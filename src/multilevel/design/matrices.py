@@ -1,0 +1,160 @@
+"""Model matrices (R's ``model.matrix``): the column plan of a scope, filling it, and R's rank rule.
+
+Layer: design. May import: formula, errors, control.
+
+Why a module of its own: turning encoded variables into columns is the same for the fixed part
+and for each random-effect term: a :class:`ColumnPlan` (per term R's ``TermCode`` coding,
+column names ``a2:b2`` with the first variable varying fastest, ``assign``) is made once from a
+:class:`~multilevel.design.variables.Scope` and filled for the fitting rows or for new data by
+:func:`fill_columns`. :func:`rank_keep` is R's LINPACK rule for dropping aliased columns.
+Imports only :mod:`multilevel.design.variables` among the design modules.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from multilevel.design.variables import Scope
+from multilevel.errors import DataError
+
+__all__ = ["ColumnPlan", "make_plan", "fill_columns", "rank_keep"]
+
+
+@dataclass
+class ColumnPlan:
+    """Column plan of one model matrix: per term the variables and their coding
+    (1 = treatment contrasts, 2 = one column per level), plus R's column names."""
+
+    intercept: bool
+    terms: list[list[tuple[str, int]]]
+    names: list[str]
+    assign: list[int]
+    columns: list[list[tuple[str, int]]]  # per column: (variable key, sub-column or level)
+
+
+def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
+    mt = scope.terms
+    termsets = [frozenset(v.key for v in t.variables) for t in mt.terms]
+    plan_terms: list[list[tuple[str, int]]] = []
+    for j, t in enumerate(mt.terms):
+        codes = []
+        for v in t.variables:
+            rest = termsets[j] - {v.key}
+            # R's TermCode: contrasts if the term without this variable is (contained in)
+            # an earlier term or is empty; otherwise the variable needs all its levels
+            contrast = (not rest) or any(rest <= termsets[k] for k in range(j))
+            codes.append((v.key, 1 if contrast else 2))
+        plan_terms.append(codes)
+    if not mt.intercept:
+        # model.matrix: without an intercept the first factor of the first term with a
+        # factor is coded by dummy variables
+        done = False
+        for codes in plan_terms:
+            for i, (key, _) in enumerate(codes):
+                var = scope.vars[key]
+                if var.is_factor and len(var.levels) > 1:
+                    codes[i] = (key, 2)
+                    done = True
+                    break
+            if done:
+                break
+    names: list[str] = []
+    assign: list[int] = []
+    columns: list[list[tuple[str, int]]] = []
+    if mt.intercept:
+        names.append(intercept_name)
+        assign.append(0)
+        columns.append([])
+    for j, codes in enumerate(plan_terms, start=1):
+        blocks = []
+        for key, code in codes:
+            var = scope.vars[key]
+            if var.is_factor:
+                if len(var.levels) < 2 and code == 1:
+                    only = repr(var.levels[0]) if var.levels else "none"
+                    raise DataError(f"factor '{key}' has only one level ({only}) in the rows "
+                                    f"used; contrasts need at least two levels")
+                start = 1 if code == 1 else 0
+                blocks.append([(key, lvl, key + var.levels[lvl])
+                               for lvl in range(start, len(var.levels))])
+            else:
+                blocks.append([(key, k, key + suf) for k, suf in enumerate(var.suffixes)])
+        # R varies the first variable fastest
+        for combo in itertools.product(*reversed(blocks)):
+            combo = combo[::-1]
+            names.append(":".join(c[2] for c in combo))
+            assign.append(j)
+            columns.append([(c[0], c[1]) for c in combo])
+    return ColumnPlan(mt.intercept, plan_terms, names, assign, columns)
+
+
+def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
+                 keep: Sequence[int] | None = None) -> np.ndarray:
+    """The (n, columns) float64 model matrix of ``plan`` (only the columns ``keep`` if given).
+
+    ``values`` maps each variable key to ``("num", (n, k) array)`` or ``("fac", level codes)``
+    as :meth:`Scope.evaluate <multilevel.design.variables.Scope.evaluate>` returns them; a
+    column is the product of its variables' sub-columns or level indicators.
+
+    >>> plan = ColumnPlan(True, [[("x", 1)]], ["(Intercept)", "x"], [0, 1], [[], [("x", 0)]])
+    >>> fill_columns(plan, {"x": ("num", np.array([[2.0], [3.0]]))}, 2).tolist()
+    [[1.0, 2.0], [1.0, 3.0]]
+    """
+    cols = plan.columns if keep is None else [plan.columns[i] for i in keep]
+    M = np.empty((n, len(cols)), dtype=np.float64)
+    for c, comps in enumerate(cols):
+        if not comps:
+            M[:, c] = 1.0
+            continue
+        acc = None
+        for key, sub in comps:
+            kind, data = values[key]
+            vec = data[:, sub] if kind == "num" else (data == sub)
+            if acc is None:
+                acc = vec.astype(np.float64, copy=True) if kind == "fac" else vec
+            else:
+                acc = acc * vec
+        M[:, c] = acc
+    return M
+
+
+def rank_keep(X: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Columns kept by R's LINPACK rule (``qr(X, tol = 1e-7, LAPACK = FALSE)``): left to
+    right, a column is dropped when its residual norm after projection on the earlier
+    columns is below ``tol`` times its own norm.
+
+    >>> rank_keep(np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 1.0], [1.0, 2.0, 3.0]]))
+    [0, 2]
+    """
+    n, p = X.shape
+    if p == 0:
+        return []
+    # fast path: a Cholesky factor of X'X gives the residual norms; when every one is far
+    # above the tolerance (squaring X costs precision only near it), X has full rank
+    if n >= p:
+        G = X.T @ X
+        d = np.sqrt(np.diag(G))
+        if np.all(d > 0) and np.all(np.isfinite(d)):
+            try:
+                L = np.linalg.cholesky(G / np.outer(d, d))
+                if np.all(np.abs(np.diag(L)) > 1e-4):
+                    return list(range(p))
+            except np.linalg.LinAlgError:
+                pass
+    norms = np.sqrt(np.einsum("ij,ij->j", X, X)) if n else np.zeros(p)
+    keep: list[int] = []
+    Q = np.zeros((n, 0))
+    for j in range(p):
+        if norms[j] == 0:
+            continue
+        x = X[:, j]
+        r = x - Q @ (Q.T @ x)
+        r = r - Q @ (Q.T @ r)  # re-orthogonalise (classical Gram-Schmidt twice)
+        rn = np.linalg.norm(r)
+        if rn >= tol * norms[j]:
+            keep.append(j)
+            Q = np.column_stack([Q, r / rn])
+    return keep

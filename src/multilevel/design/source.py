@@ -1,0 +1,299 @@
+"""The data source: column access to the user's data, the only code that reads a data frame.
+
+Layer: design. May import: formula, errors, control.
+
+Why a module of its own: everything that knows pandas, polars (through narwhals) or a dict of
+arrays is here, so the rest of the design layer sees only :class:`Column` objects (numbers,
+missing-value masks, factor codes with R's level order). Nothing here knows about formulas
+beyond R's printing of numbers (``format_r_number``, for factor labels of numeric columns).
+It imports no other design module (the bottom of the design layer's graph: source ->
+variables -> matrices, grouping, response -> newdata -> frame).
+
+>>> src = DataSource({"g": ["b", "a", "b"], "x": [1.0, 2.0, None]})
+>>> src.nrows, src.column("g").factor()[1], src.column("x").na_mask().tolist()
+(3, ['a', 'b'], [False, False, True])
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from multilevel.errors import ColumnNotFoundError, DataError
+from multilevel.formula import format_r_number
+
+__all__ = ["DataSource", "Column", "level_label", "as_array", "column_not_found", "take_rows"]
+
+
+def level_label(value: Any) -> str:
+    """R's label of a factor level (``as.character``): 308 -> "308", 2.5 -> "2.5",
+    True -> "TRUE"."""
+    if isinstance(value, (bool, np.bool_)):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return format_r_number(float(value))
+    return str(value)
+
+
+class Column:
+    """One data column, classified once (numeric / bool / categorical / string) with cached
+    numeric values, missing-value mask and factor coding."""
+
+    def __init__(self, name: str, values: Any):
+        self.name = name
+        s = values if isinstance(values, pd.Series) else pd.Series(as_array(values), copy=False)
+        self.series = s
+        self._factor: tuple[np.ndarray, list[str]] | None = None
+        self._numeric: np.ndarray | None = None
+        self._na: np.ndarray | None | bool = False  # False = not computed yet
+        dt = s.dtype
+        if isinstance(dt, pd.CategoricalDtype):
+            self.kind = "categorical"
+        elif pd.api.types.is_bool_dtype(dt):
+            self.kind = "bool"
+        elif pd.api.types.is_numeric_dtype(dt):
+            self.kind = "numeric"
+        elif pd.api.types.is_string_dtype(dt) or dt == object:
+            inferred = pd.api.types.infer_dtype(s, skipna=True)
+            if inferred == "boolean":
+                self.kind = "bool"
+            elif inferred in ("integer", "floating", "mixed-integer-float", "decimal", "empty"):
+                self.kind = "numeric"
+                self.series = pd.to_numeric(s)
+            else:
+                self.kind = "string"
+        else:
+            self.kind = "other"  # datetimes, intervals ...: not usable in a model
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.kind == "numeric"
+
+    def numeric(self) -> np.ndarray:
+        """float64 values (NaN where missing); bool columns give 0/1."""
+        if self._numeric is None:
+            s = self.series
+            if self.kind == "numeric":
+                if s.dtype == np.float64 and isinstance(s.dtype, np.dtype):
+                    arr = s.to_numpy()
+                else:
+                    arr = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            elif self.kind == "bool":
+                arr = s.to_numpy(dtype=np.float64, na_value=np.nan) if s.dtype != bool \
+                    else s.to_numpy().astype(np.float64)
+            else:
+                raise DataError(f"column '{self.name}' is not numeric ({self.describe()})")
+            self._numeric = arr
+        return self._numeric
+
+    def raw(self) -> np.ndarray:
+        """Values for evaluating an expression (numbers, bools or label strings)."""
+        if self.kind in ("numeric",):
+            s = self.series
+            if isinstance(s.dtype, np.dtype):
+                return s.to_numpy()
+            return self.numeric()
+        if self.kind == "bool":
+            if self.series.dtype == bool:
+                return self.series.to_numpy()
+            return self.numeric()
+        codes, labels = self.factor()
+        lab = np.asarray(labels + [None], dtype=object)
+        return lab[codes]
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return "categorical"
+        if self.kind == "string":
+            return "text"
+        if self.kind == "bool":
+            return "logical"
+        if self.kind == "numeric":
+            return "numeric"
+        return f"dtype {self.series.dtype}"
+
+    def na_mask(self) -> np.ndarray | None:
+        """True where the value is missing; None when nothing is missing."""
+        if self._na is False:
+            if self.kind == "numeric":
+                m = np.isnan(self.numeric())
+            elif self.kind in ("categorical", "string"):
+                m = self.factor()[0] < 0
+            elif self.kind == "bool":
+                m = self.series.isna().to_numpy() if self.series.dtype != bool else None
+            else:
+                m = self.series.isna().to_numpy()
+            self._na = m if (m is not None and m.any()) else None
+        return self._na  # type: ignore[return-value]
+
+    def factor(self) -> tuple[np.ndarray, list[str]]:
+        """(codes, labels): codes (-1 = missing) into labels in R's level order (category
+        order; else sorted, numbers numerically; FALSE < TRUE), before dropping unused."""
+        if self._factor is None:
+            s = self.series
+            if self.kind == "categorical":
+                codes = s.cat.codes.to_numpy()
+                cats = s.cat.categories
+                if cats.dtype == object or pd.api.types.is_string_dtype(cats.dtype):
+                    # text categories are their own labels: one vectorised conversion
+                    labels = cats.astype(str).tolist()
+                else:
+                    labels = [level_label(c) for c in cats]
+            elif self.kind == "bool":
+                if s.dtype == bool:
+                    codes = s.to_numpy().astype(np.int8)
+                else:
+                    na = s.isna().to_numpy()
+                    codes = np.where(na, -1, s.fillna(False).to_numpy(dtype=bool)).astype(np.int8)
+                labels = ["FALSE", "TRUE"]
+            elif self.kind == "numeric":
+                vals = self.numeric() if not isinstance(s.dtype, np.dtype) else s.to_numpy()
+                codes, uniq = pd.factorize(vals, sort=True)
+                labels = [level_label(u) for u in uniq]
+            elif self.kind == "string":
+                # hashing a numpy object array is faster than the string extension array
+                vals = s.to_numpy()
+                try:
+                    codes, uniq = pd.factorize(vals, sort=True)
+                except TypeError:  # mixed types cannot be sorted: compare as text
+                    na = s.isna().to_numpy()
+                    txt = np.where(na, None, s.astype(str).to_numpy(dtype=object))
+                    codes, uniq = pd.factorize(txt, sort=True)
+                labels = [u if isinstance(u, str) else str(u) for u in np.asarray(uniq).tolist()]
+            else:
+                raise DataError(f"column '{self.name}' ({self.describe()}) cannot be used as a "
+                                f"factor")
+            self._factor = (np.asarray(codes), labels)
+        return self._factor
+
+
+def as_array(values: Any) -> Any:
+    if isinstance(values, (pd.Series, np.ndarray, pd.api.extensions.ExtensionArray)):
+        return values
+    if hasattr(values, "to_numpy") and not isinstance(values, (list, tuple)):
+        try:
+            return values.to_numpy()
+        except Exception:  # noqa: BLE001
+            pass
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise DataError(f"expected a one-dimensional column, got shape {arr.shape}")
+    return arr
+
+
+class DataSource:
+    """Column access to a pandas DataFrame, a polars (or other narwhals-supported) DataFrame
+    or a dict of arrays, without copying the user's data.
+
+    ``what`` names the argument in messages (``"data"``, ``"newdata"``).
+
+    >>> src = DataSource({"y": [1.0, 2.0], "g": ["a", "b"]})
+    >>> "g" in src, src.nrows, src.column("y").numeric().tolist()
+    (True, 2, [1.0, 2.0])
+    """
+
+    def __init__(self, data: Any, what: str = "data"):
+        self._cache: dict[str, Column] = {}
+        self._getters: dict[str, Any]
+        if isinstance(data, pd.DataFrame):
+            names = [str(c) for c in data.columns]
+            if len(set(names)) != len(names):
+                dup = sorted({c for c in names if names.count(c) > 1})
+                raise DataError(f"{what} has duplicate column names: {', '.join(dup)}")
+            self.names = names
+            cols = list(data.columns)
+            self._get = lambda name: data[cols[names.index(name)]]
+            self.nrows = len(data)
+        elif isinstance(data, Mapping):
+            self.names = [str(k) for k in data]
+            keys = list(data)
+            self._get = lambda name: data[keys[self.names.index(name)]]
+            lengths = {}
+            for k in keys:
+                v = data[k]
+                lengths[str(k)] = len(v) if hasattr(v, "__len__") else None
+            sizes = {v for v in lengths.values() if v is not None}
+            if len(sizes) > 1:
+                detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
+                raise DataError(f"the columns of {what} have different lengths ({detail})")
+            self.nrows = sizes.pop() if sizes else 0
+        else:
+            try:
+                import narwhals as nw
+                frame = nw.from_native(data, eager_only=True)
+            except Exception as e:  # noqa: BLE001
+                raise DataError(f"{what} must be a pandas or polars DataFrame or a dict of "
+                                f"arrays, not {type(data).__name__}") from e
+            self.names = list(frame.columns)
+            self._get = lambda name: _from_narwhals(frame[name])
+            self.nrows = len(frame)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def column(self, name: str) -> Column:
+        col = self._cache.get(name)
+        if col is None:
+            if name not in self.names:
+                raise column_not_found(name, self.names)
+            col = Column(name, self._get(name))
+            if len(col) != self.nrows:
+                raise DataError(f"column '{name}' has {len(col)} values, expected {self.nrows}")
+            self._cache[name] = col
+        return col
+
+
+def _from_narwhals(s: Any) -> pd.Series:
+    """A narwhals Series as a pandas Series (polars needs no pyarrow this way). An Enum keeps
+    its category order; a polars Categorical has no user-meaningful order, so it is treated
+    like text (sorted levels)."""
+    import narwhals as nw
+
+    dt = s.dtype
+    if isinstance(dt, nw.Enum):
+        cats = list(dt.categories)
+        return pd.Series(pd.Categorical(s.to_numpy(), categories=cats), copy=False)
+    if dt == nw.String or dt == nw.Categorical:
+        # code the text natively (dense rank = position in sorted order; a million Python
+        # strings would cost far more): the result is the same sorted-level factor
+        if dt == nw.Categorical:
+            s = s.cast(nw.String)
+        ranks = s.rank(method="dense").to_numpy()
+        codes = np.where(np.isnan(ranks), 0, ranks).astype(np.int64) - 1 \
+            if ranks.dtype.kind == "f" else ranks.astype(np.int64) - 1
+        cats = s.drop_nulls().unique().sort().to_list()
+        return pd.Series(pd.Categorical.from_codes(codes, categories=cats), copy=False)
+    values = s.to_numpy()
+    if values.dtype == object:
+        return pd.Series(values, dtype=object, copy=False)
+    return pd.Series(values, copy=False)
+
+
+def column_not_found(name: str, names: Sequence[str]) -> ColumnNotFoundError:
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    lower = [c for c in names if c.lower() == name.lower() and c not in close]
+    close = lower + close
+    msg = f"column '{name}' not found in the data"
+    if close:
+        msg += "; did you mean " + " or ".join(repr(c) for c in close[:3]) + "?"
+    else:
+        shown = ", ".join(repr(c) for c in list(names)[:12])
+        msg += f" (columns: {shown}{', ...' if len(names) > 12 else ''})"
+    return ColumnNotFoundError(msg)
+
+
+def take_rows(arr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """The entries of ``arr`` at ``rows`` (the rows used in a fit); ``rows=None`` means every
+    row and returns ``arr`` itself, uncopied.
+
+    >>> take_rows(np.array([5.0, 6.0, 7.0]), np.array([0, 2])).tolist()
+    [5.0, 7.0]
+    """
+    return arr if rows is None else arr[rows]
