@@ -1,2 +1,3 @@
-"""Presentation of fits: lme4-style text summaries (``summary``), HTML (``html``),
-JSON-ready dicts in the reference schema (``export``) and R's number formatting (``rformat``)."""
+"""Presentation of fits: lme4-style text summaries (``summary``), HTML (``html``), tables of
+several fits (``tables``), plots and R's number formatting (``rformat``). The JSON-ready dicts
+in the reference schema are the results layer's (``multilevel.results.export``)."""
