@@ -121,6 +121,7 @@ class GlmmProblem:
         self.pirls_tol = float(pirls_tol)
         self.pirls_maxit = int(pirls_maxit)
         self._core: GlmmCore | None = None
+        self._warm_u: list[np.ndarray] | None = None
         self._core = self._build_core()
         if self.nagq > 1:
             if not self.core.is_scalar:
@@ -143,6 +144,9 @@ class GlmmProblem:
             self._off,
         )
         core.set_control(tol=self.pirls_tol, maxit=self.pirls_maxit)
+        warm = getattr(self, "_warm_u", None)
+        if warm is not None:
+            core.set_u([np.ascontiguousarray(x) for x in warm])
         return core
 
     @property
@@ -153,10 +157,15 @@ class GlmmProblem:
         return self._core
 
     def __getstate__(self) -> dict[str, Any]:
-        # the core's only other state is PIRLS's warm start, which a rebuilt core redoes
+        # the core's only other state is PIRLS's warm start (below)
         state = self.__dict__.copy()
         state["_core"] = None
         state["family"] = family_state(self.family)
+        # PIRLS's warm start: the modes u of the last evaluation, so that a rebuilt core starts
+        # where this one would (a cold start lands on the same modes to ~1e-15, not bit for bit)
+        if self._core is not None:
+            u = [np.asarray(x, dtype=float) for x in self._core.u()]
+            state["_warm_u"] = u if any(np.any(x != 0.0) for x in u) else None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
