@@ -255,6 +255,14 @@ def test_fit_types_are_siblings(fits):
     assert not isinstance(fits["lm"], MixedFit)
 
 
+def test_inference_tells_fit_types_apart(fits):
+    from multilevel.inference._common import is_glmm, is_lmm
+
+    assert [is_lmm(fits[k]) for k in FIT_KINDS] == [True, True, False, False, False]
+    assert [is_glmm(fits[k]) for k in FIT_KINDS] == [False, False, True, True, False]
+    assert is_lmm(roundtrip(fits["lmm_reml"])) and is_glmm(roundtrip(fits["glmm_poisson"]))
+
+
 def test_one_predict_signature():
     sigs = [inspect.signature(cls.predict) for cls in (LmmFit, GlmmFit, LmFit)]
     params = [[(p.name, p.kind) for p in s.parameters.values()] for s in sigs]

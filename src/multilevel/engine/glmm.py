@@ -49,7 +49,7 @@ from multilevel.covariance import theta_layout
 if TYPE_CHECKING:  # for the return hint only; glmm_results is imported lazily in glmer
     pass
 
-__all__ = ["glmer", "GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd", "family_state",
+__all__ = ["GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd", "family_state",
            "family_from_state"]
 
 #: GLMM-only control settings and their defaults (the rest are optimize.DEFAULTS)

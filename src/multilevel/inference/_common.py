@@ -16,18 +16,21 @@ from typing import Any
 import numpy as np
 
 from multilevel.errors import ModelSpecError, MultilevelError
+from multilevel.results import GlmmFit, LmmFit
 
 
 # --- what kind of fit is this -----------------------------------------------------------
 
 
 def is_lmm(fit: Any) -> bool:
-    """True for a linear mixed model fit that carries its engine problem."""
-    return getattr(fit, "_problem", None) is not None and getattr(fit, "family", "gaussian") == "gaussian"
+    """True for a linear mixed model fit (lmer) that carries its engine problem. By type:
+    LmmFit, GlmmFit and LmFit are siblings, so a GLMM or an lm fit is never taken for one."""
+    return isinstance(fit, LmmFit) and getattr(fit, "_problem", None) is not None
 
 
 def is_glmm(fit: Any) -> bool:
-    return getattr(fit, "family", "gaussian") != "gaussian"
+    """True for a generalized linear mixed model fit (glmer)."""
+    return isinstance(fit, GlmmFit)
 
 
 def lmm_problem(fit: Any, what: str):

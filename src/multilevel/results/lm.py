@@ -37,7 +37,7 @@ from multilevel.errors import DataError, ModelSpecError
 from multilevel.results.base import FitBase
 from multilevel.results.methods import LmMethods
 
-__all__ = ["lm", "LmFit"]
+__all__ = ["LmFit"]
 
 # the design layer words rank deficiency as lme4 does; an lm fit reports it R's way (NA
 # coefficients, "not defined because of singularities") instead
