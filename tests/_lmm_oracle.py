@@ -91,7 +91,7 @@ def oracle_fit(frame: ModelFrame, theta, reml: bool, warnings: list[str] | None 
     if diag_small and not any("singular" in m for m in all_warnings):
         all_warnings.append("boundary (singular) fit: see help('isSingular')")
     return LmmFit(frame=frame, reml=reml, theta=theta, beta=beta, vcov=vcov, sigma=sigma, b=b,
-                  condvar=condvar, loglik=-crit / 2.0, deviance_ml=dev_ml,
+                  condvar=condvar(), loglik=-crit / 2.0, deviance_ml=dev_ml,
                   reml_criterion=crit if reml else None, fitted=fitted, converged=True,
                   warnings=all_warnings,
                   optinfo={"optimizer": "bobyqa", "feval": 0, "fit_log": [], "messages": list(all_warnings),

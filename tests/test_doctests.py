@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 
 MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel.design.frame",
-           "multilevel.report.rformat", "multilevel.report.export", "multilevel.report.summary",
-           "multilevel.report.html", "multilevel.results.lmm", "multilevel.datasets", "multilevel.app.cli"]
+           "multilevel.report.rformat", "multilevel.results.export", "multilevel.report.summary",
+           "multilevel.report.html", "multilevel.results.lmm", "multilevel.results.mixed",
+           "multilevel.results.base", "multilevel.results.methods", "multilevel.results.names",
+           "multilevel.datasets", "multilevel.app.cli"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -24,7 +26,7 @@ def test_docstring_examples(name):
     from multilevel.datasets import load
 
     extra = {"ml": ml, "load": load, "pd": pd}
-    if name == "multilevel.results.lmm":
+    if name in ("multilevel.results.lmm", "multilevel.results.mixed"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             extra["fit"] = ml.lmer("Reaction ~ Days + (Days | Subject)", data=load("sleepstudy"))

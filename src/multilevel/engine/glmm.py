@@ -49,7 +49,8 @@ from multilevel.covariance import theta_layout
 if TYPE_CHECKING:  # for the return hint only; glmm_results is imported lazily in glmer
     pass
 
-__all__ = ["glmer", "GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd"]
+__all__ = ["GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd", "family_state",
+           "family_from_state"]
 
 #: GLMM-only control settings and their defaults (the rest are optimize.DEFAULTS)
 GLMM_DEFAULTS: dict[str, Any] = {
@@ -76,6 +77,23 @@ _NPAR_MAX = 100
 _SING_TOL = 1e-4
 
 
+def family_state(family: Family) -> Any:
+    """A picklable stand-in for a family: its class and link name (the links hold lambdas,
+    which pickle cannot store). A family with a link of its own is returned as is."""
+    from multilevel.families.base import LINKS
+
+    if LINKS.get(family.link.name) is family.link:
+        return ("family", type(family), family.link.name)
+    return family
+
+
+def family_from_state(state: Any) -> Family:
+    """The family of :func:`family_state`."""
+    if isinstance(state, tuple) and len(state) == 3 and state[0] == "family":
+        return state[1](state[2])
+    return state
+
+
 class GlmmProblem:
     """The arrays of one GLMM bound to the compiled engine, with lme4's criteria.
 
@@ -93,28 +111,67 @@ class GlmmProblem:
         self.eterms = engine_terms(frame, self.slices)
         self.ntheta = len(self.theta0)
         self.p = frame.X.shape[1]
-        w = None if frame.weights is None else np.ascontiguousarray(frame.weights, dtype=float)
-        off = None if frame.offset is None else np.ascontiguousarray(frame.offset, dtype=float)
-        nt = None if ntrials is None else np.ascontiguousarray(ntrials, dtype=float)
-        self.core = GlmmCore(
-            [e.refs for e in self.eterms],
-            [e.Z for e in self.eterms],
-            [e.nlev for e in self.eterms],
-            [e.lam for e in self.eterms],
-            np.ascontiguousarray(frame.X, dtype=float),
-            np.ascontiguousarray(frame.y, dtype=float),
-            family.name,
-            family.link.name,
-            w,
-            nt,
-            off,
-        )
-        self.core.set_control(tol=float(pirls_tol), maxit=int(pirls_maxit))
+        # the compiled core cannot be pickled: keep the arrays and settings it is built from
+        # and rebuild it on first use after unpickling (PIRLS then starts cold, from u = 0)
+        self._w = None if frame.weights is None else np.ascontiguousarray(frame.weights, dtype=float)
+        self._off = None if frame.offset is None else np.ascontiguousarray(frame.offset, dtype=float)
+        self._ntrials = None if ntrials is None else np.ascontiguousarray(ntrials, dtype=float)
+        self._X = np.ascontiguousarray(frame.X, dtype=float)
+        self._y = np.ascontiguousarray(frame.y, dtype=float)
+        self.pirls_tol = float(pirls_tol)
+        self.pirls_maxit = int(pirls_maxit)
+        self._core: GlmmCore | None = None
+        self._warm_u: list[np.ndarray] | None = None
+        self._core = self._build_core()
         if self.nagq > 1:
             if not self.core.is_scalar:
                 raise ModelSpecError("nagq > 1 needs a single scalar random-effect term")
             self.nodes, self.weights = gauss_hermite(self.nagq)
         self.nevals = 0
+
+    def _build_core(self) -> GlmmCore:
+        core = GlmmCore(
+            [e.refs for e in self.eterms],
+            [e.Z for e in self.eterms],
+            [e.nlev for e in self.eterms],
+            [e.lam for e in self.eterms],
+            self._X,
+            self._y,
+            self.family.name,
+            self.family.link.name,
+            self._w,
+            self._ntrials,
+            self._off,
+        )
+        core.set_control(tol=self.pirls_tol, maxit=self.pirls_maxit)
+        warm = getattr(self, "_warm_u", None)
+        if warm is not None:
+            core.set_u([np.ascontiguousarray(x) for x in warm])
+        return core
+
+    @property
+    def core(self) -> GlmmCore:
+        """The compiled engine; built from the stored arrays on first use after unpickling."""
+        if self._core is None:
+            self._core = self._build_core()
+        return self._core
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the core's only other state is PIRLS's warm start (below)
+        state = self.__dict__.copy()
+        state["_core"] = None
+        state["family"] = family_state(self.family)
+        # PIRLS's warm start: the modes u of the last evaluation, so that a rebuilt core starts
+        # where this one would (a cold start lands on the same modes to ~1e-15, not bit for bit)
+        if self._core is not None:
+            u = [np.asarray(x, dtype=float) for x in self._core.u()]
+            state["_warm_u"] = u if any(np.any(x != 0.0) for x in u) else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.family = family_from_state(self.family)
+        self._core = None
 
     @property
     def n(self) -> int:

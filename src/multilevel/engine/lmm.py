@@ -92,19 +92,44 @@ class LmmProblem:
         self.w = None if frame.weights is None else np.ascontiguousarray(frame.weights, dtype=float)
         # lme4's log-likelihood of weighted data carries +0.5 sum(log w)
         self.logw = 0.0 if self.w is None else float(np.sum(np.log(self.w[self.w > 0])))
+        # the compiled core cannot be pickled: keep the arrays it is built from (the current
+        # response too, which set_y replaces) and rebuild it on first use after unpickling
+        self._X = np.ascontiguousarray(frame.X, dtype=float)
+        self._y = np.ascontiguousarray(y, dtype=float)
+        self._core: LmmCore | None = None
+        self._core = self._build_core()
+        self.theta0, self.step0 = self._start()
+
+    def _build_core(self) -> LmmCore:
         try:
-            self.core = LmmCore(
+            return LmmCore(
                 [e.refs for e in self.eterms],
                 [e.Z for e in self.eterms],
                 [e.nlev for e in self.eterms],
                 [e.lam for e in self.eterms],
-                np.ascontiguousarray(frame.X, dtype=float),
-                np.ascontiguousarray(y, dtype=float),
+                self._X,
+                self._y,
                 self.w,
             )
         except ValueError as exc:  # the engine's size limit; shapes are ours to get right
             raise ModelSpecError(f"this model is too large for the engine: {exc}") from None
-        self.theta0, self.step0 = self._start()
+
+    @property
+    def core(self) -> LmmCore:
+        """The compiled engine; built from the stored arrays on first use after unpickling."""
+        if self._core is None:
+            self._core = self._build_core()
+        return self._core
+
+    def __getstate__(self) -> dict[str, Any]:
+        # everything but the compiled core, which holds no state the arrays do not give
+        state = self.__dict__.copy()
+        state["_core"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._core = None
 
     def _start(self) -> tuple[np.ndarray, np.ndarray]:
         """Starting theta and BOBYQA's first step: moment estimates for the diagonals (from
@@ -138,6 +163,7 @@ class LmmProblem:
         off = self.frame.offset
         y = np.ascontiguousarray((y if off is None else y - off) - self.yshift, dtype=float)
         self.core.set_y(y, self.w)
+        self._y = y  # a rebuilt core must see the current response
 
     def solution(self, theta: np.ndarray) -> dict[str, Any]:
         sol = self.core.solution(np.ascontiguousarray(theta, dtype=float), self.reml)

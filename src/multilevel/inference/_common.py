@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from multilevel.errors import ModelSpecError, MultilevelError
+from multilevel.results import GlmmFit, LmmFit
 
 if TYPE_CHECKING:
     from multilevel.results import AnyFit
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
 
 
 def is_lmm(fit: AnyFit) -> bool:
-    """True for a linear mixed model fit that carries its engine problem."""
-    return getattr(fit, "_problem", None) is not None and getattr(fit, "family", "gaussian") == "gaussian"
+    """True for a linear mixed model fit (lmer) that carries its engine problem. By type:
+    LmmFit, GlmmFit and LmFit are siblings, so a GLMM or an lm fit is never taken for one."""
+    return isinstance(fit, LmmFit) and getattr(fit, "_problem", None) is not None
 
 
 def is_glmm(fit: AnyFit) -> bool:
-    return getattr(fit, "family", "gaussian") != "gaussian"
+    """True for a generalized linear mixed model fit (glmer)."""
+    return isinstance(fit, GlmmFit)
 
 
 def lmm_problem(fit: AnyFit, what: str):

@@ -147,7 +147,7 @@ def _replicate_fit(fit: AnyFit, problem: Any, y: np.ndarray, theta: np.ndarray, 
     fitted = problem.fitted(sol["beta"], b)
     obj = sol["objective"]
     return LmmFit(frame=frame, reml=problem.reml, theta=theta, beta=sol["beta"], vcov=sol["vcov"],
-                  sigma=sigma, b=b, condvar=lambda: cv, loglik=-obj / 2.0,
+                  sigma=sigma, b=b, condvar=cv, loglik=-obj / 2.0,
                   deviance_ml=problem.ml_deviance(theta), reml_criterion=obj if problem.reml else None,
                   fitted=fitted, converged=True, warnings=[], optinfo={})
 

@@ -347,6 +347,6 @@ def glmer(
         warnings=messages,
         optinfo=optinfo,
         weights_name=weights if isinstance(weights, str) else ("(prior weights)" if weights is not None else None),
+        problem=problem,  # for inference code (profiles, bootstrap), not part of the API
     )
-    fit._problem = problem  # for inference code (profiles, bootstrap), not part of the API
     return fit

@@ -77,7 +77,7 @@ def lmer(
         vcov=sol["vcov"],
         sigma=sigma,
         b=sol["b"],
-        condvar=lambda: problem.condvar(theta, sigma),
+        condvar=None,  # computed on first use from the problem (it pickles; a lambda would not)
         loglik=-obj / 2.0,
         deviance_ml=dev_ml,
         reml_criterion=obj if reml else None,
@@ -86,6 +86,6 @@ def lmer(
         warnings=messages,
         optinfo=optinfo,
         weights_name=weights if isinstance(weights, str) else None,
+        problem=problem,  # for inference code (profiles, bootstrap), not part of the API
     )
-    fit._problem = problem  # for inference code (profiles, bootstrap), not part of the API
     return fit

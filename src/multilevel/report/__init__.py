@@ -5,5 +5,6 @@ summaries in R's layouts (``summary``, ``glmm_summary``, ``lm_summary``), R's nu
 (``rformat``), HTML for notebooks (``html``), side-by-side model tables and arm's ``display``
 (``tables``) and the plots (``plots``: matplotlib drawing of plot data taken from fits). May
 import every layer below; it never fits a model or runs an optimiser (profiles and other
-computations come from inference).
+computations come from inference). The JSON-ready dicts in the reference schema are the
+results layer's (``multilevel.results.export``).
 """

@@ -20,6 +20,10 @@ import math
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Iterable, Sequence
 
+# R's make.unique for VarCorr block names lives in the results layer (the fit objects name
+# their blocks); re-exported here for the report code that used it from this module
+from multilevel.results.names import make_unique_names
+
 __all__ = [
     "format_real",
     "format_num",
@@ -203,44 +207,6 @@ def _r_round(x: float, nd: int) -> float:
         return x
     r = round(x, nd)
     return r + 0.0  # turn -0.0 into 0.0 like R's printing does
-
-
-def make_unique_names(names: Sequence[str]) -> list[str]:
-    """lme4's VarCorr block names: ``make.names(nms, unique = TRUE)`` if any name repeats.
-
-    >>> make_unique_names(["Subject", "Subject"])
-    ['Subject', 'Subject.1']
-    >>> make_unique_names(["Subject", "Days"])
-    ['Subject', 'Days']
-    """
-    names = list(names)
-    if len(set(names)) == len(names):
-        return names
-    out = []
-    for nm in names:
-        s = "".join(c if (c.isalnum() or c in "._") else "." for c in nm)
-        if not s or not (s[0].isalpha() or (s[0] == "." and not (len(s) > 1 and s[1].isdigit()))):
-            s = "X" + s
-        out.append(s)
-    # make.unique: later duplicates get .1, .2, ... skipping names already taken
-    seen: dict[str, int] = {}
-    taken = set(out)
-    result = []
-    for s in out:
-        if s in seen:
-            k = seen[s]
-            while True:
-                k += 1
-                cand = f"{s}.{k}"
-                if cand not in taken:
-                    break
-            seen[s] = k
-            taken.add(cand)
-            result.append(cand)
-        else:
-            seen[s] = 0
-            result.append(s)
-    return result
 
 
 # --- abbreviate -----------------------------------------------------------------------

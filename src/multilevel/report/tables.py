@@ -319,7 +319,7 @@ def display(fit: AnyFit, digits: int = 2, detail: bool = False, file: Any = None
     sd_txt = _fround(allsd, digits)
     maxlen = max([len(b.terms) for b in blocks] + [1])
     rows, k = [], 0
-    from multilevel.report.rformat import make_unique_names
+    from multilevel.results.names import make_unique_names
 
     labels = make_unique_names([b.group for b in blocks])
     for b, lab in zip(blocks, labels):

@@ -1,7 +1,40 @@
-"""Small pieces the result classes share."""
+"""What every fit shares: the base class of :class:`~multilevel.results.LmmFit`,
+:class:`~multilevel.results.GlmmFit` and :class:`~multilevel.results.LmFit`, and small pieces
+other result objects use.
+
+:class:`FitBase` holds the accessors that mean the same for every fit type (``formula``,
+``fixef``, ``vcov``, ``se``, ``nobs``, ``loglik``, ``aic``, ``bic``, ``warnings``,
+``fitted()``, ``to_dict()``) and the one signature of ``predict`` that all fit types share.
+The three fit types are siblings over it: a GLMM is not a kind of LMM.
+
+Example
+-------
+>>> import multilevel as ml
+>>> from multilevel.datasets import load
+>>> fit = ml.lm("Reaction ~ Days", load("sleepstudy"))
+>>> isinstance(fit, FitBase), fit.nobs, round(fit.aic, 2)
+(True, 180, 1906.29)
+"""
 from __future__ import annotations
 
 import math
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from multilevel.errors import ModelSpecError
+from multilevel.results.export import to_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from multilevel.design.frame import ModelFrame
+
+__all__ = ["FitBase", "InformationCriteria", "TextResult", "PREDICT_TYPES"]
+
+#: the scales ``predict(type=)`` accepts (lme4's ``predict.merMod``; the same numbers for a
+#: Gaussian model with the identity link)
+PREDICT_TYPES = ("link", "response")
 
 
 class InformationCriteria:
@@ -33,3 +66,116 @@ class TextResult:
 
     def __repr__(self) -> str:
         return self.text
+
+
+class FitBase(InformationCriteria):
+    """The accessors every fitted model has (lmer, glmer and lm fits alike).
+
+    Subclasses store ``frame`` (the :class:`~multilevel.design.ModelFrame`), ``_beta``,
+    ``_vcov``, ``_fitted``, ``_warnings`` and ``_loglik`` (or override ``loglik``), and
+    define ``npar``, ``summary()`` and ``predict()`` with the signature of
+    :meth:`predict`.
+
+    ``warnings`` is kept as given by the fit function and copied as is.
+    """
+
+    frame: ModelFrame
+    _beta: np.ndarray
+    _vcov: np.ndarray
+    _fitted: np.ndarray
+    _warnings: list
+    _loglik: float
+
+    # -- model description ---------------------------------------------------------------
+
+    @property
+    def formula(self) -> str:
+        """The model formula as given."""
+        return self.frame.formula
+
+    @property
+    def nobs(self) -> int:
+        """Number of observations used in the fit."""
+        return self.frame.nobs
+
+    @property
+    def _coef_names(self) -> list[str]:
+        """Names of the estimated fixed effects, in the order of ``_beta``."""
+        return list(self.frame.fixef_names)
+
+    # -- parameters ----------------------------------------------------------------------
+
+    @cached_property
+    def fixef(self) -> pd.Series:
+        """Fixed-effects estimates by coefficient name."""
+        return pd.Series(self._beta, index=self._coef_names, name="fixef")
+
+    @cached_property
+    def vcov(self) -> pd.DataFrame:
+        """Covariance matrix of the fixed effects."""
+        names = self._coef_names
+        return pd.DataFrame(self._vcov, index=names, columns=names)
+
+    @cached_property
+    def se(self) -> pd.Series:
+        """Standard errors of the fixed effects."""
+        return pd.Series(np.sqrt(np.diag(self._vcov)), index=self._coef_names, name="se")
+
+    @property
+    def loglik(self) -> float:
+        """Maximised log-likelihood (the REML one for REML fits, as lme4)."""
+        return self._loglik
+
+    @property
+    def warnings(self) -> list:
+        """Warnings of the fit (rows dropped, singular fit, convergence, ...)."""
+        return list(self._warnings)
+
+    # -- fitted values and predictions ---------------------------------------------------
+
+    def _row_index(self) -> pd.Index:
+        rows = getattr(self.frame, "rows", None)
+        if rows is not None and len(rows) == len(self._fitted):
+            return pd.Index(np.asarray(rows))
+        return pd.RangeIndex(len(self._fitted))
+
+    def fitted(self) -> pd.Series:
+        """Fitted values (on the response scale) for the rows used, indexed by their
+        position in the data."""
+        return pd.Series(self._fitted, index=self._row_index(), name="fitted")
+
+    def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
+                type: str = "link", interval: str | None = None,  # noqa: A002 - lme4's name
+                level: float = 0.95) -> pd.Series | pd.DataFrame:  # pragma: no cover - overridden
+        """Predictions for ``newdata`` (None: the fitting rows); every fit type takes these
+        keywords (see the subclasses for what each means there)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_predict_type(type: str) -> str:  # noqa: A002
+        if type not in PREDICT_TYPES:
+            raise ModelSpecError(f"type must be 'link' or 'response', not {type!r}")
+        return type
+
+    @staticmethod
+    def _newdata_index(newdata: Any, n: int) -> pd.Index | None:
+        return newdata.index if isinstance(newdata, pd.DataFrame) and len(newdata.index) == n else None
+
+    # -- presentation --------------------------------------------------------------------
+
+    def summary(self) -> Any:  # pragma: no cover - overridden (results.methods)
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """All results as a JSON-serialisable dict (the field names of the lme4 reference
+        JSON for mixed models; see :mod:`multilevel.results.export`)."""
+        return to_dict(self)
+
+    def __str__(self) -> str:
+        return str(self.summary())
+
+    def __repr__(self) -> str:
+        return str(self.summary())
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()

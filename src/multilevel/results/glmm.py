@@ -1,15 +1,16 @@
 """The result of a generalized linear mixed model fit (what ``multilevel.glmer`` returns).
 
-:class:`GlmmFit` extends :class:`~multilevel.results.lmm.LmmFit` (same accessors: ``fixef``,
-``se``, ``vcov``, ``theta``, ``varcorr``, ``ranef``, ``coef``, ``ngroups``, ``is_singular``,
-``converged``, ``warnings``) with what differs for a GLMM:
+:class:`GlmmFit` is a sibling of :class:`~multilevel.results.lmm.LmmFit` over
+:class:`~multilevel.results.mixed.MixedFit` (the same accessors: ``fixef``, ``se``, ``vcov``,
+``theta``, ``varcorr``, ``ranef``, ``coef``, ``ngroups``, ``is_singular``, ``converged``,
+``warnings``; ``isinstance(glmm_fit, LmmFit)`` is False) with what differs for a GLMM:
 
 - no residual scale: ``sigma`` is 1, ``varcorr`` has no Residual row, ``npar`` is
   p + length(theta);
 - ``fitted()`` is the mean mu (the response scale), ``linear_predictor()`` is eta;
 - ``residuals(type=)``: ``"deviance"`` (lme4's default for glmer), ``"pearson"``,
   ``"response"``, ``"working"``;
-- ``predict(newdata, type="link" | "response", re_form, allow_new_levels)``;
+- ``predict(newdata, *, re_form, allow_new_levels, type="link" | "response")``;
 - conditional SDs in ``ranef()`` use the PIRLS weights at the mode, as lme4.
 
 **Three "deviances".** lme4 uses the word for three different numbers of a glmer fit; here
@@ -33,7 +34,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from multilevel.results.lmm import LmmFit, VarCorr, VarCorrBlock
+from multilevel.engine.glmm import family_from_state, family_state
+from multilevel.errors import ModelSpecError
+from multilevel.results.methods import GlmmMethods, MixedMethods
+from multilevel.results.mixed import MixedFit
 
 if TYPE_CHECKING:  # pragma: no cover
     from multilevel.design.frame import ModelFrame
@@ -42,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["GlmmFit"]
 
 
-class GlmmFit(LmmFit):
+class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
     """A fitted generalized linear mixed model.
 
     ==================  =============================================================
@@ -52,7 +56,7 @@ class GlmmFit(LmmFit):
                         ``vcov(fit, use.hessian = FALSE)``)
     ``theta``, ``varcorr``, ``ranef()``, ``coef()``
     ``fitted()``        mu; ``linear_predictor()`` eta
-    ``residuals(type)``, ``predict(newdata, type, re_form, allow_new_levels)``
+    ``residuals(type)``, ``predict(newdata, *, re_form, allow_new_levels, type)``
     ``loglik``, ``aic``, ``bic``, ``deviance``, ``conditional_deviance``,
     ``loglik_full``, ``npar``, ``df_resid``, ``nobs``, ``ngroups``
     ``is_singular``, ``converged``, ``warnings``, ``summary()``, ``to_dict()``
@@ -86,27 +90,11 @@ class GlmmFit(LmmFit):
         *,
         data_name: str | None = None,
         weights_name: str | None = None,
+        problem: Any = None,
     ):
-        cv = [np.asarray(c, dtype=float) for c in condvar]
-        super().__init__(
-            frame=frame,
-            reml=False,
-            theta=theta,
-            beta=beta,
-            vcov=vcov,
-            sigma=1.0,
-            b=b,
-            condvar=lambda: cv,
-            loglik=loglik,
-            deviance_ml=-2.0 * loglik,
-            reml_criterion=None,
-            fitted=mu,
-            converged=converged,
-            warnings=warnings,
-            optinfo=optinfo,
-            data_name=data_name,
-            weights_name=weights_name,
-        )
+        super().__init__(frame, theta, beta, vcov, b, condvar, loglik, mu, converged, warnings,
+                         optinfo, data_name=data_name, weights_name=weights_name, problem=problem)
+        self._sigma = 1.0  # inference code reads the scale of any mixed fit as _sigma
         self.family_object = family
         self.nagq = int(nagq)
         self._vcov_rx = np.asarray(vcov_rx, dtype=float)
@@ -115,6 +103,19 @@ class GlmmFit(LmmFit):
         self._conditional_deviance = float(conditional_deviance)
         self._saturated = float(saturated_loglik)
         self._ntrials = ntrials
+
+    _export_layout = "glmm"
+    reml = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the family's link functions are lambdas, which pickle cannot store: keep its name
+        state = self.__dict__.copy()
+        state["family_object"] = family_state(self.family_object)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.family_object = family_from_state(self.family_object)
 
     # -- model description ---------------------------------------------------------------
 
@@ -140,16 +141,14 @@ class GlmmFit(LmmFit):
         """1: binomial and Poisson models have no residual scale."""
         return 1.0
 
-    @cached_property
-    def varcorr(self) -> VarCorr:  # type: ignore[override]
-        """Variance components: per term the covariance Λ Λᵀ (no residual row)."""
-        from multilevel.report.rformat import make_unique_names
+    @property
+    def _scale(self) -> float | None:
+        return None  # varcorr: Λ Λᵀ per term, no Residual row
 
-        rts = self.frame.reterms
-        names = make_unique_names([rt.group for rt in rts])
-        blocks = [VarCorrBlock(rt.group, nm, list(rt.terms), L @ L.T)
-                  for rt, nm, L in zip(rts, names, self.lambdas)]
-        return VarCorr(blocks, None)
+    @property
+    def reml_criterion(self) -> None:
+        """None: a GLMM is fitted by (approximate) maximum likelihood."""
+        return None
 
     @cached_property
     def vcov_use_hessian_false(self) -> pd.DataFrame:
@@ -204,7 +203,7 @@ class GlmmFit(LmmFit):
 
     def fitted(self) -> pd.Series:
         """Fitted means mu = linkinv(eta) for the rows used (proportions for binomial)."""
-        return pd.Series(self._fitted, index=self._row_index(), name="fitted")
+        return super().fitted()
 
     def linear_predictor(self) -> pd.Series:
         """eta = X beta + Z b (+ offset) for the rows used."""
@@ -232,47 +231,24 @@ class GlmmFit(LmmFit):
             raise ValueError(f"type must be 'deviance', 'pearson', 'response' or 'working', not {type!r}")
         return pd.Series(r, index=self._row_index(), name="residuals")
 
-    def predict(self, newdata: Any = None, type: str = "link", re_form: str | None = None,  # noqa: A002
-                allow_new_levels: bool = False) -> pd.Series:
-        """Predictions as lme4's ``predict.merMod``.
+    def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
+                type: str = "link", interval: str | None = None,  # noqa: A002 - lme4's name
+                level: float = 0.95) -> pd.Series:
+        """Predictions as lme4's ``predict.merMod``; the same keywords on every fit type.
 
         type:             ``"link"`` (eta, lme4's default) or ``"response"`` (mu).
         re_form:          None: all random effects; ``"~0"`` / ``"NA"``: fixed part only.
         allow_new_levels: unseen levels get random effect 0 (else DataError).
+        interval:         None only: intervals are available for linear mixed models.
         """
-        if type not in ("link", "response"):
-            raise ValueError(f"type must be 'link' or 'response', not {type!r}")
+        self._check_predict_type(type)
+        if interval is not None:
+            raise ModelSpecError("predict(interval=...) is available for linear mixed models only, "
+                                 f"not for a {self.family} GLMM")
         if newdata is None and re_form is None:
             eta = pd.Series(self._eta, index=self._row_index(), name="predicted")
         else:
-            eta = LmmFit.predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+            eta = self._linear_predictor(newdata, re_form, allow_new_levels)
         if type == "response":
             return pd.Series(self.family_object.linkinv(eta.to_numpy()), index=eta.index, name="predicted")
         return eta
-
-    # -- presentation ------------------------------------------------------------------------
-
-    def summary(self, correlation: bool | None = None):
-        """lme4's ``summary(glmerfit)``: prints as lme4 does."""
-        from multilevel.report.glmm_summary import GlmmSummary
-
-        return GlmmSummary(self, correlation=correlation)
-
-    def to_dict(self) -> dict:
-        """All results in the field names of the lme4 reference JSON (JSON-serialisable)."""
-        from multilevel.report.export import jsonable, to_dict
-
-        d = to_dict(self)
-        d["REML"] = None
-        d["nAGQ"] = self.nagq
-        res = d["results"]
-        names = list(self.frame.fixef_names)
-        res["vcov_fixef_use_hessian_FALSE"] = {"names": names, "matrix": self._vcov_rx.tolist()}
-        res["linear_predictor_first20"] = self._eta[:20].tolist()
-        res["glmm_deviance_function_value"] = self._conditional_deviance
-        if self.nagq > 1:
-            res["saturated_logLik"] = self._saturated
-            res["logLik_full"] = self.loglik_full
-        res["vcov_method"] = self.vcov_method
-        return jsonable(d)
-

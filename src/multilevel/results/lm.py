@@ -27,26 +27,24 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from multilevel.design import ModelFrame, rank_keep
-from multilevel.results.base import InformationCriteria
 from multilevel.errors import DataError, ModelSpecError
+from multilevel.results.base import FitBase
+from multilevel.results.methods import LmMethods
 
-if TYPE_CHECKING:  # pragma: no cover
-    from multilevel.report.lm_summary import LmSummary
-
-__all__ = ["lm", "LmFit"]
+__all__ = ["LmFit"]
 
 # the design layer words rank deficiency as lme4 does; an lm fit reports it R's way (NA
 # coefficients, "not defined because of singularities") instead
 _LME4_RANK_MESSAGE = "fixed-effect model matrix is rank deficient"
 
 
-class LmFit(InformationCriteria):
+class LmFit(LmMethods, FitBase):
     """A fitted linear model (what :func:`lm` returns).
 
     ==========================  ========================================================
@@ -63,7 +61,7 @@ class LmFit(InformationCriteria):
     ``bic``, ``deviance``        -2 logLik (R's ``deviance(lm)`` is the RSS: ``rss``)
     ``nobs``, ``npar``,          observations (nonzero weights), rank + 1, nobs - rank
     ``df_resid``
-    ``fitted()``, ``residuals()``, ``predict(newdata)``, ``summary()``, ``to_dict()``
+    ``fitted()``, ``residuals()``, ``predict(newdata, *, ...)``, ``summary()``, ``to_dict()``
     ==========================  ========================================================
 
     ``frame`` is the :class:`~multilevel.design.ModelFrame` (``frame.y``, ``frame.rows``: the
@@ -72,6 +70,7 @@ class LmFit(InformationCriteria):
     ML fits of mixed models.
     """
 
+    _export_layout = "lm"
     reml = False
     family = "gaussian"
     link = "identity"
@@ -180,9 +179,9 @@ class LmFit(InformationCriteria):
     # -- model description -------------------------------------------------------------------
 
     @property
-    def formula(self) -> str:
-        """The model formula as given."""
-        return self.frame.formula
+    def _coef_names(self) -> list[str]:
+        """The estimable coefficients (aliased ones are left out of fixef, vcov, se)."""
+        return list(self._names)
 
     @property
     def nobs(self) -> int:
@@ -225,21 +224,11 @@ class LmFit(InformationCriteria):
         return self._rdf if self._n_clusters is None else self._n_clusters - 1
 
     @property
-    def warnings(self) -> list[str]:
-        """Messages about the fit (rows dropped for missing values, aliased coefficients)."""
-        return list(self._warnings)
-
-    @property
     def dropped_columns(self) -> list[str]:
         """Names of the aliased (rank-deficient) columns, whose coefficients are NA."""
         return list(self._aliased)
 
     # -- coefficients ------------------------------------------------------------------------
-
-    @cached_property
-    def fixef(self) -> pd.Series:
-        """Estimable coefficients by name (aliased ones left out; see :meth:`coef`)."""
-        return pd.Series(self._beta, index=list(self._names), name="fixef")
 
     def coef(self) -> pd.Series:
         """All coefficients in model-matrix order, NaN for aliased columns (R's ``coef(fit)``)."""
@@ -248,19 +237,9 @@ class LmFit(InformationCriteria):
         return full
 
     @cached_property
-    def vcov(self) -> pd.DataFrame:
-        """Covariance of the estimable coefficients (cluster-robust CR1 with ``cluster=``)."""
-        return pd.DataFrame(self._vcov, index=list(self._names), columns=list(self._names))
-
-    @cached_property
     def vcov_classical(self) -> pd.DataFrame:
         """sigma² (X'WX)⁻¹ whatever ``cluster=`` says."""
         return pd.DataFrame(self._vcov_ols, index=list(self._names), columns=list(self._names))
-
-    @cached_property
-    def se(self) -> pd.Series:
-        """Standard errors of the estimable coefficients."""
-        return pd.Series(np.sqrt(np.diag(self._vcov)), index=list(self._names), name="se")
 
     @cached_property
     def tvalues(self) -> pd.Series:
@@ -371,7 +350,7 @@ class LmFit(InformationCriteria):
     @cached_property
     def varcorr(self):
         """No random effects, only the residual standard deviation (prints like lme4)."""
-        from multilevel.results.lmm import VarCorr
+        from multilevel.results.mixed import VarCorr
 
         return VarCorr([], self._sigma)
 
@@ -381,13 +360,6 @@ class LmFit(InformationCriteria):
         return pd.Series([], dtype=float, name="theta")
 
     # -- fitted values, residuals, predictions ------------------------------------------------
-
-    def _row_index(self) -> pd.Index:
-        return pd.Index(np.asarray(self.frame.rows))
-
-    def fitted(self) -> pd.Series:
-        """Fitted values (with the offset) for the rows used, indexed by row position."""
-        return pd.Series(self._fitted, index=self._row_index(), name="fitted")
 
     def residuals(self, type: str = "response") -> pd.Series:
         """``"response"``: y - fitted (R's ``residuals(fit)``); ``"pearson"``: sqrt(w) (y - fitted)."""
@@ -399,75 +371,32 @@ class LmFit(InformationCriteria):
             raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
         return pd.Series(r, index=self._row_index(), name="residuals")
 
-    def predict(self, newdata: Any = None, allow_new_levels: bool = False) -> pd.Series:
-        """Predictions X β (+ offset) for ``newdata`` (None: the fitting rows).
+    def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
+                type: str = "link", interval: str | None = None,  # noqa: A002 - lme4's name
+                level: float = 0.95) -> pd.Series:
+        """Predictions X β (+ offset) for ``newdata`` (None: the fitting rows); the keywords
+        of every fit type's ``predict``.
 
         New data are encoded as the fitting data were: same factor levels, same parameters of
         ``scale()``, ``poly()`` and ``center()``. ``allow_new_levels`` only matters for
         ``center(x, by = g)`` / ``group_mean(x, by = g)``: an unseen group is an error unless
-        it is True (then the fitting data's grand mean is used).
+        it is True (then the fitting data's grand mean is used). ``re_form`` may only be None
+        or the fixed part (``"~0"``, ``"NA"``): a linear model has no random effects.
+        ``type`` "link" and "response" are the same (identity link). ``interval`` must be
+        None (use ``conf_int`` for the coefficients).
         """
+        from multilevel.results.mixed import _is_fixed_only
+
+        self._check_predict_type(type)
+        if re_form is not None and not _is_fixed_only(re_form):
+            raise ModelSpecError(f"re_form={re_form!r}: an lm fit has no random effects (use None or '~0')")
+        if interval is not None:
+            raise ModelSpecError("predict(interval=...) is available for linear mixed models only, "
+                                 "not for an lm fit")
         if newdata is None:
             return self.fitted().rename("predicted")
         nd = self.frame.new_design(newdata, allow_new_levels=allow_new_levels)
         eta = np.asarray(nd.X, dtype=float)[:, self._cols] @ self._beta
         if nd.offset is not None:
             eta = eta + np.asarray(nd.offset, dtype=float)
-        index = newdata.index if isinstance(newdata, pd.DataFrame) and len(newdata.index) == len(eta) \
-            else None
-        return pd.Series(eta, index=index, name="predicted")
-
-    # -- presentation --------------------------------------------------------------------------
-
-    def summary(self) -> LmSummary:
-        """R's ``summary(lm_fit)``: prints in R's layout; ``.coefficients`` as a DataFrame."""
-        from multilevel.report.lm_summary import LmSummary
-
-        return LmSummary(self)
-
-    def to_dict(self) -> dict:
-        """The results as a JSON-serialisable dict."""
-        from multilevel.report.export import jsonable
-
-        coef = self.coef()
-        fs = self.fstatistic
-        return jsonable({
-            "formula": self.formula,
-            "model": "lm",
-            "REML": False,
-            "family": "gaussian",
-            "link": "identity",
-            "coef_names": list(coef.index),
-            "results": {
-                "coefficients": dict(zip(coef.index, coef.to_numpy())),
-                "se": dict(zip(self.se.index, self.se.to_numpy())),
-                "vcov": self._vcov,
-                "vcov_type": self.vcov_type,
-                "cluster": self.cluster,
-                "n_clusters": self._n_clusters,
-                "sigma": self._sigma,
-                "df_residual": self._rdf,
-                "r_squared": self.r2,
-                "adj_r_squared": self.adj_r2,
-                "fstatistic": fs,
-                "logLik": self.loglik,
-                "AIC": self.aic,
-                "BIC": self.bic,
-                "rss": self._rss,
-                "nobs": self.nobs,
-                "npar": self.npar,
-                "aliased": self._aliased,
-                "warnings": self.warnings,
-            },
-        })
-
-    def __str__(self) -> str:
-        return str(self.summary())
-
-    def __repr__(self) -> str:
-        return str(self.summary())
-
-    def _repr_html_(self) -> str:
-        return self.summary()._repr_html_()
-
-
+        return pd.Series(eta, index=self._newdata_index(newdata, len(eta)), name="predicted")

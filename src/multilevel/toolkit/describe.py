@@ -152,7 +152,7 @@ class Description(TextResult):
 
     def to_dict(self) -> dict:
         """Everything as JSON-serialisable data."""
-        from multilevel.report.export import jsonable
+        from multilevel.results.export import jsonable
 
         return jsonable({
             "nobs": self.nobs, "groups": list(self.groups), "nested": self.nested,

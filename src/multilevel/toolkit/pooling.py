@@ -268,7 +268,7 @@ class Pooling(TextResult):
                 + "".join(f"<p>Note: {escape(n)}</p>" for n in self.notes) + "</div>")
 
     def to_dict(self) -> dict:
-        from multilevel.report.export import jsonable
+        from multilevel.results.export import jsonable
 
         return jsonable({"formula": self.formula, "group_name": self.group_name,
                          "coef_names": self.coef_names, "x_name": self.x_name,
@@ -397,7 +397,7 @@ class TwoStage(TextResult):
                 + "".join(f"<p>Note: {escape(n)}</p>" for n in self.notes) + "</div>")
 
     def to_dict(self) -> dict:
-        from multilevel.report.export import jsonable
+        from multilevel.results.export import jsonable
 
         return jsonable({"formula": self.formula, "equations": self.equations,
                          "table": self.table.to_dict(orient="index"), "notes": self.notes})

@@ -1,8 +1,13 @@
 """A fit as a plain dict with the field names of the lme4 reference JSON.
 
+Layer: results (``fit.to_dict()`` is a method of every fit; the toolkit's result objects use
+``jsonable``). Imports nothing from the package.
+
 ``to_dict(fit)`` (also ``fit.to_dict()`` and ``multilevel fit --json``) returns the schema of
 ``tests/fixtures/reference/README.md`` so that any fit can be compared field by field with
 lme4's: ``{"formula", "REML", "family", "link", "fixef_names", "re_structure", "results"}``.
+GLMM fits add their fields (``nAGQ``, ``vcov_fixef_use_hessian_FALSE``, ...); ``lm`` fits
+have a layout of their own (``"model": "lm"``, R², F, ...).
 Everything is JSON-serialisable: Python floats and ints, NaN and ±Inf as ``None``.
 
 Example
@@ -16,12 +21,10 @@ Example
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any  # fits: results.base imports this module, so no hint import back
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from multilevel.results import AnyFit
 
 __all__ = ["to_dict", "jsonable"]
 
@@ -52,7 +55,7 @@ def jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _re_structure(fit: AnyFit) -> list[dict]:
+def _re_structure(fit: Any) -> list[dict]:
     out = []
     names = fit.theta_names
     pos = 0
@@ -64,7 +67,7 @@ def _re_structure(fit: AnyFit) -> list[dict]:
     return out
 
 
-def _varcorr(fit: AnyFit) -> list[dict]:
+def _varcorr(fit: Any) -> list[dict]:
     out = []
     for blk in fit.varcorr:
         sd = blk.sd
@@ -75,7 +78,7 @@ def _varcorr(fit: AnyFit) -> list[dict]:
     return out
 
 
-def _ranef(fit: AnyFit) -> dict:
+def _ranef(fit: Any) -> dict:
     re = fit.ranef(condvar=True)
     out: dict[str, dict] = {}
     for g, df in re.items():
@@ -89,8 +92,21 @@ def _ranef(fit: AnyFit) -> dict:
     return out
 
 
-def to_dict(fit: AnyFit) -> dict:
-    """All results of ``fit`` in the reference-JSON layout (see the module docstring)."""
+def to_dict(fit: Any) -> dict:
+    """All results of ``fit`` in the reference-JSON layout (see the module docstring).
+
+    The layout follows the fit's ``_export_layout``: ``"lmm"``, ``"glmm"`` or ``"lm"``.
+    """
+    layout = getattr(fit, "_export_layout", "lmm")
+    if layout == "lm":
+        return _lm_dict(fit)
+    d = _mixed_dict(fit)
+    if layout == "glmm":
+        d = _glmm_extra(fit, d)
+    return jsonable(d)
+
+
+def _mixed_dict(fit: Any) -> dict:
     fe = fit.fixef
     se = fit.se
     names = list(fe.index)
@@ -132,4 +148,55 @@ def to_dict(fit: AnyFit) -> dict:
         "re_structure": _re_structure(fit),
         "results": results,
     }
-    return jsonable(out)
+    return out
+
+
+def _glmm_extra(fit: Any, d: dict) -> dict:
+    """The fields of a GLMM fit beyond an LMM's."""
+    d["REML"] = None
+    d["nAGQ"] = fit.nagq
+    res = d["results"]
+    names = list(fit.frame.fixef_names)
+    res["vcov_fixef_use_hessian_FALSE"] = {"names": names, "matrix": fit._vcov_rx.tolist()}
+    res["linear_predictor_first20"] = fit._eta[:20].tolist()
+    res["glmm_deviance_function_value"] = fit.conditional_deviance
+    if fit.nagq > 1:
+        res["saturated_logLik"] = fit.saturated_loglik
+        res["logLik_full"] = fit.loglik_full
+    res["vcov_method"] = fit.vcov_method
+    return d
+
+
+def _lm_dict(fit: Any) -> dict:
+    """An ``lm`` fit: coefficients (NaN for aliased ones), R², F, logLik, ..."""
+    coef = fit.coef()
+    fs = fit.fstatistic
+    return jsonable({
+        "formula": fit.formula,
+        "model": "lm",
+        "REML": False,
+        "family": "gaussian",
+        "link": "identity",
+        "coef_names": list(coef.index),
+        "results": {
+            "coefficients": dict(zip(coef.index, coef.to_numpy())),
+            "se": dict(zip(fit.se.index, fit.se.to_numpy())),
+            "vcov": fit._vcov,
+            "vcov_type": fit.vcov_type,
+            "cluster": fit.cluster,
+            "n_clusters": fit.n_clusters,
+            "sigma": fit.sigma,
+            "df_residual": fit.df_resid,
+            "r_squared": fit.r2,
+            "adj_r_squared": fit.adj_r2,
+            "fstatistic": fs,
+            "logLik": fit.loglik,
+            "AIC": fit.aic,
+            "BIC": fit.bic,
+            "rss": fit.rss,
+            "nobs": fit.nobs,
+            "npar": fit.npar,
+            "aliased": fit.dropped_columns,
+            "warnings": fit.warnings,
+        },
+    })

@@ -1,0 +1,153 @@
+"""The convenience methods of the result objects that reach above the results layer.
+
+These are **the only upward edges of the package**: everything else in ``multilevel.results``
+imports only its own layer and those below it (design, covariance, families, engine,
+errors). Each method here imports the inference or report module it needs inside its body,
+so importing the results layer never imports inference or report.
+
+=================================  ==================================================
+``LmmMethods.summary``              ``multilevel.report.summary.Summary``
+``GlmmMethods.summary``             ``multilevel.report.glmm_summary.GlmmSummary``
+``LmMethods.summary``               ``multilevel.report.lm_summary.LmSummary``
+``MixedMethods.coef_table``         ``multilevel.inference.coef_table``
+``MixedMethods.anova_terms``        ``multilevel.inference.anova_terms``
+``MixedMethods.confint``            ``multilevel.inference.confint``
+``MixedMethods.bootstrap``          ``multilevel.inference.bootstrap``
+``MixedMethods.simulate``           ``multilevel.inference.simulate``
+``MixedMethods._predict_interval``  ``multilevel.inference.predict_interval``
+                                    (``predict(interval=...)``)
+``VarCorrMethods.format``           ``multilevel.report.summary.varcorr_lines``
+                                    (VarCorr's printed table)
+=================================  ==================================================
+
+``LmmFit`` is ``LmmMethods + MixedMethods + MixedFit``, ``GlmmFit`` is ``GlmmMethods +
+MixedMethods + MixedFit``, ``LmFit`` is ``LmMethods + FitBase`` and ``VarCorr`` is
+``VarCorrMethods + Sequence``.
+
+Example
+-------
+>>> import multilevel as ml
+>>> from multilevel.datasets import load
+>>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", load("sleepstudy"))
+>>> isinstance(fit, MixedMethods), fit.confint(method="wald").shape
+(True, (6, 2))
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from multilevel.report.glmm_summary import GlmmSummary
+    from multilevel.report.lm_summary import LmSummary
+    from multilevel.report.summary import Summary
+
+__all__ = ["LmmMethods", "GlmmMethods", "LmMethods", "MixedMethods", "VarCorrMethods"]
+
+
+class MixedMethods:
+    """Inference on a mixed model (lmer and glmer fits); see :mod:`multilevel.inference` for
+    the methods and their references."""
+
+    def coef_table(self, ddf: str | None = "satterthwaite") -> pd.DataFrame:
+        """t tests of the fixed effects: columns estimate, se, df, t, p. ``ddf`` is
+        "satterthwaite" (lmerTest), "kenward-roger" (pbkrtest, REML fits), "residual" (n - p)
+        or None (z tests)."""
+        from multilevel.inference import coef_table
+
+        return coef_table(self, ddf)
+
+    def anova_terms(self, ddf: str | None = "satterthwaite", type: int = 3) -> pd.DataFrame:  # noqa: A002
+        """F tests of the model terms (lmerTest's ``anova(fit)``), type III by default."""
+        from multilevel.inference import anova_terms
+
+        return anova_terms(self, ddf, type=type)
+
+    def confint(self, method: str = "profile", level: float = 0.95, n: int = 500,
+                seed: int | None = None, which: list[str] | None = None) -> pd.DataFrame:
+        """Confidence intervals named as lme4 names them (``sd_(Intercept)|Subject``,
+        ``cor_Days.(Intercept)|Subject``, ``sigma``, fixed effects). ``method``: "profile"
+        (lme4's default: likelihood-ratio profiles, REML fits refitted by ML first), "wald"
+        (fixed effects only, others NaN, as lme4) or "bootstrap" (``n`` parametric replicates,
+        percentile intervals)."""
+        from multilevel.inference import confint
+
+        return confint(self, method=method, level=level, n=n, seed=seed, which=which)
+
+    def bootstrap(self, n: int = 1000, seed: int | None = None, func: Callable[[Any], Any] | None = None,
+                  progress: bool | None = None, workers: int | None = None) -> pd.DataFrame:
+        """Parametric bootstrap (lme4's ``bootMer``): one row of estimates per replicate,
+        refitting with a new response only. Deterministic for a ``seed``."""
+        from multilevel.inference import bootstrap
+
+        return bootstrap(self, n=n, seed=seed, func=func, progress=progress, workers=workers)
+
+    def simulate(self, n: int = 1, seed: int | None = None) -> np.ndarray:
+        """``n`` responses simulated from the fitted model (new random effects and noise),
+        an (n, nobs) array."""
+        from multilevel.inference import simulate
+
+        return simulate(self, n=n, seed=seed)
+
+    def _predict_interval(self, newdata: Any, interval: str, level: float, re_form: str | None,
+                          allow_new_levels: bool) -> pd.DataFrame:
+        from multilevel.inference import predict_interval
+
+        return predict_interval(self, newdata, interval=interval, level=level, re_form=re_form,
+                                allow_new_levels=allow_new_levels)
+
+
+class LmmMethods:
+    """The printed summary of an lmer fit."""
+
+    def summary(self, correlation: bool | None = None, ddf: str | None = None) -> Summary:
+        """lme4's ``summary(fit)``: prints as lme4 does; ``_repr_html_`` for notebooks.
+
+        correlation: show the correlation of the fixed effects (default: when p <= 20).
+        ddf: "satterthwaite", "kenward-roger" or "residual" adds lmerTest's df and p-value
+        columns to the fixed effects.
+
+        >>> from multilevel.datasets import load
+        >>> import multilevel as ml
+        >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", load("sleepstudy"))
+        >>> print(fit.summary(ddf="satterthwaite").coefficients.round(2))
+                     Estimate  Std. Error    df  t value  Pr(>|t|)
+        (Intercept)    251.41        6.82  17.0    36.84       0.0
+        Days            10.47        1.55  17.0     6.77       0.0
+        """
+        from multilevel.report.summary import Summary
+
+        return Summary(self, correlation=correlation, ddf=ddf)
+
+
+class GlmmMethods:
+    """The printed summary of a glmer fit."""
+
+    def summary(self, correlation: bool | None = None) -> GlmmSummary:
+        """lme4's ``summary(glmerfit)``: prints as lme4 does."""
+        from multilevel.report.glmm_summary import GlmmSummary
+
+        return GlmmSummary(self, correlation=correlation)
+
+
+class LmMethods:
+    """The printed summary of an lm fit."""
+
+    def summary(self) -> LmSummary:
+        """R's ``summary(lm_fit)``: prints in R's layout; ``.coefficients`` as a DataFrame."""
+        from multilevel.report.lm_summary import LmSummary
+
+        return LmSummary(self)
+
+
+class VarCorrMethods:
+    """The printed table of variance components."""
+
+    def format(self, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",)) -> str:
+        """lme4's table of variance components (``formatVC``) as text."""
+        from multilevel.report.summary import varcorr_lines
+
+        return "\n".join(varcorr_lines(self, digits=digits, comp=comp))
