@@ -255,7 +255,9 @@ def _grouping_columns(fit: AnyFit, df: pd.DataFrame) -> tuple[list[str], bool]:
 
 
 def _is_lmm(fit: AnyFit) -> bool:
-    return getattr(fit, "family", "gaussian") == "gaussian" and getattr(fit, "_problem", None) is not None
+    from multilevel.results import LmmFit
+
+    return isinstance(fit, LmmFit) and fit.getme("problem") is not None
 
 
 # --- the report -----------------------------------------------------------------------------

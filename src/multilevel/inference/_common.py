@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from multilevel.results.mixed import MixedFit
 from multilevel.errors import ModelSpecError, MultilevelError
 from multilevel.results import GlmmFit, LmmFit
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 def is_lmm(fit: AnyFit) -> bool:
     """True for a linear mixed model fit (lmer) that carries its engine problem. By type:
     LmmFit, GlmmFit and LmFit are siblings, so a GLMM or an lm fit is never taken for one."""
-    return isinstance(fit, LmmFit) and getattr(fit, "_problem", None) is not None
+    return isinstance(fit, LmmFit) and (fit.getme("problem") if isinstance(fit, MixedFit) else None) is not None
 
 
 def is_glmm(fit: AnyFit) -> bool:
@@ -41,7 +42,7 @@ def lmm_problem(fit: AnyFit, what: str):
     if is_glmm(fit):
         raise ModelSpecError(f"{what} is available for linear mixed models (lmer) only, "
                              f"not for a {getattr(fit, 'family', '?')} GLMM")
-    prob = getattr(fit, "_problem", None)
+    prob = (fit.getme("problem") if isinstance(fit, MixedFit) else None)
     if prob is None:
         raise MultilevelError(f"{what} needs a fit made by multilevel.lmer (it keeps the engine "
                               f"problem); this object has none")
@@ -170,8 +171,8 @@ class LmmState:
 def state_of(fit: AnyFit) -> LmmState:
     """The fit's own estimates as an :class:`LmmState`."""
     prob = lmm_problem(fit, "this method")
-    return LmmState(prob, np.asarray(fit._theta, float).copy(), np.asarray(fit._beta, float).copy(),
-                    float(fit._sigma), np.asarray(fit._vcov, float), -2.0 * float(fit._loglik))
+    return LmmState(prob, np.asarray(fit.getme("theta"), float).copy(), np.asarray(fit.getme("beta"), float).copy(),
+                    float(fit.getme("sigma")), np.asarray(fit.getme("vcov"), float), -2.0 * float(fit.getme("loglik")))
 
 
 _ML_CACHE: "weakref.WeakKeyDictionary[Any, LmmState]" = weakref.WeakKeyDictionary()
@@ -192,7 +193,7 @@ def ml_state(fit: AnyFit, control: dict | None = None) -> LmmState:
 
     mlp = LmmProblem(prob.frame, reml=False)
     opts = control_options(dict({"check_conv": False}, **(control or {})))
-    start = np.asarray(fit._theta, float).copy()
+    start = np.asarray(fit.getme("theta"), float).copy()
     mlp.theta0 = start  # lme4's refitML also starts from the REML estimates
     theta, fval, _info, _w = fit_theta(mlp, opts)
     sol = mlp.solution(theta)

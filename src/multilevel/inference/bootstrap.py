@@ -47,10 +47,10 @@ class _Simulator:
         frame = fit.frame
         self.frame = frame
         self.glmm = is_glmm(fit)
-        self.mean_fixed = frame.X @ np.asarray(fit._beta, float) if frame.X.shape[1] else np.zeros(frame.nobs)
+        self.mean_fixed = frame.X @ np.asarray(fit.getme("beta"), float) if frame.X.shape[1] else np.zeros(frame.nobs)
         if frame.offset is not None:
             self.mean_fixed = self.mean_fixed + frame.offset
-        sigma = 1.0 if self.glmm else float(fit._sigma)
+        sigma = 1.0 if self.glmm else float(fit.getme("sigma"))
         self.sigma = sigma
         # Cov(b) = sigma^2 Lambda Lambda' (sigma = 1 for GLMMs): b = sigma * Lambda u
         self.factors = [sigma * L for L in fit.lambdas]
@@ -193,7 +193,7 @@ def bootstrap(fit: AnyFit, n: int = 1000, seed: Any = None, func: Callable[[Any]
     t0 = time.perf_counter()
     frame = prob0.frame
     sizes = block_sizes(frame)
-    theta_hat = np.asarray(fit._theta, float).copy()
+    theta_hat = np.asarray(fit.getme("theta"), float).copy()
     opts = control_options(dict({"check_conv": False}, **(control or {})))
     # a warm start: first steps in proportion to the estimates
     step = np.maximum(0.1 * np.abs(theta_hat), 0.02)

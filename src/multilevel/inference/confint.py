@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from multilevel.results.mixed import MixedFit
 from multilevel.errors import ModelSpecError, MultilevelError
 from multilevel.inference._common import (
     is_lmm,
@@ -274,7 +275,7 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
 
 
 def _glmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileResult:
-    prob = getattr(fit, "_problem", None)
+    prob = (fit.getme("problem") if isinstance(fit, MixedFit) else None)
     if prob is None or not hasattr(prob, "devfun"):
         raise MultilevelError("profile intervals need a fit made by multilevel.glmer")
     if getattr(prob, "nagq", 1) == 0:
@@ -284,8 +285,8 @@ def _glmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> Profile
     kinds = sdcor_kinds(frame)
     vnames = sdcor_names(frame, sigma=False)
     fnames = list(fit.fixef.index)
-    theta = np.asarray(fit._theta, float)
-    beta = np.asarray(fit._beta, float)
+    theta = np.asarray(fit.getme("theta"), float)
+    beta = np.asarray(fit.getme("beta"), float)
     nv = theta.size
     opt = np.concatenate([theta_to_sdcor(theta, sizes, 1.0), beta])
     lo_v, hi_v = _bounds_sdcor(kinds)
@@ -434,14 +435,14 @@ def predict_interval(fit: AnyFit, newdata: Any, interval: str = "confidence", le
     nd = frame.new_design(newdata, re_form="~0" if fixed_only else re_form,
                           allow_new_levels=allow_new_levels)
     X = np.asarray(nd.X, float)
-    beta = np.asarray(fit._beta, float)
-    V = np.asarray(fit._vcov, float)
+    beta = np.asarray(fit.getme("beta"), float)
+    V = np.asarray(fit.getme("vcov"), float)
     pred = X @ beta
     if nd.offset is not None:
         pred = pred + np.asarray(nd.offset, float)
     var = np.einsum("ij,jk,ik->i", X, V, X)
     kept = set()
-    condvar = fit._condvar
+    condvar = fit.getme("condvar")
     covs = [blk.cov for blk in fit.varcorr]
     if not fixed_only:
         for j, k in enumerate(nd.term_index):
@@ -450,7 +451,7 @@ def predict_interval(fit: AnyFit, newdata: Any, interval: str = "confidence", le
             Z = np.asarray(nd.Z[j], float)
             new = refs < 0
             safe = np.where(new, 0, refs)
-            bk = fit._b[k][safe]
+            bk = fit.getme("b")[k][safe]
             pred = pred + np.where(new, 0.0, np.einsum("ij,ij->i", Z, bk))
             cv = condvar[k][safe]
             v_known = np.einsum("ij,ijk,ik->i", Z, cv, Z)
@@ -473,7 +474,7 @@ def predict_interval(fit: AnyFit, newdata: Any, interval: str = "confidence", le
                     if k in left:
                         Z = np.asarray(full.Z[j], float)
                         var = var + np.einsum("ij,jk,ik->i", Z, covs[k], Z)
-        var = var + float(fit._sigma) ** 2
+        var = var + float(fit.getme("sigma")) ** 2
     se = np.sqrt(var)
     zq = stats.norm.ppf(0.5 + level / 2.0)
     index = newdata.index if isinstance(newdata, pd.DataFrame) and len(newdata.index) == len(pred) else None
@@ -499,7 +500,7 @@ def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, p
     from multilevel.engine.optimize import bobyqa, control_options
     from multilevel.covariance import lambda_blocks
 
-    prob = getattr(fit, "_problem", None)
+    prob = (fit.getme("problem") if isinstance(fit, MixedFit) else None)
     if prob is None or not hasattr(prob, "ml_deviance") or not is_lmm(fit):
         raise ValueError("this fit cannot be profiled here (only lmer fits keep their engine)")
     n = prob.n

@@ -168,14 +168,14 @@ def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
         # solution's vcov is sigma_hat(theta)^2 (RX'RX)^-1; rescale to the given sigma
         return (s["vcov"] * (vp[-1] ** 2 / s["sigma"] ** 2)).ravel()
 
-    vp0 = np.concatenate([np.asarray(fit._theta, float), [float(fit._sigma)]])
+    vp0 = np.concatenate([np.asarray(fit.getme("theta"), float), [float(fit.getme("sigma"))]])
     H = hessian(devfun_vp, vp0)
     evals, evecs = np.linalg.eigh(H)
     pos = evals > 1e-8
     hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
     J = jacobian(covbeta, vp0)
     jac = [J[:, i].reshape(p, p) for i in range(J.shape[1])]
-    info = SatterthwaiteInfo(np.asarray(fit._vcov, float), 2.0 * hinv, jac, evals[::-1])
+    info = SatterthwaiteInfo(np.asarray(fit.getme("vcov"), float), 2.0 * hinv, jac, evals[::-1])
     _SATT[fit] = info
     return info
 
@@ -229,8 +229,8 @@ def kenward_roger(fit: AnyFit) -> KenwardRogerInfo:
         raise ModelSpecError(f"Kenward-Roger works with dense {n} x {n} matrices here; with more "
                              f"than {KR_MAX_NOBS} observations use ddf='satterthwaite'")
     X = np.asarray(frame.X, float)
-    Phi = np.asarray(fit._vcov, float)
-    sigma2 = float(fit._sigma) ** 2
+    Phi = np.asarray(fit.getme("vcov"), float)
+    sigma2 = float(fit.getme("sigma")) ** 2
     # U blocks: one per (random-effect term, column) -> n x n_levels, U[i, level_i] = z_i
     ublocks: list[slice] = []
     cols = []
@@ -386,7 +386,7 @@ def _ddf_method(ddf: Any) -> str | None:
 def contest(fit: AnyFit, L: Any, ddf: str | None = "satterthwaite") -> pd.DataFrame:
     """Test of one contrast L'beta = 0 (lmerTest's ``contest1D``): estimate, se, df, t, p."""
     L = np.asarray(L, float).ravel()
-    beta = np.asarray(fit._beta, float)
+    beta = np.asarray(fit.getme("beta"), float)
     if L.size != beta.size:
         raise ModelSpecError(f"the contrast has {L.size} entries, the model {beta.size} fixed effects")
     est, se, df = _contrast(fit, L, _ddf_method(ddf))
@@ -396,7 +396,7 @@ def contest(fit: AnyFit, L: Any, ddf: str | None = "satterthwaite") -> pd.DataFr
 
 
 def _contrast(fit: AnyFit, L: np.ndarray, method: str | None) -> tuple[float, float, float]:
-    beta = np.asarray(fit._beta, float) if hasattr(fit, "_beta") else np.asarray(fit.fixef, float)
+    beta = np.asarray(fit.getme("beta"), float) if hasattr(fit, "_beta") else np.asarray(fit.fixef, float)
     est = float(L @ beta)
     V = np.asarray(fit.vcov, float)
     if method == "satterthwaite":
@@ -596,7 +596,7 @@ def type3_contrasts(fit: AnyFit) -> dict[str, np.ndarray]:
 def _satt_ftest(fit: AnyFit, L: np.ndarray, eps: float = math.sqrt(np.finfo(float).eps)):
     """lmerTest's ``contestMD``: (F, numerator df, denominator df)."""
     info = satterthwaite(fit)
-    beta = np.asarray(fit._beta, float)
+    beta = np.asarray(fit.getme("beta"), float)
     if L.shape[0] == 1:
         var, df = _satt_1d(info, L[0])
         return float((L[0] @ beta) ** 2 / var), 1, df
@@ -638,9 +638,9 @@ def anova_terms(fit: AnyFit, ddf: str | None = "satterthwaite", type: int = 3) -
         Ls = {lab: Lr[cols[lab]] for lab in labels}
     else:
         raise ModelSpecError("type must be 1 or 3")
-    beta = np.asarray(fit._beta, float)
-    V = np.asarray(fit._vcov, float)
-    sigma2 = float(fit._sigma) ** 2
+    beta = np.asarray(fit.getme("beta"), float)
+    V = np.asarray(fit.getme("vcov"), float)
+    sigma2 = float(fit.getme("sigma")) ** 2
     rows = []
     for term, L in Ls.items():
         if L.shape[0] == 0:

@@ -51,7 +51,7 @@ def variance_components(fit: AnyFit) -> dict[str, Any]:
     variance per grouping factor, where there is one)."""
     frame = fit.frame
     X = np.asarray(frame.X, float)
-    beta = np.asarray(fit._beta, float)
+    beta = np.asarray(fit.getme("beta"), float)
     pred = X @ beta if X.shape[1] else np.zeros(frame.nobs)
     var_fixed = float(np.var(pred, ddof=1)) if pred.size > 1 else 0.0
     fixnames = list(frame.fixef_names)

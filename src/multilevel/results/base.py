@@ -103,6 +103,41 @@ class FitBase(InformationCriteria):
         """Names of the estimated fixed effects, in the order of ``_beta``."""
         return list(self.frame.fixef_names)
 
+    # -- the raw arrays (lme4's getME) ---------------------------------------------------
+
+    #: names ``getme`` knows, with the attribute each reads
+    _GETME = {"beta": "_beta", "vcov": "_vcov", "loglik": "loglik"}
+
+    def getme(self, name: str) -> Any:
+        """A raw piece of the fit as numpy data, as lme4's ``getME(fit, name)``: the interface
+        inference and plotting code read instead of private attributes.
+
+        ``"beta"`` (fixed effects, vector), ``"vcov"`` (their covariance, matrix),
+        ``"loglik"``, ``"X"`` (the fixed-effects model matrix), ``"y"`` (the response);
+        mixed models add ``"theta"``, ``"sigma"``, ``"b"`` (conditional modes per random-effect
+        term, ``(levels, terms)`` arrays) and ``"condvar"`` (their conditional covariances,
+        ``(levels, terms, terms)`` arrays) and ``"problem"``: the engine problem (``LmmProblem`` /
+        ``GlmmProblem``, rebuilt from stored arrays after unpickling; None for a fit made
+        without one), the interface of profiles, the bootstrap and the df methods. lm fits add
+        ``"sigma"``.
+
+        >>> import multilevel as ml
+        >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
+        >>> fit.getme("beta").round(3).tolist(), fit.getme("b")[0].shape
+        ([251.405, 10.467], (18, 2))
+        """
+        if name == "X":
+            return self.frame.X
+        if name == "y":
+            return self.frame.y
+        attr = self._GETME.get(name)
+        if attr is None:
+            known = ", ".join(sorted([*self._GETME, "X", "y"]))
+            raise ModelSpecError(f"getme(): unknown name {name!r} for a {type(self).__name__}; "
+                                 f"known: {known}")
+        value = getattr(self, attr)
+        return value() if callable(value) else value
+
     # -- parameters ----------------------------------------------------------------------
 
     @cached_property

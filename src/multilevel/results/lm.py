@@ -70,6 +70,8 @@ class LmFit(LmMethods, FitBase):
     ML fits of mixed models.
     """
 
+    _GETME = {**FitBase._GETME, "sigma": "_sigma"}
+
     _export_layout = "lm"
     reml = False
     family = "gaussian"

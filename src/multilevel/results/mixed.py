@@ -180,6 +180,9 @@ class MixedFit(FitBase):
     ``data_name`` and ``weights_name`` only label the summary's ``Data:``/``Weights:`` lines.
     """
 
+    _GETME = {**FitBase._GETME, "theta": "_theta", "sigma": "_sigma", "b": "_b", "condvar": "_condvar",
+              "problem": "_problem"}
+
     reml: bool = False
 
     def __init__(
