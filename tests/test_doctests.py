@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 MODULES = ["multilevel.report.rformat", "multilevel.report.export", "multilevel.report.summary",
-           "multilevel.report.html", "multilevel.results.lmm", "multilevel.datasets", "multilevel.app.cli"]
+           "multilevel.report.html", "multilevel.results.lmm", "multilevel.datasets", "multilevel.app.cli",
+           "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
+           "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from multilevel.errors import ColumnNotFoundError, DataError, FormulaError, ModelSpecError
+from multilevel.errors import ColumnNotFoundError, DataError, FitWarning, FormulaError, ModelSpecError
 from multilevel.formula import (BarTerm, Call, ModelTerms, Name, Node, NumericExpressions, ParsedFormula,
                       Paren, Str, Num, deparse, format_r_number, is_logical, parse_formula)
 from multilevel.formula._centering import allow_new_groups
@@ -109,7 +109,8 @@ class ModelFrame:
     offset:         (n,) or None (sum of ``offset()`` terms and the ``offset=`` argument).
     rows:           int64 positions (0-based) in the user's frame of the rows used.
     n_dropped:      number of rows dropped for missing values.
-    warnings:       messages for the fit's warnings (rows dropped, columns dropped).
+    warnings:       records (:class:`~multilevel.errors.FitWarning`) for the fit's warnings
+                    (codes ``rows_dropped``, ``rank_deficient``).
     spec:           a private ``_FrameSpec``: the parsed formula and every encoding (factor
                     levels, formulaic ModelSpecs of stateful transforms, column plans) that
                     ``new_design`` re-applies.
@@ -135,7 +136,7 @@ class ModelFrame:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_dropped: int = 0
     dropped_columns: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[FitWarning] = field(default_factory=list)
     spec: Any = None  # what new_design needs (formulaic model spec, factor levels, ...)
     family: str = "gaussian"
     assign: np.ndarray | None = None
@@ -1130,10 +1131,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         missing[idx[bad]] = True
         any_missing = True
     n_dropped = n_all - n
-    warnings: list[str] = []
+    warnings: list[FitWarning] = []
     if n_dropped:
-        warnings.append(f"{n_dropped} row{'s' if n_dropped != 1 else ''} with missing values "
-                        f"dropped")
+        warnings.append(FitWarning("rows_dropped", f"{n_dropped} row{'s' if n_dropped != 1 else ''} "
+                                   f"with missing values dropped"))
 
     # ---- random-effect terms (mkReTrms) -------------------------------------------------
     group_cache: dict[tuple[str, ...], tuple[_GroupSpec, np.ndarray]] = {}
@@ -1167,9 +1168,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     if len(keep) < X.shape[1]:
         dropped = [plan.names[j] for j in range(X.shape[1]) if j not in set(keep)]
         k = len(dropped)
-        warnings.append(f"fixed-effect model matrix is rank deficient so dropping {k} "
-                        f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}: "
-                        f"{', '.join(dropped)}")
+        warnings.append(FitWarning("rank_deficient",
+                                   f"fixed-effect model matrix is rank deficient so dropping {k} "
+                                   f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}: "
+                                   f"{', '.join(dropped)}"))
         X = np.ascontiguousarray(X[:, keep])
     fixef_names = [plan.names[j] for j in keep]
     assign = np.asarray([plan.assign[j] for j in keep], dtype=np.int64)
@@ -1184,8 +1186,6 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         _check_finite(w[:, None], [_what(weights_name, "weights")], "weights")
     if resp_weights is not None:
         w = resp_weights if w is None else w * resp_weights
-    for msg in response.warnings:
-        warnings.append(msg)
     off = None
     for o in fixed_offs + ([_take(offset_arr, rows)] if offset_arr is not None else []):
         off = o.astype(np.float64, copy=True) if off is None else off + o
@@ -1312,14 +1312,16 @@ def _check_reterms(reterms: list[ReTerm], n: int, family: str) -> None:
 # ============================================================================================
 
 class _Response:
-    """The response as lme4 reads it for each family (binomial's ``initialize`` rules)."""
+    """The response as lme4 reads it for each family (binomial's ``initialize`` rules).
+
+    Only the reading (factor, cbind, expression) is here; the family's own value checks
+    (0/1 or proportions, counts, ...) belong to ``Family.check_response``."""
 
     def __init__(self, node: Node, text: str, data: _Data, family: str):
         self.node = node
         self.name = deparse(node)
         self.family = family
         self.data = data
-        self.warnings: list[str] = []
         self.levels: list[str] | None = None  # a factor response's levels (binomial)
         n = _strip(node)
         self.cbind = isinstance(n, Call) and n.func == "cbind"
@@ -1352,7 +1354,7 @@ class _Response:
             if col.kind == "other":
                 raise DataError(f"the response '{self.column}' ({col.describe()}) is not numeric")
             y = _take(col.numeric(), rows).astype(np.float64, copy=True)
-            return self._check(y), None, None
+            return y, None, None
         env = {nm: _take(data.column(nm).raw(), rows) for nm in self.evaluator.names
                if nm in data}
         blocks = self.evaluator.fit(env, n)
@@ -1370,25 +1372,6 @@ class _Response:
             trials = s + f
             with np.errstate(invalid="ignore", divide="ignore"):
                 y = np.where(trials > 0, s / np.where(trials > 0, trials, 1.0), 0.0)
-            if np.any(np.abs(s - np.round(s)) > 1e-3):
-                self.warnings.append("non-integer #successes in a binomial glm!")
             return y, trials.astype(np.float64), bad
         y = np.ascontiguousarray(blocks[0][:, 0], dtype=np.float64)
-        return (self._check(y) if bad is None else y), None, bad
-
-    def _check(self, y: np.ndarray) -> np.ndarray:
-        fam = self.family
-        if fam not in ("binomial", "poisson"):
-            return y
-        ok = y[~np.isnan(y)]
-        if fam == "binomial" and ((ok < 0) | (ok > 1)).any():
-            raise DataError(f"binomial response '{self.name}' must be 0/1, a proportion with "
-                            f"weights = trials, a two-level factor or cbind(successes, failures)"
-                            f"; it has values outside [0, 1]")
-        if fam == "poisson":
-            if (ok < 0).any():
-                raise DataError(f"negative values are not allowed in the poisson response "
-                                f"'{self.name}'")
-            if np.any(np.abs(ok - np.round(ok)) > 1e-7):
-                self.warnings.append(f"non-integer counts in the poisson response '{self.name}'")
-        return y
+        return y, None, bad

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from multilevel.results.lmm import LmmFit, VarCorr, VarCorrBlock
+from multilevel.covariance import SINGULAR_TOL
 
 if TYPE_CHECKING:  # pragma: no cover
     from multilevel.design.frame import ModelFrame
@@ -86,6 +87,7 @@ class GlmmFit(LmmFit):
         *,
         data_name: str | None = None,
         weights_name: str | None = None,
+        singular_tol: float = SINGULAR_TOL,
     ):
         cv = [np.asarray(c, dtype=float) for c in condvar]
         super().__init__(
@@ -106,6 +108,7 @@ class GlmmFit(LmmFit):
             optinfo=optinfo,
             data_name=data_name,
             weights_name=weights_name,
+            singular_tol=singular_tol,
         )
         self.family_object = family
         self.nagq = int(nagq)

@@ -37,7 +37,7 @@ import pandas as pd
 
 from multilevel.results.base import InformationCriteria
 from multilevel.errors import DataError
-from multilevel.covariance import SINGULAR_TOL, _diag_positions, lambda_blocks, theta_names
+from multilevel.covariance import SINGULAR_TOL, is_singular_theta, lambda_blocks, theta_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from multilevel.design.frame import ModelFrame
@@ -242,8 +242,12 @@ class LmmFit(InformationCriteria):
         *,
         data_name: str | None = None,
         weights_name: str | None = None,
+        singular_tol: float = SINGULAR_TOL,
     ):
         self.frame = frame
+        #: the tolerance the fit was made with (control ``singular_tol``): ``is_singular``
+        #: and the singular-fit warning use the same one
+        self.singular_tol = float(singular_tol)
         self.reml = bool(reml)
         self._theta = np.asarray(theta, dtype=float)
         self._beta = np.asarray(beta, dtype=float)
@@ -381,9 +385,9 @@ class LmmFit(InformationCriteria):
 
     @cached_property
     def is_singular(self) -> bool:
-        """lme4's ``isSingular(fit, tol = 1e-4)``: a diagonal element of some Λ is below 1e-4."""
-        pos = _diag_positions([rt.n_terms for rt in self.frame.reterms])
-        return bool(np.any(self._theta[pos] < SINGULAR_TOL)) if pos else False
+        """lme4's ``isSingular(fit, tol)``: a diagonal element of some Λ is below the fit's
+        ``singular_tol`` (control setting, default lme4's 1e-4)."""
+        return is_singular_theta(self._theta, [rt.n_terms for rt in self.frame.reterms], self.singular_tol)
 
     # -- random effects ----------------------------------------------------------------------
 
