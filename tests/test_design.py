@@ -393,6 +393,14 @@ def test_pandas_nullable_and_string_dtypes():
 # responses by family
 # ---------------------------------------------------------------------------------------------
 
+def _family_check(name, mf):
+    """The response check glmer runs on a frame (the family's, not design's)."""
+    from multilevel.families import get_family
+
+    return get_family(name).check_response(mf.y, mf.weights, mf.factor_levels.get(mf.response),
+                                           mf.response.startswith("cbind("), name=mf.response)
+
+
 def test_binomial_responses():
     base = {"x": [0.1, 0.5, 0.9, 1.3, 1.7, 2.1], "g": list("aabbcc")}
     fam = {"family": "binomial"}
@@ -414,8 +422,9 @@ def test_binomial_responses():
     np.testing.assert_allclose(mf.y, [0.5, 0, 0.75, 0.5, 0, 1])  # s + f == 0 -> y = 0 ...
     np.testing.assert_allclose(mf.weights, [4, 0, 8, 8, 8, 8])  # ... with weight 0, kept
     assert mf.nobs == 6
+    # design reads the response; the binomial family owns the value rules
     with pytest.raises(DataError, match="outside"):
-        build_model_frame("y ~ x + (1 | g)", {**base, "y": [0, 2, 1, 0, 1, 0]}, **fam)
+        _family_check("binomial", build_model_frame("y ~ x + (1 | g)", {**base, "y": [0, 2, 1, 0, 1, 0]}, **fam))
 
 
 def test_poisson_and_gaussian_responses():
@@ -424,7 +433,8 @@ def test_poisson_and_gaussian_responses():
     np.testing.assert_array_equal(mf.y, [0, 3, 1, 7, 2, 0])
     assert mf.y.dtype == np.float64
     with pytest.raises(DataError, match="negative"):
-        build_model_frame("y ~ x + (1 | g)", {**base, "y": [0, -3, 1, 7, 2, 0]}, family="poisson")
+        _family_check("poisson", build_model_frame("y ~ x + (1 | g)", {**base, "y": [0, -3, 1, 7, 2, 0]},
+                                                   family="poisson"))
     with pytest.raises(DataError, match="'y'.*not\\s+numeric|numeric response"):
         build_model_frame("y ~ x + (1 | g)", {**base, "y": list("abcabc")})
     mf = build_model_frame("log(y) ~ x + (1 | g)", {**base, "y": [1.0, 2, 3, 4, 5, 6]})

@@ -7,14 +7,21 @@
 """
 from __future__ import annotations
 
+from multilevel.control import GlmerControl, LmerControl
 from multilevel.errors import (
     ColumnNotFoundError,
+    ControlError,
+    ConvergenceWarning,
     DataError,
     FitError,
+    FitWarning,
     FormulaError,
     ModelSpecError,
     MultilevelError,
     MultilevelWarning,
+    RankDeficientWarning,
+    RowsDroppedWarning,
+    SingularFitWarning,
 )
 from multilevel.models.glmer import glmer
 from multilevel.models.lmer import lmer
@@ -44,6 +51,14 @@ __all__ = [
     "ModelSpecError",
     "FitError",
     "MultilevelWarning",
+    "ControlError",
+    "FitWarning",
+    "SingularFitWarning",
+    "ConvergenceWarning",
+    "RowsDroppedWarning",
+    "RankDeficientWarning",
+    "LmerControl",
+    "GlmerControl",
 ]
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """Covariance structures of the random effects: the theta layout lives here only.
 
 Layer: covariance (above design, beside families; imported by engine, results, inference).
-May import: ``multilevel.errors``, numpy. Nothing else of the package.
+May import: ``multilevel.errors``, ``multilevel.control``, numpy. Nothing else of the package.
 """
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+# lme4's default tolerance of ``isSingular()``, defined with the other control defaults
+from multilevel.control import SINGULAR_TOL as SINGULAR_TOL
+
 if TYPE_CHECKING:
     from multilevel.design import ModelFrame
-
-
-from typing import Sequence
-
-import numpy as np
 
 
 def theta_layout(frame: ModelFrame) -> tuple[list[slice], np.ndarray, np.ndarray]:
@@ -47,8 +45,21 @@ def diagonal_theta(frame: ModelFrame, slices: list[slice]) -> np.ndarray:
     return np.array(idx, dtype=int)
 
 
-#: lme4's default tolerance of ``isSingular()``.
-SINGULAR_TOL = 1e-4
+#: After optimisation a diagonal of Lambda below this is tried at exactly 0 (the optimiser
+#: approaches the boundary without reaching it) and kept there if the criterion does not
+#: rise. A numerical guard, not the user's ``singular_tol``: the estimates must not depend
+#: on how singularity is reported.
+BOUNDARY_SNAP_TOL = 1e-4
+
+
+def is_singular_theta(theta: np.ndarray, sizes: Sequence[int], tol: float = SINGULAR_TOL) -> bool:
+    """lme4's ``isSingular(fit, tol)``: some diagonal element of a Lambda is below ``tol``.
+
+    >>> is_singular_theta(np.array([1.0, 0.3, 5e-5]), [2], tol=1e-4)
+    True
+    """
+    pos = _diag_positions(sizes)
+    return bool(np.any(np.asarray(theta, dtype=float)[pos] < tol)) if pos else False
 
 
 def _lower_tri_colwise(s: int) -> tuple[np.ndarray, np.ndarray]:

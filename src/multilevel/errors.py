@@ -46,8 +46,139 @@ class FitError(MultilevelError, RuntimeError):
     """The optimiser failed in a way that leaves no usable estimate."""
 
 
+class ControlError(ModelSpecError):
+    """A ``control=`` setting that is unknown or has a value the fit cannot use.
+
+    ``argument`` is the name of the setting (``"maxeval"``, ``"check_conv"``, ...). A subclass
+    of :class:`ModelSpecError` (and so of ``ValueError``): code that caught the error of an
+    unknown control setting as a ``ModelSpecError`` keeps working.
+
+    >>> str(ControlError("maxeval", "a", "a positive integer"))
+    "control setting maxeval='a' is not valid: it must be a positive integer"
+    """
+
+    def __init__(self, argument: str, value: object = None, expected: str | None = None,
+                 message: str | None = None):
+        self.argument = argument
+        self.value = value
+        if message is None:
+            message = f"control setting {argument}={value!r} is not valid: it must be {expected}"
+        super().__init__(message)
+
+
+# ============================================================================================
+# warnings: one class per code, and the record a fit keeps
+# ============================================================================================
+
 class MultilevelWarning(UserWarning):
     """Warnings about a fit (singular, not converged, rows or columns dropped).
 
-    The same messages are kept on the result (``fit.warnings``) and shown in its summary.
+    Each kind has its own subclass (``SingularFitWarning``, ``ConvergenceWarning``, ...), so
+    ``warnings.simplefilter("ignore", multilevel.errors.RowsDroppedWarning)`` silences one
+    kind only. The same messages are kept on the result (``fit.warnings``, as
+    :class:`FitWarning` records) and shown in its summary.
     """
+
+    #: the code of the :class:`FitWarning` records issued as this class
+    code = "other"
+
+
+class SingularFitWarning(MultilevelWarning):
+    """A variance estimated as 0 or a correlation as +-1 (``fit.is_singular``)."""
+
+    code = "singular"
+
+
+class ConvergenceWarning(MultilevelWarning):
+    """The optimiser may have stopped short of the optimum (the Newton-decrement check)."""
+
+    code = "not_converged"
+
+
+class MaxevalWarning(ConvergenceWarning):
+    """The optimiser stopped at its evaluation limit (``control={"maxeval": ...}``)."""
+
+    code = "maxeval"
+
+
+class RowsDroppedWarning(MultilevelWarning):
+    """Rows with missing values in a variable of the model were left out."""
+
+    code = "rows_dropped"
+
+
+class RankDeficientWarning(MultilevelWarning):
+    """Columns of the fixed-effect model matrix that are linear combinations of others were
+    dropped."""
+
+    code = "rank_deficient"
+
+
+class NonIntegerResponseWarning(MultilevelWarning):
+    """A binomial response whose numbers of successes are not whole numbers."""
+
+    code = "non_integer_successes"
+
+
+class HessianWarning(MultilevelWarning):
+    """The finite-difference Hessian of a GLMM is not positive definite: the covariance of
+    the fixed effects comes from the PIRLS factor instead."""
+
+    code = "hessian_not_pd"
+
+
+class RemlComparisonWarning(MultilevelWarning):
+    """Models compared by likelihood where some were fitted by REML and some by ML."""
+
+    code = "reml_mixed"
+
+
+#: code -> warning class; a code without a class of its own is issued as MultilevelWarning
+WARNING_CLASSES: dict[str, type[MultilevelWarning]] = {
+    cls.code: cls
+    for cls in (SingularFitWarning, ConvergenceWarning, MaxevalWarning, RowsDroppedWarning,
+                RankDeficientWarning, NonIntegerResponseWarning, HessianWarning,
+                RemlComparisonWarning)
+}
+
+
+class FitWarning(str):
+    """One warning of a fit: the text (the record *is* that ``str``) and a ``code``.
+
+    Being a ``str`` keeps ``"singular" in fit.warnings[0]`` and the summary text working; the
+    code says what happened without parsing the text, and ``category`` is the warning class
+    it is issued as.
+
+    >>> w = FitWarning("rows_dropped", "2 rows with missing values dropped")
+    >>> w.code, w.category.__name__, "missing" in w
+    ('rows_dropped', 'RowsDroppedWarning', True)
+    """
+
+    code: str
+
+    def __new__(cls, code: str, message: str) -> "FitWarning":
+        obj = super().__new__(cls, message)
+        obj.code = str(code)
+        return obj
+
+    @property
+    def message(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def category(self) -> type[MultilevelWarning]:
+        return WARNING_CLASSES.get(self.code, MultilevelWarning)
+
+    def __reduce__(self):
+        # str's default reduction would call __new__ with the text alone
+        return (type(self), (self.code, self.message))
+
+
+#: lme4's ``boundary (singular) fit`` message, said in words instead of R's help page
+SINGULAR_MESSAGE = ("boundary (singular) fit: a variance is estimated as 0 or a correlation "
+                    "as ±1; see fit.is_singular")
+
+
+def singular_warning() -> FitWarning:
+    """The record of a singular fit."""
+    return FitWarning("singular", SINGULAR_MESSAGE)

@@ -46,7 +46,7 @@ from multilevel.design.newdata import FrameSpec, NewDesign
 from multilevel.design.response import Response
 from multilevel.design.source import DataSource, as_array, column_not_found, take_rows
 from multilevel.design.variables import Scope
-from multilevel.errors import DataError, FormulaError, ModelSpecError
+from multilevel.errors import DataError, FitWarning, FormulaError, ModelSpecError
 from multilevel.formula import parse_formula
 from multilevel.formula._centering import allow_new_groups
 from multilevel.formula._model import CONSTANTS
@@ -71,7 +71,8 @@ class ModelFrame:
     offset:         (n,) or None (sum of ``offset()`` terms and the ``offset=`` argument).
     rows:           int64 positions (0-based) in the user's frame of the rows used.
     n_dropped:      number of rows dropped for missing values.
-    warnings:       messages for the fit's warnings (rows dropped, columns dropped).
+    warnings:       records (:class:`~multilevel.errors.FitWarning`) for the fit's warnings
+                    (codes ``rows_dropped``, ``rank_deficient``).
     spec:           a :class:`~multilevel.design.newdata.FrameSpec`: the parsed formula and
                     every encoding (factor levels, formulaic ModelSpecs of stateful
                     transforms, column plans) that ``new_design`` re-applies.
@@ -97,7 +98,7 @@ class ModelFrame:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_dropped: int = 0
     dropped_columns: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[FitWarning] = field(default_factory=list)
     spec: Any = None  # what new_design needs (formulaic model spec, factor levels, ...)
     family: str = "gaussian"
     assign: np.ndarray | None = None
@@ -256,10 +257,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         missing[idx[bad]] = True
         any_missing = True
     n_dropped = n_all - n
-    warnings: list[str] = []
+    warnings: list[FitWarning] = []
     if n_dropped:
-        warnings.append(f"{n_dropped} row{'s' if n_dropped != 1 else ''} with missing values "
-                        f"dropped")
+        warnings.append(FitWarning("rows_dropped", f"{n_dropped} row{'s' if n_dropped != 1 else ''} "
+                                   f"with missing values dropped"))
 
     # ---- random-effect terms (mkReTrms) -------------------------------------------------
     group_cache: dict[tuple[str, ...], tuple[GroupSpec, np.ndarray]] = {}
@@ -293,9 +294,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     if len(keep) < X.shape[1]:
         dropped = [plan.names[j] for j in range(X.shape[1]) if j not in set(keep)]
         k = len(dropped)
-        warnings.append(f"fixed-effect model matrix is rank deficient so dropping {k} "
-                        f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}: "
-                        f"{', '.join(dropped)}")
+        warnings.append(FitWarning("rank_deficient",
+                                   f"fixed-effect model matrix is rank deficient so dropping {k} "
+                                   f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}: "
+                                   f"{', '.join(dropped)}"))
         X = np.ascontiguousarray(X[:, keep])
     fixef_names = [plan.names[j] for j in keep]
     assign = np.asarray([plan.assign[j] for j in keep], dtype=np.int64)
@@ -310,8 +312,6 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         _check_finite(w[:, None], [_what(weights_name, "weights")], "weights")
     if resp_weights is not None:
         w = resp_weights if w is None else w * resp_weights
-    for msg in response.warnings:
-        warnings.append(msg)
     off = None
     for o in fixed_offs + ([take_rows(offset_arr, rows)] if offset_arr is not None else []):
         off = o.astype(np.float64, copy=True) if off is None else off + o

@@ -20,14 +20,16 @@ __all__ = ["Response"]
 
 
 class Response:
-    """The response as lme4 reads it for each family (binomial's ``initialize`` rules)."""
+    """The response as lme4 reads it for each family (binomial's ``initialize`` rules).
+
+    Only the reading (factor, cbind, expression) is here; the family's own value checks
+    (0/1 or proportions, counts, ...) belong to ``Family.check_response``."""
 
     def __init__(self, node: Node, text: str, data: DataSource, family: str):
         self.node = node
         self.name = deparse(node)
         self.family = family
         self.data = data
-        self.warnings: list[str] = []
         self.levels: list[str] | None = None  # a factor response's levels (binomial)
         n = strip_parens(node)
         self.cbind = isinstance(n, Call) and n.func == "cbind"
@@ -60,7 +62,7 @@ class Response:
             if col.kind == "other":
                 raise DataError(f"the response '{self.column}' ({col.describe()}) is not numeric")
             y = take_rows(col.numeric(), rows).astype(np.float64, copy=True)
-            return self._check(y), None, None
+            return y, None, None
         env = {nm: take_rows(data.column(nm).raw(), rows) for nm in self.evaluator.names
                if nm in data}
         blocks = self.evaluator.fit(env, n)
@@ -78,25 +80,6 @@ class Response:
             trials = s + f
             with np.errstate(invalid="ignore", divide="ignore"):
                 y = np.where(trials > 0, s / np.where(trials > 0, trials, 1.0), 0.0)
-            if np.any(np.abs(s - np.round(s)) > 1e-3):
-                self.warnings.append("non-integer #successes in a binomial glm!")
             return y, trials.astype(np.float64), bad
         y = np.ascontiguousarray(blocks[0][:, 0], dtype=np.float64)
-        return (self._check(y) if bad is None else y), None, bad
-
-    def _check(self, y: np.ndarray) -> np.ndarray:
-        fam = self.family
-        if fam not in ("binomial", "poisson"):
-            return y
-        ok = y[~np.isnan(y)]
-        if fam == "binomial" and ((ok < 0) | (ok > 1)).any():
-            raise DataError(f"binomial response '{self.name}' must be 0/1, a proportion with "
-                            f"weights = trials, a two-level factor or cbind(successes, failures)"
-                            f"; it has values outside [0, 1]")
-        if fam == "poisson":
-            if (ok < 0).any():
-                raise DataError(f"negative values are not allowed in the poisson response "
-                                f"'{self.name}'")
-            if np.any(np.abs(ok - np.round(ok)) > 1e-7):
-                self.warnings.append(f"non-integer counts in the poisson response '{self.name}'")
-        return y
+        return y, None, bad

@@ -52,29 +52,9 @@ if TYPE_CHECKING:  # for the return hint only; glmm_results is imported lazily i
 __all__ = ["GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd", "family_state",
            "family_from_state"]
 
-#: GLMM-only control settings and their defaults (the rest are optimize.DEFAULTS)
-GLMM_DEFAULTS: dict[str, Any] = {
-    # PIRLS stops when no coordinate of u (beta) moves by more than this (relative to 1 + |.|)
-    "pirls_tol": 1e-13,
-    "pirls_maxit": 200,
-    # lme4's calc.derivs: None = lme4's rule (nobs < 1e4 and npar < 100, non-singular fit)
-    "calc_derivs": None,
-    # stage 2 optimiser: "auto" (Newton on the exact gradient where the engine has one, i.e.
-    # Laplace with one scalar term; else BOBYQA), "newton", "bobyqa"
-    "optimizer": "auto",
-    # Newton: stop when the predicted decrease of the deviance is below this
-    "newton_tol": 1e-10,
-    # stage 1 tolerances when it only provides the start of a BOBYQA stage 2 (Newton on the
-    # exact gradient needs a rougher start: 1e-2)
-    "stage1_ftol_abs": 1e-6,
-    "stage1_xtol_abs": 1e-5,
-}
-
 #: lme4's glmerControl(check.conv.nobsmax, check.conv.nparmax)
 _NOBS_MAX = 10_000
 _NPAR_MAX = 100
-#: lme4's getSingTol(): a fit is singular (no derivatives) when a diagonal theta is below this
-_SING_TOL = 1e-4
 
 
 def family_state(family: Family) -> Any:

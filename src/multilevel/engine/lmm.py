@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from multilevel._core import LmmCore
-from multilevel.covariance import diagonal_theta, theta_layout
+from multilevel.control import LmerControl
+from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, theta_layout
 from multilevel.design.frame import ModelFrame
-from multilevel.errors import ModelSpecError
+from multilevel.errors import FitWarning, ModelSpecError
 from multilevel.engine.optimize import bobyqa, newton_decrement
 
 if TYPE_CHECKING:  # the result module imports nothing from here; this is for the hint
     pass
 
-SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 
 
 @dataclass
@@ -223,27 +223,27 @@ class LmmProblem:
 
 
 
-def fit_theta(problem: LmmProblem, opts: dict) -> tuple[np.ndarray, float, dict, list[str]]:
+def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float, dict, list[FitWarning]]:
     """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
-    check convergence. Returns (theta, objective, optinfo, warnings)."""
+    check convergence. Returns (theta, objective, optinfo, warning records)."""
     t0 = time.perf_counter()
-    if opts.get("initial_step") is None:
-        opts = dict(opts, initial_step=problem.step0)
-    res = bobyqa(problem.objective, problem.theta0, problem.lower, opts)
+    if ctrl.initial_step is None:
+        ctrl = ctrl.with_(initial_step=problem.step0)
+    res = bobyqa(problem.objective, problem.theta0, problem.lower, ctrl)
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the
     # boundary it cannot reach exactly. Put it there if that costs nothing.
     diag = diagonal_theta(problem.frame, problem.slices)
     for i in diag:
-        if 0 < theta[i] < 1e-4:
+        if 0 < theta[i] < BOUNDARY_SNAP_TOL:
             trial = theta.copy()
             trial[i] = 0.0
             ft = problem.objective(trial)
             if ft <= fval + 1e-10:
                 theta, fval = trial, min(ft, fval)
     extra = 0
-    if opts["check_conv"]:
+    if ctrl.conv_check_on:
         count = len(res.log)
         calls = [0]
 
@@ -253,12 +253,13 @@ def fit_theta(problem: LmmProblem, opts: dict) -> tuple[np.ndarray, float, dict,
 
         dec, grad = newton_decrement(counted, theta, problem.lower, fval)
         extra = calls[0]
-        if dec > opts["conv_tol"]:
-            warns.append(
+        if dec > ctrl.conv_tol:
+            warns.append(FitWarning(
+                "not_converged",
                 f"Model may not have converged: a Newton step from the optimum would lower the "
                 f"{'REML criterion' if problem.reml else 'deviance'} by {dec:.2g} "
                 f"(max|grad| = {np.abs(grad).max():.3g})"
-            )
+            ))
         del count
     optinfo = {
         "optimizer": "bobyqa",

@@ -18,6 +18,9 @@ from typing import Callable
 import nlopt
 import numpy as np
 
+from multilevel.control import LmerControl
+from multilevel.errors import FitWarning
+
 
 @dataclass
 class OptResult:
@@ -27,7 +30,7 @@ class OptResult:
     code: int
     message: str
     log: list[tuple[np.ndarray, float]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[FitWarning] = field(default_factory=list)
 
 
 _NLOPT_MESSAGES = {
@@ -39,34 +42,10 @@ _NLOPT_MESSAGES = {
     6: "NLOPT_MAXTIME_REACHED",
 }
 
-DEFAULTS = {
-    "ftol_abs": 1e-8,
-    "ftol_rel": 0.0,
-    "xtol_abs": 1e-8,
-    # BOBYQA's first step per parameter; None lets the model choose (in proportion to its
-    # starting values)
-    "initial_step": None,
-    "maxeval": 100_000,
-    "conv_tol": 1e-4,
-    "check_conv": True,
-    "singular_tol": 1e-4,
-}
-
-
-def control_options(control: dict | None) -> dict:
-    """Merge user control settings with the defaults; unknown keys are an error."""
-    from multilevel.errors import ModelSpecError
-
-    opts = dict(DEFAULTS)
-    for key, value in (control or {}).items():
-        if key not in DEFAULTS:
-            raise ModelSpecError(f"unknown control setting {key!r}; known: {', '.join(sorted(DEFAULTS))}")
-        opts[key] = value
-    return opts
-
-
-def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray, opts: dict) -> OptResult:
-    """Minimise ``fun`` from ``x0`` subject to ``x >= lower`` with NLopt's BOBYQA."""
+def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,
+           ctrl: LmerControl) -> OptResult:
+    """Minimise ``fun`` from ``x0`` subject to ``x >= lower`` with NLopt's BOBYQA, with the
+    tolerances, evaluation limit and first step of ``ctrl``."""
     x0 = np.asarray(x0, dtype=float)
     log: list[tuple[np.ndarray, float]] = []
     first = [None]
@@ -85,12 +64,19 @@ def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray
     opt = nlopt.opt(nlopt.LN_BOBYQA, n)
     opt.set_min_objective(f)
     opt.set_lower_bounds(np.where(np.isfinite(lower), lower, -np.inf))
-    opt.set_ftol_abs(opts["ftol_abs"])
-    opt.set_ftol_rel(opts["ftol_rel"])
-    opt.set_xtol_abs(opts["xtol_abs"])
-    opt.set_maxeval(int(opts["maxeval"]))
-    step = 0.5 if opts["initial_step"] is None else opts["initial_step"]
-    opt.set_initial_step(np.broadcast_to(np.asarray(step, dtype=float), (n,)).copy())
+    opt.set_ftol_abs(ctrl.ftol_abs)
+    opt.set_ftol_rel(ctrl.ftol_rel)
+    opt.set_xtol_abs(ctrl.xtol_abs)
+    opt.set_maxeval(ctrl.maxeval)
+    step = 0.5 if ctrl.initial_step is None else ctrl.initial_step
+    try:
+        steps = np.broadcast_to(np.asarray(step, dtype=float), (n,)).copy()
+    except ValueError:
+        from multilevel.errors import ControlError
+
+        raise ControlError("initial_step", ctrl.initial_step, f"a number or {n} numbers (one per "
+                           f"parameter)") from None
+    opt.set_initial_step(steps)
     try:
         x = opt.optimize(x0)
         code = opt.last_optimize_result()
@@ -105,7 +91,8 @@ def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray
     res = OptResult(x=np.asarray(x, float), fun=float(fbest), feval=len(log), code=int(code),
                     message=_NLOPT_MESSAGES.get(int(code), str(code)), log=log)
     if code == 5:
-        res.warnings.append(f"optimizer (bobyqa) reached maxeval = {opts['maxeval']} before converging")
+        res.warnings.append(FitWarning("maxeval", f"optimizer (bobyqa) reached maxeval = {ctrl.maxeval} "
+                                              f"before converging"))
     return res
 
 

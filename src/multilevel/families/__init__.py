@@ -3,7 +3,18 @@
 Layer: families (above design, beside covariance). A family object owns what is particular to
 it: the response checks, variance, deviance residuals, aic, the saturated log-likelihood and
 the code handed to the Rust kernel. May import: ``multilevel.errors``, numpy, scipy.
+
+- ``links``: :class:`Link` and ``LINKS`` (the link functions).
+- ``base``: :class:`Family` (the base class), ``get_family`` and the registry ``_FAMILIES``.
+- ``binomial``, ``poisson``: one family each.
 """
-from multilevel.families.base import _FAMILIES as _FAMILIES, LINKS, Family, Link, binomial, get_family, poisson
+from multilevel.families.base import _FAMILIES as _FAMILIES, Family, get_family, register
+from multilevel.families.binomial import binomial
+from multilevel.families.links import LINKS, Link
+from multilevel.families.poisson import poisson
+
+# the registry: one line per family (name -> class, see CONTRIBUTING.md)
+register(binomial)
+register(poisson)
 
 __all__ = ["Link", "Family", "get_family", "binomial", "poisson", "LINKS"]

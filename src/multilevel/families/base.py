@@ -1,86 +1,37 @@
-"""Families and links of generalized linear mixed models, as R's ``family`` objects.
+"""Families of generalized linear mixed models, as R's ``family`` objects: the base class
+and the registry.
 
-The compiled engine (``multilevel._core.GlmmCore``) runs PIRLS with its own copy of these
-formulas; the objects here serve Python: fitted values and predictions (``linkinv``),
-residuals (``variance``, ``dev_resids``), the log-likelihood pieces reported with a fit
-(``aic``: -2 log p(y | mu) with every constant, as R's ``family$aic`` without the parameter
-term; ``saturated_loglik``) and input checks. Names and clamping follow lme4's C++ families
-(``glmFamily.cpp``): the inverse logit and complementary log-log are kept inside
-[eps, 1 - eps], the inverse log link and ``mu_eta`` above eps.
+The compiled engine (``multilevel._core.GlmmCore``) runs PIRLS with its own copy of the
+formulas; the objects here serve Python: the response checks (``check_response``), fitted
+values and predictions (``linkinv``), residuals (``variance``, ``dev_resids``), the
+log-likelihood pieces reported with a fit (``aic``: -2 log p(y | mu) with every constant, as
+R's ``family$aic`` without the parameter term; ``saturated_loglik``).
 
 >>> fam = get_family("binomial", "probit")
 >>> fam.name, fam.link.name, round(float(fam.linkinv(0.0)), 3)
 ('binomial', 'probit', 0.5)
 
 Supported: ``binomial`` (links ``logit``, ``probit``, ``cloglog``; also ``log``) and
-``poisson`` (``log``; also ``identity``, ``sqrt``). ``Gamma`` and ``inverse.gaussian``
-(families with a dispersion parameter) are not supported: lme4 fits them by Laplace with
-a scale parameter whose treatment we do not reproduce; they raise ``ModelSpecError``.
-``gaussian`` belongs to :func:`multilevel.lmer`.
+``poisson`` (``log``; also ``identity``, ``sqrt``), one module each. ``Gamma`` and
+``inverse.gaussian`` (families with a dispersion parameter) are not supported: lme4 fits
+them by Laplace with a scale parameter whose treatment we do not reproduce; they raise
+``ModelSpecError``. ``gaussian`` belongs to :func:`multilevel.lmer`.
+
+Adding a family: see CONTRIBUTING.md (a module beside binomial.py, one line in
+``families/__init__.py``'s registry).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
-from scipy import special
 
-from multilevel.errors import ModelSpecError
+from multilevel.errors import FitWarning, ModelSpecError
+from multilevel.families.links import LINKS, Link
 
-__all__ = ["Link", "Family", "get_family", "binomial", "poisson", "LINKS"]
+__all__ = ["Family", "get_family", "register", "_FAMILIES"]
 
 _EPS = float(np.finfo(float).eps)
-
-
-@dataclass(frozen=True)
-class Link:
-    """A link function g with its inverse and derivative d mu / d eta."""
-
-    name: str
-    linkfun: Callable[[np.ndarray], np.ndarray]
-    linkinv: Callable[[np.ndarray], np.ndarray]
-    mu_eta: Callable[[np.ndarray], np.ndarray]
-
-    def __repr__(self) -> str:
-        return f"Link({self.name!r})"
-
-
-def _logit_inv(eta):
-    return np.clip(special.expit(eta), _EPS, 1.0 - _EPS)
-
-
-def _logit_mueta(eta):
-    e = np.exp(-np.abs(eta))
-    return np.maximum(e / (1.0 + e) ** 2, _EPS)
-
-
-def _probit_inv(eta):
-    return np.minimum(special.ndtr(eta), 1.0 - _EPS)
-
-
-def _probit_mueta(eta):
-    return np.exp(-0.5 * np.square(eta)) / np.sqrt(2.0 * np.pi)
-
-
-def _cloglog_inv(eta):
-    return np.clip(-np.expm1(-np.exp(eta)), _EPS, 1.0 - _EPS)
-
-
-def _cloglog_mueta(eta):
-    eta = np.asarray(eta, dtype=float)
-    return np.maximum(np.exp(eta - np.exp(eta)), _EPS)
-
-
-LINKS: dict[str, Link] = {
-    "logit": Link("logit", special.logit, _logit_inv, _logit_mueta),
-    "probit": Link("probit", special.ndtri, _probit_inv, _probit_mueta),
-    "cloglog": Link("cloglog", lambda mu: np.log(-np.log1p(-np.asarray(mu, float))), _cloglog_inv, _cloglog_mueta),
-    "log": Link("log", np.log, lambda eta: np.maximum(np.exp(eta), _EPS), lambda eta: np.maximum(np.exp(eta), _EPS)),
-    "identity": Link("identity", lambda mu: np.asarray(mu, float), lambda eta: np.asarray(eta, float),
-                     lambda eta: np.ones_like(np.asarray(eta, float))),
-    "sqrt": Link("sqrt", np.sqrt, lambda eta: np.square(eta), lambda eta: 2.0 * np.asarray(eta, float)),
-}
 
 
 def _ylogy(y, mu):
@@ -94,6 +45,8 @@ class Family:
     """A response distribution with a link (R's ``family`` object).
 
     name, link:     ``"binomial"`` / ``"poisson"`` and a :class:`Link`.
+    check_response(y, weights, factor_levels, is_cbind): the family's rules for the
+                    response: raises ``DataError``, returns warning records.
     variance(mu):   V(mu).
     dev_resids(y, mu, wt): squared deviance residuals (R's ``dev.resids``).
     aic(y, n, mu, wt): -2 log p(y | mu) summed over rows with every constant (R's
@@ -139,6 +92,19 @@ class Family:
     def aic(self, y, n, mu, wt) -> float:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def check_response(self, y: np.ndarray, weights: np.ndarray | None,
+                       factor_levels: Sequence[str] | None, is_cbind: bool, *,
+                       name: str = "y") -> list[FitWarning]:
+        """lme4's rules for this family's response, with clear errors: raises
+        :class:`~multilevel.errors.DataError` for values the family cannot take and returns
+        the warning records for values it accepts with a warning.
+
+        ``y`` is the response as the model frame reads it (a factor response as 0/1 with its
+        ``factor_levels``, ``cbind(s, f)`` as proportions with the trials in ``weights``),
+        ``name`` its label in messages. The base class accepts any finite response.
+        """
+        return []
+
     def saturated_loglik(self, y, n, wt) -> float:
         """log p(y | mu = y) (0 for Bernoulli data)."""
         # evaluated exactly at mu = y (0 log 0 = 0), not at lme4's clamped means
@@ -157,77 +123,17 @@ class Family:
         return hash((self.name, self.link.name))
 
 
-class binomial(Family):  # noqa: N801 - R's name
-    """Binomial family: y a proportion (0/1 for Bernoulli rows), weights the trials."""
-
-    name = "binomial"
-    links = ("logit", "probit", "cloglog", "log")
-
-    def variance(self, mu):
-        mu = np.asarray(mu, float)
-        return np.maximum(mu * (1.0 - mu), _EPS)
-
-    def dev_resids(self, y, mu, wt):
-        y = np.asarray(y, float)
-        return 2.0 * np.asarray(wt, float) * (_ylogy(y, mu) + _ylogy(1.0 - y, 1.0 - np.asarray(mu, float)))
-
-    @staticmethod
-    def _m(n, wt):
-        n = np.asarray(n, float)
-        return n if np.any(n > 1) else np.asarray(wt, float)
-
-    def aic(self, y, n, mu, wt) -> float:
-        wt = np.asarray(wt, float)
-        m = self._m(n, wt)
-        yy = np.round(m * np.asarray(y, float))
-        m = np.round(m)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fac = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
-            from scipy.stats import binom
-
-            lp = binom.logpmf(yy, m, np.asarray(mu, float))
-        return float(-2.0 * np.sum(np.where(fac > 0, fac * lp, 0.0)))
-
-    def _aic_at_saturated(self, y, n, wt):
-        wt = np.asarray(wt, float)
-        m = self._m(n, wt)
-        yy = np.round(m * np.asarray(y, float))
-        m = np.round(m)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fac = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
-            p = np.where(m > 0, yy / np.where(m > 0, m, 1.0), 0.0)
-            lp = (special.gammaln(m + 1) - special.gammaln(yy + 1) - special.gammaln(m - yy + 1)
-                  + special.xlogy(yy, p) + special.xlog1py(m - yy, -p))
-        return float(-2.0 * np.sum(np.where(fac > 0, fac * lp, 0.0)))
+#: family name -> class; filled by :func:`register` in ``families/__init__.py``
+_FAMILIES: dict[str, type[Family]] = {}
 
 
-class poisson(Family):  # noqa: N801 - R's name
-    """Poisson family: y non-negative integer counts."""
-
-    name = "poisson"
-    links = ("log", "identity", "sqrt")
-
-    def variance(self, mu):
-        return np.asarray(mu, float)
-
-    def dev_resids(self, y, mu, wt):
-        y = np.asarray(y, float)
-        mu = np.asarray(mu, float)
-        return 2.0 * np.asarray(wt, float) * (_ylogy(y, mu) - (y - mu))
-
-    def aic(self, y, n, mu, wt) -> float:
-        y = np.asarray(y, float)
-        mu = np.asarray(mu, float)
-        lp = special.xlogy(y, mu) - mu - special.gammaln(y + 1)
-        return float(-2.0 * np.sum(np.asarray(wt, float) * lp))
-
-    def _aic_at_saturated(self, y, n, wt):
-        y = np.asarray(y, float)
-        lp = special.xlogy(y, y) - y - special.gammaln(y + 1)
-        return float(-2.0 * np.sum(np.asarray(wt, float) * lp))
+def register(cls: type[Family]) -> type[Family]:
+    """Add a family class to the registry under its ``name`` (what ``get_family`` and
+    ``glmer(family=...)`` accept)."""
+    _FAMILIES[cls.name] = cls
+    return cls
 
 
-_FAMILIES = {"binomial": binomial, "poisson": poisson}
 _UNSUPPORTED = {
     "gaussian": "use multilevel.lmer for a gaussian (identity-link) model",
     "gamma": "the Gamma family (with its scale parameter) is not supported by glmer",

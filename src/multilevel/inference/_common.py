@@ -3,7 +3,7 @@ SD/correlation parameterisation of the random effects, and the ML refit of a REM
 
 The inference code talks to the engine through the small interface of
 :class:`multilevel.engine.lmm.LmmProblem`: ``objective(theta)``, ``ml_deviance(theta)``,
-``solution(theta)``, ``set_y(y)`` and ``fit_theta(problem, opts)``. Nothing here runs on a
+``solution(theta)``, ``set_y(y)`` and ``fit_theta(problem, ctrl)``. Nothing here runs on a
 data frame or a formula.
 """
 from __future__ import annotations
@@ -189,10 +189,10 @@ def ml_state(fit: AnyFit, control: dict | None = None) -> LmmState:
     if hit is not None:
         return hit
     from multilevel.engine.lmm import LmmProblem, fit_theta
-    from multilevel.engine.optimize import control_options
+    from multilevel.control import LmerControl
 
     mlp = LmmProblem(prob.frame, reml=False)
-    opts = control_options(dict({"check_conv": False}, **(control or {})))
+    opts = LmerControl.from_user(control, check_conv=False)
     start = np.asarray(fit.getme("theta"), float).copy()
     mlp.theta0 = start  # lme4's refitML also starts from the REML estimates
     theta, fval, _info, _w = fit_theta(mlp, opts)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from multilevel.errors import MultilevelError, MultilevelWarning
+from multilevel.errors import MultilevelError, RemlComparisonWarning
 from multilevel.inference._common import is_lmm, ml_state
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def anova(*fits: AnyFit, refit: bool = True, names: Sequence[str] | None = None)
     if refit and any(r and is_lmm(f) for f, r in zip(fits, reml)):
         note = REFIT_NOTE
     elif not refit and any(reml) and not all(reml):
-        warnings.warn("some models fit with REML = TRUE, some not", MultilevelWarning, stacklevel=2)
+        warnings.warn("some models fit with REML = TRUE, some not", RemlComparisonWarning, stacklevel=2)
     npar = [int(f.npar) for f in fits]
     nobs = int(fits[0].nobs)
     order = sorted(range(len(fits)), key=lambda i: npar[i])  # stable, as R's order()

@@ -184,7 +184,7 @@ def bootstrap(fit: AnyFit, n: int = 1000, seed: Any = None, func: Callable[[Any]
     (20, 6)
     """
     from multilevel.engine.lmm import fit_theta
-    from multilevel.engine.optimize import control_options
+    from multilevel.control import LmerControl
 
     prob0 = lmm_problem(fit, "bootstrap")
     n = int(n)
@@ -194,10 +194,9 @@ def bootstrap(fit: AnyFit, n: int = 1000, seed: Any = None, func: Callable[[Any]
     frame = prob0.frame
     sizes = block_sizes(frame)
     theta_hat = np.asarray(fit.getme("theta"), float).copy()
-    opts = control_options(dict({"check_conv": False}, **(control or {})))
     # a warm start: first steps in proportion to the estimates
     step = np.maximum(0.1 * np.abs(theta_hat), 0.02)
-    opts["initial_step"] = step
+    opts = LmerControl.from_user(control, check_conv=False).with_(initial_step=step)
     sim = _Simulator(fit)
     streams = _streams(seed, n)
     fnames = list(frame.fixef_names)

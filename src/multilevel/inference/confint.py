@@ -497,7 +497,8 @@ def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, p
     Uses the fit's engine problem (``ml_deviance``, ``solution``) and the optimiser; only
     ``lmer`` fits have one. (It lives here, not with the plots, since drawing never fits.)
     """
-    from multilevel.engine.optimize import bobyqa, control_options
+    from multilevel.control import LmerControl
+    from multilevel.engine.optimize import bobyqa
     from multilevel.covariance import lambda_blocks
 
     prob = (fit.getme("problem") if isinstance(fit, MixedFit) else None)
@@ -507,9 +508,9 @@ def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, p
     rts = fit.frame.reterms
     sizes = [rt.n_terms for rt in rts]
     lower = np.asarray(prob.lower, dtype=float)
-    opts = control_options({"ftol_abs": 1e-9, "xtol_abs": 1e-7, "check_conv": False})
     step = np.full(lower.size, 0.05)
-    res = bobyqa(prob.ml_deviance, np.asarray(fit.theta, dtype=float), lower, dict(opts, initial_step=step))
+    opts = LmerControl(ftol_abs=1e-9, xtol_abs=1e-7, check_conv=False, initial_step=step)
+    res = bobyqa(prob.ml_deviance, np.asarray(fit.theta, dtype=float), lower, opts)
     theta_ml, dev_ml = res.x.copy(), float(res.fun)
 
     def pieces(theta: np.ndarray) -> tuple[float, float]:
@@ -546,7 +547,7 @@ def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, p
             for _ in range(4 * npoints):
                 logs += direction * h
                 s = math.exp(logs)
-                r = bobyqa(lambda th, s=s: deviance(th, s), theta, lower, dict(opts, initial_step=step))
+                r = bobyqa(lambda th, s=s: deviance(th, s), theta, lower, opts)
                 theta = r.x.copy()
                 zeta = direction * math.sqrt(max(float(r.fun) - dev_ml, 0.0))
                 rows.append((s, zeta))

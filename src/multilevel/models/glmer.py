@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import time
-import warnings as _warnings
 from typing import Any
 
 import numpy as np
 
-from multilevel.covariance import diagonal_theta
+from multilevel.control import GlmerControl, LmerControl
+from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, is_singular_theta
 from multilevel.design import ModelFrame
-from multilevel.engine.glmm import GLMM_DEFAULTS, _NOBS_MAX, _NPAR_MAX, _SING_TOL, GlmmProblem, deriv12, hessian_from_gradient, newton_fd
-from multilevel.engine.lmm import SINGULAR_MESSAGE
-from multilevel.engine.optimize import bobyqa, control_options
-from multilevel.errors import DataError, FitError, ModelSpecError, MultilevelWarning
+from multilevel.engine.glmm import _NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, hessian_from_gradient, newton_fd
+from multilevel.engine.optimize import bobyqa
+from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
+from multilevel.models._warn import issue
 from multilevel.families import Family, get_family
 from multilevel.results.glmm import GlmmFit
 
@@ -27,47 +27,14 @@ def _user_weights_at(data: Any, weights: Any, rows: np.ndarray) -> np.ndarray | 
     return arr[rows] if arr.shape[0] > rows.max(initial=0) else None
 
 
-def _check_response(frame: ModelFrame, fam: Family, weights_given: bool) -> bool:
-    """lme4's response rules with clear errors; returns True for a cbind() response."""
-    resp = frame.response.replace(" ", "")
-    cbind = resp.startswith("cbind(")
-    y = frame.y
-    if fam.name == "binomial":
-        levels = frame.factor_levels.get(frame.response)
-        if levels is not None and len(levels) > 2:
-            raise DataError(f"the binomial response '{frame.response}' is a factor with {len(levels)} "
-                            f"levels ({', '.join(map(str, levels[:5]))}{', ...' if len(levels) > 5 else ''}); "
-                            f"it must have two (the first is failure)")
-        if not cbind and frame.weights is None:
-            bad = (y != 0) & (y != 1)
-            if bad.any():
-                raise DataError(f"the binomial response '{frame.response}' must be 0/1 (or a two-level "
-                                f"factor) when no weights are given; {int(bad.sum())} value(s) are "
-                                f"proportions strictly between 0 and 1 -- give weights= (the number of "
-                                f"trials) or use cbind(successes, failures)")
-        elif frame.weights is not None:
-            m = frame.weights * y
-            if np.any(np.abs(m - np.round(m)) > 1e-3):
-                msg = "non-integer #successes in a binomial glm!"
-                if msg not in frame.warnings:
-                    frame.warnings.append(msg)
-    elif fam.name == "poisson":
-        if np.any(y < 0):
-            raise DataError(f"the Poisson response '{frame.response}' has negative values")
-        nonint = np.abs(y - np.round(y)) > 1e-7
-        if nonint.any():
-            raise DataError(f"the Poisson response '{frame.response}' must be counts; "
-                            f"{int(nonint.sum())} value(s) are not integers")
-    return cbind
+def _is_cbind(frame: ModelFrame) -> bool:
+    """A ``cbind(successes, failures)`` response (its trials are in the frame's weights)."""
+    return frame.response.replace(" ", "").startswith("cbind(")
 
 
-def _split_control(control: dict | None) -> tuple[dict, dict]:
-    control = dict(control or {})
-    glmm_opts = dict(GLMM_DEFAULTS)
-    for k in list(control):
-        if k in GLMM_DEFAULTS:
-            glmm_opts[k] = control.pop(k)
-    return control_options(control), glmm_opts
+_HESSIAN_MESSAGE = ("variance-covariance matrix computed from finite-difference Hessian is not "
+                    "positive definite or contains NA values: falling back to var-cov estimated "
+                    "from RX")
 
 
 def glmer(
@@ -78,7 +45,7 @@ def glmer(
     nagq: int = 1,
     weights: Any = None,
     offset: Any = None,
-    control: dict | None = None,
+    control: dict | GlmerControl | LmerControl | None = None,
 ) -> GlmmFit:
     """Fit a generalized linear mixed model by maximum likelihood (lme4's ``glmer``).
 
@@ -104,14 +71,16 @@ def glmer(
     weights : column name or array, optional
         Prior weights (for a proportion response, the numbers of trials).
     offset : column name or array, optional
-    control : dict, optional
-        Optimiser settings as for :func:`multilevel.lmer` (``ftol_abs``, ``xtol_abs``,
-        ``maxeval``, ``check_conv``, ``conv_tol``; these apply to BOBYQA) plus
+    control : dict or :class:`~multilevel.control.GlmerControl`, optional
+        Optimiser settings and checks as for :func:`multilevel.lmer` (``ftol_abs``,
+        ``xtol_abs``, ``maxeval``, ``check_conv``, ``conv_tol``, ``singular_tol``,
+        ``check_singular``, ``check_rank``; the tolerances apply to BOBYQA) plus
         ``optimizer`` (``"auto"``: Newton on the exact gradient where the engine has one,
         else BOBYQA; ``"newton"``; ``"bobyqa"``), ``newton_tol`` (predicted decrease of the
         deviance at which Newton stops, 1e-10), ``pirls_tol`` (1e-13), ``pirls_maxit``,
         ``calc_derivs`` (True / False to force or skip the Hessian behind the default
-        covariance; None: lme4's rule) and ``stage1_ftol_abs`` / ``stage1_xtol_abs``.
+        covariance; None: lme4's rule), ``stage1_ftol_abs`` / ``stage1_xtol_abs`` and
+        ``check_hessian``. A bad key or value raises :class:`~multilevel.errors.ControlError`.
 
     Notes
     -----
@@ -145,11 +114,12 @@ def glmer(
         raise ModelSpecError(f"nagq must be a non-negative integer, not {nagq!r}") from e
     if nagq < 0:
         raise ModelSpecError(f"nagq must be a non-negative integer, not {nagq}")
-    opts, gopts = _split_control(control)
+    ctrl = GlmerControl.from_user(control)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family=fam.name)
-    # design.py only warns about non-integer counts; glmer refuses them
-    frame.warnings[:] = [w for w in frame.warnings if not w.startswith("non-integer counts")]
-    cbind = _check_response(frame, fam, weights is not None)
+    cbind = _is_cbind(frame)
+    # the family owns its response rules (design only reads the response)
+    resp_warnings = fam.check_response(frame.y, frame.weights, frame.factor_levels.get(frame.response),
+                                       cbind, name=frame.response)
     if nagq > 1:
         rts = frame.reterms
         if len(rts) != 1 or rts[0].n_terms != 1:
@@ -161,23 +131,22 @@ def glmer(
     if fam.name == "binomial" and cbind and frame.weights is not None:
         uw = _user_weights_at(data, weights, frame.rows)
         ntrials = frame.weights if uw is None else np.where(uw > 0, frame.weights / np.where(uw > 0, uw, 1), 0.0)
-    problem = GlmmProblem(frame, fam, nagq, ntrials, gopts["pirls_tol"], gopts["pirls_maxit"])
+    problem = GlmmProblem(frame, fam, nagq, ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
     nt = problem.ntheta
     diag = diagonal_theta(frame, problem.slices)
 
     # ---- stage 1: nAGQ = 0 criterion over theta ---------------------------------------------
     t0 = time.perf_counter()
-    opts1 = dict(opts)
+    ctrl1 = ctrl
     if nagq > 0:
         # stage 1 only provides the start of stage 2; Newton on the exact gradient needs a
         # rougher one than BOBYQA
-        newton_next = problem.has_gradient and gopts["optimizer"] in ("auto", "newton")
-        f1tol, x1tol = (1e-2, 1e-2) if newton_next else (gopts["stage1_ftol_abs"], gopts["stage1_xtol_abs"])
-        opts1["ftol_abs"] = max(opts["ftol_abs"], f1tol)
-        opts1["xtol_abs"] = max(opts["xtol_abs"], x1tol)
-    if opts1.get("initial_step") is None:
-        opts1["initial_step"] = 0.2 if nt else 0.5
-    res1 = bobyqa(problem.stage0, problem.theta0, problem.lower, opts1)
+        newton_next = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
+        f1tol, x1tol = (1e-2, 1e-2) if newton_next else (ctrl.stage1_ftol_abs, ctrl.stage1_xtol_abs)
+        ctrl1 = ctrl1.with_(ftol_abs=max(ctrl.ftol_abs, f1tol), xtol_abs=max(ctrl.xtol_abs, x1tol))
+    if ctrl1.initial_step is None:
+        ctrl1 = ctrl1.with_(initial_step=0.2 if nt else 0.5)
+    res1 = bobyqa(problem.stage0, problem.theta0, problem.lower, ctrl1)
     theta1 = res1.x.copy()
     f1 = problem.stage0(theta1)
     if not np.isfinite(f1):
@@ -193,9 +162,9 @@ def glmer(
     if nagq > 0:
         x0 = np.concatenate([theta1, beta1])
         crit = problem.devfun
-        use_newton = problem.has_gradient and gopts["optimizer"] in ("auto", "newton")
+        use_newton = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
         if use_newton:
-            newton = newton_fd(problem.devfun_grad, x0, lower, dec_tol=gopts["newton_tol"])
+            newton = newton_fd(problem.devfun_grad, x0, lower, dec_tol=ctrl.newton_tol)
             fit_log += [("stage2", x, v) for x, v in newton.log]
             if not newton.converged:
                 # a model the Newton iteration cannot handle: BOBYQA from where it stopped
@@ -210,10 +179,8 @@ def glmer(
             se1 = np.sqrt(np.clip(np.diag(problem.vcov_rx(x0[:nt])), 0, None)) if problem.p else np.zeros(0)
             step = np.concatenate([np.full(nt, 0.05) + 0.05 * np.abs(x0[:nt]),
                                    np.where(np.isfinite(se1) & (se1 > 0), 0.2 * se1, 0.1)])
-            opts2 = dict(opts)
-            if opts2.get("initial_step") is None:
-                opts2["initial_step"] = step
-            res2 = bobyqa(problem.devfun, x0, lower, opts2)
+            ctrl2 = ctrl if ctrl.initial_step is not None else ctrl.with_(initial_step=step)
+            res2 = bobyqa(problem.devfun, x0, lower, ctrl2)
             xopt, fval = res2.x.copy(), res2.fun
             warns += res2.warnings
             fit_log += [("stage2", x, v) for x, v in res2.log]
@@ -232,7 +199,7 @@ def glmer(
 
     # ---- boundary: theta that the data cannot tell from 0 ---------------------------------
     for i in diag:
-        if 0 < xopt[i] < _SING_TOL:
+        if 0 < xopt[i] < BOUNDARY_SNAP_TOL:
             trial = xopt.copy()
             trial[i] = 0.0
             ft = crit(trial)
@@ -241,9 +208,11 @@ def glmer(
 
     # ---- derivatives (lme4's calc.derivs rule) -------------------------------------------
     theta_opt = xopt[:nt]
-    singular_opt = bool(np.any(theta_opt[diag] < _SING_TOL)) if diag.size else False
+    # lme4's getSingTol(): the singular tolerance also decides whether derivatives are taken
+    sizes = [rt.n_terms for rt in frame.reterms]
+    singular_opt = is_singular_theta(theta_opt, sizes, ctrl.singular_tol)
     npar = nt + problem.p
-    calc = gopts["calc_derivs"]
+    calc = ctrl.calc_derivs
     if calc is None:
         calc = problem.n < _NOBS_MAX and npar < _NPAR_MAX and not singular_opt
     derivs = None
@@ -256,19 +225,22 @@ def glmer(
         else:
             g, H = deriv12(crit, xopt, fx=fval, lower=lower)
         derivs = {"gradient": g, "Hessian": H}
-        if opts["check_conv"] and not singular_opt:
+        if ctrl.conv_check_on and not singular_opt:
             free = ~(np.isfinite(lower) & (xopt - lower <= 1e-7))
             gi, Hi = g[free], H[np.ix_(free, free)]
             try:
                 dec = 0.5 * float(gi @ np.linalg.solve(Hi, gi))
             except np.linalg.LinAlgError:
                 dec = float("inf")
-            if not np.isfinite(dec) or dec < 0 or dec > opts["conv_tol"]:
-                warns.append(f"Model may not have converged: a Newton step from the optimum would lower "
-                             f"the deviance by {dec:.2g} (max|grad| = {np.abs(gi).max():.3g})")
-    elif newton is not None and opts["check_conv"] and newton.decrement > opts["conv_tol"]:
-        warns.append(f"Model may not have converged: a Newton step from the optimum would lower the "
-                     f"deviance by {newton.decrement:.2g}")
+            if not np.isfinite(dec) or dec < 0 or dec > ctrl.conv_tol:
+                warns.append(FitWarning("not_converged",
+                                        f"Model may not have converged: a Newton step from the optimum "
+                                        f"would lower the deviance by {dec:.2g} "
+                                        f"(max|grad| = {np.abs(gi).max():.3g})"))
+    elif newton is not None and ctrl.conv_check_on and newton.decrement > ctrl.conv_tol:
+        warns.append(FitWarning("not_converged",
+                                f"Model may not have converged: a Newton step from the optimum would "
+                                f"lower the deviance by {newton.decrement:.2g}"))
 
     # ---- the state at the optimum ----------------------------------------------------------
     if nagq > 0:
@@ -293,21 +265,14 @@ def glmer(
             if np.all(np.isfinite(vh)) and (vh.size == 0 or np.linalg.eigvalsh(vh).min() > 0):
                 vcov = vh
             else:
-                warns.append("variance-covariance matrix computed from finite-difference Hessian is "
-                             "not positive definite or contains NA values: falling back to var-cov "
-                             "estimated from RX")
+                warns.append(FitWarning("hessian_not_pd", _HESSIAN_MESSAGE))
         except np.linalg.LinAlgError:
-            warns.append("variance-covariance matrix computed from finite-difference Hessian is not "
-                         "positive definite or contains NA values: falling back to var-cov estimated "
-                         "from RX")
+            warns.append(FitWarning("hessian_not_pd", _HESSIAN_MESSAGE))
     condvar = problem.condvar(theta_opt)
-    is_sing = bool(np.any(theta_opt[diag] < opts["singular_tol"])) if diag.size else False
-    messages = list(frame.warnings)
-    if is_sing:
-        messages.append(SINGULAR_MESSAGE)
-    messages.extend(warns)
-    for m in messages:
-        _warnings.warn(m, MultilevelWarning, stacklevel=2)
+    # the same test with the same tolerance as fit.is_singular (the fit stores ctrl.singular_tol)
+    is_sing = is_singular_theta(theta_opt, sizes, ctrl.singular_tol)
+    records = list(frame.warnings) + resp_warnings + ([singular_warning()] if is_sing else []) + warns
+    messages = issue(records, ctrl, stacklevel=2)
     saturated = 0.0
     if nagq > 1:
         wt = np.ones(frame.nobs) if frame.weights is None else frame.weights
@@ -348,5 +313,6 @@ def glmer(
         optinfo=optinfo,
         weights_name=weights if isinstance(weights, str) else ("(prior weights)" if weights is not None else None),
         problem=problem,  # for inference code (profiles, bootstrap), not part of the API
+        singular_tol=ctrl.singular_tol,
     )
     return fit

@@ -1,15 +1,15 @@
 """lmer: fit a linear mixed model (lme4's lFormula -> mkLmerDevfun -> optimizeLmer -> mkMerMod)."""
 from __future__ import annotations
 
-import warnings as _warnings
 from typing import Any
 
 import numpy as np
 
-from multilevel.covariance import diagonal_theta
-from multilevel.engine.lmm import SINGULAR_MESSAGE, LmmProblem, fit_theta
-from multilevel.engine.optimize import control_options
-from multilevel.errors import FitError, MultilevelWarning
+from multilevel.control import LmerControl
+from multilevel.covariance import is_singular_theta
+from multilevel.engine.lmm import LmmProblem, fit_theta
+from multilevel.errors import FitError, ModelSpecError, singular_warning
+from multilevel.models._warn import issue
 from multilevel.results.lmm import LmmFit
 
 
@@ -19,7 +19,7 @@ def lmer(
     reml: bool = True,
     weights: Any = None,
     offset: Any = None,
-    control: dict | None = None,
+    control: dict | LmerControl | None = None,
 ) -> LmmFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood.
 
@@ -34,9 +34,12 @@ def lmer(
         Prior (precision) weights: Var(e_i) = sigma^2 / w_i.
     offset : column name or array, optional
         A known term added to the linear predictor (adds to ``offset()`` in the formula).
-    control : dict, optional
-        Optimiser settings: ``ftol_abs``, ``ftol_rel``, ``xtol_abs``, ``maxeval``,
-        ``check_conv`` (finite-difference convergence check, default True), ``conv_tol``.
+    control : dict or :class:`~multilevel.control.LmerControl`, optional
+        Optimiser settings and checks: ``ftol_abs``, ``ftol_rel``, ``xtol_abs``, ``maxeval``,
+        ``initial_step``, ``conv_tol``, ``singular_tol``, and the actions (``"warning"``,
+        ``"ignore"``, ``"error"``) of ``check_conv`` (Newton-decrement convergence check;
+        True / False also work), ``check_singular`` and ``check_rank``. A bad key or value
+        raises :class:`~multilevel.errors.ControlError` naming it.
 
     Returns
     -------
@@ -52,21 +55,21 @@ def lmer(
     from multilevel.design.frame import build_model_frame
     from multilevel.results.lmm import LmmFit
 
-    opts = control_options(control)
+    ctrl = LmerControl.from_user(control)
+    if not isinstance(reml, (bool, np.bool_)):
+        raise ModelSpecError(f"reml must be True (REML) or False (maximum likelihood), not {reml!r}")
+    reml = bool(reml)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian")
     problem = LmmProblem(frame, reml)
-    theta, fval, optinfo, warns = fit_theta(problem, opts)
+    theta, fval, optinfo, warns = fit_theta(problem, ctrl)
     sol = problem.solution(theta)
     if not np.isfinite(sol["objective"]):
         raise FitError("the fit failed: the objective is not finite at the estimate")
     sigma = sol["sigma"]
-    is_sing = bool(np.any(theta[diagonal_theta(frame, problem.slices)] < opts["singular_tol"]))
-    messages = list(frame.warnings)
-    if is_sing:
-        messages.append(SINGULAR_MESSAGE)
-    messages.extend(warns)
-    for m in messages:
-        _warnings.warn(m, MultilevelWarning, stacklevel=2)
+    # the same test with the same tolerance as fit.is_singular (the fit stores ctrl.singular_tol)
+    is_sing = is_singular_theta(theta, [rt.n_terms for rt in frame.reterms], ctrl.singular_tol)
+    records = list(frame.warnings) + ([singular_warning()] if is_sing else []) + list(warns)
+    messages = issue(records, ctrl, stacklevel=2)
     obj = sol["objective"]
     dev_ml = problem.ml_deviance(theta)
     fit = LmmFit(
@@ -87,5 +90,6 @@ def lmer(
         optinfo=optinfo,
         weights_name=weights if isinstance(weights, str) else None,
         problem=problem,  # for inference code (profiles, bootstrap), not part of the API
+        singular_tol=ctrl.singular_tol,
     )
     return fit

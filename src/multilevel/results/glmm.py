@@ -38,6 +38,7 @@ from multilevel.engine.glmm import family_from_state, family_state
 from multilevel.errors import ModelSpecError
 from multilevel.results.methods import GlmmMethods, MixedMethods
 from multilevel.results.mixed import MixedFit
+from multilevel.covariance import SINGULAR_TOL
 
 if TYPE_CHECKING:  # pragma: no cover
     from multilevel.design.frame import ModelFrame
@@ -91,9 +92,11 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
         data_name: str | None = None,
         weights_name: str | None = None,
         problem: Any = None,
+        singular_tol: float = SINGULAR_TOL,
     ):
         super().__init__(frame, theta, beta, vcov, b, condvar, loglik, mu, converged, warnings,
-                         optinfo, data_name=data_name, weights_name=weights_name, problem=problem)
+                         optinfo, data_name=data_name, weights_name=weights_name, problem=problem,
+                         singular_tol=singular_tol)
         self._sigma = 1.0  # inference code reads the scale of any mixed fit as _sigma
         self.family_object = family
         self.nagq = int(nagq)

@@ -36,6 +36,7 @@ from multilevel.covariance import lambda_blocks, theta_names
 from multilevel.errors import DataError
 from multilevel.results.methods import LmmMethods, MixedMethods
 from multilevel.results.mixed import MixedFit, RandomEffects, VarCorr, VarCorrBlock, _is_fixed_only
+from multilevel.covariance import SINGULAR_TOL
 
 if TYPE_CHECKING:  # pragma: no cover
     from multilevel.design.frame import ModelFrame
@@ -107,9 +108,11 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
         data_name: str | None = None,
         weights_name: str | None = None,
         problem: Any = None,
+        singular_tol: float = SINGULAR_TOL,
     ):
         super().__init__(frame, theta, beta, vcov, b, condvar, loglik, fitted, converged, warnings,
-                         optinfo, data_name=data_name, weights_name=weights_name, problem=problem)
+                         optinfo, data_name=data_name, weights_name=weights_name, problem=problem,
+                         singular_tol=singular_tol)
         self.reml = bool(reml)
         self._sigma = float(sigma)
         self._deviance_ml = float(deviance_ml)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import pandas as pd
 
-from multilevel.covariance import SINGULAR_TOL, _diag_positions, lambda_blocks, theta_names
+from multilevel.covariance import SINGULAR_TOL, is_singular_theta, lambda_blocks, theta_names
 from multilevel.errors import DataError, MultilevelError
 from multilevel.results.base import FitBase
 from multilevel.results.methods import VarCorrMethods
@@ -202,6 +202,7 @@ class MixedFit(FitBase):
         data_name: str | None = None,
         weights_name: str | None = None,
         problem: Any = None,
+        singular_tol: float = SINGULAR_TOL,
     ):
         if callable(condvar):
             raise TypeError("condvar must be the arrays (or None to compute them from problem), "
@@ -220,6 +221,9 @@ class MixedFit(FitBase):
         self.data_name = data_name
         self.weights_name = weights_name
         self._problem = problem  # for inference code (profiles, bootstrap), not part of the API
+        #: the tolerance the fit was made with (control ``singular_tol``): ``is_singular``
+        #: and the singular-fit warning use the same one
+        self.singular_tol = float(singular_tol)
 
     # -- model description ---------------------------------------------------------------
 
@@ -279,9 +283,9 @@ class MixedFit(FitBase):
 
     @cached_property
     def is_singular(self) -> bool:
-        """lme4's ``isSingular(fit, tol = 1e-4)``: a diagonal element of some Λ is below 1e-4."""
-        pos = _diag_positions([rt.n_terms for rt in self.frame.reterms])
-        return bool(np.any(self._theta[pos] < SINGULAR_TOL)) if pos else False
+        """lme4's ``isSingular(fit, tol)``: a diagonal element of some Λ is below the fit's
+        ``singular_tol`` (control setting, default lme4's 1e-4)."""
+        return is_singular_theta(self._theta, [rt.n_terms for rt in self.frame.reterms], self.singular_tol)
 
     # -- random effects ----------------------------------------------------------------------
 
