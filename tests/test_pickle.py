@@ -345,3 +345,15 @@ def test_toolkit_does_not_import_report():
 
     for path in sorted(Path(tk.__file__).parent.glob("*.py")):
         assert not _above(_imports(path), ("report", "app")), path.name
+
+
+@pytest.mark.parametrize("name, link", [("binomial", None), ("binomial", "probit"),
+                                        ("binomial", "cloglog"), ("poisson", None),
+                                        ("poisson", "sqrt")])
+def test_families_pickle_to_the_registered_objects(name, link):
+    from multilevel.families import get_family
+
+    fam = get_family(name, link)
+    back = pickle.loads(pickle.dumps(fam))
+    assert back == fam and back.link is fam.link
+    assert copy.deepcopy(fam).link is fam.link

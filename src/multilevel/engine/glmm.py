@@ -49,29 +49,11 @@ from multilevel.covariance import theta_layout
 if TYPE_CHECKING:  # for the return hint only; glmm_results is imported lazily in glmer
     pass
 
-__all__ = ["GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd", "family_state",
-           "family_from_state"]
+__all__ = ["GlmmProblem", "deriv12", "hessian_from_gradient", "newton_fd"]
 
 #: lme4's glmerControl(check.conv.nobsmax, check.conv.nparmax)
 _NOBS_MAX = 10_000
 _NPAR_MAX = 100
-
-
-def family_state(family: Family) -> Any:
-    """A picklable stand-in for a family: its class and link name (the links hold lambdas,
-    which pickle cannot store). A family with a link of its own is returned as is."""
-    from multilevel.families.base import LINKS
-
-    if LINKS.get(family.link.name) is family.link:
-        return ("family", type(family), family.link.name)
-    return family
-
-
-def family_from_state(state: Any) -> Family:
-    """The family of :func:`family_state`."""
-    if isinstance(state, tuple) and len(state) == 3 and state[0] == "family":
-        return state[1](state[2])
-    return state
 
 
 class GlmmProblem:
@@ -140,7 +122,6 @@ class GlmmProblem:
         # the core's only other state is PIRLS's warm start (below)
         state = self.__dict__.copy()
         state["_core"] = None
-        state["family"] = family_state(self.family)
         # PIRLS's warm start: the modes u of the last evaluation, so that a rebuilt core starts
         # where this one would (a cold start lands on the same modes to ~1e-15, not bit for bit)
         if self._core is not None:
@@ -150,7 +131,6 @@ class GlmmProblem:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.family = family_from_state(self.family)
         self._core = None
 
     @property

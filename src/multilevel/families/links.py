@@ -32,6 +32,13 @@ class Link:
     def __repr__(self) -> str:
         return f"Link({self.name!r})"
 
+    def __reduce__(self):
+        # the functions are module-level but some links are lambdas, which pickle cannot
+        # store: a registered link pickles as its name and unpickles as the registered object
+        if LINKS.get(self.name) is self:
+            return (_registered_link, (self.name,))
+        return super().__reduce__()
+
 
 def _logit_inv(eta):
     return np.clip(special.expit(eta), _EPS, 1.0 - _EPS)
@@ -68,3 +75,8 @@ LINKS: dict[str, Link] = {
                      lambda eta: np.ones_like(np.asarray(eta, float))),
     "sqrt": Link("sqrt", np.sqrt, lambda eta: np.square(eta), lambda eta: 2.0 * np.asarray(eta, float)),
 }
+
+
+def _registered_link(name: str) -> Link:
+    """The registered link of this name (the unpickling side of ``Link.__reduce__``)."""
+    return LINKS[name]

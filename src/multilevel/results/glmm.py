@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from multilevel.engine.glmm import family_from_state, family_state
 from multilevel.errors import ModelSpecError
 from multilevel.results.methods import GlmmMethods, MixedMethods
 from multilevel.results.mixed import MixedFit
@@ -109,16 +108,6 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
 
     _export_layout = "glmm"
     reml = False
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the family's link functions are lambdas, which pickle cannot store: keep its name
-        state = self.__dict__.copy()
-        state["family_object"] = family_state(self.family_object)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.family_object = family_from_state(self.family_object)
 
     # -- model description ---------------------------------------------------------------
 
