@@ -19,7 +19,8 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.results.base", "multilevel.results.methods", "multilevel.results.names",
            "multilevel.datasets", "multilevel.app.cli",
            "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
-           "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson"]
+           "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson",
+           "multilevel.engine.input", "multilevel.models.input"]
 
 
 @pytest.mark.parametrize("name", MODULES)

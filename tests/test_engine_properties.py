@@ -14,6 +14,7 @@ import multilevel as ml
 from multilevel._core import LmmCore
 from multilevel.design import ModelFrame, ReTerm
 from multilevel.engine.lmm import LmmProblem
+from multilevel.models import engine_input
 
 from dense_reference import dense_z, profiled_objective
 
@@ -143,8 +144,8 @@ def test_set_y_equals_new_fit_with_that_response():
     X = Z.copy()
     y1, y2 = rng.normal(size=n), rng.normal(size=n)
     term = ReTerm("g", ["(Intercept)", "x"], [str(i) for i in range(10)], g.astype(np.int32), Z)
-    p1 = LmmProblem(ModelFrame("f", "y", y1, X, ["(Intercept)", "x"], [term]), reml=True)
-    p2 = LmmProblem(ModelFrame("f", "y", y2, X, ["(Intercept)", "x"], [term]), reml=True)
+    p1 = LmmProblem(engine_input(ModelFrame("f", "y", y1, X, ["(Intercept)", "x"], [term])), reml=True)
+    p2 = LmmProblem(engine_input(ModelFrame("f", "y", y2, X, ["(Intercept)", "x"], [term])), reml=True)
     p1.set_y(y2)
     th = np.array([0.8, 0.1, 0.4])
     assert p1.objective(th) == pytest.approx(p2.objective(th), rel=1e-12)

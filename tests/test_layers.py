@@ -174,6 +174,14 @@ def test_no_import_cycle():
     assert not cycles, "import cycles:\n  " + "\n  ".join(" <-> ".join(c) for c in cycles)
 
 
+def test_engines_see_arrays_only():
+    """The engine layer never imports the design layer (data frames, formulas, column names):
+    it is given an EngineInput of arrays."""
+    bad = sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if m.startswith("multilevel.engine")
+                 for d in deps if _layer_name(d) in ("design", "formula"))
+    assert not bad, bad
+
+
 def test_upward_edges_are_deferred():
     """The convenience methods import upwards only inside function bodies, so importing the
     results layer never loads inference or report."""

@@ -193,9 +193,9 @@ def test_glmm_rebuilt_core_keeps_pirls_settings(fits):
 
     fit = fits["glmm_binomial"]
     p0 = fit._problem
-    prob = GlmmProblem(p0.frame, p0.family, p0.nagq, pirls_tol=1e-6, pirls_maxit=3)
+    prob = GlmmProblem(p0.input, p0.family, p0.nagq, pirls_tol=1e-6, pirls_maxit=3)
     x = np.concatenate([fit._theta, fit._beta])
-    want = GlmmProblem(p0.frame, p0.family, p0.nagq, pirls_tol=1e-6, pirls_maxit=3).devfun(x)
+    want = GlmmProblem(p0.input, p0.family, p0.nagq, pirls_tol=1e-6, pirls_maxit=3).devfun(x)
     back = roundtrip(prob)
     assert (back.pirls_tol, back.pirls_maxit) == (1e-6, 3)
     assert back.devfun(x) == want

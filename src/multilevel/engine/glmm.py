@@ -1,9 +1,8 @@
-"""Generalized linear mixed models: the fit driver (lme4's ``glmer``).
+"""The generalized linear mixed model problem and its optimisers (what ``glmer`` drives).
 
-``glmer`` builds the model frame (design.py), binds the arrays to the compiled PIRLS engine
-(``multilevel._core.GlmmCore``), optimises and packs the estimates into a
-:class:`~multilevel.results.glmm.GlmmFit`. The criterion and the estimates are lme4's; the
-route to them is faster:
+:class:`GlmmProblem` binds an :class:`EngineInput` to the compiled PIRLS engine
+(``multilevel._core.GlmmCore``); ``models.glmer`` runs the stages below and packs the
+estimates into a fit. The criterion and the estimates are lme4's; the route to them is faster:
 
 1. **stage 1 (lme4's nAGQ = 0 criterion)**: BOBYQA over theta; at each theta PIRLS finds the
    conditional modes of u *and* beta together, and the criterion is the Laplace formula at
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from multilevel._core import GlmmCore, gauss_hermite
-from multilevel.design.frame import ModelFrame
+from multilevel.engine.input import EngineInput
 from multilevel.errors import ModelSpecError
 from multilevel.families import Family
 from multilevel.engine.lmm import engine_terms
@@ -64,22 +63,22 @@ class GlmmProblem:
     ``state(x)`` (modes, fitted values, weights at x), ``condvar``, ``vcov_rx``.
     """
 
-    def __init__(self, frame: ModelFrame, family: Family, nagq: int, ntrials: np.ndarray | None = None,
+    def __init__(self, inp: EngineInput, family: Family, nagq: int, ntrials: np.ndarray | None = None,
                  pirls_tol: float = 1e-13, pirls_maxit: int = 200):
-        self.frame = frame
+        self.input = inp
         self.family = family
         self.nagq = int(nagq)
-        self.slices, self.theta0, self.lower = theta_layout(frame)
-        self.eterms = engine_terms(frame, self.slices)
+        self.slices, self.theta0, self.lower = theta_layout(inp.structures)
+        self.eterms = engine_terms(inp, self.slices)
         self.ntheta = len(self.theta0)
-        self.p = frame.X.shape[1]
+        self.p = inp.p
         # the compiled core cannot be pickled: keep the arrays and settings it is built from
         # and rebuild it on first use after unpickling (PIRLS then starts cold, from u = 0)
-        self._w = None if frame.weights is None else np.ascontiguousarray(frame.weights, dtype=float)
-        self._off = None if frame.offset is None else np.ascontiguousarray(frame.offset, dtype=float)
+        self._w = None if inp.weights is None else np.ascontiguousarray(inp.weights, dtype=float)
+        self._off = None if inp.offset is None else np.ascontiguousarray(inp.offset, dtype=float)
         self._ntrials = None if ntrials is None else np.ascontiguousarray(ntrials, dtype=float)
-        self._X = np.ascontiguousarray(frame.X, dtype=float)
-        self._y = np.ascontiguousarray(frame.y, dtype=float)
+        self._X = np.ascontiguousarray(inp.X, dtype=float)
+        self._y = np.ascontiguousarray(inp.y, dtype=float)
         self.pirls_tol = float(pirls_tol)
         self.pirls_maxit = int(pirls_maxit)
         self._core: GlmmCore | None = None
@@ -135,7 +134,7 @@ class GlmmProblem:
 
     @property
     def n(self) -> int:
-        return self.frame.nobs
+        return self.input.nobs
 
     @property
     def lower_full(self) -> np.ndarray:
@@ -174,7 +173,7 @@ class GlmmProblem:
 
     def blocks(self, per_term: list[np.ndarray]) -> list[np.ndarray]:
         """Engine-term arrays (level-major flat) -> lme4 blocks (n_levels, k)."""
-        out: list[np.ndarray] = [None] * len(self.frame.reterms)  # type: ignore[list-item]
+        out: list[np.ndarray] = [None] * len(self.input.terms)  # type: ignore[list-item]
         for e, flat in zip(self.eterms, per_term):
             arr = np.asarray(flat).reshape(e.nlev, -1)
             for k, cols in zip(e.blocks, e.cols):
@@ -184,7 +183,7 @@ class GlmmProblem:
     def condvar(self, theta: np.ndarray) -> list[np.ndarray]:
         """Conditional covariance of b per lme4 block at the current weights: (n_levels, s, s)."""
         cv = self.core.condvar(np.ascontiguousarray(theta, dtype=float))
-        out: list[np.ndarray] = [None] * len(self.frame.reterms)  # type: ignore[list-item]
+        out: list[np.ndarray] = [None] * len(self.input.terms)  # type: ignore[list-item]
         for e, flat in zip(self.eterms, cv):
             s = e.Z.shape[1]
             blocks = np.asarray(flat).reshape(e.nlev, s, s).transpose(0, 2, 1)

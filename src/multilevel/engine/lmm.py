@@ -1,28 +1,25 @@
-"""Linear mixed models: the fit driver.
+"""The linear mixed model problem: the profiled deviance of an :class:`EngineInput`.
 
-``lmer`` builds the model frame (design.py), hands plain arrays to the compiled engine
-(``multilevel._core.LmmCore``: blocked Cholesky, profiled deviance), optimises theta with
-BOBYQA (optimize.py) and packs the estimates into an :class:`~multilevel.results.lmm.LmmFit`.
-The engine knows nothing of formulas; the result object runs no optimiser.
+:class:`LmmProblem` binds the arrays to the compiled engine (``multilevel._core.LmmCore``:
+blocked Cholesky, profiled deviance) and ``fit_theta`` optimises θ with BOBYQA
+(``engine.optimize``), snaps θ onto the boundary where that costs nothing and checks
+convergence. It knows nothing of formulas, data frames or column names; ``models.lmer``
+builds the input and packs the estimates into a fit.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from multilevel._core import LmmCore
 from multilevel.control import LmerControl
 from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, theta_layout
-from multilevel.design.frame import ModelFrame
+from multilevel.engine.input import EngineInput
 from multilevel.errors import FitWarning, ModelSpecError
 from multilevel.engine.optimize import bobyqa, newton_decrement
-
-if TYPE_CHECKING:  # the result module imports nothing from here; this is for the hint
-    pass
-
 
 
 @dataclass
@@ -31,7 +28,7 @@ class EngineTerm:
     ``(1|g) + (0+x|g)`` as two blocks, the engine sees one term with s = 2 whose Lambda has
     a structural zero, so that the term stays block diagonal instead of becoming dense."""
 
-    blocks: list[int]  # indices into frame.reterms
+    blocks: list[int]  # indices into the input's terms (lme4's blocks)
     cols: list[slice]  # columns of each block inside the merged Z
     refs: np.ndarray
     Z: np.ndarray
@@ -41,25 +38,24 @@ class EngineTerm:
 
 
 
-def engine_terms(frame: ModelFrame, slices: list[slice]) -> list[EngineTerm]:
-    groups: dict[str, list[int]] = {}
-    for k, t in enumerate(frame.reterms):
-        groups.setdefault(t.group, []).append(k)
+def engine_terms(inp: EngineInput, slices: list[slice]) -> list[EngineTerm]:
+    """The input's terms merged by grouping factor, each with its Λ pattern (from the
+    covariance structures) placed at its columns and θ positions."""
+    groups: dict[int, list[int]] = {}
+    for k, t in enumerate(inp.terms):
+        groups.setdefault(t.factor, []).append(k)
     out = []
     for blocks in groups.values():
-        first = frame.reterms[blocks[0]]
+        first = inp.terms[blocks[0]]
         zs, cols, lam = [], [], []
         c0 = 0
         for k in blocks:
-            t = frame.reterms[k]
-            s = t.n_terms
+            t = inp.terms[k]
+            s = t.Z.shape[1]
             zs.append(t.Z)
             cols.append(slice(c0, c0 + s))
             ti = slices[k].start
-            for c in range(s):
-                for r in range(c, s):
-                    lam.append((c0 + r, c0 + c, ti))
-                    ti += 1
+            lam.extend((c0 + r, c0 + c, ti + i) for r, c, i in t.structure.pattern())
             c0 += s
         Z = zs[0] if len(zs) == 1 else np.ascontiguousarray(np.hstack(zs))
         refs = np.ascontiguousarray(first.refs, dtype=np.uint32)
@@ -76,25 +72,25 @@ class LmmProblem:
     ``condvar(theta)``, ``set_y(y)`` (a new response, e.g. for the parametric bootstrap).
     """
 
-    def __init__(self, frame: ModelFrame, reml: bool):
-        self.frame = frame
+    def __init__(self, inp: EngineInput, reml: bool):
+        self.input = inp
         self.reml = reml
-        self.slices, self.theta0, self.lower = theta_layout(frame)
-        self.eterms = engine_terms(frame, self.slices)
-        y = frame.y if frame.offset is None else frame.y - frame.offset
+        self.slices, self.theta0, self.lower = theta_layout(inp.structures)
+        self.eterms = engine_terms(inp, self.slices)
+        y = inp.y if inp.offset is None else inp.y - inp.offset
         # The penalised RSS comes from cross products (y'y - ...), which lose digits when the
         # response sits far from 0 (heights of 150 cm: ~5e-11 relative, enough to upset the
         # numerical derivatives of Satterthwaite's df). With an intercept, fitting y - mean(y)
         # gives the same fit with the intercept shifted back afterwards.
-        self.intercept = frame.fixef_names.index("(Intercept)") if "(Intercept)" in frame.fixef_names else None
+        self.intercept = inp.intercept
         self.yshift = float(np.mean(y)) if self.intercept is not None and len(y) else 0.0
         y = y - self.yshift
-        self.w = None if frame.weights is None else np.ascontiguousarray(frame.weights, dtype=float)
+        self.w = None if inp.weights is None else np.ascontiguousarray(inp.weights, dtype=float)
         # lme4's log-likelihood of weighted data carries +0.5 sum(log w)
         self.logw = 0.0 if self.w is None else float(np.sum(np.log(self.w[self.w > 0])))
         # the compiled core cannot be pickled: keep the arrays it is built from (the current
         # response too, which set_y replaces) and rebuild it on first use after unpickling
-        self._X = np.ascontiguousarray(frame.X, dtype=float)
+        self._X = np.ascontiguousarray(inp.X, dtype=float)
         self._y = np.ascontiguousarray(y, dtype=float)
         self._core: LmmCore | None = None
         self._core = self._build_core()
@@ -146,11 +142,11 @@ class LmmProblem:
 
     @property
     def n(self) -> int:
-        return self.frame.nobs
+        return self.input.nobs
 
     @property
     def p(self) -> int:
-        return self.frame.X.shape[1]
+        return self.input.p
 
     def objective(self, theta: np.ndarray) -> float:
         """-2 log-likelihood (ML) or the REML criterion, profiled over beta and sigma."""
@@ -160,7 +156,7 @@ class LmmProblem:
         return self.core.objective(np.ascontiguousarray(theta, dtype=float), False) - self.logw
 
     def set_y(self, y: np.ndarray) -> None:
-        off = self.frame.offset
+        off = self.input.offset
         y = np.ascontiguousarray((y if off is None else y - off) - self.yshift, dtype=float)
         self.core.set_y(y, self.w)
         self._y = y  # a rebuilt core must see the current response
@@ -169,7 +165,7 @@ class LmmProblem:
         sol = self.core.solution(np.ascontiguousarray(theta, dtype=float), self.reml)
         n, p = self.n, self.p
         sigma2 = sol["pwrss"] / (n - p if self.reml else n)
-        b_blocks: list[np.ndarray] = [None] * len(self.frame.reterms)  # type: ignore[list-item]
+        b_blocks: list[np.ndarray] = [None] * len(self.input.terms)  # type: ignore[list-item]
         for e, bflat in zip(self.eterms, sol["b"]):
             b = np.asarray(bflat).reshape(e.nlev, -1)
             for k, cols in zip(e.blocks, e.cols):
@@ -199,7 +195,7 @@ class LmmProblem:
     def condvar(self, theta: np.ndarray, sigma: float) -> list[np.ndarray]:
         """Conditional covariance of b per lme4 block: (n_levels, s, s) arrays."""
         cv = self.core.condvar(np.ascontiguousarray(theta, dtype=float))
-        out: list[np.ndarray] = [None] * len(self.frame.reterms)  # type: ignore[list-item]
+        out: list[np.ndarray] = [None] * len(self.input.terms)  # type: ignore[list-item]
         for e, flat in zip(self.eterms, cv):
             s = e.Z.shape[1]
             # blocks are column-major; they are symmetric, so the transpose is harmless
@@ -216,8 +212,8 @@ class LmmProblem:
             merged = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
             b_engine.append(np.ascontiguousarray(merged).ravel())
         out = self.core.fitted(np.ascontiguousarray(beta, dtype=float), b_engine)
-        if self.frame.offset is not None:
-            out = out + self.frame.offset
+        if self.input.offset is not None:
+            out = out + self.input.offset
         return out
 
 
@@ -234,7 +230,7 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the
     # boundary it cannot reach exactly. Put it there if that costs nothing.
-    diag = diagonal_theta(problem.frame, problem.slices)
+    diag = diagonal_theta(problem.input.structures)
     for i in diag:
         if 0 < theta[i] < BOUNDARY_SNAP_TOL:
             trial = theta.copy()

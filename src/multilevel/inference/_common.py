@@ -8,7 +8,6 @@ data frame or a formula.
 """
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from multilevel.results.mixed import MixedFit
+from multilevel.covariance import diagonal_theta, lambda_blocks, psd_cholesky, sdcor_to_theta, theta_to_sdcor  # noqa: F401 - used by inference
+from multilevel.covariance import sdcor_kinds as _sdcor_kinds
+from multilevel.covariance import sdcor_names as _sdcor_names
 from multilevel.errors import ModelSpecError, MultilevelError
 from multilevel.results import GlmmFit, LmmFit
 
@@ -54,99 +56,20 @@ def block_sizes(frame: Any) -> list[int]:
 
 
 def diag_positions(sizes: list[int]) -> np.ndarray:
-    """Positions in theta (lme4 order: lower triangle by columns) of the diagonal entries."""
-    out, pos = [], 0
-    for s in sizes:
-        for c in range(s):
-            out.append(pos)
-            pos += s - c
-    return np.array(out, dtype=int)
-
-
-# --- lme4's sd / cor parameters ---------------------------------------------------------
-
-
-def _tri(s: int) -> list[tuple[int, int]]:
-    """(row, col) of the lower triangle of an s x s matrix, column by column."""
-    return [(r, c) for c in range(s) for r in range(c, s)]
+    """Positions in theta of the diagonal entries (the covariance layer's layout)."""
+    return diagonal_theta(sizes)
 
 
 def sdcor_names(frame: Any, sigma: bool = True) -> list[str]:
     """lme4's names (``confint(..., oldNames = FALSE)``): ``sd_(Intercept)|Subject``,
     ``cor_Days.(Intercept)|Subject``, ..., ``sigma``; same order as theta."""
-    names = []
-    for rt in frame.reterms:
-        for r, c in _tri(rt.n_terms):
-            if r == c:
-                names.append(f"sd_{rt.terms[r]}|{rt.group}")
-            else:
-                names.append(f"cor_{rt.terms[r]}.{rt.terms[c]}|{rt.group}")
-    if sigma:
-        names.append("sigma")
-    return names
+    return _sdcor_names([rt.group for rt in frame.reterms], [list(rt.terms) for rt in frame.reterms],
+                        sigma=sigma)
 
 
 def sdcor_kinds(frame: Any) -> list[str]:
     """'sd' or 'cor' for each theta position."""
-    return ["sd" if r == c else "cor" for rt in frame.reterms for r, c in _tri(rt.n_terms)]
-
-
-def theta_to_sdcor(theta: np.ndarray, sizes: list[int], sigma: float) -> np.ndarray:
-    """lme4's ``Cv_to_Sv``: theta (relative Cholesky factors) -> SDs and correlations on the
-    data scale, in theta's order (a correlation with a zero SD is reported as 0)."""
-    out, pos = [], 0
-    for s in sizes:
-        m = s * (s + 1) // 2
-        L = np.zeros((s, s))
-        for k, (r, c) in enumerate(_tri(s)):
-            L[r, c] = theta[pos + k]
-        S = L @ L.T
-        sd = np.sqrt(np.clip(np.diag(S), 0.0, None))
-        for r, c in _tri(s):
-            if r == c:
-                out.append(sigma * sd[r])
-            else:
-                den = sd[r] * sd[c]
-                out.append(S[r, c] / den if den > 0 else 0.0)
-        pos += m
-    return np.array(out)
-
-
-def psd_cholesky(S: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a positive semi-definite matrix (zero pivots give zero
-    columns, as lme4's ``safe_chol`` does for SDs at 0 or correlations at +-1)."""
-    s = S.shape[0]
-    L = np.zeros_like(S)
-    for j in range(s):
-        d = S[j, j] - L[j, :j] @ L[j, :j]
-        if d <= 1e-14 * max(1.0, abs(S[j, j])):
-            continue
-        L[j, j] = np.sqrt(d)
-        for i in range(j + 1, s):
-            L[i, j] = (S[i, j] - L[i, :j] @ L[j, :j]) / L[j, j]
-    return L
-
-
-def sdcor_to_theta(pars: np.ndarray, sizes: list[int], sigma: float) -> np.ndarray:
-    """lme4's ``Sv_to_Cv``: SDs and correlations (theta's order) -> theta relative to sigma."""
-    out, pos = [], 0
-    for s in sizes:
-        m = s * (s + 1) // 2
-        v = pars[pos:pos + m]
-        if s == 1:
-            out.append(v[0] / sigma)
-        else:
-            sd = np.zeros(s)
-            C = np.eye(s)
-            for k, (r, c) in enumerate(_tri(s)):
-                if r == c:
-                    sd[r] = v[k]
-                else:
-                    C[r, c] = C[c, r] = v[k]
-            L = psd_cholesky(sd[:, None] * C * sd[None, :]) / sigma
-            out.extend(L[r, c] for r, c in _tri(s))
-        pos += m
-    return np.array(out, dtype=float)
+    return _sdcor_kinds(block_sizes(frame))
 
 
 # --- the ML fit of a model ---------------------------------------------------------------
@@ -191,7 +114,7 @@ def ml_state(fit: AnyFit, control: dict | None = None) -> LmmState:
     from multilevel.engine.lmm import LmmProblem, fit_theta
     from multilevel.control import LmerControl
 
-    mlp = LmmProblem(prob.frame, reml=False)
+    mlp = LmmProblem(prob.input, reml=False)
     opts = LmerControl.from_user(control, check_conv=False)
     start = np.asarray(fit.getme("theta"), float).copy()
     mlp.theta0 = start  # lme4's refitML also starts from the REML estimates
@@ -208,11 +131,12 @@ def copy_problem(problem: Any, X: np.ndarray | None = None, fixef_names: list[st
     columns): its own cross products, so it can take new responses independently."""
     from multilevel.engine.lmm import LmmProblem
 
-    frame = problem.frame
+    inp = problem.input
     if X is not None:
-        frame = dataclasses.replace(frame, X=np.ascontiguousarray(X, dtype=float),
-                                    fixef_names=list(fixef_names or []))
-    return LmmProblem(frame, problem.reml if reml is None else reml)
+        names = list(fixef_names or [])
+        inp = inp.replace(X=np.ascontiguousarray(X, dtype=float),
+                          intercept=names.index("(Intercept)") if "(Intercept)" in names else None)
+    return LmmProblem(inp, problem.reml if reml is None else reml)
 
 
 def pwrss_from_residuals(problem: Any, theta: np.ndarray, sol: dict) -> float:
@@ -225,18 +149,11 @@ def pwrss_from_residuals(problem: Any, theta: np.ndarray, sol: dict) -> float:
     amplify that noise; the PWRSS is stationary in (beta, u), so recomputing it from the
     residuals of the solution is accurate to rounding of the sums.
     """
-    frame = problem.frame
-    r = frame.y - problem.fitted(sol["beta"], sol["b"])
-    rss = float(np.dot(frame.weights * r, r)) if frame.weights is not None else float(np.dot(r, r))
+    inp = problem.input
+    r = inp.y - problem.fitted(sol["beta"], sol["b"])
+    rss = float(np.dot(inp.weights * r, r)) if inp.weights is not None else float(np.dot(r, r))
     u2 = 0.0
-    pos = 0
-    for rt, b in zip(frame.reterms, sol["b"]):
-        s = rt.n_terms
-        m = s * (s + 1) // 2
-        L = np.zeros((s, s))
-        for k, (i, j) in enumerate(_tri(s)):
-            L[i, j] = theta[pos + k]
-        pos += m
+    for L, b in zip(lambda_blocks(theta, inp.structures), sol["b"]):
         d = np.abs(np.diag(L))
         Linv = np.linalg.inv(L) if np.all(d > 0) else np.linalg.pinv(L)
         u = np.asarray(b) @ Linv.T  # b_l = Lambda u_l for every level l

@@ -140,7 +140,7 @@ def _replicate_fit(fit: AnyFit, problem: Any, y: np.ndarray, theta: np.ndarray, 
     """A full :class:`LmmFit` for one replicate (only built when ``func`` is given)."""
     from multilevel.results.lmm import LmmFit
 
-    frame = dataclasses.replace(problem.frame, y=np.asarray(y, float))
+    frame = dataclasses.replace(fit.frame, y=np.asarray(y, float))
     sigma = sol["sigma"]
     b = sol["b"]
     cv = problem.condvar(theta, sigma)
@@ -191,7 +191,7 @@ def bootstrap(fit: AnyFit, n: int = 1000, seed: Any = None, func: Callable[[Any]
     if n < 1:
         raise ModelSpecError("n must be >= 1")
     t0 = time.perf_counter()
-    frame = prob0.frame
+    frame = fit.frame
     sizes = block_sizes(frame)
     theta_hat = np.asarray(fit.getme("theta"), float).copy()
     # a warm start: first steps in proportion to the estimates

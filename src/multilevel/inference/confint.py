@@ -182,7 +182,7 @@ def _bounds_sdcor(kinds: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileResult:
     st = ml_state(fit)
     prob = st.problem
-    frame = prob.frame
+    frame = fit.frame
     n = prob.n
     sizes = block_sizes(frame)
     kinds = sdcor_kinds(frame) + ["sd"]  # sigma is bounded like an SD
@@ -280,7 +280,7 @@ def _glmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> Profile
         raise MultilevelError("profile intervals need a fit made by multilevel.glmer")
     if getattr(prob, "nagq", 1) == 0:
         raise ModelSpecError("profile intervals are not available for nagq = 0 fits")
-    frame = prob.frame
+    frame = fit.frame
     sizes = block_sizes(frame)
     kinds = sdcor_kinds(frame)
     vnames = sdcor_names(frame, sigma=False)

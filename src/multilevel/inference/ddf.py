@@ -223,7 +223,7 @@ def kenward_roger(fit: AnyFit) -> KenwardRogerInfo:
     if not prob.reml:
         raise ModelSpecError("Kenward-Roger's method is only available for REML model fits "
                              "(refit with reml=True)")
-    frame = prob.frame
+    frame = fit.frame
     n = prob.n
     if n > KR_MAX_NOBS:
         raise ModelSpecError(f"Kenward-Roger works with dense {n} x {n} matrices here; with more "

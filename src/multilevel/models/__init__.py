@@ -6,7 +6,8 @@ mkLmerDevfun -> optimizeLmer -> mkMerMod``). May import: design, covariance, fam
 engine, results, errors, control. Never inference, toolkit, report or app.
 """
 from multilevel.models.glmer import glmer
+from multilevel.models.input import engine_input
 from multilevel.models.lm import lm
 from multilevel.models.lmer import lmer
 
-__all__ = ["lmer", "glmer", "lm"]
+__all__ = ["lmer", "glmer", "lm", "engine_input"]

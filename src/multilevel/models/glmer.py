@@ -9,6 +9,7 @@ import numpy as np
 from multilevel.control import GlmerControl, LmerControl
 from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, is_singular_theta
 from multilevel.design import ModelFrame
+from multilevel.models.input import engine_input
 from multilevel.engine.glmm import _NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, hessian_from_gradient, newton_fd
 from multilevel.engine.optimize import bobyqa
 from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
@@ -131,9 +132,9 @@ def glmer(
     if fam.name == "binomial" and cbind and frame.weights is not None:
         uw = _user_weights_at(data, weights, frame.rows)
         ntrials = frame.weights if uw is None else np.where(uw > 0, frame.weights / np.where(uw > 0, uw, 1), 0.0)
-    problem = GlmmProblem(frame, fam, nagq, ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
+    problem = GlmmProblem(engine_input(frame), fam, nagq, ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
     nt = problem.ntheta
-    diag = diagonal_theta(frame, problem.slices)
+    diag = diagonal_theta(problem.input.structures)
 
     # ---- stage 1: nAGQ = 0 criterion over theta ---------------------------------------------
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ import numpy as np
 
 from multilevel.control import LmerControl
 from multilevel.covariance import is_singular_theta
+from multilevel.models.input import engine_input
 from multilevel.engine.lmm import LmmProblem, fit_theta
 from multilevel.errors import FitError, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
@@ -60,7 +61,7 @@ def lmer(
         raise ModelSpecError(f"reml must be True (REML) or False (maximum likelihood), not {reml!r}")
     reml = bool(reml)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian")
-    problem = LmmProblem(frame, reml)
+    problem = LmmProblem(engine_input(frame), reml)
     theta, fval, optinfo, warns = fit_theta(problem, ctrl)
     sol = problem.solution(theta)
     if not np.isfinite(sol["objective"]):
