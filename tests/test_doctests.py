@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 MODULES = ["multilevel.report.rformat", "multilevel.report.export", "multilevel.report.summary",
-           "multilevel.report.html", "multilevel.results.lmm", "multilevel.datasets", "multilevel.app.cli"]
+           "multilevel.report.html", "multilevel.report.plotdata", "multilevel.results.lmm",
+           "multilevel.datasets", "multilevel.app.cli"]
 
 
 @pytest.mark.parametrize("name", MODULES)
