@@ -20,7 +20,7 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.datasets", "multilevel.app.cli",
            "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
            "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson",
-           "multilevel.engine.input", "multilevel.models.input"]
+           "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata"]
 
 
 @pytest.mark.parametrize("name", MODULES)
