@@ -141,8 +141,9 @@ def lm_summary_lines(fit: AnyFit) -> list[str]:
         lines += ["", robust]
     lines.append("")
     lines += _fit_lines(fit)
-    other = [m for m in fit.warnings if "not defined because of singularities" not in m
-             and "missing values dropped" not in m]
+    # shown elsewhere in R's layout: aliased coefficients in the table head, dropped rows in
+    # the "(k observations deleted due to missingness)" line
+    other = [m for m in fit.warnings if getattr(m, "code", None) not in ("rank_deficient", "rows_dropped")]
     if other:
         lines += [""] + other
     # R starts with an empty line; a printed object here should not

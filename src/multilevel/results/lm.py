@@ -33,15 +33,14 @@ import numpy as np
 import pandas as pd
 
 from multilevel.design import ModelFrame, rank_keep
-from multilevel.errors import DataError, ModelSpecError
+from multilevel.errors import DataError, FitWarning, ModelSpecError
 from multilevel.results.base import FitBase
 from multilevel.results.methods import LmMethods
 
 __all__ = ["LmFit"]
 
-# the design layer words rank deficiency as lme4 does; an lm fit reports it R's way (NA
-# coefficients, "not defined because of singularities") instead
-_LME4_RANK_MESSAGE = "fixed-effect model matrix is rank deficient"
+# the design layer words rank deficiency as lme4 does; an lm fit replaces that record (same
+# code, rank_deficient) by R's wording (NA coefficients, "not defined because of singularities")
 
 
 class LmFit(LmMethods, FitBase):
@@ -86,7 +85,7 @@ class LmFit(LmMethods, FitBase):
         self.data_name = data_name
         self.weights_name = weights_name
         self.cluster = cluster
-        self._warnings = [m for m in frame.warnings if not m.startswith(_LME4_RANK_MESSAGE)]
+        self._warnings = [m for m in frame.warnings if getattr(m, "code", None) != "rank_deficient"]
         self._fit(cluster_codes)
 
     # -- estimation --------------------------------------------------------------------------
@@ -114,9 +113,9 @@ class LmFit(LmMethods, FitBase):
         self._names = kept
         self._aliased = [nm for nm in all_names if nm not in set(kept)]
         if self._aliased:
-            self._warnings.append(f"{len(self._aliased)} coefficient"
-                                  f"{'s' if len(self._aliased) != 1 else ''} not defined because "
-                                  f"of singularities: {', '.join(self._aliased)}")
+            self._warnings.append(FitWarning("rank_deficient", f"{len(self._aliased)} coefficient"
+                                             f"{'s' if len(self._aliased) != 1 else ''} not defined "
+                                             f"because of singularities: {', '.join(self._aliased)}"))
         Xk = Xw[:, cols]
         n = int(nz.sum())
         p = len(cols)
