@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from multilevel._core import GlmmCore, gauss_hermite
+from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import ModelSpecError
 from multilevel.families import Family
@@ -55,7 +56,7 @@ _NOBS_MAX = 10_000
 _NPAR_MAX = 100
 
 
-class GlmmProblem:
+class GlmmProblem(CompiledProblem):
     """The arrays of one GLMM bound to the compiled engine, with lme4's criteria.
 
     The small interface inference code relies on: ``stage0(theta)`` (nAGQ = 0 criterion,
@@ -110,27 +111,15 @@ class GlmmProblem:
             core.set_u([np.ascontiguousarray(x) for x in warm])
         return core
 
-    @property
-    def core(self) -> GlmmCore:
-        """The compiled engine; built from the stored arrays on first use after unpickling."""
-        if self._core is None:
-            self._core = self._build_core()
-        return self._core
-
     def __getstate__(self) -> dict[str, Any]:
         # the core's only other state is PIRLS's warm start (below)
-        state = self.__dict__.copy()
-        state["_core"] = None
+        state = super().__getstate__()
         # PIRLS's warm start: the modes u of the last evaluation, so that a rebuilt core starts
         # where this one would (a cold start lands on the same modes to ~1e-15, not bit for bit)
         if self._core is not None:
             u = [np.asarray(x, dtype=float) for x in self._core.u()]
             state["_warm_u"] = u if any(np.any(x != 0.0) for x in u) else None
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._core = None
 
     @property
     def n(self) -> int:

@@ -123,3 +123,5 @@ class EngineInput:
         return cls(y=cat(lambda c: c.y), X=np.concatenate([c.X for c in parts]), terms=terms,
                    weights=cat(lambda c: c.weights), offset=cat(lambda c: c.offset),
                    intercept=first.intercept)
+
+

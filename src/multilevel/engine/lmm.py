@@ -17,6 +17,7 @@ import numpy as np
 from multilevel._core import LmmCore
 from multilevel.control import LmerControl
 from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, theta_layout
+from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import FitWarning, ModelSpecError
 from multilevel.engine.optimize import bobyqa, newton_decrement
@@ -65,7 +66,7 @@ def engine_terms(inp: EngineInput, slices: list[slice]) -> list[EngineTerm]:
     return out
 
 
-class LmmProblem:
+class LmmProblem(CompiledProblem):
     """The arrays of one linear mixed model bound to the compiled engine.
 
     The small interface inference code relies on: ``objective(theta)``, ``solution(theta)``,
@@ -109,23 +110,6 @@ class LmmProblem:
             )
         except ValueError as exc:  # the engine's size limit; shapes are ours to get right
             raise ModelSpecError(f"this model is too large for the engine: {exc}") from None
-
-    @property
-    def core(self) -> LmmCore:
-        """The compiled engine; built from the stored arrays on first use after unpickling."""
-        if self._core is None:
-            self._core = self._build_core()
-        return self._core
-
-    def __getstate__(self) -> dict[str, Any]:
-        # everything but the compiled core, which holds no state the arrays do not give
-        state = self.__dict__.copy()
-        state["_core"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._core = None
 
     def _start(self) -> tuple[np.ndarray, np.ndarray]:
         """Starting theta and BOBYQA's first step: moment estimates for the diagonals (from

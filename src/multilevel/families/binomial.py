@@ -67,25 +67,27 @@ class binomial(Family):  # noqa: N801 - R's name
         n = np.asarray(n, float)
         return n if np.any(n > 1) else np.asarray(wt, float)
 
-    def aic(self, y, n, mu, wt) -> float:
+    def _counts(self, y, n, wt):
+        """(successes, trials, weight per trial) as R's ``binomial()$aic`` rounds them."""
         wt = np.asarray(wt, float)
         m = self._m(n, wt)
         yy = np.round(m * np.asarray(y, float))
         m = np.round(m)
         with np.errstate(divide="ignore", invalid="ignore"):
             fac = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
+        return yy, m, fac
+
+    def aic(self, y, n, mu, wt) -> float:
+        yy, m, fac = self._counts(y, n, wt)
+        with np.errstate(divide="ignore", invalid="ignore"):
             from scipy.stats import binom
 
             lp = binom.logpmf(yy, m, np.asarray(mu, float))
         return float(-2.0 * np.sum(np.where(fac > 0, fac * lp, 0.0)))
 
     def _aic_at_saturated(self, y, n, wt):
-        wt = np.asarray(wt, float)
-        m = self._m(n, wt)
-        yy = np.round(m * np.asarray(y, float))
-        m = np.round(m)
+        yy, m, fac = self._counts(y, n, wt)
         with np.errstate(divide="ignore", invalid="ignore"):
-            fac = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
             p = np.where(m > 0, yy / np.where(m > 0, m, 1.0), 0.0)
             lp = (special.gammaln(m + 1) - special.gammaln(yy + 1) - special.gammaln(m - yy + 1)
                   + special.xlogy(yy, p) + special.xlog1py(m - yy, -p))
