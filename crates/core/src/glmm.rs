@@ -34,7 +34,9 @@
 //! Rows are stored sorted by the levels of term 0; every array handed out is in the caller's
 //! row order.
 
-use crate::lmm::{Lmm, LmmError, Rows, Term};
+use crate::error::{CoreError, CoreResult};
+use crate::lmm::{Lmm, Rows, Term};
+use CoreError as E;
 use crate::small;
 
 mod crossed;
@@ -142,27 +144,6 @@ pub struct EvalInfo {
     pub ldl2: f64,
     /// PIRLS iterations (summed over groups for the scalar engine: the largest group count)
     pub iterations: usize,
-}
-
-#[derive(Debug)]
-pub enum GlmmError {
-    Shape(String),
-    /// PIRLS did not converge, or the deviance is not finite
-    Pirls(String),
-}
-
-impl std::fmt::Display for GlmmError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GlmmError::Shape(s) | GlmmError::Pirls(s) => write!(f, "{s}"),
-        }
-    }
-}
-
-impl From<LmmError> for GlmmError {
-    fn from(e: LmmError) -> Self {
-        GlmmError::Shape(e.to_string())
-    }
 }
 
 /// Where PIRLS stands between iterations.
@@ -329,10 +310,10 @@ macro_rules! with_kernel {
 }
 
 impl Glmm {
-    pub fn new(terms: Vec<Term>, p: usize, rows: &GlmmRows, dist: Dist, link: Link) -> Result<Glmm, GlmmError> {
-        let shape = |s: String| Err(GlmmError::Shape(s));
+    pub fn new(terms: Vec<Term>, p: usize, rows: &GlmmRows, dist: Dist, link: Link) -> CoreResult<Glmm> {
+        let shape = |s: String| Err(E::Data(s));
         if terms.is_empty() {
-            return shape("no random-effect terms".into());
+            return Err(E::ModelSpec("no random-effect terms".into()));
         }
         let n = rows.y.len();
         if rows.refs.len() != terms.len() || rows.z.len() != terms.len() {
@@ -347,6 +328,14 @@ impl Glmm {
             }
             if let Some(&bad) = rows.refs[k].iter().find(|&&l| l as usize >= t.nlev) {
                 return shape(format!("term {k}: level {bad} >= nlev {}", t.nlev));
+            }
+            for &(i, j, _) in &t.lambda {
+                if i < j || i >= t.s {
+                    return Err(E::ModelSpec(format!("term {k}: lambda entry ({i},{j}) not lower")));
+                }
+            }
+            if t.lambda.is_empty() {
+                return Err(E::ModelSpec(format!("term {k}: lambda has no entries")));
             }
         }
         for (what, a) in [("wt", rows.wt), ("ntrials", rows.ntrials), ("offset", rows.offset)] {
@@ -445,8 +434,26 @@ impl Glmm {
         let scalar = terms.len() == 1 && terms[0].s == 1;
         let crossed = if !scalar && terms.iter().all(|t| t.s == 1) {
             let nlev: Vec<usize> = terms.iter().map(|t| t.nlev).collect();
+            // the solver's dense block holds every level after term 0's, and the fixed
+            // effects when nAGQ = 0 or R_X need them: refuse it here, before any allocation
+            let qr: usize = nlev[1..].iter().sum();
+            E::check_dense(qr + p, || {
+                format!(
+                    "the crossed random-effect terms after the first (the one with most levels) have \
+                     {qr} levels together, with the {p} fixed effects"
+                )
+            })?;
             Some(Crossed::new(&nlev, &refs, 0))
         } else {
+            // the general path builds the LMM engine on first use (with X for nAGQ = 0 and
+            // R_X): check its dense block now rather than fail inside an evaluation
+            let qz: usize = terms[1..].iter().map(|t| t.nlev * t.s).sum();
+            E::check_dense(qz + p + 1, || {
+                format!(
+                    "the random-effect terms after the first (the one with most levels) have {qz} \
+                     coefficients together, with the {p} fixed effects and the response"
+                )
+            })?;
             None
         };
         Ok(Glmm {
@@ -533,13 +540,13 @@ impl Glmm {
     }
 
     /// Set u (per term, level-major), e.g. to restart from a known mode.
-    pub fn set_u(&mut self, u: &[Vec<f64>]) -> Result<(), GlmmError> {
+    pub fn set_u(&mut self, u: &[Vec<f64>]) -> CoreResult<()> {
         if u.len() != self.terms.len() {
-            return Err(GlmmError::Shape("u needs one entry per term".into()));
+            return Err(E::Data("u needs one entry per term".into()));
         }
         for (k, uk) in u.iter().enumerate() {
             if uk.len() != self.uoff[k + 1] - self.uoff[k] {
-                return Err(GlmmError::Shape(format!("u[{k}] has the wrong length")));
+                return Err(E::Data(format!("u[{k}] has the wrong length")));
             }
             self.u[self.uoff[k]..self.uoff[k + 1]].copy_from_slice(uk);
         }
@@ -549,9 +556,10 @@ impl Glmm {
     }
 
     /// b = Lambda(theta) u per term (level-major nlev x s).
-    pub fn b(&self, theta: &[f64]) -> Vec<Vec<f64>> {
+    pub fn b(&self, theta: &[f64]) -> CoreResult<Vec<Vec<f64>>> {
+        self.check_theta(theta)?;
         let lams = self.lambdas(theta);
-        (0..self.terms.len())
+        Ok((0..self.terms.len())
             .map(|k| {
                 let t = &self.terms[k];
                 let s = t.s;
@@ -568,7 +576,7 @@ impl Glmm {
                 }
                 bk
             })
-            .collect()
+            .collect())
     }
 
     fn unsort(&self, a: &[f64]) -> Vec<f64> {
@@ -607,17 +615,17 @@ impl Glmm {
             .collect()
     }
 
-    fn check_theta(&self, theta: &[f64]) -> Result<(), GlmmError> {
+    fn check_theta(&self, theta: &[f64]) -> CoreResult<()> {
         let need = self.terms.iter().flat_map(|t| t.lambda.iter().map(|e| e.2 + 1)).max().unwrap_or(0);
         if theta.len() < need {
-            return Err(GlmmError::Shape(format!("theta has {} values, the terms need {need}", theta.len())));
+            return Err(E::Data(format!("theta has {} values, the terms need {need}", theta.len())));
         }
         Ok(())
     }
 
-    fn set_offb(&mut self, beta: &[f64]) -> Result<(), GlmmError> {
+    fn set_offb(&mut self, beta: &[f64]) -> CoreResult<()> {
         if beta.len() != self.p {
-            return Err(GlmmError::Shape(format!("beta has {} values, expected {}", beta.len(), self.p)));
+            return Err(E::Data(format!("beta has {} values, expected {}", beta.len(), self.p)));
         }
         let p = self.p;
         for i in 0..self.n {
@@ -655,7 +663,7 @@ impl Glmm {
     }
 
     /// Run an evaluation; on failure forget the warm start and report +inf.
-    fn guard(&mut self, f: impl FnOnce(&mut Self) -> Result<f64, GlmmError>) -> f64 {
+    fn guard(&mut self, f: impl FnOnce(&mut Self) -> CoreResult<f64>) -> f64 {
         match f(self) {
             Ok(v) if v.is_finite() => v,
             _ => {
@@ -667,11 +675,11 @@ impl Glmm {
     }
 
     /// The same as [`laplace`](Self::laplace) but reporting why it failed.
-    pub fn try_laplace(&mut self, theta: &[f64], beta: &[f64]) -> Result<f64, GlmmError> {
+    pub fn try_laplace(&mut self, theta: &[f64], beta: &[f64]) -> CoreResult<f64> {
         self.laplace_inner(theta, beta)
     }
 
-    fn laplace_inner(&mut self, theta: &[f64], beta: &[f64]) -> Result<f64, GlmmError> {
+    fn laplace_inner(&mut self, theta: &[f64], beta: &[f64]) -> CoreResult<f64> {
         self.check_theta(theta)?;
         self.theta_last = theta.to_vec();
         self.set_offb(beta)?;
@@ -684,14 +692,14 @@ impl Glmm {
         Ok(self.info.objective)
     }
 
-    fn agq_inner(&mut self, theta: &[f64], beta: &[f64], nodes: &[f64], weights: &[f64]) -> Result<f64, GlmmError> {
+    fn agq_inner(&mut self, theta: &[f64], beta: &[f64], nodes: &[f64], weights: &[f64]) -> CoreResult<f64> {
         if !self.scalar {
-            return Err(GlmmError::Shape(
+            return Err(E::ModelSpec(
                 "adaptive Gauss-Hermite quadrature needs a single scalar random-effect term".into(),
             ));
         }
         if nodes.len() != weights.len() || nodes.is_empty() {
-            return Err(GlmmError::Shape("nodes and weights must have the same, positive length".into()));
+            return Err(E::Data("nodes and weights must have the same, positive length".into()));
         }
         self.check_theta(theta)?;
         self.theta_last = theta.to_vec();
@@ -701,7 +709,7 @@ impl Glmm {
         Ok(self.info.objective)
     }
 
-    fn joint_inner(&mut self, theta: &[f64]) -> Result<f64, GlmmError> {
+    fn joint_inner(&mut self, theta: &[f64]) -> CoreResult<f64> {
         self.check_theta(theta)?;
         self.theta_last = theta.to_vec();
         if self.scalar {
@@ -749,7 +757,7 @@ impl Glmm {
     }
 
     /// u-only PIRLS group by group; then Laplace, or AGQ with `quad`.
-    fn scalar_u<K: Kernel>(&mut self, k: K, th: f64, quad: Option<(&[f64], &[f64])>) -> Result<(), GlmmError> {
+    fn scalar_u<K: Kernel>(&mut self, k: K, th: f64, quad: Option<(&[f64], &[f64])>) -> CoreResult<()> {
         let nl = self.terms[0].nlev;
         let ctl = self.control;
         let (mut aic, mut dev, mut usq, mut ldl2, mut lmult) = (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -764,7 +772,7 @@ impl Glmm {
                 let d2 = th * th * h + 1.0;
                 let step = (th * s - ul) / d2;
                 if !step.is_finite() || !pdev.is_finite() {
-                    return Err(GlmmError::Pirls(format!("PIRLS: non-finite deviance in group {l}")));
+                    return Err(E::Numerical(format!("PIRLS: non-finite deviance in group {l}")));
                 }
                 let rel = step.abs() / (1.0 + ul.abs());
                 if ctl.converged(rel, prev) {
@@ -773,7 +781,7 @@ impl Glmm {
                 prev = rel;
                 it += 1;
                 if it > ctl.maxit {
-                    return Err(GlmmError::Pirls(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
+                    return Err(E::Numerical(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
                 }
                 let mut st = step;
                 let mut halvings = 0;
@@ -791,7 +799,7 @@ impl Glmm {
                     }
                     halvings += 1;
                     if halvings > ctl.max_halvings {
-                        return Err(GlmmError::Pirls("PIRLS step-halvings failed to reduce the deviance".into()));
+                        return Err(E::Numerical("PIRLS step-halvings failed to reduce the deviance".into()));
                     }
                     st *= 0.5;
                 }
@@ -1096,7 +1104,7 @@ impl Glmm {
         joint: bool,
         st: &mut PirlsIter,
         mut pass: impl FnMut(&mut Self) -> f64,
-    ) -> Result<bool, GlmmError> {
+    ) -> CoreResult<bool> {
         let ctl = self.control;
         let rel = |new: &[f64], old: &[f64]| {
             new.iter().zip(old).fold(0.0f64, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())))
@@ -1106,7 +1114,7 @@ impl Glmm {
             maxstep = maxstep.max(rel(bnew, &self.beta));
         }
         if !maxstep.is_finite() {
-            return Err(GlmmError::Pirls("PIRLS: non-finite step".into()));
+            return Err(E::Numerical("PIRLS: non-finite step".into()));
         }
         if !st.fresh && ctl.converged(maxstep, st.prev) {
             return Ok(true);
@@ -1114,7 +1122,7 @@ impl Glmm {
         st.prev = if st.fresh { f64::INFINITY } else { maxstep };
         st.it += 1;
         if st.it > ctl.maxit {
-            return Err(GlmmError::Pirls(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
+            return Err(E::Numerical(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
         }
         let (u0, b0) = (self.u.clone(), self.beta.clone());
         let mut fac = 1.0;
@@ -1137,7 +1145,7 @@ impl Glmm {
             }
             halvings += 1;
             if halvings > ctl.max_halvings {
-                return Err(GlmmError::Pirls("PIRLS step-halvings failed to reduce the deviance".into()));
+                return Err(E::Numerical("PIRLS step-halvings failed to reduce the deviance".into()));
             }
             fac *= 0.5;
         }
@@ -1147,7 +1155,7 @@ impl Glmm {
 
     /// nAGQ = 0 with one scalar term: Fisher scoring over (u, beta); the fixed effects couple
     /// the groups, so every step is a pass over all rows and a p x p Schur complement.
-    fn scalar_joint<K: Kernel>(&mut self, k: K, th: f64) -> Result<(), GlmmError> {
+    fn scalar_joint<K: Kernel>(&mut self, k: K, th: f64) -> CoreResult<()> {
         let (p, nl) = (self.p, self.terms[0].nlev);
         let mut sys = JointSystem::new(nl, p);
         let mut unew = vec![0.0; nl];
@@ -1185,7 +1193,7 @@ impl Glmm {
             }
             if p > 0 {
                 if !small::chol_lower(&mut s, p) {
-                    return Err(GlmmError::Pirls("PIRLS: the fixed-effects block is not positive definite".into()));
+                    return Err(E::Numerical("PIRLS: the fixed-effects block is not positive definite".into()));
                 }
                 bnew.copy_from_slice(&rb);
                 small::solve_lower(&s, p, &mut bnew);
@@ -1362,7 +1370,7 @@ impl Glmm {
         }
     }
 
-    fn ensure_lmm(&mut self, joint: bool) -> Result<(), GlmmError> {
+    fn ensure_lmm(&mut self, joint: bool) -> CoreResult<()> {
         let slot_empty = if joint { self.lmm_b.is_none() } else { self.lmm_u.is_none() };
         if !slot_empty {
             return Ok(());
@@ -1385,7 +1393,7 @@ impl Glmm {
     }
 
     /// Reweight the chosen LMM with the current weights and working response and solve.
-    fn lmm_solve(&mut self, theta: &[f64], joint: bool) -> Result<crate::lmm::Solution, GlmmError> {
+    fn lmm_solve(&mut self, theta: &[f64], joint: bool) -> CoreResult<crate::lmm::Solution> {
         self.ensure_lmm(joint)?;
         let rows = Rows {
             refs: self.refs.iter().map(|v| v.as_slice()).collect(),
@@ -1397,18 +1405,18 @@ impl Glmm {
         let m = if joint { self.lmm_b.as_mut() } else { self.lmm_u.as_mut() }.unwrap();
         m.reweight(&rows)?;
         m.solution(theta, false)
-            .ok_or_else(|| GlmmError::Pirls("PIRLS: the penalised least-squares system is not positive definite".into()))
+            .ok_or_else(|| E::Numerical("PIRLS: the penalised least-squares system is not positive definite".into()))
     }
 
-    fn general_u<K: Kernel>(&mut self, k: K, theta: &[f64]) -> Result<(), GlmmError> {
+    fn general_u<K: Kernel>(&mut self, k: K, theta: &[f64]) -> CoreResult<()> {
         self.pirls_general(k, theta, false)
     }
 
-    fn general_joint<K: Kernel>(&mut self, k: K, theta: &[f64]) -> Result<(), GlmmError> {
+    fn general_joint<K: Kernel>(&mut self, k: K, theta: &[f64]) -> CoreResult<()> {
         self.pirls_general(k, theta, true)
     }
 
-    fn pirls_general<K: Kernel>(&mut self, k: K, theta: &[f64], joint: bool) -> Result<(), GlmmError> {
+    fn pirls_general<K: Kernel>(&mut self, k: K, theta: &[f64], joint: bool) -> CoreResult<()> {
         let lams = self.lambdas(theta);
         let fresh = !self.warm;
         if fresh {
@@ -1442,7 +1450,7 @@ impl Glmm {
                 let cr = if joint { self.crossed_x.as_mut() } else { self.crossed.as_mut() }.unwrap();
                 let x: &[f64] = if joint { &self.x } else { &[] };
                 let (u, b) = cr.factor_solve(&th, &self.refs, &self.z, x, &self.w, &self.wresp).ok_or_else(|| {
-                    GlmmError::Pirls("PIRLS: the penalised least-squares system is not positive definite".into())
+                    E::Numerical("PIRLS: the penalised least-squares system is not positive definite".into())
                 })?;
                 ldl2 = cr.logdet;
                 (u, b)
@@ -1478,7 +1486,7 @@ impl Glmm {
     /// Conditional covariance of b = Lambda u given the data at the current weights (the
     /// mode of the last evaluation), per term level-major s x s blocks (column-major):
     /// Lambda (Lambda' Z' W Z Lambda + I)^-1 Lambda'.
-    pub fn condvar(&mut self, theta: &[f64]) -> Result<Vec<Vec<f64>>, GlmmError> {
+    pub fn condvar(&mut self, theta: &[f64]) -> CoreResult<Vec<Vec<f64>>> {
         self.check_theta(theta)?;
         if self.scalar {
             let th = theta[self.terms[0].lambda[0].2];
@@ -1489,7 +1497,7 @@ impl Glmm {
             let th = self.term_thetas(theta);
             let cr = self.crossed.as_mut().unwrap();
             cr.factor_solve(&th, &self.refs, &self.z, &[], &self.w, &self.wresp)
-                .ok_or_else(|| GlmmError::Pirls("factorisation failed".into()))?;
+                .ok_or_else(|| E::Numerical("factorisation failed".into()))?;
             let d = cr.inverse_diagonal();
             return Ok((0..self.terms.len())
                 .map(|t| (self.uoff[t]..self.uoff[t + 1]).map(|j| th[t] * th[t] * d[j]).collect())
@@ -1505,13 +1513,13 @@ impl Glmm {
         };
         let m = self.lmm_u.as_mut().unwrap();
         m.reweight(&rows)?;
-        m.condvar(theta).ok_or_else(|| GlmmError::Pirls("factorisation failed".into()))
+        m.condvar(theta).ok_or_else(|| E::Numerical("factorisation failed".into()))
     }
 
     /// The p x p lower Cholesky factor R_X of the fixed-effects block (Schur complement of
     /// the random effects) at the current weights, column-major: lme4's
     /// `vcov(fit, use.hessian = FALSE)` is (R_X R_X')^-1.
-    pub fn rx(&mut self, theta: &[f64]) -> Result<Vec<f64>, GlmmError> {
+    pub fn rx(&mut self, theta: &[f64]) -> CoreResult<Vec<f64>> {
         self.check_theta(theta)?;
         self.refresh_state();
         if self.crossed.is_some() {
@@ -1520,7 +1528,7 @@ impl Glmm {
             let yt: Vec<f64> = (0..self.n).map(|i| self.wresp[i] + self.offb[i] - self.off[i]).collect();
             let cr = self.crossed_x.as_mut().unwrap();
             cr.factor_solve(&th, &self.refs, &self.z, &self.x, &self.w, &yt)
-                .ok_or_else(|| GlmmError::Pirls("the fixed-effects block is not positive definite".into()))?;
+                .ok_or_else(|| E::Numerical("the fixed-effects block is not positive definite".into()))?;
             return Ok(cr.rx());
         }
         self.ensure_lmm(true)?;
@@ -1538,7 +1546,7 @@ impl Glmm {
         m.reweight(&rows)?;
         let sol = m
             .solution(theta, false)
-            .ok_or_else(|| GlmmError::Pirls("the fixed-effects block is not positive definite".into()))?;
+            .ok_or_else(|| E::Numerical("the fixed-effects block is not positive definite".into()))?;
         Ok(sol.rx)
     }
 }

@@ -23,7 +23,10 @@
 //! The cross-product blocks are sums over rows; the pattern (which levels meet) needs only the
 //! grouping codes, and the values can be accumulated from the rows in any order or in chunks.
 
+use crate::error::{CoreError, CoreResult};
 use crate::small;
+
+pub use crate::error::MAX_DENSE;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor as llt;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
@@ -48,25 +51,6 @@ pub struct Rows<'a> {
     pub x: &'a [f64],
     pub y: &'a [f64],
     pub w: Option<&'a [f64]>,
-}
-
-#[derive(Debug)]
-pub enum LmmError {
-    Shape(String),
-    /// the dense block would be too large for memory or time
-    TooLarge(String),
-}
-
-/// Largest dense block (terms after the first, X and y) the engine accepts: 12000^2 doubles
-/// are 1.15 GB and a Cholesky of that size takes seconds per evaluation.
-pub const MAX_DENSE: usize = 12_000;
-
-impl std::fmt::Display for LmmError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LmmError::Shape(s) | LmmError::TooLarge(s) => write!(f, "{s}"),
-        }
-    }
 }
 
 /// Estimates at one theta.
@@ -122,18 +106,17 @@ pub struct Lmm {
 /// Levels of term 0 per dense update of the rest block.
 const CHUNK: usize = 128;
 
-fn check_len(what: &str, got: usize, want: usize) -> Result<(), LmmError> {
-    if got != want {
-        return Err(LmmError::Shape(format!("{what}: length {got}, expected {want}")));
-    }
-    Ok(())
+use CoreError as E;
+
+fn check_len(what: &str, got: usize, want: usize) -> CoreResult<()> {
+    E::check_len(what, got, want)
 }
 
 impl Lmm {
     /// Build the pattern and the cross products from the rows.
-    pub fn new(terms: Vec<Term>, p: usize, rows: &Rows) -> Result<Lmm, LmmError> {
+    pub fn new(terms: Vec<Term>, p: usize, rows: &Rows) -> CoreResult<Lmm> {
         if terms.is_empty() {
-            return Err(LmmError::Shape("no random-effect terms".into()));
+            return Err(E::ModelSpec("no random-effect terms".into()));
         }
         let n = rows.y.len();
         check_len("refs", rows.refs.len(), terms.len())?;
@@ -146,11 +129,11 @@ impl Lmm {
             check_len("refs", rows.refs[k].len(), n)?;
             check_len("z", rows.z[k].len(), n * t.s)?;
             if let Some(&bad) = rows.refs[k].iter().find(|&&l| l as usize >= t.nlev) {
-                return Err(LmmError::Shape(format!("term {k}: level {bad} >= nlev {}", t.nlev)));
+                return Err(E::Data(format!("term {k}: level {bad} >= nlev {}", t.nlev)));
             }
             for &(i, j, _) in &t.lambda {
                 if i < j || i >= t.s {
-                    return Err(LmmError::Shape(format!("term {k}: lambda entry ({i},{j}) not lower")));
+                    return Err(E::ModelSpec(format!("term {k}: lambda entry ({i},{j}) not lower")));
                 }
             }
         }
@@ -161,14 +144,12 @@ impl Lmm {
             qz += terms[k].nlev * terms[k].s;
         }
         let r = qz + p + 1;
-        if r > MAX_DENSE {
-            return Err(LmmError::TooLarge(format!(
+        E::check_dense(r, || {
+            format!(
                 "the random-effect terms after the first (the one with most levels) have {qz} \
-                 coefficients together; the engine holds them in one dense {r} x {r} block \
-                 ({:.1} GB), which is more than it supports (at most {MAX_DENSE} rows)",
-                (r as f64) * (r as f64) * 8e-9
-            )));
-        }
+                 coefficients together, with the {p} fixed effects and the response"
+            )
+        })?;
         let s0 = terms[0].s;
         let nl0 = terms[0].nlev;
 
@@ -274,14 +255,14 @@ impl Lmm {
 
     /// Replace the response (and keep weights, X and Z): only the y row of the blocks is
     /// recomputed. Used by the parametric bootstrap and by simulation studies.
-    pub fn set_y(&mut self, rows: &Rows) -> Result<(), LmmError> {
+    pub fn set_y(&mut self, rows: &Rows) -> CoreResult<()> {
         check_len("y", rows.y.len(), self.n)?;
         self.accumulate(rows, true);
         Ok(())
     }
 
     /// Replace weights and response (the pattern is kept). Used by PIRLS.
-    pub fn reweight(&mut self, rows: &Rows) -> Result<(), LmmError> {
+    pub fn reweight(&mut self, rows: &Rows) -> CoreResult<()> {
         check_len("y", rows.y.len(), self.n)?;
         self.accumulate(rows, false);
         Ok(())
@@ -336,10 +317,10 @@ impl Lmm {
         self.clear(false);
     }
 
-    pub fn add_chunk(&mut self, rows: &Rows, first_row: usize) -> Result<(), LmmError> {
+    pub fn add_chunk(&mut self, rows: &Rows, first_row: usize) -> CoreResult<()> {
         let m = rows.y.len();
         if first_row + m > self.n {
-            return Err(LmmError::Shape(format!("chunk rows {first_row}..{} beyond n = {}", first_row + m, self.n)));
+            return Err(E::Data(format!("chunk rows {first_row}..{} beyond n = {}", first_row + m, self.n)));
         }
         check_len("x", rows.x.len(), m * self.p)?;
         for (k, t) in self.terms.iter().enumerate() {
