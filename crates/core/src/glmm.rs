@@ -36,6 +36,7 @@
 
 use crate::error::{CoreError, CoreResult};
 use crate::lmm::{Lmm, Rows, Term};
+use crate::pattern::RowGroups;
 use CoreError as E;
 use crate::small;
 
@@ -347,7 +348,7 @@ impl Glmm {
         }
         // ---- sort the rows by the levels of term 0 (counting sort, stable) ----
         let nl0 = terms[0].nlev;
-        let (gstart, perm) = crate::small::rows_by_level(rows.refs[0], nl0);
+        let RowGroups { start: gstart, order: perm } = RowGroups::by_level(rows.refs[0], nl0);
         let take = |a: &[f64]| -> Vec<f64> { perm.iter().map(|&i| a[i as usize]).collect() };
         let refs: Vec<Vec<u32>> =
             rows.refs.iter().map(|r| perm.iter().map(|&i| r[i as usize]).collect()).collect();
@@ -443,7 +444,7 @@ impl Glmm {
                      {qr} levels together, with the {p} fixed effects"
                 )
             })?;
-            Some(Crossed::new(&nlev, &refs, 0))
+            Some(Crossed::new(&nlev, &refs, &gstart, 0))
         } else {
             // the general path builds the LMM engine on first use (with X for nAGQ = 0 and
             // R_X): check its dense block now rather than fail inside an evaluation
@@ -933,7 +934,7 @@ impl Glmm {
     fn ensure_crossed_x(&mut self, joint: bool) {
         if joint && self.crossed_x.is_none() && self.crossed.is_some() {
             let nlev: Vec<usize> = self.terms.iter().map(|t| t.nlev).collect();
-            self.crossed_x = Some(Crossed::new(&nlev, &self.refs, self.p));
+            self.crossed_x = Some(Crossed::new(&nlev, &self.refs, &self.gstart, self.p));
         }
     }
 

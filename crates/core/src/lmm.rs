@@ -24,6 +24,7 @@
 //! grouping codes, and the values can be accumulated from the rows in any order or in chunks.
 
 use crate::error::{CoreError, CoreResult};
+use crate::pattern::{LevelPattern, RowGroups};
 use crate::small;
 
 pub use crate::error::MAX_DENSE;
@@ -137,12 +138,8 @@ impl Lmm {
                 }
             }
         }
-        let mut off = vec![0usize; terms.len()];
-        let mut qz = 0;
-        for k in 1..terms.len() {
-            off[k] = qz;
-            qz += terms[k].nlev * terms[k].s;
-        }
+        // the size of the dense block before anything is allocated
+        let qz: usize = terms[1..].iter().map(|t| t.nlev * t.s).sum();
         let r = qz + p + 1;
         E::check_dense(r, || {
             format!(
@@ -154,47 +151,11 @@ impl Lmm {
         let nl0 = terms[0].nlev;
 
         // ---- pattern: which levels of the other terms meet each level of term 0 ----
-        let (count, order) = small::rows_by_level(rows.refs[0], nl0);
-        let mut mark: Vec<Vec<u32>> = terms.iter().map(|t| vec![u32::MAX; t.nlev]).collect();
-        let mut slot: Vec<Vec<u32>> = (0..terms.len())
-            .map(|k| if k == 0 { Vec::new() } else { vec![0u32; n] })
-            .collect();
-        let mut colptr = Vec::with_capacity(nl0 + 1);
-        let mut idx: Vec<u32> = Vec::new();
-        let mut uniq: Vec<(usize, usize, usize)> = Vec::new();
-        for l in 0..nl0 {
-            colptr.push(idx.len());
-            let rows_l = &order[count[l]..count[l + 1]];
-            uniq.clear();
-            for &t in rows_l {
-                for k in 1..terms.len() {
-                    let lv = rows.refs[k][t as usize] as usize;
-                    if mark[k][lv] == u32::MAX {
-                        mark[k][lv] = 0;
-                        uniq.push((off[k] + lv * terms[k].s, k, lv));
-                    }
-                }
-            }
-            uniq.sort_unstable();
-            for &(start, k, lv) in &uniq {
-                mark[k][lv] = idx.len() as u32;
-                for a in 0..terms[k].s {
-                    idx.push((start + a) as u32);
-                }
-            }
-            for a in 0..=p {
-                idx.push((qz + a) as u32);
-            }
-            for &t in rows_l {
-                for k in 1..terms.len() {
-                    slot[k][t as usize] = mark[k][rows.refs[k][t as usize] as usize];
-                }
-            }
-            for &(_, k, lv) in &uniq {
-                mark[k][lv] = u32::MAX;
-            }
-        }
-        colptr.push(idx.len());
+        let groups = RowGroups::by_level(rows.refs[0], nl0);
+        let nlev: Vec<usize> = terms.iter().map(|t| t.nlev).collect();
+        let svec: Vec<usize> = terms.iter().map(|t| t.s).collect();
+        // trailing columns of every level's pattern: X, then y
+        let LevelPattern { off, qz, colptr, idx, slot } = LevelPattern::new(&nlev, &svec, &rows.refs, &groups, p + 1);
         let nent = idx.len();
 
         let par = if r >= 256 { Par::rayon(0) } else { Par::Seq };

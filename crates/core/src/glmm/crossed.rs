@@ -23,6 +23,8 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor as llt;
 use faer::{MatMut, MatRef, Par};
 
+use crate::pattern::{LevelPattern, RowGroups};
+
 /// Pattern and workspace of the system.
 pub(crate) struct Crossed {
     k: usize,
@@ -56,61 +58,17 @@ pub(crate) struct Crossed {
 }
 
 impl Crossed {
-    /// `refs[k]` are the levels of term k for the rows (sorted by the levels of term 0).
-    pub fn new(nlev: &[usize], refs: &[Vec<u32>], p: usize) -> Crossed {
+    /// `refs[k]` are the levels of term k for the rows, sorted by the levels of term 0
+    /// (level l's rows are `gstart[l]..gstart[l + 1]`).
+    pub fn new(nlev: &[usize], refs: &[Vec<u32>], gstart: &[usize], p: usize) -> Crossed {
         let k = nlev.len();
         let n0 = nlev[0];
-        let n = refs[0].len();
-        let mut roff = vec![0usize; k];
-        let mut qr = 0;
-        for t in 1..k {
-            roff[t] = qr;
-            qr += nlev[t];
-        }
-        let mut colptr = vec![0usize; n0 + 1];
-        let mut idx: Vec<u32> = Vec::new();
-        let mut slot: Vec<Vec<u32>> = (0..k).map(|t| if t == 0 { Vec::new() } else { vec![0u32; n] }).collect();
-        let mut mark = vec![u32::MAX; qr];
-        let mut i = 0;
-        for l in 0..n0 {
-            colptr[l] = idx.len();
-            let r0 = i;
-            while i < n && refs[0][i] as usize == l {
-                i += 1;
-            }
-            let mut uniq: Vec<u32> = Vec::new();
-            for row in r0..i {
-                for t in 1..k {
-                    let r = roff[t] + refs[t][row] as usize;
-                    if mark[r] == u32::MAX {
-                        mark[r] = 0;
-                        uniq.push(r as u32);
-                    }
-                }
-            }
-            uniq.sort_unstable();
-            for c in 0..p {
-                uniq.push((qr + c) as u32); // X columns: in every level's pattern, last
-            }
-            let base = idx.len();
-            for (j, &r) in uniq.iter().enumerate() {
-                if (r as usize) < qr {
-                    mark[r as usize] = (base + j) as u32;
-                }
-            }
-            idx.extend_from_slice(&uniq);
-            for row in r0..i {
-                for t in 1..k {
-                    slot[t][row] = mark[roff[t] + refs[t][row] as usize];
-                }
-            }
-            for &r in &uniq {
-                if (r as usize) < qr {
-                    mark[r as usize] = u32::MAX;
-                }
-            }
-        }
-        colptr[n0] = idx.len();
+        // the rows are sorted by the levels of term 0; every term has one column
+        let groups = RowGroups::sorted(gstart);
+        let refs_s: Vec<&[u32]> = refs.iter().map(|r| r.as_slice()).collect();
+        // the fixed-effect columns trail every level's pattern
+        let LevelPattern { off: roff, qz: qr, colptr, idx, slot } =
+            LevelPattern::new(nlev, &vec![1; k], &refs_s, &groups, p);
         let nent = idx.len();
         let qd = qr + p;
         let mem = MemBuffer::new(llt::cholesky_in_place_scratch::<f64>(qd.max(1), Par::Seq, Default::default()));
