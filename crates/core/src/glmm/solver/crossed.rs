@@ -23,7 +23,11 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor as llt;
 use faer::{MatMut, MatRef, Par};
 
+use crate::error::CoreResult;
+use crate::glmm::{Glmm, E};
 use crate::pattern::{LevelPattern, RowGroups};
+
+use super::Solver;
 
 /// Pattern and workspace of the system.
 pub(crate) struct Crossed {
@@ -391,5 +395,58 @@ impl Crossed {
             out[n0 + r] = self.pinv[r + r * qr];
         }
         out
+    }
+}
+
+// ---- the crossed representation as the GLMM uses it ----
+
+impl Glmm {
+    /// Build the (u, beta) system if `joint` and it does not exist yet.
+    fn ensure_crossed_x(&mut self, joint: bool) {
+        if let Solver::Crossed { ub, .. } = &mut self.solver {
+            if joint && ub.is_none() {
+                let nlev: Vec<usize> = self.terms.iter().map(|t| t.nlev).collect();
+                *ub = Some(Crossed::new(&nlev, &self.refs, &self.gstart, self.p));
+            }
+        }
+    }
+
+    /// Factor at the stored weights and solve for the modes of the response `yw`.
+    fn crossed_factor_solve(&mut self, theta: &[f64], joint: bool, yw: Option<&[f64]>) -> CoreResult<(&mut Crossed, Vec<f64>, Vec<f64>)> {
+        let th = self.term_thetas(theta);
+        self.ensure_crossed_x(joint);
+        let Solver::Crossed { u, ub } = &mut self.solver else {
+            return Err(E::ModelSpec("not the crossed representation".into()));
+        };
+        let cr = if joint { ub.as_mut().expect("ensure_crossed_x built it") } else { u };
+        let x: &[f64] = if joint { &self.x } else { &[] };
+        let (uu, b) = cr
+            .factor_solve(&th, &self.refs, &self.z, x, &self.w, yw.unwrap_or(&self.wresp))
+            .ok_or_else(|| E::Numerical("PIRLS: the penalised least-squares system is not positive definite".into()))?;
+        Ok((cr, uu, b))
+    }
+
+    pub(in crate::glmm) fn crossed_solve(&mut self, theta: &[f64], joint: bool) -> CoreResult<(Vec<f64>, Vec<f64>, f64)> {
+        let (cr, u, b) = self.crossed_factor_solve(theta, joint, None)?;
+        Ok((u, b, cr.logdet))
+    }
+
+    pub(in crate::glmm) fn crossed_condvar(&mut self, theta: &[f64]) -> CoreResult<Vec<Vec<f64>>> {
+        self.refresh_state();
+        let th = self.term_thetas(theta);
+        let (cr, _, _) = self.crossed_factor_solve(theta, false, None).map_err(|_| E::Numerical("factorisation failed".into()))?;
+        let d = cr.inverse_diagonal();
+        Ok((0..self.terms.len())
+            .map(|t| (self.uoff[t]..self.uoff[t + 1]).map(|j| th[t] * th[t] * d[j]).collect())
+            .collect())
+    }
+
+    pub(in crate::glmm) fn crossed_rx(&mut self, theta: &[f64]) -> CoreResult<Vec<f64>> {
+        self.refresh_state();
+        let yt: Vec<f64> = (0..self.n).map(|i| self.wresp[i] + self.offb[i] - self.off[i]).collect();
+        let (cr, _, _) = self
+            .crossed_factor_solve(theta, true, Some(&yt))
+            .map_err(|_| E::Numerical("the fixed-effects block is not positive definite".into()))?;
+        Ok(cr.rx())
     }
 }
