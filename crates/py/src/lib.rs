@@ -421,10 +421,40 @@ fn gauss_hermite<'py>(py: Python<'py>, n: usize) -> PyResult<(Bound<'py, PyArray
     Ok((PyArray1::from_vec(py, z), PyArray1::from_vec(py, w)))
 }
 
+/// family_eval(family, link, y, eta, wt, ntrials=None) -> dict
+///
+/// The engine's per-row mu, mu_eta, variance and dev_resids at eta, and aic (-2 log p(y | mu)
+/// summed, R's family$aic without the parameter term), for conformance tests against the
+/// Python families.
+#[pyfunction]
+#[pyo3(signature = (family, link, y, eta, wt, ntrials=None))]
+fn family_eval<'py>(
+    py: Python<'py>,
+    family: &str,
+    link: &str,
+    y: PyReadonlyArray1<'_, f64>,
+    eta: PyReadonlyArray1<'_, f64>,
+    wt: PyReadonlyArray1<'_, f64>,
+    ntrials: Option<PyReadonlyArray1<'_, f64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dist = Dist::from_name(family).ok_or_else(|| spec_err(format!("unknown family {family:?}")))?;
+    let link_v = Link::from_name(link).ok_or_else(|| spec_err(format!("unknown link {link:?}")))?;
+    let nt = opt_slice(&ntrials, "ntrials")?;
+    let r = glmm::family_eval(dist, link_v, slice(&y, "y")?, slice(&eta, "eta")?, slice(&wt, "wt")?, nt).map_err(core_err)?;
+    let d = PyDict::new(py);
+    d.set_item("mu", PyArray1::from_vec(py, r.mu))?;
+    d.set_item("mu_eta", PyArray1::from_vec(py, r.mu_eta))?;
+    d.set_item("variance", PyArray1::from_vec(py, r.variance))?;
+    d.set_item("dev_resids", PyArray1::from_vec(py, r.dev_resids))?;
+    d.set_item("aic", r.aic)?;
+    Ok(d)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LmmCore>()?;
     m.add_class::<GlmmCore>()?;
     m.add_function(wrap_pyfunction!(gauss_hermite, m)?)?;
+    m.add_function(wrap_pyfunction!(family_eval, m)?)?;
     Ok(())
 }

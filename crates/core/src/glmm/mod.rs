@@ -61,7 +61,8 @@ mod tests;
 
 pub use criteria::gauss_hermite;
 pub use kernel::{exp_fast, ln_1_2, Dist, Link};
-use kernel::have_avx2;
+use kernel::{have_avx2, RowConsts};
+pub use kernel::{family_eval, FamilyEval};
 use solver::Solver;
 
 // ============================================================================================
@@ -196,18 +197,6 @@ impl PirlsControl {
     }
 }
 
-fn lfact(k: f64) -> f64 {
-    libm::lgamma(k + 1.0)
-}
-
-fn xlogx(x: f64) -> f64 {
-    if x > 0.0 {
-        x * x.ln()
-    } else {
-        0.0
-    }
-}
-
 impl Glmm {
     pub fn new(terms: Vec<Term>, p: usize, rows: &GlmmRows, dist: Dist, link: Link) -> CoreResult<Glmm> {
         let shape = |s: String| Err(E::Data(s));
@@ -284,38 +273,8 @@ impl Glmm {
             }
         }
         // ---- per-row constants of the deviance residuals and of -2 log p(y | mu) ----
-        let (mut dc, mut dy, mut dn) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        let (mut ac, mut ay, mut an) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        match dist {
-            Dist::Binomial => {
-                let nt = rows.ntrials.map(take);
-                // R's binomial()$aic: m <- if (any(n > 1)) n else wt
-                let use_n = nt.as_ref().map(|v| v.iter().any(|&t| t > 1.0)).unwrap_or(false);
-                for i in 0..n {
-                    let (yi, wi) = (y[i], wt[i]);
-                    dc[i] = 2.0 * wi * (xlogx(yi) + xlogx(1.0 - yi));
-                    dy[i] = wi * yi;
-                    dn[i] = wi * (1.0 - yi);
-                    let m = if use_n { nt.as_ref().unwrap()[i] } else { wi };
-                    let mm = m.round();
-                    let yy = (m * yi).round();
-                    let fac = if mm <= 0.0 { 0.0 } else { wi / mm };
-                    ay[i] = fac * yy;
-                    an[i] = fac * (mm - yy);
-                    let lchoose = if mm > 0.0 { lfact(mm) - lfact(yy) - lfact(mm - yy) } else { 0.0 };
-                    ac[i] = -2.0 * fac * lchoose;
-                }
-            }
-            Dist::Poisson => {
-                for i in 0..n {
-                    let (yi, wi) = (y[i], wt[i]);
-                    dc[i] = 2.0 * wi * (xlogx(yi) - yi);
-                    dy[i] = wi * yi;
-                    ac[i] = 2.0 * wi * lfact(yi);
-                    ay[i] = wi * yi;
-                }
-            }
-        }
+        let nt = rows.ntrials.map(take);
+        let RowConsts { dc, dy, dn, ac, ay, an } = RowConsts::new(dist, &y, &wt, nt.as_deref());
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0);
         let aic_from_dev = (0..n).all(|i| close(ay[i], dy[i]) && close(an[i], dn[i]));
         let mut sat_grp = vec![0.0; nl0];

@@ -2,6 +2,7 @@
 
 
 use super::*;
+use super::kernel::lfact;
 
 use crate::testutil::Lcg;
 
