@@ -23,7 +23,11 @@
 //! The cross-product blocks are sums over rows; the pattern (which levels meet) needs only the
 //! grouping codes, and the values can be accumulated from the rows in any order or in chunks.
 
+use crate::error::{CoreError, CoreResult};
+use crate::pattern::{LevelPattern, RowGroups};
 use crate::small;
+
+pub use crate::error::MAX_DENSE;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor as llt;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
@@ -48,25 +52,6 @@ pub struct Rows<'a> {
     pub x: &'a [f64],
     pub y: &'a [f64],
     pub w: Option<&'a [f64]>,
-}
-
-#[derive(Debug)]
-pub enum LmmError {
-    Shape(String),
-    /// the dense block would be too large for memory or time
-    TooLarge(String),
-}
-
-/// Largest dense block (terms after the first, X and y) the engine accepts: 12000^2 doubles
-/// are 1.15 GB and a Cholesky of that size takes seconds per evaluation.
-pub const MAX_DENSE: usize = 12_000;
-
-impl std::fmt::Display for LmmError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LmmError::Shape(s) | LmmError::TooLarge(s) => write!(f, "{s}"),
-        }
-    }
 }
 
 /// Estimates at one theta.
@@ -122,18 +107,17 @@ pub struct Lmm {
 /// Levels of term 0 per dense update of the rest block.
 const CHUNK: usize = 128;
 
-fn check_len(what: &str, got: usize, want: usize) -> Result<(), LmmError> {
-    if got != want {
-        return Err(LmmError::Shape(format!("{what}: length {got}, expected {want}")));
-    }
-    Ok(())
+use CoreError as E;
+
+fn check_len(what: &str, got: usize, want: usize) -> CoreResult<()> {
+    E::check_len(what, got, want)
 }
 
 impl Lmm {
     /// Build the pattern and the cross products from the rows.
-    pub fn new(terms: Vec<Term>, p: usize, rows: &Rows) -> Result<Lmm, LmmError> {
+    pub fn new(terms: Vec<Term>, p: usize, rows: &Rows) -> CoreResult<Lmm> {
         if terms.is_empty() {
-            return Err(LmmError::Shape("no random-effect terms".into()));
+            return Err(E::ModelSpec("no random-effect terms".into()));
         }
         let n = rows.y.len();
         check_len("refs", rows.refs.len(), terms.len())?;
@@ -146,74 +130,32 @@ impl Lmm {
             check_len("refs", rows.refs[k].len(), n)?;
             check_len("z", rows.z[k].len(), n * t.s)?;
             if let Some(&bad) = rows.refs[k].iter().find(|&&l| l as usize >= t.nlev) {
-                return Err(LmmError::Shape(format!("term {k}: level {bad} >= nlev {}", t.nlev)));
+                return Err(E::Data(format!("term {k}: level {bad} >= nlev {}", t.nlev)));
             }
             for &(i, j, _) in &t.lambda {
                 if i < j || i >= t.s {
-                    return Err(LmmError::Shape(format!("term {k}: lambda entry ({i},{j}) not lower")));
+                    return Err(E::ModelSpec(format!("term {k}: lambda entry ({i},{j}) not lower")));
                 }
             }
         }
-        let mut off = vec![0usize; terms.len()];
-        let mut qz = 0;
-        for k in 1..terms.len() {
-            off[k] = qz;
-            qz += terms[k].nlev * terms[k].s;
-        }
+        // the size of the dense block before anything is allocated
+        let qz: usize = terms[1..].iter().map(|t| t.nlev * t.s).sum();
         let r = qz + p + 1;
-        if r > MAX_DENSE {
-            return Err(LmmError::TooLarge(format!(
+        E::check_dense(r, || {
+            format!(
                 "the random-effect terms after the first (the one with most levels) have {qz} \
-                 coefficients together; the engine holds them in one dense {r} x {r} block \
-                 ({:.1} GB), which is more than it supports (at most {MAX_DENSE} rows)",
-                (r as f64) * (r as f64) * 8e-9
-            )));
-        }
+                 coefficients together, with the {p} fixed effects and the response"
+            )
+        })?;
         let s0 = terms[0].s;
         let nl0 = terms[0].nlev;
 
         // ---- pattern: which levels of the other terms meet each level of term 0 ----
-        let (count, order) = small::rows_by_level(rows.refs[0], nl0);
-        let mut mark: Vec<Vec<u32>> = terms.iter().map(|t| vec![u32::MAX; t.nlev]).collect();
-        let mut slot: Vec<Vec<u32>> = (0..terms.len())
-            .map(|k| if k == 0 { Vec::new() } else { vec![0u32; n] })
-            .collect();
-        let mut colptr = Vec::with_capacity(nl0 + 1);
-        let mut idx: Vec<u32> = Vec::new();
-        let mut uniq: Vec<(usize, usize, usize)> = Vec::new();
-        for l in 0..nl0 {
-            colptr.push(idx.len());
-            let rows_l = &order[count[l]..count[l + 1]];
-            uniq.clear();
-            for &t in rows_l {
-                for k in 1..terms.len() {
-                    let lv = rows.refs[k][t as usize] as usize;
-                    if mark[k][lv] == u32::MAX {
-                        mark[k][lv] = 0;
-                        uniq.push((off[k] + lv * terms[k].s, k, lv));
-                    }
-                }
-            }
-            uniq.sort_unstable();
-            for &(start, k, lv) in &uniq {
-                mark[k][lv] = idx.len() as u32;
-                for a in 0..terms[k].s {
-                    idx.push((start + a) as u32);
-                }
-            }
-            for a in 0..=p {
-                idx.push((qz + a) as u32);
-            }
-            for &t in rows_l {
-                for k in 1..terms.len() {
-                    slot[k][t as usize] = mark[k][rows.refs[k][t as usize] as usize];
-                }
-            }
-            for &(_, k, lv) in &uniq {
-                mark[k][lv] = u32::MAX;
-            }
-        }
-        colptr.push(idx.len());
+        let groups = RowGroups::by_level(rows.refs[0], nl0);
+        let nlev: Vec<usize> = terms.iter().map(|t| t.nlev).collect();
+        let svec: Vec<usize> = terms.iter().map(|t| t.s).collect();
+        // trailing columns of every level's pattern: X, then y
+        let LevelPattern { off, qz, colptr, idx, slot } = LevelPattern::new(&nlev, &svec, &rows.refs, &groups, p + 1);
         let nent = idx.len();
 
         let par = if r >= 256 { Par::rayon(0) } else { Par::Seq };
@@ -274,14 +216,14 @@ impl Lmm {
 
     /// Replace the response (and keep weights, X and Z): only the y row of the blocks is
     /// recomputed. Used by the parametric bootstrap and by simulation studies.
-    pub fn set_y(&mut self, rows: &Rows) -> Result<(), LmmError> {
+    pub fn set_y(&mut self, rows: &Rows) -> CoreResult<()> {
         check_len("y", rows.y.len(), self.n)?;
         self.accumulate(rows, true);
         Ok(())
     }
 
     /// Replace weights and response (the pattern is kept). Used by PIRLS.
-    pub fn reweight(&mut self, rows: &Rows) -> Result<(), LmmError> {
+    pub fn reweight(&mut self, rows: &Rows) -> CoreResult<()> {
         check_len("y", rows.y.len(), self.n)?;
         self.accumulate(rows, false);
         Ok(())
@@ -336,10 +278,10 @@ impl Lmm {
         self.clear(false);
     }
 
-    pub fn add_chunk(&mut self, rows: &Rows, first_row: usize) -> Result<(), LmmError> {
+    pub fn add_chunk(&mut self, rows: &Rows, first_row: usize) -> CoreResult<()> {
         let m = rows.y.len();
         if first_row + m > self.n {
-            return Err(LmmError::Shape(format!("chunk rows {first_row}..{} beyond n = {}", first_row + m, self.n)));
+            return Err(E::Data(format!("chunk rows {first_row}..{} beyond n = {}", first_row + m, self.n)));
         }
         check_len("x", rows.x.len(), m * self.p)?;
         for (k, t) in self.terms.iter().enumerate() {

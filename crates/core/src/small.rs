@@ -1,5 +1,5 @@
-//! Kernels on small dense matrices (the s x s blocks of one random-effect term), and the
-//! grouping of rows by level that both engines start from.
+//! Kernels on small dense matrices (the s x s blocks of one random-effect term). The
+//! grouping of rows by level that both engines start from is in `pattern`.
 //!
 //! Matrices are column-major slices of length s*s. The sizes here are the number of
 //! columns of one term (1 for a random intercept, 2-4 for slopes), so plain loops beat
@@ -94,25 +94,6 @@ pub fn invert_lower(l: &[f64], s: usize, out: &mut [f64]) {
     }
 }
 
-/// The rows grouped by level, stably (a counting sort): `start[l]..start[l + 1]` indexes
-/// `order`, which lists the rows of level l in their original order.
-pub fn rows_by_level(refs: &[u32], nlev: usize) -> (Vec<usize>, Vec<u32>) {
-    let mut start = vec![0usize; nlev + 1];
-    for &l in refs {
-        start[l as usize + 1] += 1;
-    }
-    for l in 0..nlev {
-        start[l + 1] += start[l];
-    }
-    let mut order = vec![0u32; refs.len()];
-    let mut next = start.clone();
-    for (t, &l) in refs.iter().enumerate() {
-        order[next[l as usize]] = t as u32;
-        next[l as usize] += 1;
-    }
-    (start, order)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,13 +117,6 @@ mod tests {
             let v: f64 = (0..3).map(|k| a[i + k * 3] * b[k]).sum();
             assert!((v - (i as f64 + 1.0)).abs() < 1e-12);
         }
-    }
-
-    #[test]
-    fn rows_by_level_is_a_stable_grouping() {
-        let (start, order) = rows_by_level(&[2, 0, 2, 1, 0], 3);
-        assert_eq!(start, vec![0, 2, 3, 5]);
-        assert_eq!(order, vec![1, 4, 3, 0, 2]);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Thin PyO3 wrapper around multilevel-core. Arrays cross the boundary without copies where
 //! numpy's layout allows; the GIL is released while the core computes.
 
+mod error;
+
+use error::{core_err, data_err, fit_err, spec_err};
 use multilevel_core::glmm::{self, Dist, Glmm, GlmmRows, Link};
 use multilevel_core::lmm::{Lmm, Rows, Term};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -19,11 +21,11 @@ struct LmmCore {
 }
 
 fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'a, T>, what: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
+    a.as_slice().map_err(|_| data_err(format!("{what} must be C-contiguous")))
 }
 
 fn slice2<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'a, T>, what: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
+    a.as_slice().map_err(|_| data_err(format!("{what} must be C-contiguous")))
 }
 
 /// Borrow the kept arrays as `Rows` with a new response (and weights) and run `f` on them.
@@ -43,6 +45,15 @@ fn with_rows<R>(
     let z_s = zs.iter().map(|a| slice2(a, "Z")).collect::<PyResult<Vec<_>>>()?;
     let rows = Rows { refs: refs_s, z: z_s, x: slice2(&x, "X")?, y, w };
     Ok(f(&rows))
+}
+
+/// theta as a vector, long enough for the model's terms (the core indexes it unchecked).
+fn lmm_theta(m: &Lmm, theta: &PyReadonlyArray1<'_, f64>) -> PyResult<Vec<f64>> {
+    let th = slice(theta, "theta")?;
+    if th.len() < m.n_theta() {
+        return Err(data_err(format!("theta has {} values, the terms need {}", th.len(), m.n_theta())));
+    }
+    Ok(th.to_vec())
 }
 
 #[pymethods]
@@ -65,7 +76,7 @@ impl LmmCore {
         w: Option<PyReadonlyArray1<'_, f64>>,
     ) -> PyResult<Self> {
         if refs.len() != z.len() || refs.len() != nlev.len() || refs.len() != lambdas.len() {
-            return Err(PyValueError::new_err("refs, z, nlev and lambdas must have one entry per term"));
+            return Err(data_err("refs, z, nlev and lambdas must have one entry per term"));
         }
         let terms: Vec<Term> = (0..refs.len())
             .map(|k| Term { nlev: nlev[k], s: z[k].shape()[1], lambda: lambdas[k].clone() })
@@ -82,7 +93,7 @@ impl LmmCore {
             None => None,
         };
         let rows = Rows { refs: refs_s, z: z_s, x: slice2(&ro_x, "X")?, y: ys, w: ws };
-        let inner = py.detach(|| Lmm::new(terms, p, &rows)).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let inner = py.detach(|| Lmm::new(terms, p, &rows)).map_err(core_err)?;
         Ok(LmmCore {
             inner,
             refs: refs.into_iter().map(|a| a.unbind()).collect(),
@@ -93,7 +104,7 @@ impl LmmCore {
 
     /// Profiled deviance (reml=False) or REML criterion at theta (without the weights term).
     fn objective(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>, reml: bool) -> PyResult<f64> {
-        let th = slice(&theta, "theta")?.to_vec();
+        let th = lmm_theta(&self.inner, &theta)?;
         let inner = &mut self.inner;
         Ok(py.detach(|| inner.objective(&th, reml)))
     }
@@ -101,11 +112,11 @@ impl LmmCore {
     /// Estimates at theta as a dict: objective, beta, u, b (lists per term), pwrss, ldl2,
     /// ldrx2, rx (p x p lower, column-major flattened).
     fn solution<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>, reml: bool) -> PyResult<Bound<'py, PyDict>> {
-        let th = slice(&theta, "theta")?.to_vec();
+        let th = lmm_theta(&self.inner, &theta)?;
         let inner = &mut self.inner;
         let sol = py
             .detach(|| inner.solution(&th, reml))
-            .ok_or_else(|| PyRuntimeError::new_err("the fixed-effects block is not positive definite"))?;
+            .ok_or_else(|| fit_err("the fixed-effects block is not positive definite"))?;
         let d = PyDict::new(py);
         d.set_item("objective", sol.objective)?;
         d.set_item("beta", PyArray1::from_vec(py, sol.beta))?;
@@ -121,11 +132,11 @@ impl LmmCore {
     /// Conditional covariances of b relative to sigma^2: per term a flat array of
     /// nlev * s * s (level-major, each block column-major).
     fn condvar<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Vec<Bound<'py, PyArray1<f64>>>> {
-        let th = slice(&theta, "theta")?.to_vec();
+        let th = lmm_theta(&self.inner, &theta)?;
         let inner = &mut self.inner;
         let cv = py
             .detach(|| inner.condvar(&th))
-            .ok_or_else(|| PyRuntimeError::new_err("factorisation failed"))?;
+            .ok_or_else(|| fit_err("factorisation failed"))?;
         Ok(cv.into_iter().map(|v| PyArray1::from_vec(py, v)).collect())
     }
 
@@ -139,7 +150,7 @@ impl LmmCore {
         };
         let inner = &mut self.inner;
         with_rows(py, &self.refs, &self.z, &self.x, ys, ws, |rows| inner.set_y(rows))?
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+            .map_err(core_err)
     }
 
     /// Replace weights and response, keeping the pattern (for PIRLS).
@@ -152,7 +163,7 @@ impl LmmCore {
         };
         let inner = &mut self.inner;
         with_rows(py, &self.refs, &self.z, &self.x, ys, ws, |rows| inner.reweight(rows))?
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+            .map_err(core_err)
     }
 
     /// Starting values for the diagonals of Lambda, per term and column (see the core docs).
@@ -166,11 +177,11 @@ impl LmmCore {
         let b_v: Vec<Vec<f64>> = b.iter().map(|a| slice(a, "b").map(|s| s.to_vec())).collect::<PyResult<_>>()?;
         let p = self.inner.p();
         if beta_s.len() != p || b_v.len() != self.inner.terms().len() {
-            return Err(PyValueError::new_err("beta or b do not match the model"));
+            return Err(data_err(format!("beta has {} values and b {} arrays; the model has {p} fixed effects and {} terms", beta_s.len(), b_v.len(), self.inner.terms().len())));
         }
         for (bk, t) in b_v.iter().zip(self.inner.terms()) {
             if bk.len() != t.nlev * t.s {
-                return Err(PyValueError::new_err("b does not match the model's terms"));
+                return Err(data_err(format!("b: an array of length {}, expected {} (nlev * s)", bk.len(), t.nlev * t.s)));
             }
         }
         let n = self.inner.nobs();
@@ -202,13 +213,6 @@ fn opt_slice<'a>(a: &'a Option<PyReadonlyArray1<'a, f64>>, what: &str) -> PyResu
     }
 }
 
-fn glmm_err(e: glmm::GlmmError) -> PyErr {
-    match e {
-        glmm::GlmmError::Shape(s) => PyValueError::new_err(s),
-        glmm::GlmmError::Pirls(s) => PyRuntimeError::new_err(s),
-    }
-}
-
 #[pymethods]
 impl GlmmCore {
     /// GlmmCore(refs, z, nlev, lambdas, x, y, family, link, wt=None, ntrials=None, offset=None)
@@ -233,10 +237,10 @@ impl GlmmCore {
         offset: Option<PyReadonlyArray1<'_, f64>>,
     ) -> PyResult<Self> {
         if refs.len() != z.len() || refs.len() != nlev.len() || refs.len() != lambdas.len() {
-            return Err(PyValueError::new_err("refs, z, nlev and lambdas must have one entry per term"));
+            return Err(data_err("refs, z, nlev and lambdas must have one entry per term"));
         }
-        let dist = Dist::from_name(family).ok_or_else(|| PyValueError::new_err(format!("unknown family {family:?}")))?;
-        let link = Link::from_name(link).ok_or_else(|| PyValueError::new_err(format!("unknown link {link:?}")))?;
+        let dist = Dist::from_name(family).ok_or_else(|| spec_err(format!("unknown family {family:?} (the engine has \"binomial\" and \"poisson\")")))?;
+        let link = Link::from_name(link).ok_or_else(|| spec_err(format!("unknown link {link:?}")))?;
         let terms: Vec<Term> = (0..refs.len())
             .map(|k| Term { nlev: nlev[k], s: z[k].shape()[1], lambda: lambdas[k].clone() })
             .collect();
@@ -250,7 +254,7 @@ impl GlmmCore {
             ntrials: opt_slice(&ntrials, "ntrials")?,
             offset: opt_slice(&offset, "offset")?,
         };
-        let inner = py.detach(|| Glmm::new(terms, p, &rows, dist, link)).map_err(glmm_err)?;
+        let inner = py.detach(|| Glmm::new(terms, p, &rows, dist, link)).map_err(core_err)?;
         Ok(GlmmCore { inner })
     }
 
@@ -288,7 +292,7 @@ impl GlmmCore {
         let th = slice(&theta, "theta")?.to_vec();
         let be = slice(&beta, "beta")?.to_vec();
         let inner = &mut self.inner;
-        py.detach(|| inner.try_laplace(&th, &be)).map_err(glmm_err)
+        py.detach(|| inner.try_laplace(&th, &be)).map_err(core_err)
     }
 
     /// Adaptive Gauss-Hermite deviance (one scalar term) with the given rule.
@@ -354,13 +358,13 @@ impl GlmmCore {
     /// b = Lambda(theta) u per term (level-major, flattened).
     fn b<'py>(&self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Vec<Bound<'py, PyArray1<f64>>>> {
         let th = slice(&theta, "theta")?;
-        Ok(self.inner.b(th).into_iter().map(|v| PyArray1::from_vec(py, v)).collect())
+        Ok(self.inner.b(th).map_err(core_err)?.into_iter().map(|v| PyArray1::from_vec(py, v)).collect())
     }
 
     /// Set the warm start u (per term, level-major).
     fn set_u(&mut self, u: Vec<PyReadonlyArray1<'_, f64>>) -> PyResult<()> {
         let uu: Vec<Vec<f64>> = u.iter().map(|a| slice(a, "u").map(|s| s.to_vec())).collect::<PyResult<_>>()?;
-        self.inner.set_u(&uu).map_err(glmm_err)
+        self.inner.set_u(&uu).map_err(core_err)
     }
 
     /// Forget the warm start.
@@ -383,7 +387,7 @@ impl GlmmCore {
     fn condvar<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Vec<Bound<'py, PyArray1<f64>>>> {
         let th = slice(&theta, "theta")?.to_vec();
         let inner = &mut self.inner;
-        let cv = py.detach(|| inner.condvar(&th)).map_err(glmm_err)?;
+        let cv = py.detach(|| inner.condvar(&th)).map_err(core_err)?;
         Ok(cv.into_iter().map(|v| PyArray1::from_vec(py, v)).collect())
     }
 
@@ -391,7 +395,7 @@ impl GlmmCore {
     fn rx<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let th = slice(&theta, "theta")?.to_vec();
         let inner = &mut self.inner;
-        let rx = py.detach(|| inner.rx(&th)).map_err(glmm_err)?;
+        let rx = py.detach(|| inner.rx(&th)).map_err(core_err)?;
         Ok(PyArray1::from_vec(py, rx))
     }
 
@@ -411,10 +415,39 @@ impl GlmmCore {
 #[pyfunction]
 fn gauss_hermite<'py>(py: Python<'py>, n: usize) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
     if n == 0 {
-        return Err(PyValueError::new_err("the number of nodes must be positive"));
+        return Err(spec_err(format!("gauss_hermite: the number of nodes must be positive, not {n}")));
     }
     let (z, w) = glmm::gauss_hermite(n);
     Ok((PyArray1::from_vec(py, z), PyArray1::from_vec(py, w)))
+}
+
+/// family_eval(family, link, y, eta, wt, ntrials=None) -> dict
+///
+/// The engine's per-row mu, mu_eta, variance and dev_resids at eta, and aic (-2 log p(y | mu)
+/// summed, R's family$aic without the parameter term), for conformance tests against the
+/// Python families.
+#[pyfunction]
+#[pyo3(signature = (family, link, y, eta, wt, ntrials=None))]
+fn family_eval<'py>(
+    py: Python<'py>,
+    family: &str,
+    link: &str,
+    y: PyReadonlyArray1<'_, f64>,
+    eta: PyReadonlyArray1<'_, f64>,
+    wt: PyReadonlyArray1<'_, f64>,
+    ntrials: Option<PyReadonlyArray1<'_, f64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dist = Dist::from_name(family).ok_or_else(|| spec_err(format!("unknown family {family:?}")))?;
+    let link_v = Link::from_name(link).ok_or_else(|| spec_err(format!("unknown link {link:?}")))?;
+    let nt = opt_slice(&ntrials, "ntrials")?;
+    let r = glmm::family_eval(dist, link_v, slice(&y, "y")?, slice(&eta, "eta")?, slice(&wt, "wt")?, nt).map_err(core_err)?;
+    let d = PyDict::new(py);
+    d.set_item("mu", PyArray1::from_vec(py, r.mu))?;
+    d.set_item("mu_eta", PyArray1::from_vec(py, r.mu_eta))?;
+    d.set_item("variance", PyArray1::from_vec(py, r.variance))?;
+    d.set_item("dev_resids", PyArray1::from_vec(py, r.dev_resids))?;
+    d.set_item("aic", r.aic)?;
+    Ok(d)
 }
 
 #[pymodule]
@@ -422,5 +455,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LmmCore>()?;
     m.add_class::<GlmmCore>()?;
     m.add_function(wrap_pyfunction!(gauss_hermite, m)?)?;
+    m.add_function(wrap_pyfunction!(family_eval, m)?)?;
     Ok(())
 }

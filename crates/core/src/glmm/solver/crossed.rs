@@ -23,6 +23,12 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor as llt;
 use faer::{MatMut, MatRef, Par};
 
+use crate::error::CoreResult;
+use crate::glmm::{Glmm, E};
+use crate::pattern::{LevelPattern, RowGroups};
+
+use super::Solver;
+
 /// Pattern and workspace of the system.
 pub(crate) struct Crossed {
     k: usize,
@@ -56,61 +62,17 @@ pub(crate) struct Crossed {
 }
 
 impl Crossed {
-    /// `refs[k]` are the levels of term k for the rows (sorted by the levels of term 0).
-    pub fn new(nlev: &[usize], refs: &[Vec<u32>], p: usize) -> Crossed {
+    /// `refs[k]` are the levels of term k for the rows, sorted by the levels of term 0
+    /// (level l's rows are `gstart[l]..gstart[l + 1]`).
+    pub fn new(nlev: &[usize], refs: &[Vec<u32>], gstart: &[usize], p: usize) -> Crossed {
         let k = nlev.len();
         let n0 = nlev[0];
-        let n = refs[0].len();
-        let mut roff = vec![0usize; k];
-        let mut qr = 0;
-        for t in 1..k {
-            roff[t] = qr;
-            qr += nlev[t];
-        }
-        let mut colptr = vec![0usize; n0 + 1];
-        let mut idx: Vec<u32> = Vec::new();
-        let mut slot: Vec<Vec<u32>> = (0..k).map(|t| if t == 0 { Vec::new() } else { vec![0u32; n] }).collect();
-        let mut mark = vec![u32::MAX; qr];
-        let mut i = 0;
-        for l in 0..n0 {
-            colptr[l] = idx.len();
-            let r0 = i;
-            while i < n && refs[0][i] as usize == l {
-                i += 1;
-            }
-            let mut uniq: Vec<u32> = Vec::new();
-            for row in r0..i {
-                for t in 1..k {
-                    let r = roff[t] + refs[t][row] as usize;
-                    if mark[r] == u32::MAX {
-                        mark[r] = 0;
-                        uniq.push(r as u32);
-                    }
-                }
-            }
-            uniq.sort_unstable();
-            for c in 0..p {
-                uniq.push((qr + c) as u32); // X columns: in every level's pattern, last
-            }
-            let base = idx.len();
-            for (j, &r) in uniq.iter().enumerate() {
-                if (r as usize) < qr {
-                    mark[r as usize] = (base + j) as u32;
-                }
-            }
-            idx.extend_from_slice(&uniq);
-            for row in r0..i {
-                for t in 1..k {
-                    slot[t][row] = mark[roff[t] + refs[t][row] as usize];
-                }
-            }
-            for &r in &uniq {
-                if (r as usize) < qr {
-                    mark[r as usize] = u32::MAX;
-                }
-            }
-        }
-        colptr[n0] = idx.len();
+        // the rows are sorted by the levels of term 0; every term has one column
+        let groups = RowGroups::sorted(gstart);
+        let refs_s: Vec<&[u32]> = refs.iter().map(|r| r.as_slice()).collect();
+        // the fixed-effect columns trail every level's pattern
+        let LevelPattern { off: roff, qz: qr, colptr, idx, slot } =
+            LevelPattern::new(nlev, &vec![1; k], &refs_s, &groups, p);
         let nent = idx.len();
         let qd = qr + p;
         let mem = MemBuffer::new(llt::cholesky_in_place_scratch::<f64>(qd.max(1), Par::Seq, Default::default()));
@@ -433,5 +395,58 @@ impl Crossed {
             out[n0 + r] = self.pinv[r + r * qr];
         }
         out
+    }
+}
+
+// ---- the crossed representation as the GLMM uses it ----
+
+impl Glmm {
+    /// Build the (u, beta) system if `joint` and it does not exist yet.
+    fn ensure_crossed_x(&mut self, joint: bool) {
+        if let Solver::Crossed { ub, .. } = &mut self.solver {
+            if joint && ub.is_none() {
+                let nlev: Vec<usize> = self.terms.iter().map(|t| t.nlev).collect();
+                *ub = Some(Crossed::new(&nlev, &self.refs, &self.gstart, self.p));
+            }
+        }
+    }
+
+    /// Factor at the stored weights and solve for the modes of the response `yw`.
+    fn crossed_factor_solve(&mut self, theta: &[f64], joint: bool, yw: Option<&[f64]>) -> CoreResult<(&mut Crossed, Vec<f64>, Vec<f64>)> {
+        let th = self.term_thetas(theta);
+        self.ensure_crossed_x(joint);
+        let Solver::Crossed { u, ub } = &mut self.solver else {
+            return Err(E::ModelSpec("not the crossed representation".into()));
+        };
+        let cr = if joint { ub.as_mut().expect("ensure_crossed_x built it") } else { u };
+        let x: &[f64] = if joint { &self.x } else { &[] };
+        let (uu, b) = cr
+            .factor_solve(&th, &self.refs, &self.z, x, &self.w, yw.unwrap_or(&self.wresp))
+            .ok_or_else(|| E::Numerical("PIRLS: the penalised least-squares system is not positive definite".into()))?;
+        Ok((cr, uu, b))
+    }
+
+    pub(in crate::glmm) fn crossed_solve(&mut self, theta: &[f64], joint: bool) -> CoreResult<(Vec<f64>, Vec<f64>, f64)> {
+        let (cr, u, b) = self.crossed_factor_solve(theta, joint, None)?;
+        Ok((u, b, cr.logdet))
+    }
+
+    pub(in crate::glmm) fn crossed_condvar(&mut self, theta: &[f64]) -> CoreResult<Vec<Vec<f64>>> {
+        self.refresh_state();
+        let th = self.term_thetas(theta);
+        let (cr, _, _) = self.crossed_factor_solve(theta, false, None).map_err(|_| E::Numerical("factorisation failed".into()))?;
+        let d = cr.inverse_diagonal();
+        Ok((0..self.terms.len())
+            .map(|t| (self.uoff[t]..self.uoff[t + 1]).map(|j| th[t] * th[t] * d[j]).collect())
+            .collect())
+    }
+
+    pub(in crate::glmm) fn crossed_rx(&mut self, theta: &[f64]) -> CoreResult<Vec<f64>> {
+        self.refresh_state();
+        let yt: Vec<f64> = (0..self.n).map(|i| self.wresp[i] + self.offb[i] - self.off[i]).collect();
+        let (cr, _, _) = self
+            .crossed_factor_solve(theta, true, Some(&yt))
+            .map_err(|_| E::Numerical("the fixed-effects block is not positive definite".into()))?;
+        Ok(cr.rx())
     }
 }

@@ -1,0 +1,273 @@
+//! The scalar representation: one scalar random-effect term, so that
+//! `Lambda' Z' W Z Lambda + I` is diagonal. PIRLS runs group by group on rows sorted by
+//! group with no matrix at all (and the group's rows stay in cache while it converges);
+//! AGQ integrates each group's u_j on the same passes. nAGQ = 0 couples the groups through
+//! beta: a p x p Schur complement (`JointSystem`).
+
+use super::super::kernel::{fill, group_pass, Kernel};
+use super::super::pirls::PirlsIter;
+use super::super::{EvalInfo, Glmm, E};
+use crate::error::CoreResult;
+use crate::small;
+
+/// Normal equations of the joint (u, beta) PIRLS step with one scalar term.
+pub(in crate::glmm) struct JointSystem {
+    h: Vec<f64>,
+    g: Vec<f64>,
+    c: Vec<f64>,
+    xwx: Vec<f64>,
+    xwy: Vec<f64>,
+}
+
+impl JointSystem {
+    fn new(nl: usize, p: usize) -> Self {
+        JointSystem { h: vec![0.0; nl], g: vec![0.0; nl], c: vec![0.0; nl * p], xwx: vec![0.0; p * p], xwy: vec![0.0; p] }
+    }
+    fn clear(&mut self) {
+        for v in [&mut self.h, &mut self.g, &mut self.c, &mut self.xwx, &mut self.xwy] {
+            v.iter_mut().for_each(|a| *a = 0.0);
+        }
+    }
+}
+
+impl Glmm {
+    /// One pass over group l's rows at u_l: (sum of deviance residuals, sum W r z, sum W z^2).
+    #[inline(always)]
+    pub(in crate::glmm) fn group_pass<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64) -> (f64, f64, f64) {
+        let r = self.gstart[l]..self.gstart[l + 1];
+        let [d, s, h] = group_pass(
+            self.avx2,
+            &k,
+            &self.z[0][r.clone()],
+            &self.offb[r.clone()],
+            &self.y[r.clone()],
+            &self.wt[r.clone()],
+            &self.dy[r.clone()],
+            &self.dn[r],
+            th * ul,
+        );
+        (self.dcsum[l] + d, s, h)
+    }
+
+    /// u-only PIRLS group by group; then Laplace, or AGQ with `quad`.
+    pub(in crate::glmm) fn scalar_u<K: Kernel>(&mut self, k: K, th: f64, quad: Option<(&[f64], &[f64])>) -> CoreResult<()> {
+        let nl = self.terms[0].nlev;
+        let ctl = self.control;
+        let (mut aic, mut dev, mut usq, mut ldl2, mut lmult) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut maxit = 0;
+        for l in 0..nl {
+            let mut ul = if self.warm { self.u[l] } else { 0.0 };
+            let (mut dv, mut s, mut h) = self.group_pass(k, l, th, ul);
+            let mut pdev = dv + ul * ul;
+            let mut it = 0;
+            let mut prev = f64::INFINITY;
+            loop {
+                let d2 = th * th * h + 1.0;
+                let step = (th * s - ul) / d2;
+                if !step.is_finite() || !pdev.is_finite() {
+                    return Err(E::Numerical(format!("PIRLS: non-finite deviance in group {l}")));
+                }
+                let rel = step.abs() / (1.0 + ul.abs());
+                if ctl.converged(rel, prev) {
+                    break;
+                }
+                prev = rel;
+                it += 1;
+                if it > ctl.maxit {
+                    return Err(E::Numerical(format!("PIRLS did not converge in {} iterations", ctl.maxit)));
+                }
+                let mut st = step;
+                let mut halvings = 0;
+                loop {
+                    let un = ul + st;
+                    let (dn, sn, hn) = self.group_pass(k, l, th, un);
+                    let pn = dn + un * un;
+                    if pn <= pdev + 1e-12 * (1.0 + pdev.abs()) {
+                        ul = un;
+                        dv = dn;
+                        s = sn;
+                        h = hn;
+                        pdev = pn;
+                        break;
+                    }
+                    halvings += 1;
+                    if halvings > ctl.max_halvings {
+                        return Err(E::Numerical("PIRLS step-halvings failed to reduce the deviance".into()));
+                    }
+                    st *= 0.5;
+                }
+            }
+            maxit = maxit.max(it);
+            // the weights at the mode define L
+            let (dv2, h2) = (dv, h);
+            let _ = s;
+            let d2 = th * th * h2 + 1.0;
+            self.u[l] = ul;
+            self.d2[l] = d2;
+            dev += dv2;
+            usq += ul * ul;
+            ldl2 += d2.ln();
+            aic += if self.aic_from_dev {
+                dv2 + self.sat_grp[l]
+            } else {
+                let (r0, r1) = (self.gstart[l], self.gstart[l + 1]);
+                let z = &self.z[0];
+                let offb = &self.offb;
+                self.rows_aic(k, r0..r1, |i| offb[i] + z[i] * th * ul)
+            };
+            if let Some((nodes, weights)) = quad {
+                let sd = 1.0 / d2.sqrt();
+                let devc0 = dv2 + ul * ul;
+                let mut mult = 0.0;
+                for (&zk, &wk) in nodes.iter().zip(weights) {
+                    if zk == 0.0 {
+                        mult += wk;
+                        continue;
+                    }
+                    let uk = ul + zk * sd;
+                    let (dk, _, _) = self.group_pass(k, l, th, uk);
+                    let devc = dk + uk * uk;
+                    mult += wk * (0.5 * zk * zk - 0.5 * (devc - devc0)).exp();
+                }
+                lmult += mult.ln();
+            }
+        }
+        self.warm = true;
+        self.state_ok = false;
+        let objective = match quad {
+            None => aic + usq + ldl2,
+            Some(_) => dev + usq + ldl2 - 2.0 * lmult,
+        };
+        self.info = EvalInfo { objective, aic, dev, usq, ldl2, iterations: maxit };
+        Ok(())
+    }
+
+    /// nAGQ = 0 with one scalar term: Fisher scoring over (u, beta); the fixed effects couple
+    /// the groups, so every step is a pass over all rows and a p x p Schur complement.
+    pub(in crate::glmm) fn scalar_joint<K: Kernel>(&mut self, k: K, th: f64) -> CoreResult<()> {
+        let (p, nl) = (self.p, self.terms[0].nlev);
+        let mut sys = JointSystem::new(nl, p);
+        let mut unew = vec![0.0; nl];
+        let mut bnew = vec![0.0; p];
+        let fresh = !self.warm;
+        let usq = |u: &[f64]| u.iter().map(|v| v * v).sum::<f64>();
+        let dev;
+        let pdev;
+        if fresh {
+            self.u.iter_mut().for_each(|v| *v = 0.0);
+            self.scalar_joint_pass(k, th, true, &mut sys);
+            dev = f64::INFINITY;
+            pdev = f64::INFINITY;
+        } else {
+            dev = self.scalar_joint_pass(k, th, false, &mut sys);
+            pdev = dev + usq(&self.u);
+        }
+        let mut st = PirlsIter { it: 0, prev: f64::INFINITY, fresh, dev, pdev };
+        let mut s = vec![0.0; p * p];
+        let mut rb = vec![0.0; p];
+        loop {
+            // the penalised normal equations: block diagonal in u, a p x p Schur complement
+            s.copy_from_slice(&sys.xwx);
+            rb.copy_from_slice(&sys.xwy);
+            for l in 0..nl {
+                let d = th * th * sys.h[l] + 1.0;
+                let c = &sys.c[l * p..(l + 1) * p];
+                let g = th * sys.g[l];
+                for a in 0..p {
+                    rb[a] -= th * c[a] * g / d;
+                    for b in 0..=a {
+                        s[a + b * p] -= th * th * c[a] * c[b] / d;
+                    }
+                }
+            }
+            if p > 0 {
+                if !small::chol_lower(&mut s, p) {
+                    return Err(E::Numerical("PIRLS: the fixed-effects block is not positive definite".into()));
+                }
+                bnew.copy_from_slice(&rb);
+                small::solve_lower(&s, p, &mut bnew);
+                small::solve_lower_t(&s, p, &mut bnew);
+            }
+            for l in 0..nl {
+                let d = th * th * sys.h[l] + 1.0;
+                let c = &sys.c[l * p..(l + 1) * p];
+                let mut v = th * sys.g[l];
+                for a in 0..p {
+                    v -= th * c[a] * bnew[a];
+                }
+                unew[l] = v / d;
+            }
+            if self.pirls_advance(&unew, &bnew, true, &mut st, |me| me.scalar_joint_pass(k, th, false, &mut sys))? {
+                break;
+            }
+        }
+        // the last pass was at the converged (u, beta): its weights define L
+        let mut ldl2 = 0.0;
+        for l in 0..nl {
+            let d = th * th * sys.h[l] + 1.0;
+            self.d2[l] = d;
+            ldl2 += d.ln();
+        }
+        let b = self.beta.clone();
+        self.set_offb(&b)?;
+        // keep the u-only working response (eta - offset - X beta + r)
+        for i in 0..self.n {
+            self.wresp[i] -= self.offb[i] - self.off[i];
+        }
+        let (dev, it) = (st.dev, st.it);
+        let aic = self.total_aic(dev);
+        let us = usq(&self.u);
+        self.warm = true;
+        self.state_ok = true;
+        self.info = EvalInfo { objective: aic + us + ldl2, aic, dev, usq: us, ldl2, iterations: it };
+        Ok(())
+    }
+
+    /// One pass of the joint scalar PIRLS at the current (u, beta), or at the family's
+    /// starting means when `fresh`: stores eta, mu, W and the working response
+    /// eta - offset + r, accumulates the normal equations, returns the deviance.
+    pub(in crate::glmm) fn scalar_joint_pass<K: Kernel>(&mut self, k: K, th: f64, fresh: bool, sys: &mut JointSystem) -> f64 {
+        let (p, nl) = (self.p, self.terms[0].nlev);
+        sys.clear();
+        for l in 0..nl {
+            let bu = th * self.u[l];
+            for i in self.gstart[l]..self.gstart[l + 1] {
+                self.eta[i] = if fresh {
+                    self.link.linkfun(self.dist.mustart(self.y[i], self.wt[i]))
+                } else {
+                    let xi = &self.x[i * p..(i + 1) * p];
+                    let mut e = self.off[i] + self.z[0][i] * bu;
+                    for a in 0..p {
+                        e += xi[a] * self.beta[a];
+                    }
+                    e
+                };
+            }
+        }
+        let dev = self.dc_total
+            + fill(self.avx2, &k, &self.eta, &self.off, &self.y, &self.wt, &self.dy, &self.dn, &mut self.mu, &mut self.w, &mut self.wresp);
+        for l in 0..nl {
+            let (mut hl, mut gl) = (0.0, 0.0);
+            let cl = &mut sys.c[l * p..(l + 1) * p];
+            for i in self.gstart[l]..self.gstart[l + 1] {
+                let xi = &self.x[i * p..(i + 1) * p];
+                let zi = self.z[0][i];
+                let (w, yt) = (self.w[i], self.wresp[i]);
+                let wz = w * zi;
+                hl += wz * zi;
+                gl += wz * yt;
+                for a in 0..p {
+                    cl[a] += wz * xi[a];
+                    let wx = w * xi[a];
+                    sys.xwy[a] += wx * yt;
+                    for b in 0..=a {
+                        sys.xwx[a + b * p] += wx * xi[b];
+                    }
+                }
+            }
+            sys.h[l] = hl;
+            sys.g[l] = gl;
+        }
+        dev
+    }
+}
