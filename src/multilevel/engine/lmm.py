@@ -108,7 +108,7 @@ class LmmProblem(CompiledProblem):
                 self._y,
                 self.w,
             )
-        except ValueError as exc:  # the engine's size limit; shapes are ours to get right
+        except ModelSpecError as exc:  # the engine refuses a dense block beyond its size limit
             raise ModelSpecError(f"this model is too large for the engine: {exc}") from None
 
     def _start(self) -> tuple[np.ndarray, np.ndarray]:
