@@ -16,6 +16,7 @@ mean ``"warning"`` / ``"ignore"`` (``check_conv=False`` also skips the check's e
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -79,6 +80,10 @@ def _step(name: str, value: Any) -> float | tuple[float, ...] | None:
         raise ControlError(name, value, "None, a positive number or one positive number per parameter")
     # a tuple keeps the object comparable and immutable; BOBYQA broadcasts it
     return float(arr) if arr.ndim == 0 else tuple(float(v) for v in arr)
+
+
+#: the validated default settings of each control class (see ``from_user``)
+_DEFAULTS: dict[type, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,11 @@ class LmerControl:
         """
         if isinstance(control, cls):
             return control
+        if control is None and not base:
+            # the defaults are immutable: validate them once per class, not once per fit
+            if cls not in _DEFAULTS:
+                _DEFAULTS[cls] = cls()
+            return _DEFAULTS[cls]  # type: ignore[return-value]
         known = {f.name for f in dataclasses.fields(cls)}
         if isinstance(control, LmerControl):  # e.g. an LmerControl given to glmer
             settings = {f.name: getattr(control, f.name) for f in dataclasses.fields(control)
@@ -171,8 +181,16 @@ class LmerControl:
         return cls(**{**base, **settings})
 
     def with_(self: _C, **changes: Any) -> _C:
-        """A copy with some settings changed (validated like the constructor)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some settings changed (each validated like the constructor; the
+        others were checked when this object was made)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        new = copy.copy(self)
+        for key, value in changes.items():
+            if key not in names:
+                raise ControlError(str(key), value, message=(
+                    f"unknown control setting {key!r}; known: {', '.join(sorted(names))}"))
+            object.__setattr__(new, key, self._validate(key, value))
+        return new
 
     # -- checks ------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ default for ``(x | g)``).
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence, Union
 
 import numpy as np
@@ -137,12 +138,19 @@ class Covariance:
         return hash((type(self).__name__, self.size))
 
 
+@functools.lru_cache(maxsize=64)
+def _tri_cells(s: int) -> tuple[tuple[int, int], ...]:
+    # cached: the layout is asked for many times per fit, and numpy's triu_indices is slow
+    # next to a small fit
+    r, c = _lower_tri_colwise(s)
+    return tuple((int(i), int(j)) for i, j in zip(r, c))
+
+
 class Unstructured(Covariance):
     """lme4's ``(x | g)``: Λ lower triangular and free, θ its lower triangle by columns."""
 
     def cells(self) -> list[tuple[int, int]]:
-        r, c = _lower_tri_colwise(self.size)
-        return [(int(i), int(j)) for i, j in zip(r, c)]
+        return list(_tri_cells(self.size))
 
 
 class Diagonal(Covariance):
