@@ -134,7 +134,8 @@ class LmmProblem(CompiledProblem):
 
     def objective(self, theta: np.ndarray) -> float:
         """-2 log-likelihood (ML) or the REML criterion, profiled over beta and sigma."""
-        return self.core.objective(np.ascontiguousarray(theta, dtype=float), self.reml) - self.logw
+        core = self._core if self._core is not None else self.core  # the hot path: no property
+        return core.objective(np.ascontiguousarray(theta, dtype=float), self.reml) - self.logw
 
     def ml_deviance(self, theta: np.ndarray) -> float:
         return self.core.objective(np.ascontiguousarray(theta, dtype=float), False) - self.logw
@@ -207,9 +208,8 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
     check convergence. Returns (theta, objective, optinfo, warning records)."""
     t0 = time.perf_counter()
-    if ctrl.initial_step is None:
-        ctrl = ctrl.with_(initial_step=problem.step0)
-    res = bobyqa(problem.objective, problem.theta0, problem.lower, ctrl)
+    # the engine's moment-based first step unless the user set one (no control copy per fit)
+    res = bobyqa(problem.objective, problem.theta0, problem.lower, ctrl, initial_step=problem.step0)
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the

@@ -13,7 +13,7 @@ units, a change in the log-likelihood of 5e-5), the optimum is as good as the da
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import nlopt
 import numpy as np
@@ -43,9 +43,10 @@ _NLOPT_MESSAGES = {
 }
 
 def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,
-           ctrl: LmerControl) -> OptResult:
+           ctrl: LmerControl, initial_step: Any = None) -> OptResult:
     """Minimise ``fun`` from ``x0`` subject to ``x >= lower`` with NLopt's BOBYQA, with the
-    tolerances, evaluation limit and first step of ``ctrl``."""
+    tolerances, evaluation limit and first step of ``ctrl``. ``initial_step`` is the caller's
+    own first step (an engine's start values), used where the user set none in ``ctrl``."""
     x0 = np.asarray(x0, dtype=float)
     log: list[tuple[np.ndarray, float]] = []
     first = [None]
@@ -68,7 +69,9 @@ def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray
     opt.set_ftol_rel(ctrl.ftol_rel)
     opt.set_xtol_abs(ctrl.xtol_abs)
     opt.set_maxeval(ctrl.maxeval)
-    step = 0.5 if ctrl.initial_step is None else ctrl.initial_step
+    step = ctrl.initial_step
+    if step is None:
+        step = 0.5 if initial_step is None else initial_step
     try:
         steps = np.broadcast_to(np.asarray(step, dtype=float), (n,)).copy()
     except ValueError:
