@@ -215,8 +215,8 @@ def test_to_python_translation():
     assert to_python(parse_expression("exp(x) + sqrt(abs(z))"), ident) == \
         "(np.exp(x) + np.sqrt(np.abs(z)))"
     assert to_python(parse_expression("poly(x, 3, raw = TRUE)"), ident) == \
-        "poly(x, degree=3, raw=True)"
-    assert to_python(parse_expression("scale(x)"), ident) == "scale(x)"
+        "_ml_poly(x, degree=3, raw=True)"
+    assert to_python(parse_expression("scale(x)"), ident) == "_ml_scale(x)"
     assert to_python(parse_expression("I(x %% 2 == 0)"), ident) == "((np.mod(x, 2.0) == 0.0))"
     # R constants when no column has that name
     assert to_python(parse_expression("I(x * pi)"), lambda n: n if n == "x" else None) == \

@@ -6,6 +6,8 @@ Never the engine, results or anything above.
 
 One module per concept; each imports only the ones before it (an acyclic graph):
 
+- ``contrasts``: R's contrasts (``contr.treatment``, ``contr.sum``, ``contr.helmert``,
+  ``contr.poly``, ``contr.SAS``, a matrix) and the ``contrasts=`` argument;
 - ``source``: the data source (:class:`DataSource`, its :class:`Column` objects,
   :func:`take_rows`): the only code that reads a pandas/polars frame or a dict of arrays;
 - ``variables``: each variable of a term and its encoding (factor levels, ``factor()``,

@@ -28,18 +28,25 @@ What it reproduces from lme4 (``lFormula``/``glFormula``, ``mkReTrms``, ``model.
 - lme4's checks: grouping factors need >= 2 levels and fewer levels than observations, and
   each term fewer random effects than observations (``<=`` for GLMMs).
 
-Known differences: stateful transforms (``scale()``, ``poly()``) learn their parameters on the
-rows used, whereas R computes them before dropping rows with missing values; strings are
-sorted by code point, not by the locale's collation.
+- R's contrasts (:mod:`~multilevel.design.contrasts`): ``contr.treatment`` by default,
+  ``contr.poly`` for ordered factors, others through the ``contrasts=`` argument;
+- every expression is evaluated on all rows before the incomplete ones are dropped, as R's
+  model frame does, so stateful transforms (``scale()``, ``poly()``, ``center()``) learn
+  from all rows (their missing values skipped);
+- a fixed term that is the response (``y ~ y + x``) is dropped with R's warning.
+
+Known difference: strings are sorted by code point, not by the locale's collation.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from multilevel.design.contrasts import Contrast, normalize_contrasts
 from multilevel.design.grouping import BarSpec, GroupSpec, ReTerm
 from multilevel.design.matrices import fill_columns, make_plan, rank_keep
 from multilevel.design.newdata import FrameSpec, NewDesign
@@ -47,7 +54,7 @@ from multilevel.design.response import Response
 from multilevel.design.source import DataSource, as_array, column_not_found, take_rows
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError, FitWarning, FormulaError, ModelSpecError
-from multilevel.formula import parse_formula
+from multilevel.formula import Call, ModelTerms, Node, ParsedFormula, Paren, deparse, parse_formula
 from multilevel.formula._centering import allow_new_groups
 from multilevel.formula._model import CONSTANTS
 
@@ -85,6 +92,10 @@ class ModelFrame:
     term_labels:    R's labels of the fixed terms (``assign`` k > 0 is ``term_labels[k-1]``).
     factor_levels:  level order (first = reference) of each factor in the fixed part (and of
                     a factor response), as in the reference JSON's ``factor_levels``.
+    contrasts:      the :class:`~multilevel.design.contrasts.Contrast` of each factor of the
+                    fixed part (R's ``attr(X, "contrasts")``; the reference JSON's
+                    ``fixed_contrasts``), re-applied to new data by ``new_design``.
+    contrasts_arg:  the ``contrasts=`` argument as normalized (short names or matrices).
     """
 
     formula: str
@@ -104,6 +115,8 @@ class ModelFrame:
     assign: np.ndarray | None = None
     term_labels: list[str] = field(default_factory=list)
     factor_levels: dict[str, list[str]] = field(default_factory=dict)
+    contrasts: dict[str, Contrast] = field(default_factory=dict)
+    contrasts_arg: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nobs(self) -> int:
@@ -156,7 +169,8 @@ _KNOWN_FAMILIES = {"gaussian", "binomial", "poisson", "gamma", "inverse.gaussian
 
 def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
-                      family: str = "gaussian", require_bars: bool = True) -> ModelFrame:
+                      family: str = "gaussian", require_bars: bool = True,
+                      contrasts: Mapping[str, Any] | None = None) -> ModelFrame:
     """Build the arrays of a mixed model from an lme4 formula and a data frame.
 
     data: a pandas DataFrame, a polars DataFrame (or anything narwhals reads), or a dict of
@@ -166,6 +180,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         read: a two-level factor or ``cbind(s, f)`` for binomial, counts for poisson).
     require_bars: if False a formula without random-effects terms is accepted (the frame
         then has no ``reterms``); :func:`build_fixed_frame` is the entry point for that.
+    contrasts: lme4's ``contrasts=``: factor of the fixed part -> ``"treatment"``, ``"sum"``,
+        ``"helmert"``, ``"poly"``, ``"SAS"`` (R's ``"contr.sum"`` spelling too) or a matrix
+        with one row per level; other factors get R's defaults (``contr.poly`` for ordered
+        ones). See :mod:`multilevel.design.contrasts`.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"y": [1.0, 2.1, 2.9, 4.2, 5.1, 5.8],
@@ -196,7 +214,9 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
             if g not in src:
                 raise column_not_found(g, src.names)
 
-    fixed = Scope(parsed.fixed, parsed.fixed.offsets, formula, src)
+    contrasts_arg = normalize_contrasts(contrasts)
+    fixed_terms, rhs_warnings = drop_response_terms(parsed)
+    fixed = Scope(fixed_terms, parsed.fixed.offsets, formula, src, contrasts_arg)
     bar_scopes = [Scope(b.lhs, (), formula, src) for b in parsed.bars]
     response = Response(parsed.response, formula, src, family)
 
@@ -233,31 +253,36 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
                 missing |= outside
                 any_missing = True
 
-    # evaluate (twice if an expression yields NaN on some rows: R drops those rows too)
-    for _attempt in range(3):
-        rows = np.flatnonzero(~missing) if any_missing else None
-        n = n_all if rows is None else len(rows)
-        if n == 0:
-            raise DataError(f"no rows left: all {n_all} rows have a missing value in a "
-                            f"variable of the model ({', '.join(used_cols)})"
-                            if n_all else "the data have no rows")
-        fixed_vals, fixed_offs, bad = fixed.evaluate(src, rows, n, fit=True)
-        y, resp_weights, resp_bad = response.evaluate(src, rows, n)
-        bar_vals = []
-        for sc in bar_scopes:
-            vals, _, b_bad = sc.evaluate(src, rows, n, fit=True)
-            bar_vals.append(vals)
-            if b_bad is not None:
-                bad = b_bad if bad is None else bad | b_bad
-        if resp_bad is not None:
-            bad = resp_bad if bad is None else bad | resp_bad
-        if bad is None or not bad.any():
-            break
-        idx = np.arange(n_all) if rows is None else rows
-        missing[idx[bad]] = True
+    # evaluate every expression on all rows first, as R's model frame does before na.omit:
+    # stateful transforms (scale(), poly(), center()) learn from all rows, and rows where an
+    # expression is NaN are dropped with the rows that have a missing value
+    learnt = []
+    for sc in [fixed] + bar_scopes:
+        blocks, bad = sc.learn_expressions(src)
+        learnt.append(blocks)
+        if bad is not None:
+            missing |= bad
+            any_missing = True
+    resp_blocks, resp_bad = response.learn(src)
+    if resp_bad is not None:
+        missing |= resp_bad
         any_missing = True
+    rows = np.flatnonzero(~missing) if any_missing else None
+    n = n_all if rows is None else len(rows)
+    if n == 0:
+        raise DataError(f"no rows left: all {n_all} rows have a missing value in a "
+                        f"variable of the model ({', '.join(used_cols)})"
+                        if n_all else "the data have no rows")
+
+    def used(blocks: list[np.ndarray] | None) -> list[np.ndarray] | None:
+        return None if blocks is None else [take_rows(b, rows) for b in blocks]
+
+    fixed_vals, fixed_offs, _ = fixed.evaluate(src, rows, n, fit=True, exprs=used(learnt[0]))
+    y, resp_weights, _ = response.evaluate(src, rows, n, blocks=used(resp_blocks))
+    bar_vals = [sc.evaluate(src, rows, n, fit=True, exprs=used(blocks))[0]
+                for sc, blocks in zip(bar_scopes, learnt[1:])]
     n_dropped = n_all - n
-    warnings: list[FitWarning] = []
+    warnings: list[FitWarning] = list(rhs_warnings)
     if n_dropped:
         warnings.append(FitWarning("rows_dropped", f"{n_dropped} row{'s' if n_dropped != 1 else ''} "
                                    f"with missing values dropped"))
@@ -322,6 +347,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         _check_finite(rt.Z, rt.terms, f"random-effects term ({rt.label})")
 
     factor_levels = {v.key: list(v.levels) for v in fixed.vars.values() if v.is_factor}
+    # R's attr(model.matrix, "contrasts"): every factor of the fixed part, also those coded
+    # by one indicator per level (there the contrast is recorded but not used, as in R)
+    fixed_contrasts = {v.key: v.contrast for v in fixed.vars.values()
+                       if v.is_factor and v.contrast is not None}
     if response.levels is not None:
         factor_levels = {response.name: list(response.levels), **factor_levels}
     spec = FrameSpec(parsed, fixed, plan, list(keep), [rt.spec for rt in reterms],
@@ -342,14 +371,16 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         spec=spec,
         family=family,
         assign=assign,
-        term_labels=parsed.fixed.labels,
+        term_labels=fixed_terms.labels,
         factor_levels=factor_levels,
+        contrasts=fixed_contrasts,
+        contrasts_arg=contrasts_arg,
     )
 
 
 def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
-                      | None = None, offset: str | Sequence[float] | np.ndarray | None = None
-                      ) -> ModelFrame:
+                      | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
+                      contrasts: Mapping[str, Any] | None = None) -> ModelFrame:
     """The model frame of a fixed-effects-only model (``multilevel.lm``).
 
     Same formula language, missing-value rule, factor coding, stateful transforms and
@@ -369,7 +400,48 @@ def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float]
                            "factor(g) for one coefficient per group), or fit it with lmer",
                            formula, parsed.bars[0].pos)
     return build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
-                             require_bars=False)
+                             require_bars=False, contrasts=contrasts)
+
+
+def drop_response_terms(parsed: ParsedFormula) -> tuple[ModelTerms, list[FitWarning]]:
+    """The fixed terms without those that are the response itself, with R's warnings.
+
+    R's ``model.matrix`` drops a term whose only variable is the response (``y ~ y + x``,
+    also ``log(y) ~ log(y) + x``) and warns twice ("the response appeared on the right-hand
+    side and was dropped", "problem with term k in model.matrix: no columns are assigned");
+    interactions with it (``y:x``) stay, as in R. We also drop ``I(y)`` (the response inside
+    ``I()`` or parentheses), which lme4 keeps and fits as y on itself (coefficient 1, zero
+    residual variance, failed convergence checks): a model no one means to fit.
+    """
+    if parsed.response is None:
+        return parsed.fixed, []
+    target = deparse(_strip_identity(parsed.response))
+    kept, warns = [], []
+    for k, t in enumerate(parsed.fixed.terms, start=1):
+        if len(t.variables) == 1 and deparse(_strip_identity(t.variables[0])) == target:
+            warns.append(FitWarning("response_on_rhs",
+                                    f"the response appeared on the right-hand side and was "
+                                    f"dropped: term '{t.label}' (problem with term {k} in "
+                                    f"model.matrix: no columns are assigned)"))
+        else:
+            kept.append(t)
+    if not warns:
+        return parsed.fixed, []
+    keys = {v.key for t in kept for v in t.variables}
+    variables = tuple(v for v in parsed.fixed.variables if v.key in keys)
+    return dataclasses.replace(parsed.fixed, terms=tuple(kept), variables=variables), warns
+
+
+def _strip_identity(node: Node) -> Node:
+    """``I(x)`` and ``(x)`` are ``x`` for comparing a term with the response."""
+    while True:
+        if isinstance(node, Paren):
+            node = node.inner
+        elif isinstance(node, Call) and node.func == "I" and len(node.args) == 1 \
+                and node.args[0].name is None:
+            node = node.args[0].value
+        else:
+            return node
 
 
 def _what(name: str | None, default: str) -> str:

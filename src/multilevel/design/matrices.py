@@ -12,7 +12,7 @@ Imports only :mod:`multilevel.design.variables` among the design modules.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -32,7 +32,10 @@ class ColumnPlan:
     terms: list[list[tuple[str, int]]]
     names: list[str]
     assign: list[int]
-    columns: list[list[tuple[str, int]]]  # per column: (variable key, sub-column or level)
+    # per column: (variable key, sub-column or level), or (key, j, "contrast") for column j
+    # of the factor's contrast matrix (other than treatment coding, which compares levels)
+    columns: list[list[tuple]]
+    contrasts: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (k, m) matrix
 
 
 def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
@@ -63,7 +66,8 @@ def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
                 break
     names: list[str] = []
     assign: list[int] = []
-    columns: list[list[tuple[str, int]]] = []
+    columns: list[list[tuple]] = []
+    contrasts: dict[str, np.ndarray] = {}
     if mt.intercept:
         names.append(intercept_name)
         assign.append(0)
@@ -77,6 +81,13 @@ def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
                     only = repr(var.levels[0]) if var.levels else "none"
                     raise DataError(f"factor '{key}' has only one level ({only}) in the rows "
                                     f"used; contrasts need at least two levels")
+                con = var.contrast
+                if code == 1 and con is not None and not con.is_treatment:
+                    # R's contrast matrix: one column per contrast, named by its suffix
+                    contrasts[key] = con.matrix
+                    blocks.append([(key, j, key + suf, "contrast")
+                                   for j, suf in enumerate(con.columns)])
+                    continue
                 start = 1 if code == 1 else 0
                 blocks.append([(key, lvl, key + var.levels[lvl])
                                for lvl in range(start, len(var.levels))])
@@ -87,8 +98,8 @@ def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
             combo = combo[::-1]
             names.append(":".join(c[2] for c in combo))
             assign.append(j)
-            columns.append([(c[0], c[1]) for c in combo])
-    return ColumnPlan(mt.intercept, plan_terms, names, assign, columns)
+            columns.append([(c[0], c[1]) + tuple(c[3:]) for c in combo])
+    return ColumnPlan(mt.intercept, plan_terms, names, assign, columns, contrasts)
 
 
 def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
@@ -110,8 +121,13 @@ def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
             M[:, c] = 1.0
             continue
         acc = None
-        for key, sub in comps:
+        for comp in comps:
+            key, sub = comp[0], comp[1]
             kind, data = values[key]
+            if len(comp) > 2:  # a contrast column: the level's row of the contrast matrix
+                vec = plan.contrasts[key][data, sub]
+                acc = vec if acc is None else acc * vec
+                continue
             vec = data[:, sub] if kind == "num" else (data == sub)
             if acc is None:
                 acc = vec.astype(np.float64, copy=True) if kind == "fac" else vec

@@ -44,8 +44,24 @@ class Response:
     def columns(self) -> list[str]:
         return [self.column] if self.column else list(self.evaluator.names)
 
-    def evaluate(self, data: DataSource, rows, n: int):
-        """(y, weights from cbind or None, rows where an expression is NaN)."""
+    def learn(self, data: DataSource) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
+        """The response's expressions on all rows (R's model frame evaluates before
+        ``na.omit``; see ``Scope.learn_expressions``) and the rows where one is NaN; (None,
+        None) for a plain column."""
+        if self.column is not None or not self.evaluator.nodes:
+            return None, None
+        env = {nm: data.column(nm).raw() for nm in self.evaluator.names if nm in data}
+        blocks = self.evaluator.fit(env, data.nrows)
+        bad = None
+        for b in blocks:
+            m = np.isnan(b).any(axis=1)
+            if m.any():
+                bad = m if bad is None else bad | m
+        return blocks, bad
+
+    def evaluate(self, data: DataSource, rows, n: int, blocks: list[np.ndarray] | None = None):
+        """(y, weights from cbind or None, rows where an expression is NaN); ``blocks``: the
+        expressions already evaluated on these rows (from :meth:`learn`)."""
         fam = self.family
         if self.column is not None:
             col = data.column(self.column)
@@ -63,9 +79,10 @@ class Response:
                 raise DataError(f"the response '{self.column}' ({col.describe()}) is not numeric")
             y = take_rows(col.numeric(), rows).astype(np.float64, copy=True)
             return y, None, None
-        env = {nm: take_rows(data.column(nm).raw(), rows) for nm in self.evaluator.names
-               if nm in data}
-        blocks = self.evaluator.fit(env, n)
+        if blocks is None:
+            env = {nm: take_rows(data.column(nm).raw(), rows) for nm in self.evaluator.names
+                   if nm in data}
+            blocks = self.evaluator.fit(env, n)
         bad = None
         for b in blocks:
             m = np.isnan(b).any(axis=1)

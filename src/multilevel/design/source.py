@@ -51,6 +51,8 @@ class Column:
         self._numeric: np.ndarray | None = None
         self._na: np.ndarray | None | bool = False  # False = not computed yet
         dt = s.dtype
+        #: an ordered pandas Categorical: R's ordered factor (contr.poly in a model matrix)
+        self.ordered = bool(isinstance(dt, pd.CategoricalDtype) and dt.ordered)
         if isinstance(dt, pd.CategoricalDtype):
             self.kind = "categorical"
         elif pd.api.types.is_bool_dtype(dt):

@@ -12,13 +12,14 @@ read. Imports only :mod:`multilevel.design.source` among the design modules.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from multilevel.design.contrasts import Contrast, contrast_for
 from multilevel.design.source import DataSource, column_not_found, level_label, take_rows
-from multilevel.errors import DataError, FormulaError
+from multilevel.errors import DataError, FormulaError, ModelSpecError
 from multilevel.formula import (Call, ModelTerms, Name, Node, NumericExpressions, Num, Paren, Str,
                                 deparse, format_r_number, is_logical)
 from multilevel.formula._model import CONSTANTS
@@ -41,6 +42,8 @@ class Variable:
     explicit_levels: list[str] | None = None   # factor(x, levels = c(...))
     relevel_ref: str | None = None              # relevel(f, ref = "...")
     levels: list[str] = field(default_factory=list)  # after dropping unused levels
+    ordered: bool = False         # an ordered factor (R's default contrast: contr.poly)
+    contrast: Contrast | None = None  # its coding where R codes it by contrasts (fit time)
     suffixes: list[str] = field(default_factory=lambda: [""])
     _index: dict[str, int] | None = None
 
@@ -80,10 +83,13 @@ class Scope:
     """The variables of one model matrix (the fixed part, or the left side of one bar) with
     one formulaic evaluator for its numeric expressions."""
 
-    def __init__(self, terms: ModelTerms, offsets: Sequence[Node], text: str, data: DataSource):
+    def __init__(self, terms: ModelTerms, offsets: Sequence[Node], text: str, data: DataSource,
+                 contrasts: dict[str, Any] | None = None):
         self.terms = terms
         self.text = text
         self.vars: dict[str, Variable] = {}
+        # the normalized contrasts= argument (design/contrasts.py); only the fixed part has one
+        self.contrasts: dict[str, Any] = dict(contrasts or {})
         expr_nodes: list[Node] = []
 
         def add_expr(node: Node) -> int:
@@ -100,6 +106,14 @@ class Scope:
             else:
                 self.offsets.append(Variable(node.key, node, "expr", expr=add_expr(node)))
         self.evaluator = NumericExpressions(expr_nodes, text)
+        for name in self.contrasts:
+            v = self.vars.get(name)
+            if v is None or not v.is_factor:
+                what = "is not a factor (contrasts apply only to factors)" if v is not None \
+                    else "is not a variable of the fixed part"
+                factors = [k for k, x in self.vars.items() if x.is_factor]
+                raise ModelSpecError(f"contrasts: '{name}' {what}; the factors of the fixed part "
+                                     f"are: {', '.join(factors) if factors else 'none'}")
 
     def _classify(self, node: Node, data: DataSource, add_expr) -> Variable:
         n = strip_parens(node)
@@ -108,7 +122,8 @@ class Scope:
             col = data.column(n.name)
             if col.kind == "other":
                 raise DataError(f"column '{n.name}' ({col.describe()}) cannot be used in a model")
-            return Variable(key, node, "column", column=n.name, is_factor=not col.is_numeric)
+            return Variable(key, node, "column", column=n.name, is_factor=not col.is_numeric,
+                            ordered=col.ordered)
         if isinstance(n, Name) and n.name not in CONSTANTS:
             raise column_not_found(n.name, data.names)
         if isinstance(n, Call) and n.func in ("factor", "as.factor", "relevel"):
@@ -116,6 +131,11 @@ class Scope:
             v = Variable(key, node, "column", is_factor=True)
             if isinstance(inner, Name) and inner.name in data:
                 v.column = inner.name
+                # R's factor(x) and as.factor(x) keep an ordered factor ordered
+                v.ordered = data.column(inner.name).ordered
+                if v.ordered and n.func == "relevel":
+                    raise DataError(f"relevel() is only for unordered factors ('{inner.name}' is "
+                                    f"an ordered factor), as in R")
             else:
                 v.source, v.expr = "expr", add_expr(n.args[0].value)
                 v.logical = is_logical(n.args[0].value)
@@ -149,19 +169,41 @@ class Scope:
         return list(out)
 
     # ---------------------------------------------------------------------------------------
-    def evaluate(self, data: DataSource, rows: np.ndarray | None, n: int,
-                 fit: bool) -> tuple[dict[str, tuple], list[np.ndarray], np.ndarray | None]:
+    def learn_expressions(self, data: DataSource) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Evaluate the numeric expressions on *all* rows of ``data``, learning the state of
+        stateful transforms (``scale()``, ``poly()``, ``center()``) there: R's model frame
+        evaluates every variable before ``na.omit`` drops incomplete rows. Returns the
+        (n_all, k) blocks and the rows where some expression is NaN (None if none)."""
+        if not self.evaluator.nodes:
+            return [], None
+        env = {nm: data.column(nm).raw() for nm in self.evaluator.names if nm in data}
+        exprs = self.evaluator.fit(env, data.nrows)
+        bad = None
+        for arr in exprs:
+            m = np.isnan(arr).any(axis=1)
+            if m.any():
+                bad = m if bad is None else (bad | m)
+        return exprs, bad
+
+    def evaluate(self, data: DataSource, rows: np.ndarray | None, n: int, fit: bool,
+                 exprs: list[np.ndarray] | None = None
+                 ) -> tuple[dict[str, tuple], list[np.ndarray], np.ndarray | None]:
         """Encode every variable on the given rows.
+
+        exprs: the expressions already evaluated on these rows (at fit time, the rows of
+            :meth:`learn_expressions`' blocks); otherwise they are evaluated here (learning
+            their state if ``fit``).
 
         Returns ({key: ("num", (n, k) array) | ("fac", codes)}, offsets, rows_with_nan) where
         rows_with_nan flags rows where an expression gave NaN (fit: to be dropped as R's
         na.omit would; new data: an error)."""
-        env = {}
-        for nm in self.evaluator.names:
-            if nm in data:
-                env[nm] = take_rows(data.column(nm).raw(), rows)
-        exprs = (self.evaluator.fit(env, n) if fit else self.evaluator.transform(env, n)) \
-            if self.evaluator.nodes else []
+        if exprs is None:
+            env = {}
+            for nm in self.evaluator.names:
+                if nm in data:
+                    env[nm] = take_rows(data.column(nm).raw(), rows)
+            exprs = (self.evaluator.fit(env, n) if fit else self.evaluator.transform(env, n)) \
+                if self.evaluator.nodes else []
         bad = None
         for arr in exprs:
             m = np.isnan(arr).any(axis=1)
@@ -234,6 +276,10 @@ class Scope:
                 codes, labels = drop_unused(codes, labels)
             v.levels = labels
             v._index = None
+            # R's contrast of the factor (used where TermCode codes it by contrasts): the
+            # contrasts= argument, else contr.poly for an ordered factor, contr.treatment else
+            v.contrast = contrast_for(v.key, labels, self.contrasts.get(v.key),
+                                      ordered=v.ordered and not logical)
             return codes
         idx = v.level_index()
         lut = np.array([idx.get(lab, -1) for lab in labels] + [-1], dtype=np.int64)

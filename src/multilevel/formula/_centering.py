@@ -20,10 +20,11 @@ allow_new_levels=True)``) both functions use the fitting data's grand mean of ``
 rows, the natural guess for the mean of an unseen group; that keeps
 ``center(x, by = g) + group_mean(x, by = g) == x`` on new rows too.
 
-Means ignore missing (NaN) values of ``x``: a row whose ``x`` is NaN is dropped by the model
-frame, and ignoring it here gives the same means the refit on the remaining rows will
-compute. Grouping labels are compared as text (R's labels: ``308`` and ``308.0`` are the
-same group).
+Like R's ``scale()``, the means are learnt from *all* rows of the data, before the model
+frame drops the rows with a missing value (the design layer evaluates expressions on every
+row): a row whose ``x`` (or ``by`` group) is missing is skipped, and its result is NaN (the
+model frame drops it); a row dropped only because another variable is missing still counts.
+Grouping labels are compared as text (R's labels: ``308`` and ``308.0`` are the same group).
 
 >>> import numpy as np, pandas as pd
 >>> x = np.array([1.0, 3.0, 10.0, 20.0]); g = pd.Series(["a", "a", "b", "b"])
@@ -106,12 +107,11 @@ def _learn(x: np.ndarray, by: Any, state: dict) -> None:
     if len(labels) != x.shape[0]:
         raise ValueError(f"'by' has {len(labels)} values, x has {x.shape[0]}")
     codes, uniq = pd.factorize(labels, use_na_sentinel=True)
-    if (codes < 0).any():
-        raise ValueError("the grouping column ('by') has missing values")
     m = len(uniq)
     means = np.empty((m, x.shape[1]))
     for j in range(x.shape[1]):
-        col_ok = ok[:, j]
+        # rows of a missing group are skipped (the model frame drops them)
+        col_ok = ok[:, j] & (codes >= 0)
         sums = np.bincount(codes[col_ok], weights=x[col_ok, j], minlength=m)
         counts = np.bincount(codes[col_ok], minlength=m)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -134,6 +134,11 @@ def _row_means(x: np.ndarray, by: Any, state: dict) -> np.ndarray:
     lut = np.array([index.get(u, -1) for u in uniq] + [-1], dtype=np.int64)
     pos = lut[codes]
     means = np.asarray(state["means"], dtype=np.float64).reshape(len(state["levels"]), -1)
+    missing_group = codes < 0
+    if missing_group.any():
+        # a missing group label: NaN, as for a missing x (the row is dropped or refused)
+        means = np.vstack([means, np.full((1, means.shape[1]), np.nan)])
+        pos = np.where(missing_group, len(means) - 1, pos)
     new = pos < 0
     if new.any():
         if not _ALLOW_NEW_GROUPS.get():

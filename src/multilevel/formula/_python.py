@@ -18,6 +18,7 @@ import pandas as pd
 
 from multilevel.errors import DataError, FormulaError
 from multilevel.formula._centering import CENTERING_TRANSFORMS
+from multilevel.formula._transforms import R_TRANSFORMS
 from multilevel.formula._rsyntax import BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in
 
 __all__ = ["to_python", "NumericExpressions", "is_logical"]
@@ -28,8 +29,9 @@ _NUMPY_RENAMED = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "ceiling
 _CONST = {"TRUE": "True", "T": "True", "FALSE": "False", "F": "False", "pi": "np.pi",
           "Inf": "np.inf", "NA": "np.nan", "NaN": "np.nan"}
 _CMP = {"==", "!=", "<", ">", "<=", ">="}
-# names the translated code may call besides formulaic's own transforms (scale, poly, np)
-_CONTEXT = {"np": np, **CENTERING_TRANSFORMS}
+# names the translated code may call: numpy, R's scale() / poly() (_transforms.py: they skip
+# missing values, as R's do, because expressions are evaluated on all rows) and centring
+_CONTEXT = {"np": np, **R_TRANSFORMS, **CENTERING_TRANSFORMS}
 
 
 def is_logical(node: Node) -> bool:
@@ -169,7 +171,7 @@ def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") ->
                     if not (isinstance(v, Name) and v.name in ("TRUE", "FALSE", "T", "F")):
                         raise fail(f"scale(): only {k} = TRUE/FALSE is supported", n)
                     kw += f", {k}={_CONST[v.name]}"
-            return f"scale({tr(m['x'])}{kw})"
+            return f"_ml_scale({tr(m['x'])}{kw})"
         if f == "poly":
             m = positional(n, ["x", "degree", "coefs", "raw"],
                            {"degree": None, "coefs": None, "raw": None})
@@ -190,7 +192,7 @@ def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") ->
                 if not (isinstance(raw, Name) and raw.name in ("TRUE", "FALSE", "T", "F")):
                     raise fail("poly(): raw must be TRUE or FALSE", n)
                 raw_txt = f", raw={_CONST[raw.name]}"
-            return f"poly({tr(m['x'])}, degree={deg_txt}{raw_txt})"
+            return f"_ml_poly({tr(m['x'])}, degree={deg_txt}{raw_txt})"
         if f in ("center", "group_mean"):
             # multilevel's centring transforms (_centering.py); by= must name a data column
             m = positional(n, ["x", "by"], {"by": None})

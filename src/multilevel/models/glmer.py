@@ -47,6 +47,7 @@ def glmer(
     weights: Any = None,
     offset: Any = None,
     control: dict | GlmerControl | LmerControl | None = None,
+    contrasts: dict | None = None,
 ) -> GlmmFit:
     """Fit a generalized linear mixed model by maximum likelihood (lme4's ``glmer``).
 
@@ -82,6 +83,15 @@ def glmer(
         ``calc_derivs`` (True / False to force or skip the Hessian behind the default
         covariance; None: lme4's rule), ``stage1_ftol_abs`` / ``stage1_xtol_abs`` and
         ``check_hessian``. A bad key or value raises :class:`~multilevel.errors.ControlError`.
+    contrasts : dict, optional
+        lme4's ``contrasts=``: factor of the fixed part -> ``"treatment"``, ``"sum"``,
+        ``"helmert"``, ``"poly"``, ``"SAS"`` (R's ``"contr.sum"`` spelling too) or a matrix
+        (numpy array or DataFrame) with one row per level, e.g. ``{"sector": "sum"}``.
+        Unnamed factors get R's defaults: treatment contrasts, ``contr.poly`` for ordered
+        pandas Categoricals (columns ``f.L``, ``f.Q``, ``f.C``, ``f^4``, ...). The contrasts
+        used are in ``fit.contrasts`` and ``fit.to_dict()["fixed_contrasts"]``; ``predict``
+        re-applies them. A name that is not a factor of the fixed part, an unknown contrast or
+        a matrix of the wrong shape raises :class:`~multilevel.errors.ModelSpecError`.
 
     Notes
     -----
@@ -116,7 +126,8 @@ def glmer(
     if nagq < 0:
         raise ModelSpecError(f"nagq must be a non-negative integer, not {nagq}")
     ctrl = GlmerControl.from_user(control)
-    frame = build_model_frame(formula, data, weights=weights, offset=offset, family=fam.name)
+    frame = build_model_frame(formula, data, weights=weights, offset=offset, family=fam.name,
+                              contrasts=contrasts)
     cbind = _is_cbind(frame)
     # the family owns its response rules (design only reads the response)
     resp_warnings = fam.check_response(frame.y, frame.weights, frame.factor_levels.get(frame.response),

@@ -10,7 +10,8 @@ from multilevel.errors import DataError
 from multilevel.results.lm import LmFit
 
 
-def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None) -> LmFit:
+def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None,
+       contrasts: dict | None = None) -> LmFit:
     """Fit a linear model by (weighted) least squares, as R's ``lm()``.
 
     Parameters
@@ -23,6 +24,15 @@ def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None)
     cluster : column name, optional
         Cluster-robust (CR1, Stata's small-sample correction) standard errors by this column;
         t tests then use G - 1 df. The column must have no missing values in the rows used.
+    contrasts : dict, optional
+        R's ``contrasts=``: factor of the fixed part -> ``"treatment"``, ``"sum"``,
+        ``"helmert"``, ``"poly"``, ``"SAS"`` (R's ``"contr.sum"`` spelling too) or a matrix
+        (numpy array or DataFrame) with one row per level, e.g. ``{"sector": "sum"}``.
+        Unnamed factors get R's defaults: treatment contrasts, ``contr.poly`` for ordered
+        pandas Categoricals (columns ``f.L``, ``f.Q``, ``f.C``, ``f^4``, ...). The contrasts
+        used are in ``fit.contrasts`` and ``fit.to_dict()["fixed_contrasts"]``; ``predict``
+        re-applies them. A name that is not a factor of the fixed part, an unknown contrast or
+        a matrix of the wrong shape raises :class:`~multilevel.errors.ModelSpecError`.
 
     Returns
     -------
@@ -35,7 +45,7 @@ def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None)
     >>> round(fit.loglik, 3), fit.npar, round(fit.fstatistic["value"], 2)
     (-950.147, 3, 71.46)
     """
-    frame = build_fixed_frame(formula, data, weights=weights)
+    frame = build_fixed_frame(formula, data, weights=weights, contrasts=contrasts)
     codes = None
     if cluster is not None:
         if not isinstance(cluster, str):

@@ -21,6 +21,7 @@ def lmer(
     weights: Any = None,
     offset: Any = None,
     control: dict | LmerControl | None = None,
+    contrasts: dict | None = None,
 ) -> LmmFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood.
 
@@ -41,6 +42,15 @@ def lmer(
         ``"ignore"``, ``"error"``) of ``check_conv`` (Newton-decrement convergence check;
         True / False also work), ``check_singular`` and ``check_rank``. A bad key or value
         raises :class:`~multilevel.errors.ControlError` naming it.
+    contrasts : dict, optional
+        lme4's ``contrasts=``: factor of the fixed part -> ``"treatment"``, ``"sum"``,
+        ``"helmert"``, ``"poly"``, ``"SAS"`` (R's ``"contr.sum"`` spelling too) or a matrix
+        (numpy array or DataFrame) with one row per level, e.g. ``{"sector": "sum"}``.
+        Unnamed factors get R's defaults: treatment contrasts, ``contr.poly`` for ordered
+        pandas Categoricals (columns ``f.L``, ``f.Q``, ``f.C``, ``f^4``, ...). The contrasts
+        used are in ``fit.contrasts`` and ``fit.to_dict()["fixed_contrasts"]``; ``predict``
+        re-applies them. A name that is not a factor of the fixed part, an unknown contrast or
+        a matrix of the wrong shape raises :class:`~multilevel.errors.ModelSpecError`.
 
     Returns
     -------
@@ -60,7 +70,8 @@ def lmer(
     if not isinstance(reml, (bool, np.bool_)):
         raise ModelSpecError(f"reml must be True (REML) or False (maximum likelihood), not {reml!r}")
     reml = bool(reml)
-    frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian")
+    frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
+                              contrasts=contrasts)
     problem = LmmProblem(engine_input(frame), reml)
     theta, fval, optinfo, warns = fit_theta(problem, ctrl)
     sol = problem.solution(theta)

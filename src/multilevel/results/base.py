@@ -99,6 +99,21 @@ class FitBase(InformationCriteria):
         return self.frame.nobs
 
     @property
+    def contrasts(self) -> dict:
+        """The coding of each factor of the fixed part (R's ``attr(X, "contrasts")``): factor
+        -> :class:`~multilevel.design.contrasts.Contrast` (``type``, ``levels``, ``columns``,
+        ``matrix``); ``predict`` re-applies them to new data.
+
+        >>> import multilevel as ml, pandas as pd
+        >>> df = ml.datasets.load("sleepstudy").assign(
+        ...     week=lambda d: pd.Categorical(d.Days // 4, ordered=True))
+        >>> fit = ml.lm("Reaction ~ week", df)
+        >>> fit.contrasts["week"].type, fit.contrasts["week"].columns
+        ('contr.poly', ['.L', '.Q'])
+        """
+        return dict(getattr(self.frame, "contrasts", None) or {})
+
+    @property
     def _coef_names(self) -> list[str]:
         """Names of the estimated fixed effects, in the order of ``_beta``."""
         return list(self.frame.fixef_names)

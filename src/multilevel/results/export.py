@@ -145,10 +145,28 @@ def _mixed_dict(fit: Any) -> dict:
         "family": fit.family,
         "link": fit.link,
         "fixef_names": names,
+        **_contrast_fields(fit),
         "re_structure": _re_structure(fit),
         "results": results,
     }
     return out
+
+
+def _contrast_fields(fit: Any) -> dict:
+    """``fixed_contrasts`` (what each factor of the fixed part used, as the reference JSON:
+    type, and levels / columns / matrix unless treatment; None without factors), the
+    ``contrasts=`` argument as given (short names, matrices as rows) and ``contrasts_arg``
+    (the same in R's spelling, ``contr.sum``, as the reference's field)."""
+    frame = fit.frame
+    used = getattr(frame, "contrasts", None) or {}
+    arg = getattr(frame, "contrasts_arg", None) or {}
+    given = {k: (v if isinstance(v, str) else np.asarray(v.values).tolist()) for k, v in arg.items()}
+    r_spelled = {k: (f"contr.{v}" if isinstance(v, str) else v) for k, v in given.items()}
+    return {
+        "fixed_contrasts": {k: c.to_dict() for k, c in used.items()} or None,
+        "contrasts": given or None,
+        "contrasts_arg": r_spelled or None,
+    }
 
 
 def _glmm_extra(fit: Any, d: dict) -> dict:
@@ -178,6 +196,7 @@ def _lm_dict(fit: Any) -> dict:
         "family": "gaussian",
         "link": "identity",
         "coef_names": list(coef.index),
+        **_contrast_fields(fit),
         "results": {
             "coefficients": dict(zip(coef.index, coef.to_numpy())),
             "se": dict(zip(fit.se.index, fit.se.to_numpy())),
