@@ -122,10 +122,21 @@ def fit_reference_case(case_id: str) -> Any:
     case = load_case(case_id)
     df = load_case_frame(case)
     kw = {"weights": case["weights"]} if case.get("weights") else {}
+    kw.update(contrasts_kw(case))
     with warnings.catch_warnings():
         # expected (singular fits, rows dropped); the tests read them from fit.warnings
         warnings.simplefilter("ignore", multilevel.MultilevelWarning)
         return multilevel.lmer(case["formula"], data=df, reml=bool(case["REML"]), **kw)
+
+
+def contrasts_kw(case: dict) -> dict:
+    """A case's ``contrasts_arg`` (lme4's ``contrasts = list(sector = "contr.sum")``) as the
+    library's argument, ``{"contrasts": {"sector": "sum"}}`` ({} when the case has none)."""
+    ca = case.get("contrasts_arg")
+    if not ca:
+        return {}
+    return {"contrasts": {f: v[6:] if isinstance(v, str) and v.startswith("contr.") else v
+                          for f, v in ca.items()}}
 
 
 def rel_diff(a: float, b: float) -> float:

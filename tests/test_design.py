@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import contrasts_kw
 from multilevel.design import build_model_frame
 from multilevel.errors import (ColumnNotFoundError, DataError, FormulaError, ModelSpecError,
                                MultilevelError)
@@ -31,10 +32,12 @@ def load_frame(dataset: str, preprocessing) -> pd.DataFrame:
     meta = json.loads((DATA / "datasets_meta.json").read_text())[name]
     facs = {c: str for c, i in meta["columns"].items() if i["type"] in ("factor", "ordered factor")}
     df = pd.read_csv(DATA / dataset, dtype=facs)
-    for col in facs:
-        df[col] = pd.Categorical(df[col], categories=meta["columns"][col]["levels"])
+    for col in facs:  # R's ordered factors stay ordered (contr.poly in the fixed part)
+        df[col] = pd.Categorical(df[col], categories=meta["columns"][col]["levels"],
+                                 ordered=meta["columns"][col]["type"] == "ordered factor")
     for op in preprocessing or []:
         if op["op"] == "unordered":
+            df[op["column"]] = df[op["column"]].cat.as_unordered()
             continue
         if op["op"] == "subset":
             col, val = [s.strip() for s in op["expr"].replace('"', "'").split("==")]
@@ -72,7 +75,8 @@ def test_reference_case_structure(case):
     df = load_frame(case["dataset"], case.get("preprocessing"))
     before = df.copy(deep=True)
     mf = build_model_frame(case["formula"], df, weights=case.get("weights"),
-                           family=case.get("family", "gaussian"))
+                           family=case.get("family", "gaussian"),
+                           **contrasts_kw(case))
     res = case["results"]
     assert mf.fixef_names == case["fixef_names"]
     assert [(r.group, r.terms, r.n_levels) for r in mf.reterms] == \

@@ -34,7 +34,7 @@ def _check(tab: pd.DataFrame, ref: dict) -> list[str]:
 
 
 def test_cases_are_parametrized():
-    assert len(SATT) == 24 and len(KR) == 11
+    assert len(SATT) == 27 and len(KR) == 12
 
 
 @pytest.mark.parametrize("case_id", SATT)

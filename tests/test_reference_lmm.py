@@ -43,7 +43,7 @@ def _fit(case_id: str):
 
 
 def test_all_lmm_cases_are_parametrized():
-    assert len(CASES) == 24  # every LMM case of the public index
+    assert len(CASES) == 27  # every LMM case of the public index vendored here
 
 
 @pytest.mark.parametrize("case_id", CASES)
@@ -181,6 +181,28 @@ def test_summary_and_export(case_id):
     assert [(b["group"], b["terms"], b["n_levels"], b["theta_names"]) for b in d["re_structure"]] == \
            [(b["group"], b["terms"], b["n_levels"], b["theta_names"]) for b in case["re_structure"]]
     assert math.isfinite(d["results"]["logLik"])
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_fixed_contrasts(case_id):
+    """The coding of every factor of the fixed part is lme4's (``fixed_contrasts``; files
+    made before the field existed are treatment coded throughout)."""
+    case, fit = _fit(case_id)
+    got = fit.to_dict()["fixed_contrasts"] or {}
+    ref = case.get("fixed_contrasts")
+    if ref is None:
+        assert all(c["type"] == "contr.treatment" for c in got.values()), got
+        assert set(got) == set(case.get("factor_levels") or {}) - {case["formula"].split("~")[0].strip()}
+        return
+    assert set(got) == set(ref)
+    for name, r in ref.items():
+        g = got[name]
+        assert g["type"] == r["type"], name
+        if r["type"] != "contr.treatment":
+            assert g["levels"] == r["levels"] and g["columns"] == r["columns"], name
+            np.testing.assert_allclose(g["matrix"], r["matrix"], rtol=0, atol=1e-14)
+    arg = case.get("contrasts_arg")
+    assert fit.to_dict()["contrasts_arg"] == (arg or None)
 
 
 def test_predict_accepts_polars_newdata():
