@@ -119,3 +119,28 @@ def test_glmm_options_need_a_family(capsys):
     code = main(["fit", "Reaction ~ Days + (1 | Subject)", "--data", "sleepstudy", "--nagq", "5"])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: --link and --nagq need --family")
+
+
+def test_fit_with_contrasts(capsys):
+    case = load_case("hsb_sector_sum_reml")
+    assert main(["fit", case["formula"], "--data", "hsb", "--json", "--contrasts", "sector=sum"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fixef_names"] == case["fixef_names"] == ["(Intercept)", "sector1", "cses"]
+    assert d["results"]["logLik"] == pytest.approx(case["results"]["logLik"], rel=1e-8)
+    assert d["fixed_contrasts"] == case["fixed_contrasts"]
+    assert d["contrasts_arg"] == {"sector": "contr.sum"}
+    # R's spelling, several factors in one flag or in repeated flags
+    assert main(["fit", "mAch ~ sector + sx + cses + (1 | school)", "--data", "hsb", "--json",
+                 "--contrasts", "sector=contr.sum,sx=helmert"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["contrasts"] == {"sector": "sum", "sx": "helmert"}
+    assert "sx1" in d["fixef_names"]
+
+
+@pytest.mark.parametrize("arg, msg", [("sector", "expected FACTOR=TYPE"),
+                                      ("sector=wrong", "unknown contrast 'wrong' for factor 'sector'"),
+                                      ("nosuch=sum", "'nosuch' is not a variable of the fixed part")])
+def test_bad_contrasts_flag(capsys, arg, msg):
+    assert main(["fit", "mAch ~ sector + (1 | school)", "--data", "hsb", "--contrasts", arg]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1

@@ -2,6 +2,7 @@
 
     multilevel fit "mAch ~ meanses + cses + (1 + cses | school)" --data hsb
     multilevel fit "Reaction ~ Days + (Days | Subject)" --data sleepstudy.csv --ml --json
+    multilevel fit "mAch ~ sector + cses + (1 | school)" --data hsb --contrasts sector=sum
     multilevel report "Reaction ~ Days + (1 | Subject)" "Reaction ~ Days + (Days | Subject)" --data sleepstudy
     multilevel datasets
 
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--link", metavar="NAME", help="link function (default: the family's canonical link)")
     f.add_argument("--nagq", type=int, default=1, metavar="N",
                    help="glmer: 1 = Laplace (default), > 1 adaptive Gauss-Hermite points, 0 = fast nAGQ=0 fit")
+    f.add_argument("--contrasts", action="append", metavar="F=TYPE[,G=TYPE]",
+                   help="contrasts of fixed-part factors, as lme4's contrasts=: e.g. "
+                        "sector=sum,vr=helmert (treatment, sum, helmert, poly, SAS; R's "
+                        "contr.sum spelling too); may be repeated")
     f.set_defaults(handler=_cmd_fit)
 
     r = sub.add_parser("report", help="fit models and write a self-contained HTML report",
@@ -126,6 +131,25 @@ def _read_data(spec: str) -> tuple[pd.DataFrame, str]:
                           "(`multilevel datasets` lists them)") from e
 
 
+def _parse_contrasts(values: Sequence[str] | None) -> dict[str, str] | None:
+    """``--contrasts sector=sum,vr=helmert`` (possibly repeated) as ``{"sector": "sum", ...}``.
+
+    >>> _parse_contrasts(["sector=sum,vr=contr.helmert", "f = poly"])
+    {'sector': 'sum', 'vr': 'contr.helmert', 'f': 'poly'}
+    """
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for value in values:
+        for item in value.split(","):
+            name, eq, kind = item.partition("=")
+            if not eq or not name.strip() or not kind.strip():
+                raise _InputError(f"--contrasts: expected FACTOR=TYPE (e.g. sector=sum), got "
+                                  f"{item.strip()!r}")
+            out[name.strip()] = kind.strip()
+    return out
+
+
 def _fit(args: argparse.Namespace, df: pd.DataFrame) -> Any:
     """Fit the model the arguments describe (the one place that chooses lmer vs glmer)."""
     import multilevel  # lazily: the engine is only loaded for `fit`
@@ -133,6 +157,9 @@ def _fit(args: argparse.Namespace, df: pd.DataFrame) -> Any:
     kw: dict[str, Any] = {}
     if args.weights:
         kw["weights"] = args.weights
+    contrasts = _parse_contrasts(getattr(args, "contrasts", None))
+    if contrasts:
+        kw["contrasts"] = contrasts
     family = getattr(args, "family", None)
     if family and family != "gaussian":
         if args.ml:

@@ -1,6 +1,7 @@
 """lm: fit a linear model by (weighted) least squares."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,11 @@ def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None,
     (-950.147, 3, 71.46)
     """
     frame = build_fixed_frame(formula, data, weights=weights, contrasts=contrasts)
+    for rec in frame.warnings:
+        # R's lm() is silent about dropped rows but warns, from model.matrix, when the
+        # response was on the right-hand side
+        if rec.code == "response_on_rhs":
+            warnings.warn(rec.message, rec.category, stacklevel=2)
     codes = None
     if cluster is not None:
         if not isinstance(cluster, str):
