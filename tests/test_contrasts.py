@@ -357,3 +357,30 @@ def test_response_on_the_rhs_with_lm_and_glmer():
     with pytest.warns(ml.MultilevelWarning, match="right-hand side"):
         g = ml.glmer("incidence ~ incidence + period + (1 | herd)", cbpp, family="poisson")
     assert "incidence" not in g.fixef.index
+
+
+# ---------------------------------------------------------------------------------------------
+# design details and docstrings
+# ---------------------------------------------------------------------------------------------
+
+def test_ordered_factor_in_a_random_term_gets_contr_poly_as_lme4(cake):
+    from multilevel.design import build_model_frame
+
+    # lme4's mkReTrms uses R's default contrasts; the contrasts= argument is for X only
+    mf = build_model_frame("angle ~ recipe + (temperature | replicate)", cake,
+                           contrasts={"recipe": "sum"})
+    assert mf.reterms[0].terms == ["(Intercept)", "temperature.L", "temperature.Q", "temperature.C",
+                                   "temperature^4", "temperature^5"]
+    assert mf.fixef_names == ["(Intercept)", "recipe1", "recipe2"]
+    mf = build_model_frame("angle ~ recipe + (0 + temperature | replicate)", cake)
+    assert mf.reterms[0].terms == [f"temperature{t}" for t in range(175, 226, 10)]
+
+
+@pytest.mark.parametrize("name", ["multilevel.design.contrasts", "multilevel.formula._transforms",
+                                  "multilevel.formula._centering"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -18,8 +18,8 @@ level whatever its contrast, as in R.
 >>> c = contrast_for("f", ["a", "b", "c"], "sum")
 >>> c.type, c.columns, c.matrix.tolist()
 ('contr.sum', ['1', '2'], [[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
->>> [round(v, 4) for v in contr_poly(3)[:, 0]], poly_names(4)
-([-0.7071, 0.0, 0.7071], ['.L', '.Q', '.C'])
+>>> contr_poly(3)[:, 0].round(4).tolist(), poly_names(4)
+([-0.7071, -0.0, 0.7071], ['.L', '.Q', '.C'])
 """
 from __future__ import annotations
 

@@ -5,8 +5,11 @@ part expanded into R's terms (:class:`ModelTerms`), and the random-effects bars 
 lme4 does (:class:`BarTerm`; ``||`` split into uncorrelated terms, ``a/b`` into ``b:a`` and
 ``a``). Nothing here looks at data; :mod:`multilevel.design` turns a parsed formula and a data
 frame into arrays, evaluating expressions such as ``I(age^2)`` or ``scale(x)`` through
-formulaic (:class:`NumericExpressions`). Besides R's functions a formula may centre variables:
-``center(x)``, ``center(x, by = g)`` and ``group_mean(x, by = g)`` (``_centering.py``).
+formulaic (:class:`NumericExpressions`); R's stateful ``scale()`` and ``poly()`` are our own
+formulaic transforms (``_transforms.py``), which skip missing values as R's do because the
+design layer evaluates expressions on all rows before dropping incomplete ones. Besides R's
+functions a formula may centre variables: ``center(x)``, ``center(x, by = g)`` and
+``group_mean(x, by = g)`` (``_centering.py``).
 
 Layer: formula (the lowest above errors). May import: ``multilevel.errors``, formulaic. It
 never sees data frames (design does), arrays of a model (engine) or fits (results).
