@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import multilevel as ml
 from conftest import load_case, load_case_frame, read_dataset
@@ -384,3 +386,43 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_model_matrix_is_the_contrast_rows_dense_check():
+    """Brute force: each column block of X is the contrast matrix indexed by the level codes
+    (and their products for an interaction, first factor fastest)."""
+    from multilevel.design import build_fixed_frame
+
+    rng = np.random.default_rng(3)
+    f = pd.Categorical(rng.choice(list("abcd"), 60), categories=list("abcd"), ordered=True)
+    g = pd.Categorical(rng.choice(list("xyz"), 60), categories=list("xyz"))
+    df = pd.DataFrame({"y": rng.normal(size=60), "f": f, "g": g})
+    mf = build_fixed_frame("y ~ f * g", df, contrasts={"g": "helmert"})
+    Cf, Cg = contr_poly(4), contr_helmert(3)
+    A, B = Cf[f.codes], Cg[g.codes]
+    inter = np.column_stack([A[:, i] * B[:, j] for j in range(2) for i in range(3)])
+    np.testing.assert_allclose(mf.X, np.column_stack([np.ones(60), A, B, inter]), atol=1e-15)
+    assert mf.fixef_names[1:4] == ["f.L", "f.Q", "f.C"] and mf.fixef_names[4:6] == ["g1", "g2"]
+    assert mf.fixef_names[6:8] == ["f.L:g1", "f.Q:g1"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 6))
+def test_coding_changes_neither_ml_loglik_nor_fitted_values(seed, k):
+    """Property: every full-rank coding spans the same column space, so ML logLik and fitted
+    values do not change (the REML logLik does, by log det of the change of basis)."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    levels = [f"l{i}" for i in range(k)]
+    f = pd.Categorical(np.concatenate([levels, rng.choice(levels, n - k)]), categories=levels)
+    df = pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n), "f": f,
+                       "g": rng.integers(0, 6, n).astype(str)})
+    base = ml.lm("y ~ f * x", df)
+    M = rng.normal(size=(k, k - 1))  # almost surely a full-rank contrast
+    for con in ("sum", "helmert", "poly", "SAS", M):
+        other = ml.lm("y ~ f * x", df, contrasts={"f": con})
+        assert other.loglik == pytest.approx(base.loglik, rel=1e-10)
+        np.testing.assert_allclose(other.fitted(), base.fitted(), rtol=1e-8, atol=1e-8)
+    a = _quiet(ml.lmer, "y ~ f + x + (1 | g)", df, reml=False)
+    b = _quiet(ml.lmer, "y ~ f + x + (1 | g)", df, reml=False, contrasts={"f": "helmert"})
+    assert b.loglik == pytest.approx(a.loglik, rel=1e-9, abs=1e-9)
