@@ -7,7 +7,8 @@ one :class:`Variable` per variable of its terms: a numeric column or expression,
 with its levels after dropping unused ones (lme4's ``drop.unused.levels = TRUE``),
 ``factor(x, levels =)`` and ``relevel(f, ref =)``. The encoding is learnt on the fitting rows
 and re-applied to new data, so it is the state both the model matrices and the new-data path
-read. Imports only :mod:`multilevel.design.source` among the design modules.
+read. Imports :mod:`multilevel.design.contrasts` (each factor's coding) and
+:mod:`multilevel.design.source` among the design modules.
 """
 from __future__ import annotations
 

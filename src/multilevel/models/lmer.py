@@ -62,6 +62,9 @@ def lmer(
     >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
     >>> fit.fixef.round(3).tolist()
     [251.405, 10.467]
+    >>> hsb = ml.datasets.load("hsb")   # lme4: contrasts = list(sector = "contr.sum")
+    >>> ml.lmer("mAch ~ sector + cses + (1 | school)", hsb, contrasts={"sector": "sum"}).fixef.round(3).to_dict()
+    {'(Intercept)': 12.796, 'sector1': -1.403, 'cses': 2.191}
     """
     from multilevel.design.frame import build_model_frame
     from multilevel.results.lmm import LmmFit
