@@ -426,3 +426,10 @@ def test_coding_changes_neither_ml_loglik_nor_fitted_values(seed, k):
     a = _quiet(ml.lmer, "y ~ f + x + (1 | g)", df, reml=False)
     b = _quiet(ml.lmer, "y ~ f + x + (1 | g)", df, reml=False, contrasts={"f": "helmert"})
     assert b.loglik == pytest.approx(a.loglik, rel=1e-9, abs=1e-9)
+
+
+def test_lm_summary_call_shows_the_contrasts_argument():
+    sleep = ml.datasets.load("sleepstudy")
+    text = str(ml.lm("Reaction ~ factor(Days)", sleep, contrasts={"factor(Days)": "sum"}).summary())
+    assert 'lm(formula = Reaction ~ factor(Days), contrasts = list(`factor(Days)` = "contr.sum"))' in text
+    assert "factor(Days)1 " in text

@@ -32,6 +32,8 @@ F-statistic: 71.46 on 1 and 178 DF,  p-value: 9.894e-15
 """
 from __future__ import annotations
 
+import re
+
 from functools import cached_property
 from html import escape
 from typing import TYPE_CHECKING
@@ -75,6 +77,15 @@ def _call_line(fit: AnyFit) -> str:
         args.append(f"weights = {fit.weights_name or '<array>'}")
     if fit.cluster is not None:
         args.append(f'cluster = "{fit.cluster}"')
+    con = getattr(fit.frame, "contrasts_arg", None)
+    if con:
+        # R echoes the argument in the call: contrasts = list(recipe = "contr.helmert")
+        def name(k: str) -> str:  # R backquotes non-syntactic names: `factor(Days)`
+            return k if re.fullmatch(r"[A-Za-z.][A-Za-z0-9._]*", k) else f"`{k}`"
+
+        items = [f'{name(k)} = "contr.{v}"' if isinstance(v, str) else f"{name(k)} = <matrix>"
+                 for k, v in con.items()]
+        args.append(f"contrasts = list({', '.join(items)})")
     return f"lm({', '.join(args)})"
 
 
