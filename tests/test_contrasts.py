@@ -433,3 +433,22 @@ def test_lm_summary_call_shows_the_contrasts_argument():
     text = str(ml.lm("Reaction ~ factor(Days)", sleep, contrasts={"factor(Days)": "sum"}).summary())
     assert 'lm(formula = Reaction ~ factor(Days), contrasts = list(`factor(Days)` = "contr.sum"))' in text
     assert "factor(Days)1 " in text
+
+
+def test_response_and_random_terms_learn_from_all_rows_too():
+    from multilevel.design import build_model_frame
+
+    rng = np.random.default_rng(5)
+    n = 60
+    df = pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n), "z": rng.normal(size=n),
+                       "g": np.repeat(list("abcdef"), 10)})
+    df.loc[[3, 17, 40], "x"] = np.nan     # rows dropped because x is missing
+    df.loc[[8], "y"] = np.nan
+    df.loc[[22], "z"] = np.nan
+    mf = build_model_frame("scale(y) ~ x + (scale(z) | g)", df)
+    keep = mf.rows
+    assert len(keep) == n - 5
+    y, z = df["y"].to_numpy(), df["z"].to_numpy()
+    np.testing.assert_allclose(mf.y, ((y - np.nanmean(y)) / np.nanstd(y, ddof=1))[keep], rtol=1e-13)
+    np.testing.assert_allclose(mf.reterms[0].Z[:, 1], ((z - np.nanmean(z)) / np.nanstd(z, ddof=1))[keep],
+                               rtol=1e-13)
