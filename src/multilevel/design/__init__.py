@@ -11,7 +11,8 @@ One module per concept; each imports only the ones before it (an acyclic graph):
 - ``source``: the data source (:class:`DataSource`, its :class:`Column` objects,
   :func:`take_rows`): the only code that reads a pandas/polars frame or a dict of arrays;
 - ``variables``: each variable of a term and its encoding (factor levels, ``factor()``,
-  ``relevel()``, numeric expressions), learnt on the fitting rows;
+  ``relevel()``, numeric expressions), factor levels learnt on the fitting rows, stateful
+  transforms on all rows (as R's model frame);
 - ``matrices``: R's ``model.matrix`` (the column plan, :func:`fill_columns`) and its
   rank-deficiency rule (:func:`rank_keep`);
 - ``grouping``: grouping factors and the random-effect terms (:class:`ReTerm`);

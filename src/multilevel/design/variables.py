@@ -5,9 +5,10 @@ Layer: design. May import: formula, errors, control.
 Why a module of its own: a :class:`Scope` (the fixed part, or the left side of one bar) holds
 one :class:`Variable` per variable of its terms: a numeric column or expression, or a factor
 with its levels after dropping unused ones (lme4's ``drop.unused.levels = TRUE``),
-``factor(x, levels =)`` and ``relevel(f, ref =)``. The encoding is learnt on the fitting rows
-and re-applied to new data, so it is the state both the model matrices and the new-data path
-read. Imports :mod:`multilevel.design.contrasts` (each factor's coding) and
+``factor(x, levels =)`` and ``relevel(f, ref =)``, and its contrast. The levels are learnt on the
+fitting rows, the state of stateful transforms on all rows (:meth:`Scope.learn_expressions`),
+and both are re-applied to new data, so it is the state both the model matrices and the
+new-data path read. Imports :mod:`multilevel.design.contrasts` (each factor's coding) and
 :mod:`multilevel.design.source` among the design modules.
 """
 from __future__ import annotations

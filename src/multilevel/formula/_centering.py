@@ -2,7 +2,7 @@
 
 These are multilevel's own formula functions (R has no built-in equivalent; in R one centres
 the columns by hand before calling lmer). They are formulaic *stateful transforms*, exactly
-like ``scale()`` and ``poly()``: the means are learned once, on the rows used by the fit, kept
+like ``scale()`` and ``poly()``: the means are learned once, from all rows of the data, kept
 in the formulaic ``ModelSpec`` and re-applied unchanged to new data by ``predict(newdata)``.
 
 ``center(x)``
