@@ -452,3 +452,21 @@ def test_response_and_random_terms_learn_from_all_rows_too():
     np.testing.assert_allclose(mf.y, ((y - np.nanmean(y)) / np.nanstd(y, ddof=1))[keep], rtol=1e-13)
     np.testing.assert_allclose(mf.reterms[0].Z[:, 1], ((z - np.nanmean(z)) / np.nanstd(z, ddof=1))[keep],
                                rtol=1e-13)
+
+
+def test_type3_anova_with_poly_and_helmert_contrasts_matches_lmertest(cake, exam):
+    """lmerTest maps the type III contrasts of treatment coding to the coding used; the
+    numbers are lmerTest 3.1-3's anova(m) (R 4.2.2, the reference control)."""
+    from multilevel.inference.ddf import anova_terms
+
+    fit = ml.lmer("angle ~ recipe * temperature + (1 | recipe:replicate)", cake)
+    tab = anova_terms(fit)
+    np.testing.assert_allclose(tab["Sum Sq"], [10.185861528, 2100.300016867, 205.977777778], rtol=1e-5)
+    np.testing.assert_allclose(tab["DenDF"], [41.9999998211, 210.000000075, 210.0000000742], rtol=1e-4)
+    assert tab["NumDF"].tolist() == [2, 5, 10]
+    kr = anova_terms(fit, "kenward-roger")
+    np.testing.assert_allclose(kr["DenDF"], [42, 210, 210], rtol=1e-4)
+    fit = ml.lmer("normexam ~ standLRT * vr + (1 | school)", exam, contrasts={"vr": "helmert"})
+    tab = anova_terms(fit)
+    np.testing.assert_allclose(tab["Sum Sq"], [874.391375124, 4.686262984, 12.206760689], rtol=1e-5)
+    np.testing.assert_allclose(tab["DenDF"], [4004.0456459, 61.4227051, 4003.95190324], rtol=1e-3)

@@ -547,6 +547,21 @@ def type3_contrasts(fit: AnyFit) -> dict[str, np.ndarray]:
     Xs = fill_columns(spec.plan, values, n, spec.keep)
     if Xs.shape[1] != p:
         raise MultilevelError("could not rebuild the design of the fixed part for type III contrasts")
+    names = list(frame.fixef_names)
+    to_coding = None
+    if getattr(spec.plan, "contrasts", None):
+        # other contrasts than treatment (contr.poly of an ordered factor, contrasts=): as
+        # lmerTest, find the contrasts for treatment coding and map them to the coding used
+        # with ginv(X_treatment) X (both codings span the same columns)
+        if len(spec.keep) < len(spec.plan.names):
+            raise MultilevelError("type III tests of a rank-deficient fixed part with contrasts "
+                                  "other than treatment are not supported; use type=1")
+        plan_t = _treatment_plan(spec)
+        Xt = fill_columns(plan_t, values, n)
+        to_coding = _zapsmall(np.linalg.pinv(Xt) @ Xs)
+        Xs, names = Xt, list(plan_t.names)
+        assign_t = np.asarray(plan_t.assign)
+        cols = {lab: [int(j) for j in np.flatnonzero(assign_t == k + 1)] for k, lab in enumerate(labels)}
     # the over-parameterised design: ~ 0 + term for every term, all levels of every factor
     rd_cols, rd_names = [], []
     if spec.plan.intercept:
@@ -582,15 +597,30 @@ def type3_contrasts(fit: AnyFit) -> dict[str, np.ndarray]:
             coef, *_ = np.linalg.lstsq(B, Y, rcond=None)
             L[:, cols[t]] = _zapsmall(Y - B @ coef)
     pos = {nm: i for i, nm in enumerate(rd_names)}
-    names = list(frame.fixef_names)
     if not all(nm in pos for nm in names):
         raise MultilevelError("could not match the fixed effects to the over-parameterised design")
     L = L[[pos[nm] for nm in names], :]
     out = {}
     for t in labels:
         Lt = L[:, cols[t]].T
+        if to_coding is not None:
+            Lt = _zapsmall(Lt @ to_coding)
         out[t] = Lt[np.abs(Lt).sum(axis=1) > 1e-8]
     return out
+
+
+def _treatment_plan(spec: Any) -> Any:
+    """The column plan of the fixed part with every factor treatment coded (same terms)."""
+    import copy
+    import dataclasses
+
+    from multilevel.design.contrasts import contrast_for
+    from multilevel.design.matrices import make_plan
+
+    scope = copy.copy(spec.fixed)
+    scope.vars = {k: (dataclasses.replace(v, contrast=contrast_for(k, v.levels)) if v.is_factor else v)
+                  for k, v in spec.fixed.vars.items()}
+    return make_plan(scope)
 
 
 def _satt_ftest(fit: AnyFit, L: np.ndarray, eps: float = math.sqrt(np.finfo(float).eps)):
