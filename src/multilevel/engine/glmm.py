@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from multilevel._core import GlmmCore, gauss_hermite
+from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import ModelSpecError
@@ -62,6 +63,11 @@ class GlmmProblem(CompiledProblem):
     The small interface inference code relies on: ``stage0(theta)`` (nAGQ = 0 criterion,
     beta in PIRLS), ``devfun(x)`` with ``x = (theta, beta)`` (the nAGQ >= 1 criterion),
     ``state(x)`` (modes, fitted values, weights at x), ``condvar``, ``vcov_rx``.
+
+    The core fits centred columns of X (``engine.centring``): ``devfun``, ``devfun_grad`` and
+    ``vcov_rx`` speak the user's beta; the optimisers use ``devfun_c`` / ``devfun_grad_c``
+    and ``core.beta`` in the engine's ``beta_c`` (better conditioned: a predictor far from 0
+    no longer ties the intercept to its slope), mapped back by ``x_out``.
     """
 
     def __init__(self, inp: EngineInput, family: Family, nagq: int, ntrials: np.ndarray | None = None,
@@ -78,7 +84,8 @@ class GlmmProblem(CompiledProblem):
         self._w = None if inp.weights is None else np.ascontiguousarray(inp.weights, dtype=float)
         self._off = None if inp.offset is None else np.ascontiguousarray(inp.offset, dtype=float)
         self._ntrials = None if ntrials is None else np.ascontiguousarray(ntrials, dtype=float)
-        self._X = np.ascontiguousarray(inp.X, dtype=float)
+        self.xcentring = XCentring.of(inp.X, inp.intercept)
+        self._X = self.xcentring.apply(inp.X)
         self._y = np.ascontiguousarray(inp.y, dtype=float)
         self.pirls_tol = float(pirls_tol)
         self.pirls_maxit = int(pirls_maxit)
@@ -138,8 +145,34 @@ class GlmmProblem(CompiledProblem):
         self.nevals += 1
         return self.core.laplace_joint(np.ascontiguousarray(theta, dtype=float))
 
+    def x_in(self, x: np.ndarray) -> np.ndarray:
+        """(theta, beta) -> (theta, beta_c), the engine's coordinates."""
+        theta, beta = self.split(x)
+        return np.concatenate([theta, self.xcentring.beta_in(beta)])
+
+    def x_out(self, xc: np.ndarray) -> np.ndarray:
+        """(theta, beta_c) -> (theta, beta), the user's coordinates."""
+        theta, beta_c = self.split(xc)
+        return np.concatenate([theta, self.xcentring.beta_out(beta_c)])
+
+    def derivs_out(self, g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient and Hessian in (theta, beta_c) -> in (theta, beta)."""
+        nt = self.ntheta
+        g = np.array(g, dtype=float)
+        H = np.array(H, dtype=float)
+        if not self.xcentring.active:
+            return g, H
+        T = np.eye(g.size)
+        T[nt:, nt:] = self.xcentring.matrix()
+        Ti = np.linalg.inv(T)
+        return Ti.T @ g, Ti.T @ H @ Ti
+
     def devfun(self, x: np.ndarray) -> float:
         """The nAGQ >= 1 criterion at x = (theta, beta): Laplace or AGQ deviance."""
+        return self.devfun_c(self.x_in(x))
+
+    def devfun_c(self, x: np.ndarray) -> float:
+        """``devfun`` at x = (theta, beta_c), the engine's coordinates."""
         self.nevals += 1
         theta, beta = self.split(x)
         if self.nagq > 1:
@@ -155,6 +188,14 @@ class GlmmProblem(CompiledProblem):
     def devfun_grad(self, x: np.ndarray, jacobian: bool = True) -> tuple[float, np.ndarray | None]:
         """The Laplace criterion at x = (theta, beta) and its gradient (see ``has_gradient``).
         ``jacobian=False`` for points not revisited (finite-difference Hessian columns)."""
+        f, g = self.devfun_grad_c(self.x_in(x), jacobian)
+        if g is None or not self.xcentring.active:
+            return f, g
+        nt = self.ntheta
+        return f, np.concatenate([g[:nt], self.xcentring.grad_out(g[nt:])])
+
+    def devfun_grad_c(self, x: np.ndarray, jacobian: bool = True) -> tuple[float, np.ndarray | None]:
+        """``devfun_grad`` at x = (theta, beta_c), the gradient in those coordinates."""
         self.nevals += 1
         theta, beta = self.split(x)
         f, g = self.core.laplace_grad(theta, beta, jacobian)
@@ -180,14 +221,16 @@ class GlmmProblem(CompiledProblem):
                 out[k] = np.ascontiguousarray(blocks[:, cols, cols])
         return out
 
-    def vcov_rx(self, theta: np.ndarray) -> np.ndarray:
-        """(R_X R_X')^-1 at the current weights: lme4's ``vcov(fit, use.hessian = FALSE)``."""
+    def vcov_rx(self, theta: np.ndarray, centred: bool = False) -> np.ndarray:
+        """(R_X R_X')^-1 at the current weights: lme4's ``vcov(fit, use.hessian = FALSE)``
+        (of beta_c with ``centred``)."""
         p = self.p
         if p == 0:
             return np.zeros((0, 0))
         rx = np.asarray(self.core.rx(np.ascontiguousarray(theta, dtype=float))).reshape(p, p).T
         rxinv = np.linalg.inv(rx)
-        return rxinv.T @ rxinv
+        V = rxinv.T @ rxinv
+        return V if centred else self.xcentring.cov_out(V)
 
 
 def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,

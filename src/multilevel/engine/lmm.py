@@ -17,6 +17,7 @@ import numpy as np
 from multilevel._core import LmmCore
 from multilevel.control import LmerControl
 from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, theta_layout
+from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import FitWarning, ModelSpecError
@@ -91,7 +92,10 @@ class LmmProblem(CompiledProblem):
         self.logw = 0.0 if self.w is None else float(np.sum(np.log(self.w[self.w > 0])))
         # the compiled core cannot be pickled: keep the arrays it is built from (the current
         # response too, which set_y replaces) and rebuild it on first use after unpickling
-        self._X = np.ascontiguousarray(inp.X, dtype=float)
+        # X's columns are centred too (engine.centring): the core fits beta_c, and solution()
+        # / fitted() speak the user's beta
+        self.xcentring = XCentring.of(inp.X, self.intercept, self.w)
+        self._X = self.xcentring.apply(inp.X)
         self._y = np.ascontiguousarray(y, dtype=float)
         self._core: LmmCore | None = None
         self._core = self._build_core()
@@ -160,10 +164,10 @@ class LmmProblem(CompiledProblem):
             # p is small: a plain inverse avoids scipy's per-call overhead, which dominated
             # the whole fit of small models
             rxinv = np.linalg.inv(rx)
-            vcov = sigma2 * (rxinv.T @ rxinv)
+            vcov = self.xcentring.cov_out(sigma2 * (rxinv.T @ rxinv))
         else:
             vcov = np.zeros((0, 0))
-        beta = np.array(sol["beta"], dtype=float)
+        beta = self.xcentring.beta_out(sol["beta"])
         if self.intercept is not None:
             beta[self.intercept] += self.yshift
         return {
@@ -196,7 +200,7 @@ class LmmProblem(CompiledProblem):
             blocks = [np.asarray(b[k], dtype=float) for k in e.blocks]
             merged = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
             b_engine.append(np.ascontiguousarray(merged).ravel())
-        out = self.core.fitted(np.ascontiguousarray(beta, dtype=float), b_engine)
+        out = self.core.fitted(np.ascontiguousarray(self.xcentring.beta_in(beta)), b_engine)
         if self.input.offset is not None:
             out = out + self.input.offset
         return out

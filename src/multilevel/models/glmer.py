@@ -158,15 +158,17 @@ def glmer(
     fit_log = [("stage1", x, v) for x, v in res1.log]
 
     # ---- stage 2: the full criterion over (theta, beta) ----------------------------------
+    # the optimisers work in the engine's coordinates (theta, beta_c), centred columns of X
+    # (engine.centring); the estimates are mapped back after the optimum is found
     lower = problem.lower_full
     newton = None
     if nagq > 0:
         x0 = np.concatenate([theta1, beta1])
-        crit = problem.devfun
+        crit = problem.devfun_c
         use_newton = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
         if use_newton:
-            newton = newton_fd(problem.devfun_grad, x0, lower, dec_tol=ctrl.newton_tol)
-            fit_log += [("stage2", x, v) for x, v in newton.log]
+            newton = newton_fd(problem.devfun_grad_c, x0, lower, dec_tol=ctrl.newton_tol)
+            fit_log += [("stage2", problem.x_out(x), v) for x, v in newton.log]
             if not newton.converged:
                 # a model the Newton iteration cannot handle: BOBYQA from where it stopped
                 x0 = newton.x if np.isfinite(newton.fun) else x0
@@ -177,14 +179,15 @@ def glmer(
             code, message = 1, "Newton decrement below tolerance"
             optimizer = "newton"
         else:
-            se1 = np.sqrt(np.clip(np.diag(problem.vcov_rx(x0[:nt])), 0, None)) if problem.p else np.zeros(0)
+            se1 = (np.sqrt(np.clip(np.diag(problem.vcov_rx(x0[:nt], centred=True)), 0, None))
+                   if problem.p else np.zeros(0))
             step = np.concatenate([np.full(nt, 0.05) + 0.05 * np.abs(x0[:nt]),
                                    np.where(np.isfinite(se1) & (se1 > 0), 0.2 * se1, 0.1)])
             ctrl2 = ctrl if ctrl.initial_step is not None else ctrl.with_(initial_step=step)
-            res2 = bobyqa(problem.devfun, x0, lower, ctrl2)
+            res2 = bobyqa(problem.devfun_c, x0, lower, ctrl2)
             xopt, fval = res2.x.copy(), res2.fun
             warns += res2.warnings
-            fit_log += [("stage2", x, v) for x, v in res2.log]
+            fit_log += [("stage2", problem.x_out(x), v) for x, v in res2.log]
             feval = res1.feval + res2.feval
             code, message = res2.code, res2.message
             optimizer = "bobyqa"
@@ -221,8 +224,8 @@ def glmer(
         if problem.has_gradient:
             # central differences (lme4's step 1e-4) of the exact gradient: 2n gradients
             # instead of deriv12's 2 n^2 criterion values, the same O(h^2) accuracy
-            f0, g = problem.devfun_grad(xopt)
-            H = hessian_from_gradient(problem.devfun_grad, xopt, lower, 1e-4, g0=g, central=True)
+            f0, g = problem.devfun_grad_c(xopt)
+            H = hessian_from_gradient(problem.devfun_grad_c, xopt, lower, 1e-4, g0=g, central=True)
         else:
             g, H = deriv12(crit, xopt, fx=fval, lower=lower)
         derivs = {"gradient": g, "Hessian": H}
@@ -251,7 +254,7 @@ def glmer(
         xopt = np.concatenate([theta_opt, np.asarray(problem.core.beta, dtype=float)])
     if not np.isfinite(fval):
         raise FitError("the fit failed: the criterion is not finite at the estimate")
-    theta_opt, beta_opt = problem.split(xopt)
+    theta_opt, beta_opt = problem.split(problem.x_out(xopt))
     info = dict(problem.core.info())
     b = problem.blocks(problem.core.b(theta_opt))
     u = problem.blocks(problem.core.u())
@@ -262,13 +265,15 @@ def glmer(
     if derivs is not None:
         try:
             hinv = np.linalg.inv(derivs["Hessian"])
-            vh = (hinv + hinv.T)[nt:, nt:]
+            vh = problem.xcentring.cov_out((hinv + hinv.T)[nt:, nt:])
             if np.all(np.isfinite(vh)) and (vh.size == 0 or np.linalg.eigvalsh(vh).min() > 0):
                 vcov = vh
             else:
                 warns.append(FitWarning("hessian_not_pd", _HESSIAN_MESSAGE))
         except np.linalg.LinAlgError:
             warns.append(FitWarning("hessian_not_pd", _HESSIAN_MESSAGE))
+    if derivs is not None:  # reported in the user's coordinates
+        derivs["gradient"], derivs["Hessian"] = problem.derivs_out(derivs["gradient"], derivs["Hessian"])
     condvar = problem.condvar(theta_opt)
     # the same test with the same tolerance as fit.is_singular (the fit stores ctrl.singular_tol)
     is_sing = is_singular_theta(theta_opt, sizes, ctrl.singular_tol)
@@ -288,7 +293,8 @@ def glmer(
         "fit_log": fit_log,
         "messages": list(warns),
         "derivs": derivs,
-        "stage1": {"theta": theta1, "beta": beta1, "objective": f1, "feval": res1.feval},
+        "stage1": {"theta": theta1, "beta": problem.xcentring.beta_out(beta1), "objective": f1,
+                   "feval": res1.feval},
         "time": time.perf_counter() - t0,
         "time_total": time.perf_counter() - t_start,
     }
