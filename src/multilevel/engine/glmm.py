@@ -42,6 +42,7 @@ from multilevel._core import GlmmCore, gauss_hermite
 from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
+from multilevel.engine.optimize import deriv12  # noqa: F401 - re-exported (lme4's name)
 from multilevel.errors import ModelSpecError
 from multilevel.families import Family
 from multilevel.engine.lmm import engine_terms
@@ -231,54 +232,6 @@ class GlmmProblem(CompiledProblem):
         rxinv = np.linalg.inv(rx)
         V = rxinv.T @ rxinv
         return V if centred else self.xcentring.cov_out(V)
-
-
-def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
-            lower: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient and Hessian of ``fun`` at ``x`` by central differences with steps ``delta``,
-    as lme4's ``deriv12``: diagonal from f(x +- delta e_j), off-diagonal from the four
-    points (x_i +- delta, x_j +- delta); 2 n^2 evaluations.
-
-    Where x - delta would cross a lower bound the backward step is shortened to the bound
-    (as lme4); the formulas here are the correct ones for unequal steps (lme4's reduce to
-    them only for equal steps), and at the bound itself the diagonal uses the forward points
-    x + delta, x + 2 delta.
-    """
-    x = np.asarray(x, dtype=float)
-    nx = x.size
-    if fx is None:
-        fx = float(fun(x))
-    ud = np.full(nx, float(delta))
-    ld = np.full(nx, float(delta))
-    if lower is not None:
-        lo = np.asarray(lower, dtype=float)
-        active = np.isfinite(lo) & (x - delta < lo)
-        ld = np.where(active, np.maximum(x - lo, 0.0), ld)
-    H = np.zeros((nx, nx))
-    g = np.zeros(nx)
-
-    def at(**moves):
-        xx = x.copy()
-        for k, v in moves.items():
-            xx[int(k[1:])] += v
-        return float(fun(xx))
-
-    for j in range(nx):
-        u, l_ = ud[j], ld[j]
-        fadd = at(**{f"i{j}": u})
-        if l_ > 0:
-            fsub = at(**{f"i{j}": -l_})
-            H[j, j] = 2.0 * (l_ * fadd - (u + l_) * fx + u * fsub) / (u * l_ * (u + l_))
-            g[j] = (l_ * l_ * (fadd - fx) + u * u * (fx - fsub)) / (u * l_ * (u + l_))
-        else:  # on the bound: forward differences
-            f2 = at(**{f"i{j}": 2 * u})
-            H[j, j] = (f2 - 2.0 * fadd + fx) / u**2
-            g[j] = (-3.0 * fx + 4.0 * fadd - f2) / (2.0 * u)
-        for i in range(j):
-            ui, li = ud[i], ld[i]
-            vals = [at(**{f"i{i}": si, f"i{j}": sj}) for si, sj in ((ui, u), (ui, -l_), (-li, u), (-li, -l_))]
-            H[i, j] = H[j, i] = (vals[0] - vals[1] - vals[2] + vals[3]) / ((ui + li) * (u + l_))
-    return g, H
 
 
 def hessian_from_gradient(fg, x: np.ndarray, lower: np.ndarray, h: float = 1e-5,

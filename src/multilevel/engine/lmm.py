@@ -21,7 +21,7 @@ from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import FitWarning, ModelSpecError
-from multilevel.engine.optimize import bobyqa, newton_decrement
+from multilevel.engine.optimize import bobyqa, newton_decrement, newton_polish, restart_if_boundary
 
 
 @dataclass
@@ -208,12 +208,20 @@ class LmmProblem(CompiledProblem):
 
 
 
+#: Newton polish (full finite-difference Hessian, 2 k^2 evaluations) up to this many θ; beyond
+#: it the convergence check's diagonal Hessian (2 k evaluations)
+_POLISH_MAX = 8
+
+
 def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float, dict, list[FitWarning]]:
     """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
     check convergence. Returns (theta, objective, optinfo, warning records)."""
     t0 = time.perf_counter()
     # the engine's moment-based first step unless the user set one (no control copy per fit)
     res = bobyqa(problem.objective, problem.theta0, problem.lower, ctrl, initial_step=problem.step0)
+    # a zero SD: check it against an optimum reached from the interior
+    res = restart_if_boundary(problem.objective, res, problem.lower, problem.input.structures, ctrl,
+                              initial_step=problem.step0)
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the
@@ -226,7 +234,16 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
             ft = problem.objective(trial)
             if ft <= fval + 1e-10:
                 theta, fval = trial, min(ft, fval)
-    extra = 0
+    extra = polish_evals = 0
+    dec = grad = None
+    if theta.size <= _POLISH_MAX:
+        # Newton steps on finite differences: BOBYQA's stop on a flat ridge moves with the
+        # order of the rows (fixed effects by up to 1e-4 relative); the last derivatives give
+        # the convergence check (2 k^2 evaluations, k = len(theta))
+        pol = newton_polish(problem.objective, theta, fval, problem.lower)
+        theta, fval, polish_evals = pol.x, pol.fun, pol.feval
+        res.log.extend(pol.log)  # the fit log ends at the optimum
+        dec, grad = pol.decrement, pol.grad
     if ctrl.conv_check_on:
         count = len(res.log)
         calls = [0]
@@ -235,8 +252,9 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
             calls[0] += 1
             return problem.objective(x)
 
-        dec, grad = newton_decrement(counted, theta, problem.lower, fval)
-        extra = calls[0]
+        if dec is None:
+            dec, grad = newton_decrement(counted, theta, problem.lower, fval)
+        extra += calls[0]
         if dec > ctrl.conv_tol:
             warns.append(FitWarning(
                 "not_converged",
@@ -247,8 +265,9 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         del count
     optinfo = {
         "optimizer": "bobyqa",
-        "feval": res.feval,
+        "feval": len(res.log),
         "feval_checks": extra,
+        "feval_polish": polish_evals,
         "code": res.code,
         "message": res.message,
         "fit_log": res.log,
