@@ -252,7 +252,8 @@ class PolishResult:
 
 
 def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray,
-                  *, delta: float = 1e-4, dec_tol: float = 1e-13, maxit: int = 4) -> PolishResult:
+                  *, delta: float = 1e-4, dec_tol: float = 1e-13, maxit: int = 4,
+                  recheck_tol: float = 0.0) -> PolishResult:
     """Newton steps from a derivative-free optimum ``x`` (value ``fx``) with the gradient and
     Hessian from central differences (lme4's ``deriv12``, step ``delta``: 2 n^2 evaluations
     each), until the predicted decrease is below ``dec_tol``, a step gains nothing or
@@ -263,7 +264,10 @@ def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, 
     can be short of the optimum by more than the data can tell apart (fixed effects that move
     by 1e-4 relative when the rows are permuted); the Newton steps pin the optimum down to the
     finite-difference error, O(delta^2). The last gradient and Hessian are those at the
-    returned point: the caller's convergence check and Hessian-based covariance reuse them."""
+    returned point: the caller's convergence check and Hessian-based covariance reuse them --
+    unless ``recheck_tol`` > 0: a step whose predicted gain was below it is not followed by
+    new derivatives (they cost 2 n^2 evaluations), and the decrement returned is what the
+    step left of the prediction (the gradient and Hessian are then those before the step)."""
     x = np.asarray(x, dtype=float).copy()
     lower = np.asarray(lower, dtype=float)
     calls = [0]
@@ -281,7 +285,7 @@ def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, 
         dec, step = _newton_step(g, H, free)
         if dec <= dec_tol or steps >= maxit or not np.isfinite(dec):
             return PolishResult(x, fx, g, H, dec, calls[0], steps, log)
-        alpha, moved = 1.0, False
+        alpha, moved, f_before = 1.0, False, fx
         for _ in range(6):
             xn = np.maximum(x + alpha * step, lower)
             fn = counted(xn)
@@ -293,6 +297,8 @@ def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, 
             return PolishResult(x, fx, g, H, dec, calls[0], steps, log)
         log.append((x.copy(), fx))
         steps += 1
+        if dec <= recheck_tol:
+            return PolishResult(x, fx, g, H, max(dec - (f_before - fx), 0.0), calls[0], steps, log)
 
 
 def _newton_step(g: np.ndarray, H: np.ndarray, free: np.ndarray) -> tuple[float, np.ndarray]:
