@@ -212,3 +212,26 @@ def test_glmm_owls_offset_and_slope_reaches_the_optimum():
     _check_at_least_lme4(fit, ref, se_tol=5e-3)
     # the Newton polish left nothing to gain
     assert fit.optinfo["derivs"] is not None
+
+
+def test_glmm_stop_short_is_flagged():
+    """The GLMM convergence check flags a stop that a Newton step would improve by more than
+    1e-6 in deviance: its decrement is below that at the polished optimum and far above it
+    0.2 SE away."""
+    from multilevel.engine.optimize import deriv12, newton_step
+
+    ref = _polish_ref()["owls"]
+    ow = _csv("Owls.csv")
+    for c in ["FoodTreatment", "SexParent", "Nest"]:
+        ow[c] = pd.Categorical(ow[c])
+    fit = ml.glmer(ref["formula"], ow, family="poisson")
+    assert ml.GlmerControl().conv_tol == 1e-6
+    prob = fit._problem
+    x = np.concatenate([fit.theta.to_numpy(), fit.fixef.to_numpy()])
+    lower = prob.lower_full
+    g, H = deriv12(prob.devfun, x, fx=prob.devfun(x), lower=lower)
+    assert newton_step(g, H, np.ones(x.size, bool))[0] < 1e-6
+    x2 = x.copy()
+    x2[-1] += 0.2 * fit.se.to_numpy()[-1]  # 0.2 SE off: a deviance 0.04 higher
+    g2, H2 = deriv12(prob.devfun, x2, fx=prob.devfun(x2), lower=lower)
+    assert newton_step(g2, H2, np.ones(x.size, bool))[0] > 1e-3

@@ -282,7 +282,7 @@ def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, 
         g, H = deriv12(counted, x, delta, fx, lower)
         at_bound = np.isfinite(lower) & (x - lower <= 0.0)
         free = ~(at_bound & (g > 0))
-        dec, step = _newton_step(g, H, free)
+        dec, step = newton_step(g, H, free)
         if dec <= dec_tol or steps >= maxit or not np.isfinite(dec):
             return PolishResult(x, fx, g, H, dec, calls[0], steps, log)
         alpha, moved, f_before = 1.0, False, fx
@@ -301,7 +301,7 @@ def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, 
             return PolishResult(x, fx, g, H, max(dec - (f_before - fx), 0.0), calls[0], steps, log)
 
 
-def _newton_step(g: np.ndarray, H: np.ndarray, free: np.ndarray) -> tuple[float, np.ndarray]:
+def newton_step(g: np.ndarray, H: np.ndarray, free: np.ndarray) -> tuple[float, np.ndarray]:
     """(g' H^-1 g / 2, -H^-1 g) over the free coordinates; a Hessian that is not positive
     definite there is shifted to be (the step is then a damped gradient step and the
     decrement its predicted gain)."""

@@ -11,7 +11,7 @@ from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, is_singular
 from multilevel.design import ModelFrame
 from multilevel.models.input import engine_input
 from multilevel.engine.glmm import _NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, hessian_from_gradient, newton_fd
-from multilevel.engine.optimize import bobyqa, interior_start, newton_polish, restart_if_boundary
+from multilevel.engine.optimize import newton_step, bobyqa, interior_start, newton_polish, restart_if_boundary
 from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
 from multilevel.families import Family, get_family
@@ -262,16 +262,18 @@ def glmer(
         derivs = {"gradient": g, "Hessian": H}
         if ctrl.conv_check_on and not singular_opt:
             free = ~(np.isfinite(lower) & (xopt - lower <= 1e-7))
-            gi, Hi = g[free], H[np.ix_(free, free)]
-            try:
-                dec = 0.5 * float(gi @ np.linalg.solve(Hi, gi))
-            except np.linalg.LinAlgError:
-                dec = float("inf")
-            if not np.isfinite(dec) or dec < 0 or dec > ctrl.conv_tol:
+            gi = g[free]
+            # the predicted gain of a Newton step (damped where H is not positive definite)
+            dec = newton_step(g, H, free)[0]
+            if not np.isfinite(dec) or dec > ctrl.conv_tol:
                 warns.append(FitWarning("not_converged",
                                         f"Model may not have converged: a Newton step from the optimum "
                                         f"would lower the deviance by {dec:.2g} "
                                         f"(max|grad| = {np.abs(gi).max():.3g})"))
+    elif polished is not None and ctrl.conv_check_on and pol.decrement > ctrl.conv_tol:
+        warns.append(FitWarning("not_converged",
+                                f"Model may not have converged: a Newton step from the optimum would "
+                                f"lower the deviance by {pol.decrement:.2g}"))
     elif newton is not None and ctrl.conv_check_on and newton.decrement > ctrl.conv_tol:
         warns.append(FitWarning("not_converged",
                                 f"Model may not have converged: a Newton step from the optimum would "
