@@ -235,3 +235,40 @@ def test_glmm_stop_short_is_flagged():
     x2[-1] += 0.2 * fit.se.to_numpy()[-1]  # 0.2 SE off: a deviance 0.04 higher
     g2, H2 = deriv12(prob.devfun, x2, fx=prob.devfun(x2), lower=lower)
     assert newton_step(g2, H2, np.ones(x.size, bool))[0] > 1e-3
+
+
+# --------------------------------------------------------------------------------------------
+# profile intervals near the positive-definiteness boundary
+# --------------------------------------------------------------------------------------------
+
+def test_profile_of_a_correlation_respects_positive_definiteness():
+    """(0 + Machine | Worker), 3 x 3: the profile's upper limit of cor(C, A) was 0.8365 with
+    the deviance risen by 1.24 only. At every limit, an independent constrained minimisation
+    (SLSQP over theta with the correlation held by an equality constraint) must have risen by
+    the chi-square quantile 3.84."""
+    from scipy import optimize
+
+    d = _csv("Machines.csv")
+    d["Worker"] = pd.Categorical(d["Worker"].astype(str))
+    d["Machine"] = pd.Categorical(d["Machine"], ["A", "B", "C"])
+    f = ml.lmer("score ~ Machine + (0 + Machine | Worker)", d)
+    name = "cor_MachineC.MachineA|Worker"
+    ci = f.confint(which=[name])
+    lo, hi = ci.loc[name]
+    assert hi == pytest.approx(0.9218, abs=2e-3)
+    fm = ml.lmer("score ~ Machine + (0 + Machine | Worker)", d, reml=False)
+    prob, base = fm._problem, -2 * fm.loglik
+    cells = [(0, 0), (1, 0), (2, 0), (1, 1), (2, 1), (2, 2)]
+
+    def cor20(t):
+        L = np.zeros((3, 3))
+        for (r, c), v in zip(cells, t):
+            L[r, c] = v
+        S = L @ L.T
+        return S[2, 0] / np.sqrt(S[0, 0] * S[2, 2])
+
+    for end in (lo, hi):
+        r = optimize.minimize(prob.objective, fm.theta.to_numpy(), method="SLSQP",
+                              constraints=[{"type": "eq", "fun": lambda t: cor20(t) - end}],
+                              options={"ftol": 1e-12, "maxiter": 500})
+        assert r.fun - base == pytest.approx(3.8415, abs=0.02)
