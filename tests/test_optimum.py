@@ -272,3 +272,34 @@ def test_profile_of_a_correlation_respects_positive_definiteness():
                               constraints=[{"type": "eq", "fun": lambda t: cor20(t) - end}],
                               options={"ftol": 1e-12, "maxiter": 500})
         assert r.fun - base == pytest.approx(3.8415, abs=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# PIRLS starting values
+# --------------------------------------------------------------------------------------------
+
+def test_huge_counts_are_fitted_not_called_separation():
+    """Poisson counts x 1e7: the joint PIRLS of stage 1 fails from the family's starting
+    means; stage 2 starts from the GLM instead (lme4 fits it too, with warnings)."""
+    g = ml.datasets.load("grouseticks")
+    g["TICKS"] = g["TICKS"] * 10**7
+    fit = _quiet(ml.glmer, "TICKS ~ YEAR + (1 | BROOD)", g, family="poisson")
+    # lme4 1.1.31: logLik -3468477145 (printed to 10 digits); higher is better
+    assert fit.loglik > -3468477146.0
+    assert np.all(np.isfinite(fit.fixef))
+
+
+def test_separation_is_named_only_when_the_glm_shows_it():
+    from multilevel.engine.glmm import GlmmProblem, glm_start
+    from multilevel.models.input import engine_input
+    from multilevel.design.frame import build_model_frame
+    from multilevel.families import get_family
+
+    sep = pd.DataFrame({"y": [0, 0, 0, 1, 1, 1, 0, 1], "x": [-3, -2, -1, 1, 2, 3, -1.5, 2.5],
+                        "g": list("aabbccdd")})
+    fr = build_model_frame("y ~ x + (1 | g)", sep, family="binomial")
+    assert glm_start(GlmmProblem(engine_input(fr), get_family("binomial"), 1))[1]
+    ok = sep.assign(y=[0, 1, 0, 1, 0, 1, 1, 0])
+    fr = build_model_frame("y ~ x + (1 | g)", ok, family="binomial")
+    beta, separated = glm_start(GlmmProblem(engine_input(fr), get_family("binomial"), 1))
+    assert not separated and np.all(np.isfinite(beta))

@@ -352,3 +352,59 @@ def newton_fd(fg, x0: np.ndarray, lower: np.ndarray, *, h: float = 1e-5, dec_tol
 
 
 
+
+
+def glm_start(problem: GlmmProblem, maxit: int = 50) -> tuple[np.ndarray | None, bool]:
+    """The fixed effects of the GLM without random effects (IRLS in the engine's centred
+    coordinates), and whether the fit shows complete or quasi-complete separation: a binomial
+    fit whose linear predictor keeps growing while some fitted probabilities reach 0 or 1.
+
+    A start for stage 2 when the joint PIRLS of stage 1 fails at every theta -- which happens
+    for reasons other than separation (Poisson counts of 1e7: the family's starting means
+    put eta = log(0.1) for zero counts, far from the fitted ~16) -- and the evidence behind
+    the error message when even that fails. Returns (None, separated) when IRLS fails."""
+    fam = problem.family
+    X, y = problem._X, problem._y
+    n = y.size
+    w = np.ones(n) if problem._w is None else problem._w
+    if problem._ntrials is not None and fam.name == "binomial":
+        w = w * problem._ntrials
+    off = np.zeros(n) if problem._off is None else problem._off
+    ok = w > 0
+    if fam.name == "binomial":
+        mu = (w * y + 0.5) / (w + 1.0)  # glm's binomial initialize
+    else:
+        mu = y + 0.1
+    eta = np.asarray(fam.linkfun(mu), dtype=float)
+    beta = None
+    dev_old = np.inf
+    norms = []
+    for _ in range(maxit):
+        mu_eta = np.asarray(fam.mu_eta(eta), dtype=float)
+        var = np.asarray(fam.variance(mu), dtype=float)
+        good = ok & (var > 0) & np.isfinite(mu_eta) & (mu_eta != 0)
+        if not np.any(good):
+            return None, False
+        z = eta - off + (y - mu) / np.where(good, mu_eta, 1.0)
+        ww = np.where(good, w * mu_eta**2 / np.where(good, var, 1.0), 0.0)
+        sw = np.sqrt(ww)
+        try:
+            beta = np.linalg.lstsq(X * sw[:, None], z * sw, rcond=None)[0]
+        except np.linalg.LinAlgError:
+            return None, False
+        eta = X @ beta + off
+        mu = np.asarray(fam.linkinv(eta), dtype=float)
+        if not np.all(np.isfinite(mu)):
+            return None, False
+        dev = float(np.sum(fam.dev_resids(y, mu, w)))
+        norms.append(float(np.abs(eta).max()))
+        if abs(dev - dev_old) < 1e-10 * (abs(dev) + 0.1):
+            break
+        dev_old = dev
+    separated = False
+    if fam.name == "binomial" and beta is not None:
+        eps = 1e-8
+        at_edge = (mu < eps) | (mu > 1 - eps)
+        growing = len(norms) > 3 and norms[-1] > norms[-3] + 1.0
+        separated = bool(np.any(at_edge & ok)) and (growing or norms[-1] > 15)
+    return beta, separated

@@ -10,7 +10,8 @@ from multilevel.control import GlmerControl, LmerControl
 from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, is_singular_theta
 from multilevel.design import ModelFrame
 from multilevel.models.input import engine_input
-from multilevel.engine.glmm import _NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, hessian_from_gradient, newton_fd
+from multilevel.engine.glmm import (_NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, glm_start,
+                                    hessian_from_gradient, newton_fd)
 from multilevel.engine.optimize import newton_step, bobyqa, interior_start, newton_polish, restart_if_boundary
 from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
@@ -153,10 +154,21 @@ def glmer(
         res1 = restart_if_boundary(problem.stage0, res1, problem.lower, structures, ctrl1)
     theta1 = res1.x.copy()
     f1 = problem.stage0(theta1)
-    if not np.isfinite(f1):
-        raise FitError("the fit failed: PIRLS does not converge at the starting values "
-                       "(check the response and the model for complete separation)")
-    beta1 = np.asarray(problem.core.beta, dtype=float).copy()
+    if np.isfinite(f1):
+        beta1 = np.asarray(problem.core.beta, dtype=float).copy()
+    else:
+        # the joint PIRLS failed at every theta tried: start stage 2 from the GLM's beta at
+        # lme4's theta start, and say "separation" only when the GLM shows it
+        beta_glm, separated = glm_start(problem)
+        f_alt = problem.devfun_c(np.concatenate([problem.theta0, beta_glm])) if (
+            beta_glm is not None and nagq > 0) else np.inf
+        if not np.isfinite(f_alt):
+            why = ("the response is completely separated by the fixed effects (some fitted "
+                   "probabilities of the model without random effects are 0 or 1)" if separated
+                   else "a numerical failure, not separation: check the scale of the response "
+                   "and of the predictors")
+            raise FitError(f"the fit failed: PIRLS does not converge at the starting values ({why})")
+        theta1, beta1, f1 = problem.theta0.copy(), beta_glm, f_alt
     warns = list(res1.warnings)
     fit_log = [("stage1", x, v) for x, v in res1.log]
 
@@ -193,8 +205,11 @@ def glmer(
             code, message = 1, "Newton decrement below tolerance"
             optimizer = "newton"
         else:
-            se1 = (np.sqrt(np.clip(np.diag(problem.vcov_rx(x0[:nt], centred=True)), 0, None))
-                   if problem.p else np.zeros(0))
+            try:
+                se1 = (np.sqrt(np.clip(np.diag(problem.vcov_rx(x0[:nt], centred=True)), 0, None))
+                       if problem.p else np.zeros(0))
+            except FitError:  # the last evaluation failed (its weights are gone): unit steps
+                se1 = np.full(problem.p, np.nan)
             step = np.concatenate([np.full(nt, 0.05) + 0.05 * np.abs(x0[:nt]),
                                    np.where(np.isfinite(se1) & (se1 > 0), 0.2 * se1, 0.1)])
             ctrl2 = ctrl if ctrl.initial_step is not None else ctrl.with_(initial_step=step)
