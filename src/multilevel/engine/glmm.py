@@ -156,6 +156,18 @@ class GlmmProblem(CompiledProblem):
         theta, beta_c = self.split(xc)
         return np.concatenate([theta, self.xcentring.beta_out(beta_c)])
 
+    def log_out(self, stage: str, log: list) -> list:
+        """Fit-log entries (x in the engine's coordinates, value) -> (stage, x, value) in
+        the user's, converted in one array operation (a log has hundreds of entries)."""
+        if not log:
+            return []
+        xs = np.array([x for x, _ in log], dtype=float)
+        c = self.xcentring
+        if c.active:
+            nt = self.ntheta
+            xs[:, nt + c.intercept] -= xs[:, nt:] @ c.shift
+        return [(stage, x, v) for x, (_, v) in zip(xs, log)]
+
     def derivs_out(self, g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gradient and Hessian in (theta, beta_c) -> in (theta, beta)."""
         nt = self.ntheta

@@ -183,7 +183,7 @@ def glmer(
         use_newton = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
         if use_newton:
             newton = newton_fd(problem.devfun_grad_c, x0, lower, dec_tol=ctrl.newton_tol)
-            fit_log += [("stage2", problem.x_out(x), v) for x, v in newton.log]
+            fit_log += problem.log_out("stage2", newton.log)
             if not newton.converged:
                 # a model the Newton iteration cannot handle: BOBYQA from where it stopped
                 x0 = newton.x if np.isfinite(newton.fun) else x0
@@ -193,7 +193,7 @@ def glmer(
                 x1 = interior_start(newton.x, structures)
                 if x1 is not None:
                     alt = newton_fd(problem.devfun_grad_c, x1, lower, dec_tol=ctrl.newton_tol)
-                    fit_log += [("stage2", problem.x_out(x), v) for x, v in alt.log]
+                    fit_log += problem.log_out("stage2", alt.log)
                     alt.feval += newton.feval
                     if alt.converged and alt.fun < newton.fun - 1e-10:
                         newton = alt
@@ -217,7 +217,7 @@ def glmer(
             res2 = restart_if_boundary(problem.devfun_c, res2, lower, structures, ctrl2)
             xopt, fval = res2.x.copy(), res2.fun
             warns += res2.warnings
-            fit_log += [("stage2", problem.x_out(x), v) for x, v in res2.log]
+            fit_log += problem.log_out("stage2", res2.log)
             feval = res1.feval + res2.feval
             code, message = res2.code, res2.message
             optimizer = "bobyqa"
