@@ -81,7 +81,8 @@ def test_agq_with_many_nodes_equals_numerical_integration(family):
 
     z60, w60 = gauss_hermite(60)
     for theta, beta in [(0.9, (-0.3, 0.8)), (0.3, (0.2, 0.1)), (1.8, (-0.6, 1.1))]:
-        agq = pb.core.agq(np.array([theta]), np.array(beta), z60, w60)
+        # the core fits centred columns of X (engine.centring): its beta is beta_c
+        agq = pb.core.agq(np.array([theta]), pb.xcentring.beta_in(np.array(beta)), z60, w60)
         want = _marginal_m2ll(df, family, theta, beta)
         # lme4's AGQ criterion leaves out -2 * (saturated log-likelihood)
         assert agq - 2.0 * sat == pytest.approx(want, rel=1e-11, abs=1e-10)
@@ -102,7 +103,8 @@ def test_agq_approaches_laplace_as_clusters_grow():
         pb = fit._problem
         x = np.array([1.0, 0.2, 0.5])
         agq = pb.devfun(x)
-        lap = pb.core.laplace(x[:1], x[1:])  # Bernoulli: no saturated term, same scale
+        xc = pb.x_in(x)  # the core's coordinates (centred X)
+        lap = pb.core.laplace(xc[:1], xc[1:])  # Bernoulli: no saturated term, same scale
         gaps.append(abs(agq - lap) / 10)  # per group
     assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
     assert gaps[-1] < gaps[0] / 15, gaps
@@ -126,7 +128,7 @@ def test_agq_with_one_node_is_laplace_and_nodes_match_numpy():
     lap = pb.core.laplace(x[:1], x[1:])
     info = pb.core.info()
     z1, w1 = gauss_hermite(1)
-    one = pb.core.agq(x[:1], x[1:], z1, w1)
+    one = pb.core.agq(x[:1], x[1:], z1, w1)  # both in the core's coordinates
     # same approximation, without the saturated-model constant
     assert one == pytest.approx(lap - (info["aic"] - info["dev"]), rel=1e-12)
 

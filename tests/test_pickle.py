@@ -119,12 +119,14 @@ def test_unpickled_lmm_profile_confint_is_identical(fits, kind):
 @pytest.mark.parametrize("kind", ["glmm_binomial", "glmm_poisson"])
 def test_unpickled_glmm_profile_confint(fits, kind):
     """PIRLS warm-starts from the previous modes, so the sequence of evaluations of a
-    profile can differ in the last bits from the original's history."""
+    profile can differ in the last bits from the original's history; the limits agree to the
+    root finder's tolerance (``_profile_end``: 1e-7 relative), below which they are not
+    determined."""
     fit = fits[kind]
     want = fit.confint()
     got = roundtrip(fit).confint()
     assert list(got.index) == list(want.index)
-    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-7, atol=1e-12)
 
 
 def test_unpickled_lmm_satterthwaite_and_bootstrap(fits):

@@ -223,7 +223,8 @@ class LmerControl:
 
 @dataclass(frozen=True)
 class GlmerControl(LmerControl):
-    """Settings of :func:`multilevel.glmer`: those of :class:`LmerControl` plus
+    """Settings of :func:`multilevel.glmer`: those of :class:`LmerControl` (but ``conv_tol``
+    1e-6 deviance units) plus
 
     ``pirls_tol`` (1e-13: PIRLS stops when no coordinate moves by more than this, relative to
     1 + |.|), ``pirls_maxit`` (200), ``calc_derivs`` (True / False to force or skip the
@@ -238,6 +239,9 @@ class GlmerControl(LmerControl):
     'bobyqa'
     """
 
+    # a stop that a Newton step would improve by more than 1e-6 in deviance is flagged (the
+    # Newton polish after BOBYQA leaves far less; LMMs keep 1e-4, see LmerControl)
+    conv_tol: float = 1e-6
     pirls_tol: float = 1e-13
     pirls_maxit: int = 200
     calc_derivs: bool | None = None

@@ -8,6 +8,7 @@ May import: ``multilevel._core`` (the compiled kernels), ``multilevel.covariance
 ``multilevel.families``, ``multilevel.errors``, ``multilevel.control``; never design.
 
 - ``input``: :class:`EngineInput` / :class:`TermInput`, buildable from row chunks.
+- ``centring``: X's columns centred inside the engine, undone exactly for the estimates.
 
 - ``lmm``: :class:`LmmProblem`, the profiled deviance of a linear mixed model, and ``fit_theta``.
 - ``glmm``: :class:`GlmmProblem`, PIRLS / Laplace / AGQ criteria, and the Newton iteration.

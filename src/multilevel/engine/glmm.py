@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from multilevel._core import GlmmCore, gauss_hermite
+from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
+from multilevel.engine.optimize import deriv12  # noqa: F401 - re-exported (lme4's name)
 from multilevel.errors import ModelSpecError
 from multilevel.families import Family
 from multilevel.engine.lmm import engine_terms
@@ -62,6 +64,11 @@ class GlmmProblem(CompiledProblem):
     The small interface inference code relies on: ``stage0(theta)`` (nAGQ = 0 criterion,
     beta in PIRLS), ``devfun(x)`` with ``x = (theta, beta)`` (the nAGQ >= 1 criterion),
     ``state(x)`` (modes, fitted values, weights at x), ``condvar``, ``vcov_rx``.
+
+    The core fits centred columns of X (``engine.centring``): ``devfun``, ``devfun_grad`` and
+    ``vcov_rx`` speak the user's beta; the optimisers use ``devfun_c`` / ``devfun_grad_c``
+    and ``core.beta`` in the engine's ``beta_c`` (better conditioned: a predictor far from 0
+    no longer ties the intercept to its slope), mapped back by ``x_out``.
     """
 
     def __init__(self, inp: EngineInput, family: Family, nagq: int, ntrials: np.ndarray | None = None,
@@ -78,7 +85,8 @@ class GlmmProblem(CompiledProblem):
         self._w = None if inp.weights is None else np.ascontiguousarray(inp.weights, dtype=float)
         self._off = None if inp.offset is None else np.ascontiguousarray(inp.offset, dtype=float)
         self._ntrials = None if ntrials is None else np.ascontiguousarray(ntrials, dtype=float)
-        self._X = np.ascontiguousarray(inp.X, dtype=float)
+        self.xcentring = XCentring.of(inp.X, inp.intercept)
+        self._X = self.xcentring.apply(inp.X)
         self._y = np.ascontiguousarray(inp.y, dtype=float)
         self.pirls_tol = float(pirls_tol)
         self.pirls_maxit = int(pirls_maxit)
@@ -138,8 +146,46 @@ class GlmmProblem(CompiledProblem):
         self.nevals += 1
         return self.core.laplace_joint(np.ascontiguousarray(theta, dtype=float))
 
+    def x_in(self, x: np.ndarray) -> np.ndarray:
+        """(theta, beta) -> (theta, beta_c), the engine's coordinates."""
+        theta, beta = self.split(x)
+        return np.concatenate([theta, self.xcentring.beta_in(beta)])
+
+    def x_out(self, xc: np.ndarray) -> np.ndarray:
+        """(theta, beta_c) -> (theta, beta), the user's coordinates."""
+        theta, beta_c = self.split(xc)
+        return np.concatenate([theta, self.xcentring.beta_out(beta_c)])
+
+    def log_out(self, stage: str, log: list) -> list:
+        """Fit-log entries (x in the engine's coordinates, value) -> (stage, x, value) in
+        the user's, converted in one array operation (a log has hundreds of entries)."""
+        if not log:
+            return []
+        xs = np.array([x for x, _ in log], dtype=float)
+        c = self.xcentring
+        if c.active:
+            nt = self.ntheta
+            xs[:, nt + c.intercept] -= xs[:, nt:] @ c.shift
+        return [(stage, x, v) for x, (_, v) in zip(xs, log)]
+
+    def derivs_out(self, g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient and Hessian in (theta, beta_c) -> in (theta, beta)."""
+        nt = self.ntheta
+        g = np.array(g, dtype=float)
+        H = np.array(H, dtype=float)
+        if not self.xcentring.active:
+            return g, H
+        T = np.eye(g.size)
+        T[nt:, nt:] = self.xcentring.matrix()
+        Ti = np.linalg.inv(T)
+        return Ti.T @ g, Ti.T @ H @ Ti
+
     def devfun(self, x: np.ndarray) -> float:
         """The nAGQ >= 1 criterion at x = (theta, beta): Laplace or AGQ deviance."""
+        return self.devfun_c(self.x_in(x))
+
+    def devfun_c(self, x: np.ndarray) -> float:
+        """``devfun`` at x = (theta, beta_c), the engine's coordinates."""
         self.nevals += 1
         theta, beta = self.split(x)
         if self.nagq > 1:
@@ -155,6 +201,14 @@ class GlmmProblem(CompiledProblem):
     def devfun_grad(self, x: np.ndarray, jacobian: bool = True) -> tuple[float, np.ndarray | None]:
         """The Laplace criterion at x = (theta, beta) and its gradient (see ``has_gradient``).
         ``jacobian=False`` for points not revisited (finite-difference Hessian columns)."""
+        f, g = self.devfun_grad_c(self.x_in(x), jacobian)
+        if g is None or not self.xcentring.active:
+            return f, g
+        nt = self.ntheta
+        return f, np.concatenate([g[:nt], self.xcentring.grad_out(g[nt:])])
+
+    def devfun_grad_c(self, x: np.ndarray, jacobian: bool = True) -> tuple[float, np.ndarray | None]:
+        """``devfun_grad`` at x = (theta, beta_c), the gradient in those coordinates."""
         self.nevals += 1
         theta, beta = self.split(x)
         f, g = self.core.laplace_grad(theta, beta, jacobian)
@@ -180,62 +234,16 @@ class GlmmProblem(CompiledProblem):
                 out[k] = np.ascontiguousarray(blocks[:, cols, cols])
         return out
 
-    def vcov_rx(self, theta: np.ndarray) -> np.ndarray:
-        """(R_X R_X')^-1 at the current weights: lme4's ``vcov(fit, use.hessian = FALSE)``."""
+    def vcov_rx(self, theta: np.ndarray, centred: bool = False) -> np.ndarray:
+        """(R_X R_X')^-1 at the current weights: lme4's ``vcov(fit, use.hessian = FALSE)``
+        (of beta_c with ``centred``)."""
         p = self.p
         if p == 0:
             return np.zeros((0, 0))
         rx = np.asarray(self.core.rx(np.ascontiguousarray(theta, dtype=float))).reshape(p, p).T
         rxinv = np.linalg.inv(rx)
-        return rxinv.T @ rxinv
-
-
-def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
-            lower: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient and Hessian of ``fun`` at ``x`` by central differences with steps ``delta``,
-    as lme4's ``deriv12``: diagonal from f(x +- delta e_j), off-diagonal from the four
-    points (x_i +- delta, x_j +- delta); 2 n^2 evaluations.
-
-    Where x - delta would cross a lower bound the backward step is shortened to the bound
-    (as lme4); the formulas here are the correct ones for unequal steps (lme4's reduce to
-    them only for equal steps), and at the bound itself the diagonal uses the forward points
-    x + delta, x + 2 delta.
-    """
-    x = np.asarray(x, dtype=float)
-    nx = x.size
-    if fx is None:
-        fx = float(fun(x))
-    ud = np.full(nx, float(delta))
-    ld = np.full(nx, float(delta))
-    if lower is not None:
-        lo = np.asarray(lower, dtype=float)
-        active = np.isfinite(lo) & (x - delta < lo)
-        ld = np.where(active, np.maximum(x - lo, 0.0), ld)
-    H = np.zeros((nx, nx))
-    g = np.zeros(nx)
-
-    def at(**moves):
-        xx = x.copy()
-        for k, v in moves.items():
-            xx[int(k[1:])] += v
-        return float(fun(xx))
-
-    for j in range(nx):
-        u, l_ = ud[j], ld[j]
-        fadd = at(**{f"i{j}": u})
-        if l_ > 0:
-            fsub = at(**{f"i{j}": -l_})
-            H[j, j] = 2.0 * (l_ * fadd - (u + l_) * fx + u * fsub) / (u * l_ * (u + l_))
-            g[j] = (l_ * l_ * (fadd - fx) + u * u * (fx - fsub)) / (u * l_ * (u + l_))
-        else:  # on the bound: forward differences
-            f2 = at(**{f"i{j}": 2 * u})
-            H[j, j] = (f2 - 2.0 * fadd + fx) / u**2
-            g[j] = (-3.0 * fx + 4.0 * fadd - f2) / (2.0 * u)
-        for i in range(j):
-            ui, li = ud[i], ld[i]
-            vals = [at(**{f"i{i}": si, f"i{j}": sj}) for si, sj in ((ui, u), (ui, -l_), (-li, u), (-li, -l_))]
-            H[i, j] = H[j, i] = (vals[0] - vals[1] - vals[2] + vals[3]) / ((ui + li) * (u + l_))
-    return g, H
+        V = rxinv.T @ rxinv
+        return V if centred else self.xcentring.cov_out(V)
 
 
 def hessian_from_gradient(fg, x: np.ndarray, lower: np.ndarray, h: float = 1e-5,
@@ -356,3 +364,59 @@ def newton_fd(fg, x0: np.ndarray, lower: np.ndarray, *, h: float = 1e-5, dec_tol
 
 
 
+
+
+def glm_start(problem: GlmmProblem, maxit: int = 50) -> tuple[np.ndarray | None, bool]:
+    """The fixed effects of the GLM without random effects (IRLS in the engine's centred
+    coordinates), and whether the fit shows complete or quasi-complete separation: a binomial
+    fit whose linear predictor keeps growing while some fitted probabilities reach 0 or 1.
+
+    A start for stage 2 when the joint PIRLS of stage 1 fails at every theta -- which happens
+    for reasons other than separation (Poisson counts of 1e7: the family's starting means
+    put eta = log(0.1) for zero counts, far from the fitted ~16) -- and the evidence behind
+    the error message when even that fails. Returns (None, separated) when IRLS fails."""
+    fam = problem.family
+    X, y = problem._X, problem._y
+    n = y.size
+    w = np.ones(n) if problem._w is None else problem._w
+    if problem._ntrials is not None and fam.name == "binomial":
+        w = w * problem._ntrials
+    off = np.zeros(n) if problem._off is None else problem._off
+    ok = w > 0
+    if fam.name == "binomial":
+        mu = (w * y + 0.5) / (w + 1.0)  # glm's binomial initialize
+    else:
+        mu = y + 0.1
+    eta = np.asarray(fam.linkfun(mu), dtype=float)
+    beta = None
+    dev_old = np.inf
+    norms = []
+    for _ in range(maxit):
+        mu_eta = np.asarray(fam.mu_eta(eta), dtype=float)
+        var = np.asarray(fam.variance(mu), dtype=float)
+        good = ok & (var > 0) & np.isfinite(mu_eta) & (mu_eta != 0)
+        if not np.any(good):
+            return None, False
+        z = eta - off + (y - mu) / np.where(good, mu_eta, 1.0)
+        ww = np.where(good, w * mu_eta**2 / np.where(good, var, 1.0), 0.0)
+        sw = np.sqrt(ww)
+        try:
+            beta = np.linalg.lstsq(X * sw[:, None], z * sw, rcond=None)[0]
+        except np.linalg.LinAlgError:
+            return None, False
+        eta = X @ beta + off
+        mu = np.asarray(fam.linkinv(eta), dtype=float)
+        if not np.all(np.isfinite(mu)):
+            return None, False
+        dev = float(np.sum(fam.dev_resids(y, mu, w)))
+        norms.append(float(np.abs(eta).max()))
+        if abs(dev - dev_old) < 1e-10 * (abs(dev) + 0.1):
+            break
+        dev_old = dev
+    separated = False
+    if fam.name == "binomial" and beta is not None:
+        eps = 1e-8
+        at_edge = (mu < eps) | (mu > 1 - eps)
+        growing = len(norms) > 3 and norms[-1] > norms[-3] + 1.0
+        separated = bool(np.any(at_edge & ok)) and (growing or norms[-1] > 15)
+    return beta, separated

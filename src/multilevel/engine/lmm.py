@@ -17,10 +17,11 @@ import numpy as np
 from multilevel._core import LmmCore
 from multilevel.control import LmerControl
 from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, theta_layout
+from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import FitWarning, ModelSpecError
-from multilevel.engine.optimize import bobyqa, newton_decrement
+from multilevel.engine.optimize import bobyqa, newton_decrement, newton_polish, restart_if_boundary
 
 
 @dataclass
@@ -91,7 +92,10 @@ class LmmProblem(CompiledProblem):
         self.logw = 0.0 if self.w is None else float(np.sum(np.log(self.w[self.w > 0])))
         # the compiled core cannot be pickled: keep the arrays it is built from (the current
         # response too, which set_y replaces) and rebuild it on first use after unpickling
-        self._X = np.ascontiguousarray(inp.X, dtype=float)
+        # X's columns are centred too (engine.centring): the core fits beta_c, and solution()
+        # / fitted() speak the user's beta
+        self.xcentring = XCentring.of(inp.X, self.intercept, self.w)
+        self._X = self.xcentring.apply(inp.X)
         self._y = np.ascontiguousarray(y, dtype=float)
         self._core: LmmCore | None = None
         self._core = self._build_core()
@@ -160,10 +164,10 @@ class LmmProblem(CompiledProblem):
             # p is small: a plain inverse avoids scipy's per-call overhead, which dominated
             # the whole fit of small models
             rxinv = np.linalg.inv(rx)
-            vcov = sigma2 * (rxinv.T @ rxinv)
+            vcov = self.xcentring.cov_out(sigma2 * (rxinv.T @ rxinv))
         else:
             vcov = np.zeros((0, 0))
-        beta = np.array(sol["beta"], dtype=float)
+        beta = self.xcentring.beta_out(sol["beta"])
         if self.intercept is not None:
             beta[self.intercept] += self.yshift
         return {
@@ -196,12 +200,17 @@ class LmmProblem(CompiledProblem):
             blocks = [np.asarray(b[k], dtype=float) for k in e.blocks]
             merged = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
             b_engine.append(np.ascontiguousarray(merged).ravel())
-        out = self.core.fitted(np.ascontiguousarray(beta, dtype=float), b_engine)
+        out = self.core.fitted(np.ascontiguousarray(self.xcentring.beta_in(beta)), b_engine)
         if self.input.offset is not None:
             out = out + self.input.offset
         return out
 
 
+
+
+#: Newton polish (full finite-difference Hessian, 2 k^2 evaluations) up to this many θ; beyond
+#: it the convergence check's diagonal Hessian (2 k evaluations)
+_POLISH_MAX = 8
 
 
 def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float, dict, list[FitWarning]]:
@@ -210,6 +219,9 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     t0 = time.perf_counter()
     # the engine's moment-based first step unless the user set one (no control copy per fit)
     res = bobyqa(problem.objective, problem.theta0, problem.lower, ctrl, initial_step=problem.step0)
+    # a zero SD: check it against an optimum reached from the interior
+    res = restart_if_boundary(problem.objective, res, problem.lower, problem.input.structures, ctrl,
+                              initial_step=problem.step0)
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the
@@ -222,7 +234,16 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
             ft = problem.objective(trial)
             if ft <= fval + 1e-10:
                 theta, fval = trial, min(ft, fval)
-    extra = 0
+    extra = polish_evals = 0
+    dec = grad = None
+    if theta.size <= _POLISH_MAX:
+        # Newton steps on finite differences: BOBYQA's stop on a flat ridge moves with the
+        # order of the rows (fixed effects by up to 1e-4 relative); the last derivatives give
+        # the convergence check (2 k^2 evaluations, k = len(theta))
+        pol = newton_polish(problem.objective, theta, fval, problem.lower, recheck_tol=1e-6)
+        theta, fval, polish_evals = pol.x, pol.fun, pol.feval
+        res.log.extend(pol.log)  # the fit log ends at the optimum
+        dec, grad = pol.decrement, pol.grad
     if ctrl.conv_check_on:
         count = len(res.log)
         calls = [0]
@@ -231,8 +252,9 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
             calls[0] += 1
             return problem.objective(x)
 
-        dec, grad = newton_decrement(counted, theta, problem.lower, fval)
-        extra = calls[0]
+        if dec is None:
+            dec, grad = newton_decrement(counted, theta, problem.lower, fval)
+        extra += calls[0]
         if dec > ctrl.conv_tol:
             warns.append(FitWarning(
                 "not_converged",
@@ -243,8 +265,9 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         del count
     optinfo = {
         "optimizer": "bobyqa",
-        "feval": res.feval,
+        "feval": len(res.log),
         "feval_checks": extra,
+        "feval_polish": polish_evals,
         "code": res.code,
         "message": res.message,
         "fit_log": res.log,

@@ -99,6 +99,54 @@ def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray
     return res
 
 
+def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
+            lower: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient and Hessian of ``fun`` at ``x`` by central differences with steps ``delta``,
+    as lme4's ``deriv12``: diagonal from f(x +- delta e_j), off-diagonal from the four
+    points (x_i +- delta, x_j +- delta); 2 n^2 evaluations.
+
+    Where x - delta would cross a lower bound the backward step is shortened to the bound
+    (as lme4); the formulas here are the correct ones for unequal steps (lme4's reduce to
+    them only for equal steps), and at the bound itself the diagonal uses the forward points
+    x + delta, x + 2 delta.
+    """
+    x = np.asarray(x, dtype=float)
+    nx = x.size
+    if fx is None:
+        fx = float(fun(x))
+    ud = np.full(nx, float(delta))
+    ld = np.full(nx, float(delta))
+    if lower is not None:
+        lo = np.asarray(lower, dtype=float)
+        active = np.isfinite(lo) & (x - delta < lo)
+        ld = np.where(active, np.maximum(x - lo, 0.0), ld)
+    H = np.zeros((nx, nx))
+    g = np.zeros(nx)
+
+    def at(**moves):
+        xx = x.copy()
+        for k, v in moves.items():
+            xx[int(k[1:])] += v
+        return float(fun(xx))
+
+    for j in range(nx):
+        u, l_ = ud[j], ld[j]
+        fadd = at(**{f"i{j}": u})
+        if l_ > 0:
+            fsub = at(**{f"i{j}": -l_})
+            H[j, j] = 2.0 * (l_ * fadd - (u + l_) * fx + u * fsub) / (u * l_ * (u + l_))
+            g[j] = (l_ * l_ * (fadd - fx) + u * u * (fx - fsub)) / (u * l_ * (u + l_))
+        else:  # on the bound: forward differences
+            f2 = at(**{f"i{j}": 2 * u})
+            H[j, j] = (f2 - 2.0 * fadd + fx) / u**2
+            g[j] = (-3.0 * fx + 4.0 * fadd - f2) / (2.0 * u)
+        for i in range(j):
+            ui, li = ud[i], ld[i]
+            vals = [at(**{f"i{i}": si, f"i{j}": sj}) for si, sj in ((ui, u), (ui, -l_), (-li, u), (-li, -l_))]
+            H[i, j] = H[j, i] = (vals[0] - vals[1] - vals[2] + vals[3]) / ((ui + li) * (u + l_))
+    return g, H
+
+
 def newton_decrement(fun: Callable[[np.ndarray], float], x: np.ndarray, lower: np.ndarray,
                      fx: float) -> tuple[float, np.ndarray]:
     """Predicted decrease of ``fun`` from a Newton step at ``x`` over the free coordinates
@@ -129,3 +177,144 @@ def newton_decrement(fun: Callable[[np.ndarray], float], x: np.ndarray, lower: n
         # coordinate, unless the slope there is negligible
         dec = float(np.abs(gi).max()) if np.abs(gi).max() > 1e-3 else 0.0
     return dec, g
+
+
+def interior_start(x: np.ndarray, structures: list, frac: float = 0.25,
+                   floor: float = 0.05) -> np.ndarray | None:
+    """A point off the boundary near ``x`` (θ first, any further entries kept), or None when
+    no diagonal of a Λ is (nearly) 0.
+
+    On the SD / correlation scale of each term (``Covariance.to_sdcor`` / ``from_sdcor``, so
+    any structure works) every SD below ``BOUNDARY_SNAP_TOL`` becomes ``frac`` times the
+    term's largest SD (at least ``floor``), its correlations 0, the other SDs and
+    correlations unchanged; where no SD is 0 (correlations at +-1), every correlation of the
+    term is halved. Why not a small step off the bound: with a zero diagonal in a
+    Cholesky factor, the entries below it only enter through their squares, so the optimiser
+    sits on a flat valley where both signs of the off-diagonal look the same; a point with
+    the same SDs but a non-degenerate factor lets it choose the correlation's sign again
+    (the LMM and binomial fits of the issue ended at sd(intercept) = 0, 0.43 and 0.59 below
+    lme4's log-likelihood at correlation +-1)."""
+    from multilevel.covariance import BOUNDARY_SNAP_TOL
+
+    x = np.array(x, dtype=float)
+    out = x.copy()
+    moved = False
+    i = 0
+    for cov in structures:
+        k = cov.ntheta
+        th = x[i:i + k]
+        pars = cov.to_sdcor(th, 1.0)
+        kinds = cov.sdcor_kinds()
+        sds = np.array([p for p, kd in zip(pars, kinds) if kd == "sd"])
+        diag = [x[i + j] for j in cov.diagonal()]
+        if diag and min(diag) < BOUNDARY_SNAP_TOL:
+            target = max(frac * (sds.max() if sds.size else 0.0), floor)
+            cells = cov.cells()
+            small = {cells[j][0] for j, kd in enumerate(kinds) if kd == "sd" and pars[j] < BOUNDARY_SNAP_TOL}
+            new = pars.copy()
+            for j, (r, c) in enumerate(cells):
+                if kinds[j] == "sd" and r in small:
+                    new[j] = target
+                elif kinds[j] == "cor":
+                    # no SD at 0 but a zero diagonal of Λ: correlations at +-1. Halving them
+                    # all gives the correlation matrix (C + I) / 2, positive definite
+                    new[j] = 0.0 if (r in small or c in small) else (new[j] if small else 0.5 * new[j])
+            out[i:i + k] = cov.from_sdcor(new, 1.0)
+            moved = True
+        i += k
+    return out if moved else None
+
+
+def restart_if_boundary(fun: Callable[[np.ndarray], float], res: OptResult, lower: np.ndarray,
+                        structures: list, ctrl: LmerControl, initial_step: Any = None) -> OptResult:
+    """lme4's ``restart_edge``, done for every structure: when the optimum ``res`` has a
+    zero SD, optimise again from a point in the interior (``interior_start``) and keep the
+    better optimum. Both runs' evaluations are in the log and ``feval``."""
+    x1 = interior_start(res.x, structures)
+    if x1 is None:
+        return res
+    res2 = bobyqa(fun, x1, lower, ctrl, initial_step=initial_step)
+    best = res2 if res2.fun < res.fun - 1e-10 else res
+    return OptResult(x=best.x, fun=best.fun, feval=res.feval + res2.feval, code=best.code,
+                     message=best.message, log=res.log + res2.log, warnings=best.warnings)
+
+
+@dataclass
+class PolishResult:
+    x: np.ndarray
+    fun: float
+    grad: np.ndarray
+    hess: np.ndarray
+    decrement: float  # predicted decrease of fun by a Newton step at x (free coordinates)
+    feval: int
+    steps: int  # Newton steps taken
+    log: list[tuple[np.ndarray, float]] = field(default_factory=list)  # the points stepped to
+
+
+def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray,
+                  *, delta: float = 1e-4, dec_tol: float = 1e-13, maxit: int = 4,
+                  recheck_tol: float = 0.0) -> PolishResult:
+    """Newton steps from a derivative-free optimum ``x`` (value ``fx``) with the gradient and
+    Hessian from central differences (lme4's ``deriv12``, step ``delta``: 2 n^2 evaluations
+    each), until the predicted decrease is below ``dec_tol``, a step gains nothing or
+    ``maxit`` steps were taken. Coordinates on their lower bound whose gradient points out
+    of the feasible set stay there.
+
+    BOBYQA stops when its trust region has shrunk below its tolerances, which on a flat ridge
+    can be short of the optimum by more than the data can tell apart (fixed effects that move
+    by 1e-4 relative when the rows are permuted); the Newton steps pin the optimum down to the
+    finite-difference error, O(delta^2). The last gradient and Hessian are those at the
+    returned point: the caller's convergence check and Hessian-based covariance reuse them --
+    unless ``recheck_tol`` > 0: a step whose predicted gain was below it is not followed by
+    new derivatives (they cost 2 n^2 evaluations), and the decrement returned is what the
+    step left of the prediction (the gradient and Hessian are then those before the step)."""
+    x = np.asarray(x, dtype=float).copy()
+    lower = np.asarray(lower, dtype=float)
+    calls = [0]
+
+    def counted(z):
+        calls[0] += 1
+        return float(fun(z))
+
+    steps = 0
+    log: list[tuple[np.ndarray, float]] = []
+    while True:
+        g, H = deriv12(counted, x, delta, fx, lower)
+        at_bound = np.isfinite(lower) & (x - lower <= 0.0)
+        free = ~(at_bound & (g > 0))
+        dec, step = newton_step(g, H, free)
+        if dec <= dec_tol or steps >= maxit or not np.isfinite(dec):
+            return PolishResult(x, fx, g, H, dec, calls[0], steps, log)
+        alpha, moved, f_before = 1.0, False, fx
+        for _ in range(6):
+            xn = np.maximum(x + alpha * step, lower)
+            fn = counted(xn)
+            if np.isfinite(fn) and fn < fx:
+                x, fx, moved = xn, fn, True
+                break
+            alpha *= 0.5
+        if not moved:  # the quadratic model is no better than the finite-difference noise
+            return PolishResult(x, fx, g, H, dec, calls[0], steps, log)
+        log.append((x.copy(), fx))
+        steps += 1
+        if dec <= recheck_tol:
+            return PolishResult(x, fx, g, H, max(dec - (f_before - fx), 0.0), calls[0], steps, log)
+
+
+def newton_step(g: np.ndarray, H: np.ndarray, free: np.ndarray) -> tuple[float, np.ndarray]:
+    """(g' H^-1 g / 2, -H^-1 g) over the free coordinates; a Hessian that is not positive
+    definite there is shifted to be (the step is then a damped gradient step and the
+    decrement its predicted gain)."""
+    step = np.zeros_like(g)
+    idx = np.flatnonzero(free)
+    if idx.size == 0:
+        return 0.0, step
+    gf, Hf = g[idx], H[np.ix_(idx, idx)]
+    if not (np.all(np.isfinite(gf)) and np.all(np.isfinite(Hf))):
+        return float("inf"), step
+    ev = np.linalg.eigvalsh(Hf)
+    if ev.min() <= 1e-10 * max(1.0, abs(ev).max()):
+        Hf = Hf + (abs(ev.min()) + 1e-6 * max(1.0, abs(ev).max())) * np.eye(idx.size)
+    s = -np.linalg.solve(Hf, gf)
+    step[idx] = s
+    return 0.5 * float(-(gf @ s)), step

@@ -179,6 +179,122 @@ def _bounds_sdcor(kinds: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+
+class _PDInner:
+    """The inner problem of a variance-parameter profile in a parametrisation that is always
+    positive semi-definite.
+
+    Profiles hold one SD or correlation fixed and minimise over the others. With a box
+    [-1, 1] on each correlation (lme4's scale), a term of 3 or more columns has points in the
+    box whose correlation matrix is not positive definite; the deviance there is that of a
+    projected matrix, and the inner minimisation stalls short of the constrained minimum
+    near that edge (a 3 x 3 ``(0 + Machine | Worker)``: an upper limit 0.8365 where the
+    deviance has risen by 1.24, not 3.84). Here each term's covariance is a lower Cholesky
+    factor on the data scale, with its rows permuted so that the fixed parameter is an entry
+    of the first column: an SD s_r fixed is L[0, 0] = s_r with row r first; a correlation c
+    of rows (r, j) fixed is rows j, r first, L[0, 0] = s_j, (L[1, 0], L[1, 1]) = s_r (c,
+    sqrt(1 - c^2)). Every point is a covariance matrix and the fixed value holds exactly.
+    Only for unstructured terms (a diagonal term's factor has no off-diagonal entries).
+    """
+
+    def __init__(self, sizes: list[int], w: int, kind: str, nv: int):
+        self.sizes = sizes
+        self.w = w
+        self.nv = nv  # number of variance parameters incl. sigma (the last)
+        self.block = None
+        self.order: list[list[int]] = []
+        off = 0
+        cells = []
+        for b, s in enumerate(sizes):
+            cs = [(r, c) for c in range(s) for r in range(c, s)]
+            cells.append(cs)
+            if off <= w < off + len(cs):
+                self.block = b
+                self.cell = cs[w - off]
+            off += len(cs)
+        self.kind = kind
+        for b, s in enumerate(sizes):
+            order = list(range(s))
+            if b == self.block:
+                r, c = self.cell
+                first = [r] if kind == "sd" else [c, r]
+                order = first + [k for k in range(s) if k not in first]
+            self.order.append(order)
+
+    def _layout(self) -> list[tuple[int, int, int]]:
+        """(block, row, col) of the free factor entries, in z's order (sigma last)."""
+        out = []
+        for b, s in enumerate(self.sizes):
+            for c in range(s):
+                for r in range(c, s):
+                    if b == self.block and c == 0 and (r == 0 or (self.kind == "cor" and r == 1)):
+                        continue  # fixed by the profiled value (and s_j / s_r, below)
+                    if b == self.block and self.kind == "cor" and r == 1 and c == 1:
+                        continue
+                    out.append((b, r, c))
+        return out
+
+    def lower(self) -> np.ndarray:
+        lay = self._layout()
+        lo = [0.0 if r == c else -np.inf for _, r, c in lay]
+        if self.block is not None and self.kind == "cor":
+            lo = [0.0, 0.0] + lo  # s_j, s_r
+        return np.array(lo + ([0.0] if self.w != self.nv - 1 else []))
+
+    def to_z(self, pars: np.ndarray) -> np.ndarray:
+        """z from a full vector of SDs / correlations and sigma (a positive definite point)."""
+        sigma = pars[-1]
+        theta = sdcor_to_theta(pars[:-1], self.sizes, sigma)
+        Ls = self._factors(theta, sigma)
+        z = []
+        if self.block is not None and self.kind == "cor":
+            L = Ls[self.block]
+            z += [L[0, 0], float(np.hypot(L[1, 0], L[1, 1]))]
+        z += [Ls[b][r, c] for b, r, c in self._layout()]
+        if self.w != self.nv - 1:
+            z.append(sigma)
+        return np.array(z)
+
+    def _factors(self, theta: np.ndarray, sigma: float) -> list[np.ndarray]:
+        from multilevel.covariance import lambda_blocks, psd_cholesky
+
+        out = []
+        for b, L in enumerate(lambda_blocks(theta, self.sizes)):
+            S = sigma**2 * (L @ L.T)
+            o = self.order[b]
+            out.append(psd_cholesky(S[np.ix_(o, o)]))
+        return out
+
+    def to_pars(self, z: np.ndarray, x: float) -> np.ndarray:
+        """The full vector (SDs / correlations, sigma) at z with the profiled value x."""
+        from multilevel.covariance import psd_cholesky
+
+        z = np.asarray(z, dtype=float)
+        sigma = x if self.w == self.nv - 1 else z[-1]
+        Ls = [np.zeros((s, s)) for s in self.sizes]
+        k = 0
+        if self.block is not None:
+            L = Ls[self.block]
+            if self.kind == "cor":
+                sj, sr = z[0], z[1]
+                L[0, 0], L[1, 0], L[1, 1] = sj, sr * x, sr * math.sqrt(max(0.0, 1.0 - x * x))
+                k = 2
+            else:
+                L[0, 0] = x
+        for b, r, c in self._layout():
+            Ls[b][r, c] = z[k]
+            k += 1
+        thetas = []
+        for b, L in enumerate(Ls):
+            o = np.argsort(self.order[b])
+            S = (L @ L.T)[np.ix_(o, o)]
+            C = psd_cholesky(S) / sigma if sigma > 0 else np.zeros_like(S)
+            thetas.extend(C[r, c] for c in range(S.shape[0]) for r in range(c, S.shape[0]))
+        pars = np.concatenate([theta_to_sdcor(np.array(thetas), self.sizes, sigma), [sigma]])
+        pars[self.w] = x  # exact (a correlation recomputed from the factor differs by rounding)
+        return pars
+
+
 def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileResult:
     st = ml_state(fit)
     prob = st.problem
@@ -210,6 +326,12 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
     rows: dict[str, tuple[float, float]] = {}
     nv = opt_v.size
     want = set(which) if which is not None else None
+    # terms of 3 or more columns: the box on the correlations holds non-positive-definite
+    # points, so the inner minimisation runs on Cholesky factors (_PDInner)
+    from multilevel.covariance import Unstructured
+
+    pd_inner = (any(s >= 3 for s in sizes)
+                and all(isinstance(cv, Unstructured) for cv in prob.input.structures))
     # rough scales for the first steps: the Wald SE of the fixed effects, 10-20% for SDs
     for w in range(nv):
         name = vnames[w]
@@ -218,16 +340,33 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
         free = [i for i in range(nv) if i != w]
         cache: list[tuple[float, np.ndarray]] = [(opt_v[w], opt_v[free].copy())]
 
-        def zeta(x: float, w=w, free=free, cache=cache) -> float:
+        pdi = _PDInner(sizes, w, kinds[w], nv) if pd_inner else None
+
+        def zeta(x: float, w=w, free=free, cache=cache, pdi=pdi) -> float:
             start = min(cache, key=lambda t: abs(t[0] - x))[1]
             pars = opt_v.copy()
             pars[w] = x
+            if pdi is not None:
+                full = opt_v.copy()
+                full[free] = start
+                full[w] = x
+                z0 = pdi.to_z(full)
+                zlo = pdi.lower()
+                zf, f = _minimise(lambda z: dd(pdi.to_pars(z, x)), z0, zlo, np.full(zlo.size, np.inf),
+                                  step=0.05 * np.maximum(np.abs(z0), 0.05 * max(1.0, float(np.abs(z0).max()))))
+                v = pdi.to_pars(zf, x)[free]
+                # the box route as well, from the same start: keep the lower (both are upper
+                # bounds of the constrained minimum)
+                pars[free] = start
+                fb = dd(pars)
+                if fb < f:
+                    v, f = start.copy(), fb
+            else:
+                def inner(v):
+                    pars[free] = v
+                    return dd(pars)
 
-            def inner(v):
-                pars[free] = v
-                return dd(pars)
-
-            v, f = _minimise(inner, start, lo_v[free], hi_v[free])
+                v, f = _minimise(inner, start, lo_v[free], hi_v[free])
             nevals[0] += 1
             cache.append((x, v.copy()))
             dev = max(0.0, f - base)
