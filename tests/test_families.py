@@ -5,13 +5,18 @@ import numpy as np
 import pytest
 
 from multilevel.errors import DataError
-from multilevel.families import _FAMILIES, LINKS, Family, Link, binomial, get_family, poisson
+from multilevel.families import (_FAMILIES, LINKS, Family, Gamma, Link, binomial, get_family, inverse_gaussian,
+                                 negative_binomial, poisson)
 
 
 def test_registry_maps_names_to_classes():
-    assert _FAMILIES == {"binomial": binomial, "poisson": poisson}
+    assert _FAMILIES == {"binomial": binomial, "poisson": poisson, "Gamma": Gamma,
+                         "inverse.gaussian": inverse_gaussian, "negative.binomial": negative_binomial}
     for name, cls in _FAMILIES.items():
-        assert issubclass(cls, Family) and get_family(name).name == name
+        kw = {"theta": 1.5} if name == "negative.binomial" else {}
+        assert issubclass(cls, Family) and get_family(name, **kw).name == name
+        for alias in cls.aliases:  # R's spelling and the snake_case alias give the same family
+            assert get_family(alias, **kw) == get_family(name, **kw)
         assert all(isinstance(LINKS[k], Link) for k in cls.links)
 
 
