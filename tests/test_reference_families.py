@@ -189,3 +189,20 @@ def test_nb_summary_is_lme4s_layout():
         assert line in text, line
     nb = fit.optinfo["nb"]
     assert nb["nevals"] >= 5 and nb["interval_log_theta"][1] - nb["interval_log_theta"][0] == pytest.approx(6)
+
+
+@pytest.mark.parametrize("nagq, loglik, theta, fixef", [
+    # lme4 1.1-31 (Rscript on this machine): glmer(TICKS ~ YEAR + (1 | BROOD), grouseticks,
+    # family = MASS::negative.binomial(2), nAGQ = nagq), control as the reference fits
+    (1, -920.7317491462, 1.2021214430, [0.3861213530, 1.3279052051, -0.9058948307]),
+    (9, -269.8585581942, 1.2149551517, [0.4597549052, 1.3261755098, -0.9165730559]),
+])
+def test_negative_binomial_with_fixed_theta_laplace_and_agq(nagq, loglik, theta, fixef):
+    df = load_case_frame(load_case("grouseticks_nb_laplace"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.glmer("TICKS ~ YEAR + (1 | BROOD)", df, family="negative.binomial", nb_theta=2.0, nagq=nagq)
+    assert rel_diff(fit.loglik, loglik) < 1e-8
+    assert fit.theta.iloc[0] == pytest.approx(theta, rel=1e-4)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), fixef, rtol=1e-4, atol=1e-5)
+    assert fit.npar == 5 and fit.nb_theta == 2.0
