@@ -152,3 +152,16 @@ def test_anova_and_plots_take_dispersion_fits():
     for draw in (plots.plot_caterpillar, plots.plot_diagnostics, plots.plot_coefficients):
         draw(f1)
     plots.plot_fitted_lines(f1, "x")
+
+
+def test_profile_of_a_dispersion_fit_is_refused_as_in_lme4():
+    import warnings
+
+    import multilevel as ml
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.glmer("pos ~ x + (1 | g)", _frame(), family="Gamma", link="log")
+    with pytest.raises(ml.ModelSpecError, match="scale parameter"):
+        fit.confint()
+    assert np.isfinite(fit.confint(method="wald").iloc[1:].to_numpy()).all()

@@ -98,8 +98,13 @@ def glmer(
     -----
     logLik, AIC, BIC and ``deviance`` (= -2 logLik) follow lme4, including its nAGQ > 1
     convention of leaving out the saturated-model term (``fit.loglik_full`` adds it);
-    ``fit.conditional_deviance`` is what R's ``deviance(glmerfit)`` returns. Families with a
-    dispersion parameter (Gamma, inverse Gaussian) are not supported: ``ModelSpecError``.
+    ``fit.conditional_deviance`` is what R's ``deviance(glmerfit)`` returns. For the families
+    with a dispersion (Gamma, inverse Gaussian) the criterion is lme4's: R's ``family$aic`` at
+    the modes with phi = sum of unit deviances / sum(w), + log det + |u|^2 (not the maximum
+    likelihood glmmTMB computes); ``fit.sigma`` is lme4's ``sigma()``, sqrt((Pearson
+    chi-square + |u|^2) / n), which also scales ``varcorr`` and ``vcov_use_hessian_false``;
+    nagq > 1 is refused for them. ``fit.npar`` counts the dispersion and the negative
+    binomial's theta, as lme4's logLik df.
     lme4 accepts a factor response with more than two levels (first level = failure);
     glmer refuses it (``DataError``) since that is almost always a mistake -- recode it.
 
