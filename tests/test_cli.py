@@ -144,3 +144,18 @@ def test_bad_contrasts_flag(capsys, arg, msg):
     assert main(["fit", "mAch ~ sector + (1 | school)", "--data", "hsb", "--contrasts", arg]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+
+
+def test_fit_gamma_and_negative_binomial_families(capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["fit", "cog ~ age + trt + (1 | id)", "--data", "early", "--family", "gamma",
+                     "--link", "log", "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["family"] == "Gamma" and abs(d["results"]["logLik"] + 1146.5634) < 1e-3
+        assert d["results"]["family_extras"]["shape"] > 100
+        assert main(["fit", "TICKS ~ YEAR + (1 | BROOD)", "--data", "grouseticks", "--family",
+                     "negative.binomial", "--nb-theta", "2.5"]) == 0
+    assert " Family: Negative Binomial(2.5)  ( log )" in capsys.readouterr().out

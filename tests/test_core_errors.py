@@ -132,8 +132,12 @@ def test_glmm_general_dense_block_too_large():
 
 def test_glmm_unknown_family_and_link():
     with pytest.raises(ModelSpecError) as e:
-        _glmm(family="gamma")
-    _check(e, ModelSpecError, "gamma")
+        _glmm(family="weibull")
+    _check(e, ModelSpecError, "weibull")
+    # the negative binomial needs its theta
+    with pytest.raises(ModelSpecError) as e:
+        _glmm(family="negative.binomial", link="log")
+    _check(e, ModelSpecError, "theta")
     with pytest.raises(ModelSpecError) as e:
         _glmm(link="cauchit")
     _check(e, ModelSpecError, "cauchit")
@@ -143,6 +147,9 @@ def test_glmm_response_outside_support_is_a_data_error():
     with pytest.raises(DataError) as e:
         _glmm(y=np.full(60, 1.5))
     _check(e, DataError, "binomial response")
+    with pytest.raises(DataError) as e:
+        _glmm(y=np.zeros(60), family="Gamma", link="log")
+    _check(e, DataError, "Gamma response must be positive")
     with pytest.raises(DataError) as e:
         _glmm(y=np.full(60, -1.0), family="poisson", link="log")
     _check(e, DataError, "Poisson response")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import special
 
 from multilevel import _core
 from multilevel import families as fam_mod
@@ -18,12 +19,16 @@ from multilevel.errors import ModelSpecError
 from multilevel.families import LINKS, get_family
 
 
+#: parameters of the families that have one (the negative binomial's theta)
+_PARAMS = {"negative.binomial": {"theta": 2.7}}
+
+
 def _registry():
     out = []
     for name in sorted(fam_mod._FAMILIES):
         for link in sorted(LINKS):
             try:
-                f = get_family(name, link)
+                f = get_family(name, link, **_PARAMS.get(name, {}))
             except (ModelSpecError, ValueError, KeyError):
                 continue  # this family does not take this link
             out.append(pytest.param(f, id=f"{name}-{link}"))
@@ -40,6 +45,10 @@ def _rows(family, rng, n=400):
         y = k / m
         wt = m.copy()
         ntrials = m.copy()
+    elif family.name in ("Gamma", "inverse.gaussian"):
+        y = rng.gamma(2.0, 1.5, n) + 1e-3  # positive
+        wt = 0.5 + 2.0 * rng.random(n)
+        ntrials = None
     else:
         y = rng.integers(0, 12, n).astype(float)
         y[:10] = 0.0
@@ -57,6 +66,10 @@ def _rows(family, rng, n=400):
         eta = -np.abs(eta) - 1e-3  # mu = exp(eta) must stay a probability
     elif link in ("identity", "sqrt"):
         eta = 0.05 + np.minimum(np.abs(eta), 30.0)  # a positive Poisson mean
+    elif link in ("inverse", "1/mu^2"):
+        eta = 0.02 + np.minimum(np.abs(eta), 30.0)  # a positive mean
+    if family.name in ("Gamma", "inverse.gaussian") and link == "log":
+        eta = np.clip(eta, -30.0, 30.0)  # keep y / mu and mu^3 finite
     return y, eta, wt, ntrials
 
 
@@ -69,7 +82,7 @@ def _close(a, b, rtol, atol=0.0):
 def test_engine_family_matches_python(family):
     rng = np.random.default_rng(hash(family.name + family.link.name) % 2**32)
     y, eta, wt, ntrials = _rows(family, rng)
-    r = _core.family_eval(family.name, family.link.name, y, eta, wt, ntrials)
+    r = _core.family_eval(family.name, family.link.name, y, eta, wt, ntrials, family_param=family.param)
     mu = family.linkinv(eta)
     # mean and d mu / d eta: the same formulas and clamps (the engine's exp/log are its own,
     # accurate to ~1 ulp)
@@ -86,6 +99,16 @@ def test_engine_family_matches_python(family):
     eps = np.finfo(float).eps
     if family.name == "binomial":
         cond = 2.0 * wt * (y * 4 * eps / mu + (1.0 - y) * 4 * eps / np.maximum(1.0 - mu, eps))
+    elif family.name == "Gamma":
+        # the engine forms the deviance as 2 w (log mu + y / mu - log y - 1): terms that
+        # cancel where mu is close to y, so their rounding bounds the agreement
+        cond = 8 * eps * wt * (y / mu + np.abs(np.log(mu)) + np.abs(np.log(y)) + 1.0)
+    elif family.name == "inverse.gaussian":
+        cond = 8 * eps * wt * (1.0 / y + 2.0 / mu + y / mu**2)
+    elif family.name == "negative.binomial":
+        th = family.param
+        cond = 8 * eps * wt * ((y + th) * (np.abs(np.log(mu + th)) + np.abs(np.log(y + th)))
+                               + special.xlogy(y, y) + y * np.abs(np.log(mu)) + 1.0)
     else:
         cond = 2.0 * wt * (y * 4 * eps + 4 * eps * mu)
     ok = _close(r["dev_resids"], py_dev, 1e-12, cond)
@@ -101,3 +124,7 @@ def test_engine_family_matches_python(family):
 def test_registry_is_not_empty():
     ids = [p.id for p in _registry()]
     assert "binomial-logit" in ids and "poisson-log" in ids
+    for fam in ("Gamma-inverse", "Gamma-log", "Gamma-identity", "inverse.gaussian-1/mu^2",
+                "inverse.gaussian-inverse", "inverse.gaussian-log", "inverse.gaussian-identity",
+                "negative.binomial-log"):
+        assert fam in ids, fam

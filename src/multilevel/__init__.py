@@ -23,7 +23,7 @@ from multilevel.errors import (
     RowsDroppedWarning,
     SingularFitWarning,
 )
-from multilevel.models.glmer import glmer
+from multilevel.models.glmer import glmer, glmer_nb
 from multilevel.models.lmer import lmer
 from multilevel.results.lm import LmFit
 from multilevel.models.lm import lm
@@ -40,6 +40,7 @@ __all__ = [
     "pooling",
     "two_stage",
     "glmer",
+    "glmer_nb",
     "anova",
     "compare",
     "icc",

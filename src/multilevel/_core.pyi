@@ -63,8 +63,10 @@ class GlmmCore:
         wt: _F64 | None = None,
         ntrials: _F64 | None = None,
         offset: _F64 | None = None,
+        family_param: float | None = None,
     ) -> None:
-        """As LmmCore, plus family, link, prior weights, binomial trials and offset."""
+        """As LmmCore, plus family, link, prior weights, binomial trials, offset and the
+        family's parameter (the negative binomial's theta)."""
     def laplace(self, theta: _F64, beta: _F64) -> float:
         """Laplace deviance at (theta, beta); inf if PIRLS fails."""
     def laplace_grad(self, theta: _F64, beta: _F64, jacobian: bool = True) -> tuple[float, _F64 | None]:
@@ -104,6 +106,8 @@ class GlmmCore:
         """Conditional covariances of b at the current weights, per term flat (nlev * s * s)."""
     def rx(self, theta: _F64) -> _F64:
         """R_X (p x p lower, column-major flattened) at the current weights."""
+    def set_family_param(self, param: float) -> None:
+        """Change the negative binomial's theta, keeping the warm start."""
     def set_control(self, tol: float | None = None, maxit: int | None = None) -> None:
         """PIRLS convergence tolerance and iteration limit."""
 
@@ -117,5 +121,6 @@ def family_eval(
     eta: _F64,
     wt: _F64,
     ntrials: _F64 | None = None,
+    family_param: float | None = None,
 ) -> dict[str, Any]:
     """The engine's per-row mu, mu_eta, variance, dev_resids at eta, and aic (-2 log p summed)."""

@@ -221,7 +221,7 @@ impl GlmmCore {
     /// "log", "identity", "sqrt"), prior weights wt, the binomial trials when they differ
     /// from the weights (ntrials) and the offset.
     #[new]
-    #[pyo3(signature = (refs, z, nlev, lambdas, x, y, family, link, wt=None, ntrials=None, offset=None))]
+    #[pyo3(signature = (refs, z, nlev, lambdas, x, y, family, link, wt=None, ntrials=None, offset=None, family_param=None))]
     fn new(
         py: Python<'_>,
         refs: Vec<PyReadonlyArray1<'_, u32>>,
@@ -235,11 +235,12 @@ impl GlmmCore {
         wt: Option<PyReadonlyArray1<'_, f64>>,
         ntrials: Option<PyReadonlyArray1<'_, f64>>,
         offset: Option<PyReadonlyArray1<'_, f64>>,
+        family_param: Option<f64>,
     ) -> PyResult<Self> {
         if refs.len() != z.len() || refs.len() != nlev.len() || refs.len() != lambdas.len() {
             return Err(data_err("refs, z, nlev and lambdas must have one entry per term"));
         }
-        let dist = Dist::from_name(family).ok_or_else(|| spec_err(format!("unknown family {family:?} (the engine has \"binomial\" and \"poisson\")")))?;
+        let dist = parse_dist(family, family_param)?;
         let link = Link::from_name(link).ok_or_else(|| spec_err(format!("unknown link {link:?}")))?;
         let terms: Vec<Term> = (0..refs.len())
             .map(|k| Term { nlev: nlev[k], s: z[k].shape()[1], lambda: lambdas[k].clone() })
@@ -399,6 +400,16 @@ impl GlmmCore {
         Ok(PyArray1::from_vec(py, rx))
     }
 
+    /// Change the family's parameter (the negative binomial's theta), keeping the warm start.
+    fn set_family_param(&mut self, param: f64) -> PyResult<()> {
+        let name = match self.inner.dist() {
+            Dist::NegBinomial(_) => "negative.binomial",
+            _ => return Err(spec_err("set_family_param: only the negative binomial family has a parameter".to_string())),
+        };
+        let dist = parse_dist(name, Some(param))?;
+        self.inner.set_dist(dist).map_err(core_err)
+    }
+
     /// PIRLS settings: convergence tolerance on the steps and the iteration limit.
     #[pyo3(signature = (tol=None, maxit=None))]
     fn set_control(&mut self, tol: Option<f64>, maxit: Option<usize>) {
@@ -409,6 +420,19 @@ impl GlmmCore {
             self.inner.control.maxit = m;
         }
     }
+}
+
+/// The engine's family from R's name and its parameter (the negative binomial's theta).
+fn parse_dist(family: &str, param: Option<f64>) -> PyResult<Dist> {
+    Dist::parse(family, param).ok_or_else(|| {
+        if family == "negative.binomial" || family == "negative_binomial" {
+            spec_err(format!("the negative binomial family needs a positive, finite theta (family_param), not {param:?}"))
+        } else {
+            spec_err(format!(
+                "unknown family {family:?} (the engine has \"binomial\", \"poisson\", \"Gamma\", \"inverse.gaussian\", \"negative.binomial\")"
+            ))
+        }
+    })
 }
 
 /// Gauss-Hermite rule for the standard normal (lme4's GHrule): (nodes, weights summing to 1).
@@ -427,7 +451,7 @@ fn gauss_hermite<'py>(py: Python<'py>, n: usize) -> PyResult<(Bound<'py, PyArray
 /// summed, R's family$aic without the parameter term), for conformance tests against the
 /// Python families.
 #[pyfunction]
-#[pyo3(signature = (family, link, y, eta, wt, ntrials=None))]
+#[pyo3(signature = (family, link, y, eta, wt, ntrials=None, family_param=None))]
 fn family_eval<'py>(
     py: Python<'py>,
     family: &str,
@@ -436,8 +460,9 @@ fn family_eval<'py>(
     eta: PyReadonlyArray1<'_, f64>,
     wt: PyReadonlyArray1<'_, f64>,
     ntrials: Option<PyReadonlyArray1<'_, f64>>,
+    family_param: Option<f64>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let dist = Dist::from_name(family).ok_or_else(|| spec_err(format!("unknown family {family:?}")))?;
+    let dist = parse_dist(family, family_param)?;
     let link_v = Link::from_name(link).ok_or_else(|| spec_err(format!("unknown link {link:?}")))?;
     let nt = opt_slice(&ntrials, "ntrials")?;
     let r = glmm::family_eval(dist, link_v, slice(&y, "y")?, slice(&eta, "eta")?, slice(&wt, "wt")?, nt).map_err(core_err)?;

@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true",
                    help="print the fit as JSON in the field names of lme4's reference fits")
     f.add_argument("--family", metavar="NAME",
-                   help="fit a generalised model (glmer): binomial or poisson")
+                   help="fit a generalised model (glmer): binomial, poisson, Gamma, inverse.gaussian "
+                        "or negative.binomial (theta estimated as glmer.nb unless --nb-theta)")
+    f.add_argument("--nb-theta", type=float, default=None, metavar="THETA",
+                   help="negative.binomial: a fixed theta instead of glmer.nb's estimate")
     f.add_argument("--link", metavar="NAME", help="link function (default: the family's canonical link)")
     f.add_argument("--nagq", type=int, default=1, metavar="N",
                    help="glmer: 1 = Laplace (default), > 1 adaptive Gauss-Hermite points, 0 = fast nAGQ=0 fit")
@@ -164,6 +167,8 @@ def _fit(args: argparse.Namespace, df: pd.DataFrame) -> Any:
     if family and family != "gaussian":
         if args.ml:
             raise _InputError("--ml is for linear mixed models; glmer fits are always ML")
+        if getattr(args, "nb_theta", None) is not None:
+            kw["nb_theta"] = args.nb_theta
         return multilevel.glmer(args.formula, data=df, family=family, link=args.link,
                                 nagq=args.nagq, **kw)
     if getattr(args, "link", None) or getattr(args, "nagq", 1) != 1:

@@ -112,8 +112,12 @@ class GlmmProblem(CompiledProblem):
             self._w,
             self._ntrials,
             self._off,
+            family_param=self.family.param,
         )
-        core.set_control(tol=self.pirls_tol, maxit=self.pirls_maxit)
+        # the dispersion families' criterion moves to first order with the error of the
+        # modes (times 1 / phi, see families/gamma.py): PIRLS runs 100 times tighter there
+        tol = self.pirls_tol * (1e-2 if self.family.has_dispersion else 1.0)
+        core.set_control(tol=tol, maxit=self.pirls_maxit)
         warm = getattr(self, "_warm_u", None)
         if warm is not None:
             core.set_u([np.ascontiguousarray(x) for x in warm])

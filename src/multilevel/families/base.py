@@ -11,11 +11,14 @@ R's ``family$aic`` without the parameter term; ``saturated_loglik``).
 >>> fam.name, fam.link.name, round(float(fam.linkinv(0.0)), 3)
 ('binomial', 'probit', 0.5)
 
-Supported: ``binomial`` (links ``logit``, ``probit``, ``cloglog``; also ``log``) and
-``poisson`` (``log``; also ``identity``, ``sqrt``), one module each. ``Gamma`` and
-``inverse.gaussian`` (families with a dispersion parameter) are not supported: lme4 fits
-them by Laplace with a scale parameter whose treatment we do not reproduce; they raise
-``ModelSpecError``. ``gaussian`` belongs to :func:`multilevel.lmer`.
+Supported: ``binomial`` (links ``logit``, ``probit``, ``cloglog``; also ``log``),
+``poisson`` (``log``; also ``identity``, ``sqrt``), ``Gamma`` (``inverse``, ``log``,
+``identity``), ``inverse.gaussian`` (``1/mu^2``, ``inverse``, ``log``, ``identity``) and
+``negative.binomial`` (``log``; its ``theta`` fixed or estimated as ``glmer.nb`` does), one
+module each, named as R spells them with snake_case aliases (``"gamma"``,
+``"inverse_gaussian"``, ``"negative_binomial"``). The dispersion families (Gamma, inverse
+Gaussian: ``has_dispersion``) follow lme4's conventions, described in ``families/gamma.py``.
+``gaussian`` belongs to :func:`multilevel.lmer`.
 
 Adding a family: see CONTRIBUTING.md (a module beside binomial.py, one line in
 ``families/__init__.py``'s registry).
@@ -57,6 +60,12 @@ class Family:
 
     #: links the family accepts (first = canonical)
     links: tuple[str, ...] = ()
+    #: other names ``get_family`` accepts (snake_case spellings of R's names)
+    aliases: tuple[str, ...] = ()
+    #: a dispersion parameter reported as lme4's sigma (Gamma, inverse Gaussian)
+    has_dispersion: bool = False
+    #: the family's parameter handed to the engine (the negative binomial's theta)
+    param: float | None = None
 
     def __init__(self, link: str | Link | None = None):
         if isinstance(link, Link):
@@ -105,6 +114,16 @@ class Family:
         """
         return []
 
+    def family_string(self) -> str:
+        """R's ``family(fit)$family`` (``"Negative Binomial(3.3034)"`` for glmer.nb)."""
+        return self.name
+
+    def simulate(self, mu: np.ndarray, rng: np.random.Generator, *, sigma: float = 1.0,
+                 weights: np.ndarray | None = None) -> np.ndarray:
+        """Responses drawn from the family at means ``mu`` (``sigma``: lme4's sigma of the
+        dispersion families)."""
+        raise NotImplementedError(f"simulate() is not available for the {self.name} family")
+
     def saturated_loglik(self, y, n, wt) -> float:
         """log p(y | mu = y) (0 for Bernoulli data)."""
         # evaluated exactly at mu = y (0 log 0 = 0), not at lme4's clamped means
@@ -129,39 +148,48 @@ _FAMILIES: dict[str, type[Family]] = {}
 
 def register(cls: type[Family]) -> type[Family]:
     """Add a family class to the registry under its ``name`` (what ``get_family`` and
-    ``glmer(family=...)`` accept)."""
+    ``glmer(family=...)`` accept; its ``aliases`` too)."""
     _FAMILIES[cls.name] = cls
+    for a in cls.aliases:
+        _ALIASES[a.lower()] = cls.name
+    _ALIASES[cls.name.lower()] = cls.name
     return cls
+
+
+#: lower-case name or alias -> registered name
+_ALIASES: dict[str, str] = {}
 
 
 _UNSUPPORTED = {
     "gaussian": "use multilevel.lmer for a gaussian (identity-link) model",
-    "gamma": "the Gamma family (with its scale parameter) is not supported by glmer",
-    "inverse.gaussian": "the inverse Gaussian family is not supported by glmer",
-    "inverse_gaussian": "the inverse Gaussian family is not supported by glmer",
     "quasibinomial": "quasi-likelihood families are not supported (lme4 does not fit them either)",
     "quasipoisson": "quasi-likelihood families are not supported (lme4 does not fit them either)",
-    "negative.binomial": "the negative binomial family is not supported",
 }
 
 
-def get_family(family: str | Family = "binomial", link: str | None = None) -> Family:
-    """A :class:`Family` from a name (``"binomial"``, ``"poisson"``) and optional link, or
-    the family object itself (then ``link``, if given, must agree with its link).
+def get_family(family: str | Family = "binomial", link: str | None = None, **params) -> Family:
+    """A :class:`Family` from a name (``"binomial"``, ``"poisson"``, ``"Gamma"``,
+    ``"inverse.gaussian"``, ``"negative.binomial"`` or a snake_case alias) and optional link,
+    or the family object itself (then ``link``, if given, must agree with its link).
+    ``params``: the family's parameters (``theta`` of the negative binomial).
 
     >>> get_family("poisson")
     Family('poisson', link='log')
+    >>> get_family("gamma", "log")
+    Family('Gamma', link='log')
     """
     if isinstance(family, Family):
         if link is not None and str(link) != family.link.name:
-            return type(family)(link)
+            kw = {"theta": family.param} if family.param is not None else {}
+            return type(family)(link, **kw)
         return family
     if isinstance(family, type) and issubclass(family, Family):
-        return family(link)
+        return family(link, **params)
     name = str(family).strip()
     key = name.lower()
-    if key in _FAMILIES:
-        return _FAMILIES[key](link)
+    if key in _ALIASES:
+        return _FAMILIES[_ALIASES[key]](link, **params)
     if key in _UNSUPPORTED:
         raise ModelSpecError(f"family '{name}' is not supported: {_UNSUPPORTED[key]}")
-    raise ModelSpecError(f"unknown family '{name}'; glmer supports 'binomial' and 'poisson'")
+    raise ModelSpecError(f"unknown family '{name}'; glmer supports "
+                         f"{', '.join(repr(n) for n in _FAMILIES)}")

@@ -74,6 +74,12 @@ LINKS: dict[str, Link] = {
     "identity": Link("identity", lambda mu: np.asarray(mu, float), lambda eta: np.asarray(eta, float),
                      lambda eta: np.ones_like(np.asarray(eta, float))),
     "sqrt": Link("sqrt", np.sqrt, lambda eta: np.square(eta), lambda eta: 2.0 * np.asarray(eta, float)),
+    # R's make.link: no clamps (lme4's glmFamily.cpp has none for these either)
+    "inverse": Link("inverse", lambda mu: 1.0 / np.asarray(mu, float), lambda eta: 1.0 / np.asarray(eta, float),
+                    lambda eta: -1.0 / np.square(np.asarray(eta, float))),
+    "1/mu^2": Link("1/mu^2", lambda mu: 1.0 / np.square(np.asarray(mu, float)),
+                   lambda eta: 1.0 / np.sqrt(np.asarray(eta, float)),
+                   lambda eta: -1.0 / (2.0 * np.asarray(eta, float) ** 1.5)),
 }
 
 

@@ -58,6 +58,7 @@ class _Simulator:
         self.noise_sd = None if self.glmm else sigma / np.sqrt(w) if w is not None else np.full(frame.nobs, sigma)
         if self.glmm:
             self.family = fit.family_object
+            self.resp_sigma = float(fit.sigma)  # lme4's sigma(): the dispersion families' scale
             nt = getattr(fit, "_ntrials", None)
             if nt is None:
                 nt = frame.weights if frame.weights is not None else np.ones(frame.nobs)
@@ -77,7 +78,13 @@ class _Simulator:
             return rng.binomial(m, np.clip(mu, 0.0, 1.0)) / np.where(m > 0, m, 1)
         if self.family.name == "poisson":
             return rng.poisson(mu).astype(float)
-        raise ModelSpecError(f"simulate() does not know the {self.family.name} family")
+        # the other families draw themselves (Gamma with shape w / sigma^2 and inverse
+        # Gaussian with dispersion sigma^2 / w, lme4's sigma; the negative binomial with its
+        # theta), as lme4's simulate.merMod
+        try:
+            return self.family.simulate(mu, rng, sigma=self.resp_sigma, weights=self.frame.weights)
+        except NotImplementedError:
+            raise ModelSpecError(f"simulate() does not know the {self.family.name} family") from None
 
 
 def simulate(fit: AnyFit, n: int = 1, seed: Any = None) -> np.ndarray:
@@ -85,7 +92,9 @@ def simulate(fit: AnyFit, n: int = 1, seed: Any = None) -> np.ndarray:
 
     Each row draws new random effects for every level (b ~ N(0, sigma^2 Lambda Lambda'))
     and new noise (N(0, sigma^2 / w_i) with prior weights w) around X beta-hat (+ offset).
-    GLMMs: binomial responses as proportions of the fit's trials, Poisson counts.
+    GLMMs: binomial responses as proportions of the fit's trials, Poisson and negative
+    binomial counts, Gamma (shape w / sigma^2) and inverse Gaussian (dispersion sigma^2 / w)
+    draws with lme4's sigma.
     Row i comes from stream i of ``numpy.random.SeedSequence(seed).spawn(n)``, the same
     responses :func:`bootstrap` refits with that seed.
     """

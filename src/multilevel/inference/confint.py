@@ -483,6 +483,11 @@ def profile(fit: AnyFit, level: float = 0.95, which: list[str] | None = None) ->
     """Profile-likelihood confidence intervals (lme4's ``confint(profile(fit))``); REML fits
     are refitted by ML first. ``which`` restricts the parameters (names as in the result)."""
     if is_glmm(fit):
+        if getattr(fit.family_object, "has_dispersion", False):
+            # lme4 refuses too ("can't (yet) profile GLMMs with non-fixed scale parameters"):
+            # its VarCorr scale (sigma x Lambda) is not a parameter of the criterion
+            raise ModelSpecError(f"profile intervals are not available for a {fit.family} GLMM (a "
+                                 f"family with a scale parameter, as in lme4); use method='wald'")
         return _glmm_profile(fit, level, which)
     lmm_problem(fit, "profile")
     return _lmm_profile(fit, level, which)

@@ -5,9 +5,9 @@ engine problem, optimises and packs a plain-data result, as lme4's ``lFormula ->
 mkLmerDevfun -> optimizeLmer -> mkMerMod``). May import: design, covariance, families,
 engine, results, errors, control. Never inference, toolkit, report or app.
 """
-from multilevel.models.glmer import glmer
+from multilevel.models.glmer import glmer, glmer_nb
 from multilevel.models.input import engine_input
 from multilevel.models.lm import lm
 from multilevel.models.lmer import lmer
 
-__all__ = ["lmer", "glmer", "lm", "engine_input"]
+__all__ = ["lmer", "glmer", "glmer_nb", "lm", "engine_input"]

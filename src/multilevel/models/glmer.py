@@ -16,6 +16,7 @@ from multilevel.engine.optimize import newton_step, bobyqa, interior_start, newt
 from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
 from multilevel.families import Family, get_family
+from multilevel.models.nb_theta import fit_nb
 from multilevel.results.glmm import GlmmFit
 
 
@@ -49,6 +50,8 @@ def glmer(
     offset: Any = None,
     control: dict | GlmerControl | LmerControl | None = None,
     contrasts: dict | None = None,
+    nb_theta: float | None = None,
+    _theta_start: np.ndarray | None = None,
 ) -> GlmmFit:
     """Fit a generalized linear mixed model by maximum likelihood (lme4's ``glmer``).
 
@@ -60,13 +63,21 @@ def glmer(
         ``weights`` = trials. Poisson responses: non-negative integer counts.
         ``offset(log(exposure))`` adds a known term to the linear predictor.
     data : pandas or polars DataFrame (or a dict of columns)
-    family : ``"binomial"`` (default), ``"poisson"``, or a family object from
-        :mod:`multilevel.families`. Gamma and inverse Gaussian are not supported (a
-        ``ModelSpecError`` says so); a gaussian model is :func:`multilevel.lmer`.
+    family : ``"binomial"`` (default), ``"poisson"``, ``"Gamma"``, ``"inverse.gaussian"``,
+        ``"negative.binomial"`` (R's names; also ``"gamma"``, ``"inverse_gaussian"``,
+        ``"negative_binomial"``), or a family object from :mod:`multilevel.families`; a
+        gaussian model is :func:`multilevel.lmer`. Gamma and inverse Gaussian follow lme4's
+        conventions for the dispersion (``fit.sigma`` as lme4's ``sigma()``; see
+        ``multilevel.families.gamma``). The negative binomial's theta is ``nb_theta`` (or
+        the family object's ``theta``); without one it is estimated as lme4's ``glmer.nb``
+        does (:func:`multilevel.glmer_nb`).
     link : str, optional
         ``"logit"`` (default), ``"probit"``, ``"cloglog"`` for binomial; ``"log"`` (default),
-        ``"identity"``, ``"sqrt"`` for Poisson. Non-canonical links use the expected (Fisher)
-        information in the Laplace approximation, as lme4 does.
+        ``"identity"``, ``"sqrt"`` for Poisson; ``"inverse"`` (default), ``"log"``,
+        ``"identity"`` for Gamma; ``"1/mu^2"`` (default), ``"inverse"``, ``"log"``,
+        ``"identity"`` for the inverse Gaussian; ``"log"`` for the negative binomial.
+        Non-canonical links use the expected (Fisher) information in the Laplace
+        approximation, as lme4 does.
     nagq : int
         1 (default): Laplace approximation. > 1: adaptive Gauss-Hermite quadrature with that
         many nodes per group -- only for a single scalar random-effect term such as
@@ -98,8 +109,13 @@ def glmer(
     -----
     logLik, AIC, BIC and ``deviance`` (= -2 logLik) follow lme4, including its nAGQ > 1
     convention of leaving out the saturated-model term (``fit.loglik_full`` adds it);
-    ``fit.conditional_deviance`` is what R's ``deviance(glmerfit)`` returns. Families with a
-    dispersion parameter (Gamma, inverse Gaussian) are not supported: ``ModelSpecError``.
+    ``fit.conditional_deviance`` is what R's ``deviance(glmerfit)`` returns. For the families
+    with a dispersion (Gamma, inverse Gaussian) the criterion is lme4's: R's ``family$aic`` at
+    the modes with phi = sum of unit deviances / sum(w), + log det + |u|^2 (not the maximum
+    likelihood glmmTMB computes); ``fit.sigma`` is lme4's ``sigma()``, sqrt((Pearson
+    chi-square + |u|^2) / n), which also scales ``varcorr`` and ``vcov_use_hessian_false``;
+    nagq > 1 is refused for them. ``fit.npar`` counts the dispersion and the negative
+    binomial's theta, as lme4's logLik df.
     lme4 accepts a factor response with more than two levels (first level = failure);
     glmer refuses it (``DataError``) since that is almost always a mistake -- recode it.
 
@@ -120,12 +136,23 @@ def glmer(
 
     t_start = time.perf_counter()
     fam = get_family(family, link)
+    if fam.name == "negative.binomial":
+        if nb_theta is not None:
+            fam = fam.with_theta(nb_theta)
+        elif fam.param is None:  # glmer.nb: theta estimated by an outer optimisation
+            return fit_nb(glmer, formula, data, link=fam.link.name, nagq=nagq, weights=weights,
+                          offset=offset, control=control, contrasts=contrasts)
+    elif nb_theta is not None:
+        raise ModelSpecError(f"nb_theta is the negative binomial's theta; family '{fam.name}' has none")
     try:
         nagq = int(nagq)
     except (TypeError, ValueError) as e:
         raise ModelSpecError(f"nagq must be a non-negative integer, not {nagq!r}") from e
     if nagq < 0:
         raise ModelSpecError(f"nagq must be a non-negative integer, not {nagq}")
+    if nagq > 1 and fam.has_dispersion:
+        raise ModelSpecError(f"nagq > 1 is not available for the {fam.name} family (lme4's quadrature "
+                             f"leaves its dispersion out); use nagq=1 (Laplace)")
     ctrl = GlmerControl.from_user(control)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family=fam.name,
                               contrasts=contrasts)
@@ -159,7 +186,9 @@ def glmer(
         ctrl1 = ctrl1.with_(ftol_abs=max(ctrl.ftol_abs, f1tol), xtol_abs=max(ctrl.xtol_abs, x1tol))
     if ctrl1.initial_step is None:
         ctrl1 = ctrl1.with_(initial_step=0.2 if nt else 0.5)
-    res1 = bobyqa(problem.stage0, problem.theta0, problem.lower, ctrl1)
+    # glmer.nb's refits start from the previous theta-hat
+    theta_init = problem.theta0 if _theta_start is None else np.maximum(np.asarray(_theta_start, float), problem.lower)
+    res1 = bobyqa(problem.stage0, theta_init, problem.lower, ctrl1)
     structures = problem.input.structures
     if nagq == 0:  # stage 1 is the fit: a zero SD is checked from the interior
         res1 = restart_if_boundary(problem.stage0, res1, problem.lower, structures, ctrl1)
@@ -319,7 +348,15 @@ def glmer(
     u = problem.blocks(problem.core.u())
     eta = np.asarray(problem.core.eta())
     mu = np.asarray(problem.core.mu())
+    sigma = 1.0
+    if fam.has_dispersion:
+        # lme4's sigma(fit): sqrt((Pearson chi-square + |u|^2) / n), computed after the fit
+        wt = np.ones(frame.nobs) if frame.weights is None else frame.weights
+        pearson = float(np.sum(wt * (frame.y - mu) ** 2 / fam.variance(mu)))
+        sigma = float(np.sqrt((pearson + float(info["usq"])) / frame.nobs))
     vcov_rx = problem.vcov_rx(theta_opt)
+    if fam.has_dispersion:
+        vcov_rx = sigma**2 * vcov_rx  # lme4's vcov(use.hessian = FALSE): sigma^2 (R_X' R_X)^-1
     vcov = vcov_rx
     if derivs is not None:
         try:
@@ -380,5 +417,43 @@ def glmer(
         weights_name=weights if isinstance(weights, str) else ("(prior weights)" if weights is not None else None),
         problem=problem,  # for inference code (profiles, bootstrap), not part of the API
         singular_tol=ctrl.singular_tol,
+        sigma=sigma,
     )
     return fit
+
+
+def glmer_nb(formula: str, data: Any, *, link: str = "log", nagq: int = 1, weights: Any = None,
+             offset: Any = None, control: dict | GlmerControl | LmerControl | None = None,
+             init_theta: float | None = None, interval: tuple[float, float] | None = None,
+             tol: float = 5e-5, contrasts: dict | None = None) -> GlmmFit:
+    """Fit a negative binomial GLMM, estimating theta as lme4's ``glmer.nb``.
+
+    A Poisson fit, MASS's ``theta.ml`` at its means for the start, then a one-dimensional
+    minimisation of -2 logLik over log(theta) on log(start) +- 3 (lme4's ``optimize`` with
+    tolerance 5e-5) with a GLMM fit at each theta. ``glmer(formula, data,
+    family="negative.binomial")`` without ``nb_theta`` does the same; with ``nb_theta=`` theta
+    is fixed.
+
+    Parameters
+    ----------
+    formula, data, nagq, weights, offset, control, contrasts : as :func:`glmer`.
+    link : the negative binomial's link (``"log"``).
+    init_theta : start of theta (default: MASS's ``theta.ml`` at a Poisson fit's means).
+    interval : the search interval for log(theta) (default log(start) +- 3, lme4's).
+    tol : the tolerance of the search on log(theta) (lme4's 5e-5).
+
+    Returns
+    -------
+    GlmmFit, with ``fit.nb_theta`` the estimate and ``fit.optinfo["nb"]`` the search.
+
+    Examples
+    --------
+    >>> import multilevel as ml
+    >>> ticks = ml.datasets.load("grouseticks")                                # doctest: +SKIP
+    >>> fit = ml.glmer_nb("TICKS ~ YEAR + scale(HEIGHT) + (1 | BROOD) + (1 | LOCATION)", ticks)  # doctest: +SKIP
+    >>> round(fit.nb_theta, 3)                                                   # doctest: +SKIP
+    3.303
+    """
+    return fit_nb(glmer, formula, data, link=link, nagq=nagq, weights=weights, offset=offset,
+                  control=control, init_theta=init_theta, interval=interval, tol=tol,
+                  contrasts=contrasts)

@@ -96,7 +96,9 @@ def title_lines(nagq: int, cls: str = "glmerMod", width: int = LINE_WIDTH) -> li
 
 def call_lines(fit: AnyFit) -> list[str]:
     """Family, Formula, Data and (user) Weights lines."""
-    out = [f" Family: {fit.family}  ( {fit.link} )", f"Formula: {fit.formula}"]
+    # R's family name: "Negative Binomial(3.3034)" for glmer.nb fits
+    fam = fit.family_string if hasattr(fit, "family_string") else fit.family
+    out = [f" Family: {fam}  ( {fit.link} )", f"Formula: {fit.formula}"]
     if getattr(fit, "data_name", None):
         out.append(f"   Data: {fit.data_name}")
     if getattr(fit, "weights_name", None):

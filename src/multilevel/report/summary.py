@@ -254,7 +254,10 @@ def coef_table(fit: AnyFit, ddf: str | None = None) -> pd.DataFrame:
     from scipy.stats import norm
 
     p = 2.0 * norm.sf(np.abs(stat.to_numpy()))
-    return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": stat, "Pr(>|z|)": p})
+    # lme4 labels the statistic "t value" for GLMMs with a scale (Gamma, inverse Gaussian),
+    # with the same normal p-value
+    label = "t value" if getattr(getattr(fit, "family_object", None), "has_dispersion", False) else "z value"
+    return pd.DataFrame({"Estimate": est, "Std. Error": se, label: stat, "Pr(>|z|)": p})
 
 
 def fixef_lines(fit: AnyFit, digits: int = DIGITS, ddf: str | None = None) -> list[str]:

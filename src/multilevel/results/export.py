@@ -182,6 +182,9 @@ def _glmm_extra(fit: Any, d: dict) -> dict:
         res["saturated_logLik"] = fit.saturated_loglik
         res["logLik_full"] = fit.loglik_full
     res["vcov_method"] = fit.vcov_method
+    extras = fit.family_extras
+    if extras is not None:
+        res["family_extras"] = extras
     return d
 
 

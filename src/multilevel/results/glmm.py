@@ -5,8 +5,12 @@
 ``theta``, ``varcorr``, ``ranef``, ``coef``, ``ngroups``, ``is_singular``, ``converged``,
 ``warnings``; ``isinstance(glmm_fit, LmmFit)`` is False) with what differs for a GLMM:
 
-- no residual scale: ``sigma`` is 1, ``varcorr`` has no Residual row, ``npar`` is
-  p + length(theta);
+- no residual scale for binomial, Poisson and negative binomial fits: ``sigma`` is 1,
+  ``varcorr`` has no Residual row, ``npar`` is p + length(theta) (+ 1 for the negative
+  binomial's theta). Gamma and inverse Gaussian fits report lme4's ``sigma()``,
+  sqrt((Pearson chi-square + |u|^2) / n), scale the SDs of ``varcorr`` by it and show it
+  as the Residual row, as lme4 does; ``npar`` counts it (``family_extras`` has sigma,
+  shape and nb_theta);
 - ``fitted()`` is the mean mu (the response scale), ``linear_predictor()`` is eta;
 - ``residuals(type=)``: ``"deviance"`` (lme4's default for glmer), ``"pearson"``,
   ``"response"``, ``"working"``;
@@ -92,6 +96,7 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
         weights_name: str | None = None,
         problem: Any = None,
         singular_tol: float = SINGULAR_TOL,
+        sigma: float = 1.0,
     ):
         super().__init__(frame, theta, beta, vcov, b, condvar, loglik, mu, converged, warnings,
                          optinfo, data_name=data_name, weights_name=weights_name, problem=problem,
@@ -105,6 +110,9 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
         self._conditional_deviance = float(conditional_deviance)
         self._saturated = float(saturated_loglik)
         self._ntrials = ntrials
+        # lme4's sigma(fit) of the dispersion families (1 otherwise); not the scale of b,
+        # which the criterion keeps in absolute units (inference reads _sigma = 1)
+        self._dispersion_sigma = float(sigma)
 
     _export_layout = "glmm"
     reml = False
@@ -130,12 +138,38 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
 
     @property
     def sigma(self) -> float:  # type: ignore[override]
-        """1: binomial and Poisson models have no residual scale."""
-        return 1.0
+        """lme4's ``sigma(fit)``: sqrt((Pearson chi-square + |u|^2) / n) for Gamma and inverse
+        Gaussian fits (Var(y) = sigma^2 mu^2, sigma^2 mu^3); 1 for the other families."""
+        return getattr(self, "_dispersion_sigma", 1.0) if self.family_object.has_dispersion else 1.0
 
     @property
     def _scale(self) -> float | None:
-        return None  # varcorr: Λ Λᵀ per term, no Residual row
+        # varcorr: Λ Λᵀ per term, no Residual row; lme4 scales the dispersion families' by sigma
+        return self.sigma if self.family_object.has_dispersion else None
+
+    @property
+    def shape(self) -> float | None:
+        """The Gamma family's shape, 1 / sigma^2 (None for other families)."""
+        return 1.0 / self.sigma**2 if self.family == "Gamma" else None
+
+    @property
+    def nb_theta(self) -> float | None:
+        """The negative binomial's theta (estimated by glmer.nb or given); None otherwise."""
+        return self.family_object.param if self.family == "negative.binomial" else None
+
+    @property
+    def family_string(self) -> str:
+        """R's ``family(fit)$family``: ``"Negative Binomial(3.3034)"`` for glmer.nb fits."""
+        return self.family_object.family_string()
+
+    @property
+    def family_extras(self) -> dict | None:
+        """The reference JSON's ``results.family_extras`` (Gamma, inverse Gaussian, negative
+        binomial): family_string, link, sigma, shape, nb_theta; None for other families."""
+        if self.family not in ("Gamma", "inverse.gaussian", "negative.binomial"):
+            return None
+        return {"family_string": self.family_string, "link": self.link, "sigma": self.sigma,
+                "shape": self.shape, "nb_theta": self.nb_theta}
 
     @property
     def reml_criterion(self) -> None:
@@ -159,8 +193,10 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
 
     @property
     def npar(self) -> int:
-        """Number of parameters: fixed effects + theta (no scale parameter)."""
-        return len(self._beta) + len(self._theta)
+        """Number of parameters: fixed effects + theta, + 1 for the dispersion (Gamma, inverse
+        Gaussian) or the negative binomial's theta, as lme4 counts them."""
+        extra = self.family_object.has_dispersion or self.family == "negative.binomial"
+        return len(self._beta) + len(self._theta) + int(extra)
 
     @property
     def deviance(self) -> float:  # type: ignore[override]
@@ -204,7 +240,8 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
     def residuals(self, type: str = "deviance", scaled: bool = False) -> pd.Series:  # noqa: A002
         """Residuals as lme4's ``residuals.glmResp``: ``"deviance"`` (default),
         ``"pearson"`` ((y - mu) sqrt(w / V(mu))), ``"response"`` (y - mu) or ``"working"``
-        ((y - mu) / mu_eta). ``scaled`` divides by sigma = 1 (kept for symmetry with LMMs)."""
+        ((y - mu) / mu_eta). ``scaled`` divides by sigma (lme4's
+        ``sigma()``: 1 except for the dispersion families)."""
         fam = self.family_object
         y = self.frame.y
         mu = self._fitted
@@ -221,6 +258,8 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
             r = (y - mu) / fam.mu_eta(self._eta)
         else:
             raise ValueError(f"type must be 'deviance', 'pearson', 'response' or 'working', not {type!r}")
+        if scaled:
+            r = r / self.sigma
         return pd.Series(r, index=self._row_index(), name="residuals")
 
     def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,

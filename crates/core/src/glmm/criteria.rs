@@ -151,7 +151,9 @@ impl Glmm {
 
     /// -2 log p(y | u) at the stored eta, given the deviance there.
     pub(in crate::glmm) fn total_aic(&self, dev: f64) -> f64 {
-        if self.aic_from_dev {
+        if let Some(a) = self.dispersion_aic(dev) {
+            a
+        } else if self.aic_from_dev {
             dev + self.sat_grp.iter().sum::<f64>()
         } else {
             with_kernel!(self, k => self.rows_aic(k, 0..self.n, |i| self.eta[i]))

@@ -17,10 +17,20 @@ const LN_EPS: f64 = -36.043_653_389_117_15;
 const LN_1M_EPS: f64 = -2.220_446_049_250_313e-16;
 
 /// Conditional distribution of the response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// `Gamma` and `InverseGaussian` have a dispersion parameter that lme4 does not estimate
+/// inside the criterion: PIRLS minimises the unit deviances plus |u|^2 (no dispersion
+/// factor), and the criterion plugs phi = sum of unit deviances / sum(w) into R's
+/// `family$aic` (see [`dispersion_aic`]). `NegBinomial(theta)` is MASS's
+/// `negative.binomial(theta)`: V(mu) = mu + mu^2 / theta with theta fixed (glmer.nb's outer
+/// optimisation changes it between fits).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Dist {
     Binomial,
     Poisson,
+    Gamma,
+    InverseGaussian,
+    NegBinomial(f64),
 }
 
 /// Link functions.
@@ -32,27 +42,88 @@ pub enum Link {
     Log,
     Identity,
     Sqrt,
+    /// 1 / mu (Gamma's canonical link)
+    Inverse,
+    /// 1 / mu^2 (the inverse Gaussian's canonical link)
+    InverseSquare,
+}
+
+/// lgamma(a) - ((a - 1/2) log a - a + log(2 pi) / 2), the error of Stirling's formula: its
+/// asymptotic series for a >= 15 (next term below 1e-16 relative), else from lgamma.
+pub(crate) fn stirlerr(a: f64) -> f64 {
+    if a >= 15.0 {
+        let r = 1.0 / a;
+        let r2 = r * r;
+        r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0 - r2 * (1.0 / 1188.0)))))
+    } else {
+        libm::lgamma(a) - ((a - 0.5) * a.ln() - a + 0.5 * (2.0 * std::f64::consts::PI).ln())
+    }
+}
+
+/// R's `family$aic(y, n, mu, wt, dev)` for the dispersion families, which depends on the
+/// rows only through the total deviance `dev` (phi = dev / sum(w)), sum(w) and
+/// sum(w log y); it includes R's "+ 2" for the dispersion parameter. For Gamma,
+/// -2 sum w log dgamma(y; 1/phi, mu phi) = 2 W lgamma(a) + 2 a W log(phi) + W + 2 a W +
+/// 2 sum w log y with a = 1/phi (from the unit deviance 2 w (log mu + y / mu - log y - 1)),
+/// = W log(2 pi phi) + 2 W stirlerr(a) + W + 2 sum w log y by Stirling's formula: without
+/// the cancellation of terms of size W a log a (1e8 for a shape of 1e4), which would leave
+/// noise of 1e-8 in the criterion. None for the other families.
+pub(crate) fn dispersion_aic(dist: Dist, dev: f64, sumw: f64, sumwlogy: f64) -> Option<f64> {
+    match dist {
+        Dist::Gamma => {
+            let phi = dev / sumw;
+            let a = 1.0 / phi;
+            Some(sumw * (2.0 * std::f64::consts::PI * phi).ln() + 2.0 * sumw * stirlerr(a) + sumw + 2.0 * sumwlogy + 2.0)
+        }
+        Dist::InverseGaussian => {
+            let phi = dev / sumw;
+            Some(sumw * ((2.0 * std::f64::consts::PI * phi).ln() + 1.0) + 3.0 * sumwlogy + 2.0)
+        }
+        _ => None,
+    }
 }
 
 impl Dist {
+    /// The family of R's name (`"binomial"`, `"poisson"`, `"Gamma"`, `"inverse.gaussian"`;
+    /// `"negative.binomial"` needs [`parse`](Self::parse) with its theta).
     pub fn from_name(s: &str) -> Option<Dist> {
+        Dist::parse(s, None)
+    }
+    /// As [`from_name`](Self::from_name), with the family's parameter (the negative
+    /// binomial's theta, positive and finite).
+    pub fn parse(s: &str, param: Option<f64>) -> Option<Dist> {
         match s {
             "binomial" => Some(Dist::Binomial),
             "poisson" => Some(Dist::Poisson),
+            "Gamma" | "gamma" => Some(Dist::Gamma),
+            "inverse.gaussian" | "inverse_gaussian" => Some(Dist::InverseGaussian),
+            "negative.binomial" | "negative_binomial" => match param {
+                Some(t) if t > 0.0 && t.is_finite() => Some(Dist::NegBinomial(t)),
+                _ => None,
+            },
             _ => None,
         }
     }
     pub fn canonical(self) -> Link {
         match self {
             Dist::Binomial => Link::Logit,
-            Dist::Poisson => Link::Log,
+            Dist::Poisson | Dist::NegBinomial(_) => Link::Log,
+            Dist::Gamma => Link::Inverse,
+            Dist::InverseGaussian => Link::InverseSquare,
         }
+    }
+    /// Gamma and inverse Gaussian: the criterion is R's aic at the deviance-based dispersion.
+    pub fn has_dispersion(self) -> bool {
+        matches!(self, Dist::Gamma | Dist::InverseGaussian)
     }
     #[inline(always)]
     pub fn variance(self, mu: f64) -> f64 {
         match self {
             Dist::Binomial => (mu * (1.0 - mu)).max(EPS),
             Dist::Poisson => mu,
+            Dist::Gamma => mu * mu,
+            Dist::InverseGaussian => mu * mu * mu,
+            Dist::NegBinomial(t) => mu + mu * mu / t,
         }
     }
     /// dV / dmu
@@ -61,6 +132,9 @@ impl Dist {
         match self {
             Dist::Binomial => 1.0 - 2.0 * mu,
             Dist::Poisson => 1.0,
+            Dist::Gamma => 2.0 * mu,
+            Dist::InverseGaussian => 3.0 * mu * mu,
+            Dist::NegBinomial(t) => 1.0 + 2.0 * mu / t,
         }
     }
     /// Starting mean from the data (R's `family$initialize`), for a fresh PIRLS.
@@ -68,6 +142,17 @@ impl Dist {
         match self {
             Dist::Binomial => (wt * y + 0.5) / (wt + 1.0),
             Dist::Poisson => y + 0.1,
+            Dist::Gamma | Dist::InverseGaussian => y,
+            // MASS's negative.binomial()$initialize
+            Dist::NegBinomial(_) => y + if y == 0.0 { 1.0 / 6.0 } else { 0.0 },
+        }
+    }
+    /// y is in the family's support (positive for Gamma and inverse Gaussian).
+    pub(crate) fn in_support(self, y: f64) -> bool {
+        match self {
+            Dist::Binomial => (0.0..=1.0).contains(&y),
+            Dist::Poisson | Dist::NegBinomial(_) => y >= 0.0,
+            Dist::Gamma | Dist::InverseGaussian => y > 0.0,
         }
     }
 }
@@ -93,6 +178,8 @@ impl Link {
             "log" => Some(Link::Log),
             "identity" => Some(Link::Identity),
             "sqrt" => Some(Link::Sqrt),
+            "inverse" => Some(Link::Inverse),
+            "1/mu^2" => Some(Link::InverseSquare),
             _ => None,
         }
     }
@@ -116,6 +203,8 @@ impl Link {
             Link::Log => mu.ln(),
             Link::Identity => mu,
             Link::Sqrt => mu.sqrt(),
+            Link::Inverse => 1.0 / mu,
+            Link::InverseSquare => 1.0 / (mu * mu),
         }
     }
     #[inline(always)]
@@ -136,6 +225,8 @@ impl Link {
             Link::Log => eta.exp().max(EPS),
             Link::Identity => eta,
             Link::Sqrt => eta * eta,
+            Link::Inverse => 1.0 / eta,
+            Link::InverseSquare => 1.0 / eta.sqrt(),
         }
     }
     #[inline(always)]
@@ -150,6 +241,8 @@ impl Link {
             Link::Log => eta.exp().max(EPS),
             Link::Identity => 1.0,
             Link::Sqrt => 2.0 * eta,
+            Link::Inverse => -1.0 / (eta * eta),
+            Link::InverseSquare => -0.5 / (eta * eta.sqrt()),
         }
     }
     /// d^2 mu / d eta^2 (of the unclamped inverse link)
@@ -168,6 +261,8 @@ impl Link {
             Link::Log => eta.exp(),
             Link::Identity => 0.0,
             Link::Sqrt => 2.0,
+            Link::Inverse => 2.0 / (eta * eta * eta),
+            Link::InverseSquare => 0.75 / (eta * eta * eta.sqrt()),
         }
     }
 }
@@ -236,6 +331,39 @@ impl RowConsts {
                     ay[i] = wi * yi;
                 }
             }
+            // The dispersion families' deviance is formed from y and mu directly (dy = y,
+            // dn = w, dc = 0; see `GenericK::dev`): their criterion multiplies errors in the
+            // total deviance D by about n / D (1 / phi), so the cancellation of a constant +
+            // y / mu + log mu form (terms of size log y summing to D ~ n phi) would cost
+            // digits; r - log1p(r), r = (y - mu) / mu, does not. Their -2 log p is not a sum
+            // over rows (`dispersion_aic`): ac, ay, an repeat the deviance's (below) and the
+            // criterion replaces the total.
+            Dist::Gamma | Dist::InverseGaussian => {
+                for i in 0..n {
+                    dy[i] = y[i];
+                    dn[i] = wt[i];
+                }
+            }
+            Dist::NegBinomial(t) => {
+                // 2 w (y log(y / mu) - (y + t) log((y + t) / (mu + t))) with lmu = log mu and
+                // l1mu = log(mu + t) (`GenericK::row_f`); -2 log dnbinom(y; t, mu) is the
+                // same terms in mu plus 2 w (log y! + lgamma(t) - lgamma(y + t) - t log t)
+                for i in 0..n {
+                    let (yi, wi) = (y[i], wt[i]);
+                    let ypt = yi + t;
+                    dc[i] = 2.0 * wi * (xlogx(yi) - ypt * ypt.ln());
+                    dy[i] = wi * yi;
+                    dn[i] = -wi * ypt;
+                    ac[i] = 2.0 * wi * (lfact(yi) + libm::lgamma(t) - libm::lgamma(ypt) - t * t.ln());
+                    ay[i] = dy[i];
+                    an[i] = dn[i];
+                }
+            }
+        }
+        if dist.has_dispersion() {
+            ac.copy_from_slice(&dc);
+            ay.copy_from_slice(&dy);
+            an.copy_from_slice(&dn);
         }
         RowConsts { dc, dy, dn, ac, ay, an }
     }
@@ -268,7 +396,7 @@ pub fn family_eval(dist: Dist, link: Link, y: &[f64], eta: &[f64], wt: &[f64], n
         if !(wt[i] >= 0.0 && wt[i].is_finite()) || !y[i].is_finite() || !eta[i].is_finite() {
             return Err(E::Data(format!("row {i}: y, eta and wt must be finite, wt non-negative")));
         }
-        if (dist == Dist::Binomial && !(0.0..=1.0).contains(&y[i])) || (dist == Dist::Poisson && y[i] < 0.0) {
+        if !dist.in_support(y[i]) {
             return Err(E::Data(format!("row {i}: y = {} is outside the {dist:?} support", y[i])));
         }
     }
@@ -290,6 +418,11 @@ pub fn family_eval(dist: Dist, link: Link, y: &[f64], eta: &[f64], wt: &[f64], n
             out.aic += c.ac[i] - 2.0 * (c.ay[i] * v.lmu + c.an[i] * v.l1mu) + pois;
         }
     });
+    let sumw: f64 = wt.iter().sum();
+    let sumwlogy: f64 = y.iter().zip(wt).map(|(a, w)| if *w > 0.0 { w * a.ln() } else { 0.0 }).sum();
+    if let Some(a) = dispersion_aic(dist, out.dev_resids.iter().sum(), sumw, sumwlogy) {
+        out.aic = a;
+    }
     Ok(out)
 }
 
@@ -556,6 +689,10 @@ impl Kernel for GenericK {
         let (lmu, l1mu) = match self.dist {
             Dist::Binomial => (mu.ln(), (-mu).ln_1p()),
             Dist::Poisson => (mu.ln(), 0.0),
+            // the dispersion families' deviance uses mu itself (`dev`)
+            Dist::Gamma | Dist::InverseGaussian => (0.0, 0.0),
+            // lmu = log mu, l1mu = log(mu + theta) (see `RowConsts::new`)
+            Dist::NegBinomial(t) => (mu.ln(), (mu + t).ln()),
         };
         let res = y - mu;
         RowVal { mu, w: wt * mueta * mueta * iv, wr: wt * mueta * res * iv, r: res / mueta, lmu, l1mu }
@@ -563,8 +700,29 @@ impl Kernel for GenericK {
     #[inline(always)]
     fn dev(&self, v: &RowVal, dy: f64, dn: f64, wt: f64) -> f64 {
         match self.dist {
-            Dist::Binomial => -2.0 * (dy * v.lmu + dn * v.l1mu),
+            Dist::Binomial | Dist::NegBinomial(_) => -2.0 * (dy * v.lmu + dn * v.l1mu),
             Dist::Poisson => -2.0 * dy * v.lmu + 2.0 * wt * v.mu,
+            // dy = y, dn = w; a non-positive mean (identity or inverse link) is outside the
+            // family: NaN, so that PIRLS halves its step
+            Dist::Gamma => {
+                let r = (dy - v.mu) / v.mu;
+                // log(y / mu): from r near 0 (where the deviance is second order in r), from
+                // y / mu itself far from it (1 + r loses the digits of a ratio near 0)
+                let l = if r.abs() < 0.5 { r.ln_1p() } else { (dy / v.mu).ln() };
+                if v.mu > 0.0 {
+                    2.0 * dn * (r - l)
+                } else {
+                    f64::NAN
+                }
+            }
+            Dist::InverseGaussian => {
+                let d = dy - v.mu;
+                if v.mu > 0.0 {
+                    dn * d * d / (dy * v.mu * v.mu)
+                } else {
+                    f64::NAN
+                }
+            }
         }
     }
     #[inline(always)]
@@ -775,6 +933,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stirlerr_is_continuous_and_exact() {
+        // both branches at the switch, and the series against lgamma where both are accurate
+        let d = stirlerr(15.0) - (libm::lgamma(15.0) - (14.5 * 15f64.ln() - 15.0 + 0.5 * (2.0 * std::f64::consts::PI).ln()));
+        assert!(d.abs() < 1e-14, "{d}");
+        assert!((stirlerr(1.0) - (1.0 - 0.5 * (2.0 * std::f64::consts::PI).ln())).abs() < 1e-15);
+        assert!((stirlerr(1e6) - 1.0 / 12e6).abs() < 1e-20);
+    }
+
+    #[test]
     fn exp_and_ln_are_accurate() {
         let mut worst: f64 = 0.0;
         let mut x = -745.0;
@@ -857,7 +1024,8 @@ mod tests {
                         (k / m, m)
                     }
                 }
-                Dist::Poisson => (g.level(12) as f64, 0.5 + 2.0 * g.next()),
+                Dist::Poisson | Dist::NegBinomial(_) => (g.level(12) as f64, 0.5 + 2.0 * g.next()),
+                Dist::Gamma | Dist::InverseGaussian => (0.05 + 4.0 * g.next(), 0.5 + 2.0 * g.next()),
             };
             eta.push(e);
             y.push(yi);

@@ -155,6 +155,9 @@ pub struct Glmm {
     /// sum of dc per level of term 0, and in all
     dcsum: Vec<f64>,
     dc_total: f64,
+    /// sum(w) and sum(w log y): the dispersion families' aic (`kernel::dispersion_aic`)
+    sumw: f64,
+    sumwlogy: f64,
     /// run the AVX2 copies of the row loops
     avx2: bool,
     info: EvalInfo,
@@ -190,6 +193,19 @@ impl Default for PirlsControl {
 }
 
 impl PirlsControl {
+    /// The defaults for a family. The dispersion families' criterion, aic(deviance) + |u|^2
+    /// + log det, is not stationary at the mode (PIRLS minimises deviance + |u|^2): an error
+    /// du in the mode moves it to first order, by about 2 (1 / phi - 1) u du, so their PIRLS
+    /// runs on to steps of 1e-12 before the noise-floor test may stop it.
+    pub fn for_dist(dist: Dist) -> Self {
+        let d = PirlsControl::default();
+        if dist.has_dispersion() {
+            PirlsControl { floor: 1e-12, ..d }
+        } else {
+            d
+        }
+    }
+
     /// `step` and `prev` are relative step sizes (already divided by 1 + |value|).
     #[inline]
     fn converged(&self, step: f64, prev: f64) -> bool {
@@ -265,11 +281,12 @@ impl Glmm {
             if !y[i].is_finite() || !off[i].is_finite() {
                 return shape("response and offset must be finite".into());
             }
-            if dist == Dist::Binomial && !(0.0..=1.0).contains(&y[i]) {
-                return shape("binomial response must lie in [0, 1]".into());
-            }
-            if dist == Dist::Poisson && y[i] < 0.0 {
-                return shape("Poisson response must be non-negative".into());
+            if !dist.in_support(y[i]) {
+                return shape(match dist {
+                    Dist::Binomial => "binomial response must lie in [0, 1]".into(),
+                    Dist::Gamma | Dist::InverseGaussian => format!("{dist:?} response must be positive"),
+                    _ => format!("{dist:?} response must be non-negative"),
+                });
             }
         }
         // ---- per-row constants of the deviance residuals and of -2 log p(y | mu) ----
@@ -284,6 +301,12 @@ impl Glmm {
             dcsum[l] = dc[gstart[l]..gstart[l + 1]].iter().sum();
         }
         let dc_total: f64 = dcsum.iter().sum();
+        let sumw: f64 = wt.iter().sum();
+        let sumwlogy: f64 = if dist.has_dispersion() {
+            y.iter().zip(&wt).map(|(a, w)| if *w > 0.0 { w * a.ln() } else { 0.0 }).sum()
+        } else {
+            0.0
+        };
         let mut uoff = vec![0usize; terms.len() + 1];
         for (k, t) in terms.iter().enumerate() {
             uoff[k + 1] = uoff[k] + t.nlev * t.s;
@@ -325,13 +348,47 @@ impl Glmm {
             theta_last: Vec::new(),
             dcsum,
             dc_total,
+            sumw,
+            sumwlogy,
             avx2: have_avx2(),
             info: EvalInfo::default(),
-            control: PirlsControl::default(),
+            control: PirlsControl::for_dist(dist),
             terms,
             pred: None,
             solver,
         })
+    }
+
+    pub fn dist(&self) -> Dist {
+        self.dist
+    }
+
+    /// Change the family's parameter (the negative binomial's theta, for glmer.nb's outer
+    /// optimisation) keeping the warm start: the per-row constants are recomputed.
+    pub fn set_dist(&mut self, dist: Dist) -> CoreResult<()> {
+        if std::mem::discriminant(&dist) != std::mem::discriminant(&self.dist) {
+            return Err(E::ModelSpec(format!("set_dist: {dist:?} is not a {:?} family", self.dist)));
+        }
+        let RowConsts { dc, dy, dn, ac, ay, an } = RowConsts::new(dist, &self.y, &self.wt, None);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0);
+        self.aic_from_dev = (0..self.n).all(|i| close(ay[i], dy[i]) && close(an[i], dn[i]));
+        let nl0 = self.terms[0].nlev;
+        for l in 0..nl0 {
+            let r = self.gstart[l]..self.gstart[l + 1];
+            self.sat_grp[l] = r.clone().map(|i| ac[i] - dc[i]).sum();
+            self.dcsum[l] = dc[r].iter().sum();
+        }
+        self.dc_total = self.dcsum.iter().sum();
+        (self.dy, self.dn, self.ac, self.ay, self.an) = (dy, dn, ac, ay, an);
+        self.dist = dist;
+        self.state_ok = false;
+        self.pred = None;
+        Ok(())
+    }
+
+    /// R's family aic of the dispersion families at the total deviance `dev`; None otherwise.
+    pub(in crate::glmm) fn dispersion_aic(&self, dev: f64) -> Option<f64> {
+        kernel::dispersion_aic(self.dist, dev, self.sumw, self.sumwlogy)
     }
 
     pub fn nobs(&self) -> usize {

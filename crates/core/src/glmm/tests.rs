@@ -48,7 +48,8 @@ fn problem(g: &mut Lcg, n: usize, terms: Vec<Term>, dist: Dist) -> Problem {
     let y: Vec<f64> = (0..n)
         .map(|_| match dist {
             Dist::Binomial => (g.next() < 0.4) as u8 as f64,
-            Dist::Poisson => (g.next() * 5.0).floor(),
+            Dist::Poisson | Dist::NegBinomial(_) => (g.next() * 5.0).floor(),
+            Dist::Gamma | Dist::InverseGaussian => 0.2 + 3.0 * g.next(),
         })
         .collect();
     Problem { terms, refs, z, x, y, p }
@@ -99,6 +100,13 @@ fn penalised(pb: &Problem, dist: Dist, link: Link, theta: &[f64], beta: &[f64], 
         v += match dist {
             Dist::Binomial => -2.0 * (y * mu.ln() + (1.0 - y) * (1.0 - mu).ln()),
             Dist::Poisson => -2.0 * (y * mu.ln() - mu - lfact(y)),
+            Dist::NegBinomial(t) => {
+                let lp = libm::lgamma(y + t) - libm::lgamma(t) - lfact(y) + t * t.ln() + y * mu.ln() - (y + t) * (mu + t).ln();
+                -2.0 * lp
+            }
+            // the dispersion families' penalised criterion is the deviance (no constants)
+            Dist::Gamma => 2.0 * ((mu / y).ln() + y / mu - 1.0),
+            Dist::InverseGaussian => (y - mu) * (y - mu) / (y * mu * mu),
         };
     }
     (v, eta)
@@ -194,12 +202,38 @@ fn brute_laplace(pb: &Problem, dist: Dist, link: Link, theta: &[f64], beta: &[f6
     (pd + ld, u)
 }
 
+/// The dispersion families' criterion is R's aic at phi = D / n, not the deviance D that
+/// `penalised` (and so `brute_laplace`) adds: the difference aic(D) - D, with the aic formed
+/// row by row as R's Gamma()$aic / inverse.gaussian()$aic do.
+fn dispersion_aic_direct(pb: &Problem, dist: Dist, link: Link, theta: &[f64], beta: &[f64], u: &[f64]) -> f64 {
+    let (pd, eta) = penalised(pb, dist, link, theta, beta, u);
+    let dev = pd - u.iter().map(|a| a * a).sum::<f64>();
+    let n = pb.y.len() as f64;
+    let phi = dev / n;
+    let mut aic = 2.0;
+    for (i, &y) in pb.y.iter().enumerate() {
+        let mu = link.linkinv(eta[i]);
+        aic += match dist {
+            Dist::Gamma => {
+                let (a, sc) = (1.0 / phi, mu * phi);
+                -2.0 * (-libm::lgamma(a) - a * sc.ln() + (a - 1.0) * y.ln() - y / sc)
+            }
+            Dist::InverseGaussian => (2.0 * std::f64::consts::PI * phi).ln() + 1.0 + 3.0 * y.ln(),
+            _ => unreachable!(),
+        };
+    }
+    aic - dev
+}
+
 fn check_laplace(pb: &Problem, dist: Dist, link: Link, thetas: &[Vec<f64>]) {
     let mut m = Glmm::new(pb.terms.clone(), pb.p, &rows(pb), dist, link).unwrap();
     for theta in thetas {
         for beta in [[-0.3, 0.5], [0.2, -1.0]] {
             let got = m.try_laplace(theta, &beta).unwrap();
-            let (want, u) = brute_laplace(pb, dist, link, theta, &beta);
+            let (mut want, u) = brute_laplace(pb, dist, link, theta, &beta);
+            if dist.has_dispersion() {
+                want += dispersion_aic_direct(pb, dist, link, theta, &beta, &u);
+            }
             assert!((got - want).abs() < 1e-8 * want.abs(), "{dist:?}/{link:?} {got} vs {want} at {theta:?}");
             let mu: Vec<f64> = m.u().concat();
             for (a, b) in mu.iter().zip(&u) {
@@ -217,7 +251,13 @@ fn laplace_general_engine_equals_brute_force() {
         Term { nlev: 4, s: 1, lambda: vec![(0, 0, 3)] },
     ];
     let thetas = vec![vec![1.0, 0.0, 1.0, 1.0], vec![0.8, -0.4, 0.3, 1.4], vec![0.0, 0.0, 0.0, 0.5]];
-    for (dist, link) in [(Dist::Binomial, Link::Logit), (Dist::Binomial, Link::Probit), (Dist::Poisson, Link::Log)] {
+    for (dist, link) in [
+        (Dist::Binomial, Link::Logit),
+        (Dist::Binomial, Link::Probit),
+        (Dist::Poisson, Link::Log),
+        (Dist::NegBinomial(1.7), Link::Log),
+        (Dist::Gamma, Link::Log),
+    ] {
         let pb = problem(&mut g, 80, terms.clone(), dist);
         check_laplace(&pb, dist, link, &thetas);
     }
@@ -229,7 +269,8 @@ fn laplace_scalar_engine_equals_brute_force() {
     let terms = vec![Term { nlev: 9, s: 1, lambda: vec![(0, 0, 0)] }];
     let thetas = vec![vec![1.0], vec![0.3], vec![2.5], vec![0.0]];
     for (dist, link) in
-        [(Dist::Binomial, Link::Logit), (Dist::Binomial, Link::Cloglog), (Dist::Binomial, Link::Probit), (Dist::Poisson, Link::Log)]
+        [(Dist::Binomial, Link::Logit), (Dist::Binomial, Link::Cloglog), (Dist::Binomial, Link::Probit), (Dist::Poisson, Link::Log),
+         (Dist::NegBinomial(2.5), Link::Log), (Dist::Gamma, Link::Log), (Dist::InverseGaussian, Link::Log)]
     {
         let pb = problem(&mut g, 70, terms.clone(), dist);
         check_laplace(&pb, dist, link, &thetas);

@@ -156,6 +156,11 @@ impl Glmm {
     /// Whether [`laplace_gradient`](Self::laplace_gradient) is available: one scalar term
     /// (any link), or all terms scalar with a canonical link (logit, Poisson log).
     pub fn has_gradient(&self) -> bool {
+        // the dispersion families' criterion is not stationary in u at the mode (PIRLS
+        // minimises deviance + |u|^2, the criterion has aic(deviance) + |u|^2): no gradient
+        if self.dist.has_dispersion() {
+            return false;
+        }
         match self.solver {
             Solver::Scalar { .. } => true,
             Solver::Crossed { .. } => {

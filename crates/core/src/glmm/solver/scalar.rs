@@ -132,6 +132,9 @@ impl Glmm {
                 lmult += mult.ln();
             }
         }
+        if let Some(a) = self.dispersion_aic(dev) {
+            aic = a; // a function of the total deviance, not a sum over groups
+        }
         self.warm = true;
         self.state_ok = false;
         let objective = match quad {
