@@ -148,7 +148,7 @@ fit_note <- function(fit, warns) {
     msgs <- fit@optinfo$conv$lme4$messages
     if (length(msgs)) notes <- c(notes, msgs)
   }
-  unique(c(notes, warns))
+  unique(gsub("[[:space:]]+", " ", c(notes, warns)))  # lme4's messages span lines
 }
 
 measure <- function(spec) {

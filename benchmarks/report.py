@@ -119,8 +119,9 @@ def loglik_check(cell: dict, ref: float | None, tol: float,
 
 
 def _cell_text(x) -> str:
-    """A markdown table cell: a '|' in a reason (a formula's bar) would split the cell."""
-    return str(x).replace("|", "\\|")
+    """A markdown table cell: a '|' in a reason (a formula's bar) would split the cell, a
+    line break (lme4's multi-line convergence messages) the row."""
+    return " ".join(str(x).split()).replace("|", "\\|")
 
 
 def markdown_table(head: list[str], align: list[str], body: list[list[str]]) -> list[str]:
@@ -161,21 +162,26 @@ def time_table(rows: list[Row], tol: float, lme4: dict | None = None) -> list[st
 
 def memory_table(rows: list[Row], lme4: dict | None = None) -> list[str]:
     cols = list(rows[0].cells)
-    # ours is compared with the live lme4 column, else with the recorded one
-    l4_col = next((c for c in ("lme4", "lme4-recorded") if c in cols), None)
-    has_ours = "ours" in cols and l4_col is not None
+    l4_cols = [c for c in ("lme4", "lme4-recorded") if c in cols]
+    has_ours = "ours" in cols and bool(l4_cols)
     body = []
     for row in rows:
         line = [row.case.name] + [
             f"{fmt_mb(c['fit_peak_mb'])} / {fmt_mb(c['process_peak_mb'])}" if _ok(c)
             else c["status"] for c in row.cells.values()]
         if has_ours:
-            ours, l4 = row.cells["ours"], row.cells[l4_col]
-            below = _ok(ours) and _ok(l4) and ours["process_peak_mb"] < l4["process_peak_mb"]
-            line.append("—" if not (_ok(ours) and _ok(l4)) else "yes" if below else "no")
+            # ours against this run's lme4, else the recorded one (marked "rec.")
+            ours = row.cells["ours"]
+            col = next((c for c in l4_cols if _ok(row.cells[c])), None)
+            if not _ok(ours) or col is None:
+                line.append("—")
+            else:
+                below = ours["process_peak_mb"] < row.cells[col]["process_peak_mb"]
+                line.append(("yes" if below else "no")
+                            + (" (rec.)" if col == "lme4-recorded" else ""))
         body.append(line)
-    head = (["case", *(label(c, lme4) for c in cols)]
-            + ([f"ours < {label(l4_col, lme4)} (process)"] if has_ours else []))
+    head = ["case", *(label(c, lme4) for c in cols)] + (["ours < lme4 (process)"]
+                                                        if has_ours else [])
     return ["## Peak memory (MB): fit peak above baseline / whole process", "",
             "lme4: R heap growth during the fits (gc() max used; excludes C allocations such "
             "as CHOLMOD's or TMB's; the RSS growth is in the detail table's note) / max RSS of "

@@ -197,10 +197,11 @@ def combine_rounds(cells: list[dict]) -> dict:
     median, first-call and memory numbers, min of the minima, every timed fit kept. Rounds
     that failed are named in the note; a cell fails only when every round failed."""
     ok = [c for c in cells if c["status"] == "ok"]
+    # copies: run.py keeps the rounds beside the combined cell, which must not contain itself
     if not ok:
-        return cells[0]
+        return dict(cells[0])
     if len(cells) == 1:
-        return ok[0]
+        return dict(ok[0])
     out = dict(ok[0])
     for key in ("median_s", "first_s", "fit_peak_mb", "process_peak_mb", "rss_fit_peak_mb"):
         values = [c[key] for c in ok if c.get(key) is not None]
@@ -215,6 +216,9 @@ def combine_rounds(cells: list[dict]) -> dict:
     if failed:
         notes.append(f"{len(failed)} of {len(cells)} rounds: {failed[0]['status']} "
                      f"({failed[0].get('reason', '')})")
+    warmup_only = sum(1 for c in ok if c["reps"] == 0)
+    if warmup_only and out["reps"]:
+        notes.append(f"{warmup_only} of {len(ok)} rounds: only the warm-up within the budget")
     lls = [c["loglik"] for c in ok]
     if max(lls) - min(lls) > 1e-9 * max(1.0, abs(lls[0])):
         notes.append(f"logLik differs between rounds ({min(lls):.6f} .. {max(lls):.6f})")
