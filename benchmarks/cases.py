@@ -1,16 +1,20 @@
 """Benchmark cases: what is fitted, on which data, and the numbers to compare with.
 
-A case names a CSV, the columns the model uses, the lme4 formula and family, the key of
-lme4's timing in ``bench/lme4_timings.json`` and our time target. ``load_frame`` turns the CSV
-into the pandas data frame every tool receives (loading is never timed): factor columns become
-pandas categoricals with R's level order from ``data/datasets_meta.json`` (the synthetic group
-columns, and every factor when that file is absent, get their labels sorted), and a two-level factor
-response (VerbAgg ``r2``, Contraception ``use``) becomes 0/1, first level = 0, as lme4 codes it.
+A case names a CSV, the columns the model uses, the lme4 formula, family, link and fit method
+(REML or ML; Laplace for GLMMs), the fitter R uses for it (lme4's ``lmer`` / ``glmer`` /
+``glmer.nb``, or glmmTMB for the structured covariances lme4 1.1 lacks), the key of lme4's
+recorded timing in ``bench/lme4_timings.json`` and our time target. ``load_frame`` turns the CSV
+into the pandas data frame every Python tool receives (loading is never timed): factor columns
+become pandas categoricals with R's level order from ``data/datasets_meta.json`` (the synthetic
+group columns, and every factor when that file is absent, get their labels sorted), and a
+two-level factor response (VerbAgg ``r2``, Contraception ``use``) becomes 0/1, first level = 0,
+as lme4 codes it. ``r_spec`` describes the same preparation for ``r_worker.R`` (same file, same
+level orders, same 0/1 coding), so R fits the very frame the Python tools fit.
 
 Paths: a file is looked for first in the repository (``benchmarks/data/``, the package's
-``datasets/data/``, ``tests/fixtures/``; plain or gzipped) and then under the shared folder
-(``--shared``, default ``../shared`` beside the repository root), where the big synthetic
-files, ``datasets_meta.json`` and ``lme4_timings.json`` live.
+``datasets/data/``, ``tests/fixtures/{data,reference}/``; plain or gzipped) and then under the
+shared folder (``--shared``, default ``../shared`` beside the repository root), where the big
+synthetic files and ``lme4_timings.json`` live (and every reference fit not vendored).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ REPO_DATA_DIRS = (
     REPO_ROOT / "benchmarks" / "data",
     REPO_ROOT / "src" / "multilevel" / "datasets" / "data",
     REPO_ROOT / "tests" / "fixtures",
+    REPO_ROOT / "tests" / "fixtures" / "data",
+    REPO_ROOT / "tests" / "fixtures" / "reference",
 )
 
 
@@ -46,16 +52,34 @@ class Case:
     meta_name: str | None  # dataset name in datasets_meta.json (None: synthetic data)
     columns: tuple[str, ...]  # columns the model uses (the frame holds only these)
     formula: str  # lme4 formula
-    family: str  # "gaussian" (lmer, REML) or "binomial" (glmer, Laplace)
+    # R's spelling: "gaussian" (lmer), "binomial", "Gamma" (glmer, Laplace) or
+    # "negative.binomial" (lme4's glmer.nb: theta estimated by an outer optimisation)
+    family: str
     target_s: float | None  # our time target in seconds
     factors: tuple[str, ...] = ()  # columns read as categoricals (level order from the meta)
     binary_response: str | None = None  # two-level factor response to code 0/1
     slow: bool = False  # skipped by --quick
-    reference: str | None = None  # id of the tight-tolerance lme4 fit in reference/<id>.json
+    reference: str | None = None  # id of the tight-tolerance reference fit, reference/<id>.json
+    link: str | None = None  # None: the family's default link
+    reml: bool = True  # gaussian only: REML (lme4's default) or ML
+    r_fitter: str = "lme4"  # "lme4" or "glmmTMB" (structured covariances: diag / cs / ar1)
+    note: str = ""  # said of the case's reference logLik under the detail table
+    # a block of reference/<id>.json holding the logLik of another convention (glmmTMB's:
+    # ML dispersion, exact Laplace) that a tool may follow instead of lme4's
+    alt_reference: str | None = None
 
     @property
     def is_glmm(self) -> bool:
         return self.family != "gaussian"
+
+    @property
+    def method(self) -> str:
+        """How the case is fitted, as the README's table says it."""
+        if not self.is_glmm:
+            return "REML" if self.reml else "ML"
+        link = f" ({self.link})" if self.link else ""
+        fam = {"negative.binomial": "negative binomial (glmer.nb)"}.get(self.family, self.family)
+        return f"{fam}{link}, Laplace"
 
 
 CASES: tuple[Case, ...] = (
@@ -99,6 +123,23 @@ CASES: tuple[Case, ...] = (
          factors=("use", "urban", "livch", "district"), binary_response="use"),
     Case("bernoulli_1e5", "synth_bernoulli_1e5", "bench/synth/synth_bernoulli_1e5.csv.gz", None,
          ("y", "x", "g"), "y ~ x + (1 | g)", "binomial", 0.2, factors=("g",)),
+    # The cases of issue 9 (new families, a structured covariance). Not in lme4_timings.json:
+    # lme4 / glmmTMB are timed live only; the logLiks come from the reference fits.
+    Case("early_gamma", None, "data/Early.csv", "Early", ("cog", "age", "trt", "id"),
+         "cog ~ age + trt + (1 | id)", "Gamma", None, factors=("trt", "id"), link="log",
+         reference="early_gamma_log_laplace", alt_reference="crosscheck_glmmTMB",
+         note="lme4's Gamma logLik: the dispersion in family$aic is deviance / n; glmmTMB's "
+              "(ML dispersion) is 47.9 lower"),
+    Case("grouseticks_nb", None, "data/grouseticks.csv", "grouseticks",
+         ("TICKS", "YEAR", "HEIGHT", "BROOD", "LOCATION"),
+         "TICKS ~ YEAR + scale(HEIGHT) + (1 | BROOD) + (1 | LOCATION)", "negative.binomial",
+         None, factors=("YEAR", "BROOD", "LOCATION"), reference="grouseticks_nb_laplace",
+         alt_reference="crosscheck_glmmTMB",
+         note="lme4's Laplace with Fisher weights (log link is not canonical); glmmTMB's "
+              "exact Laplace is 0.068 lower"),
+    Case("early_ar1", None, "data/Early.csv", "Early", ("cog", "age", "trt", "id"),
+         "cog ~ age + trt + ar1(0 + factor(age) | id)", "gaussian", None,
+         factors=("trt", "id"), reml=False, r_fitter="glmmTMB", reference="early_ar1_ml"),
 )
 CASES_BY_NAME = {c.name: c for c in CASES}
 
@@ -138,6 +179,16 @@ def reference_loglik(case: Case, shared: Path) -> float | None:
     return max(values) if values else None
 
 
+def alt_loglik(case: Case, shared: Path) -> float | None:
+    """The logLik of the other convention (``case.alt_reference``), None if there is none."""
+    if case.reference is None or case.alt_reference is None:
+        return None
+    with contextlib.suppress(MissingFile, KeyError):
+        ref = json.loads(find_file(f"reference/{case.reference}.json", shared).read_text())
+        return float(ref[case.alt_reference]["logLik"])
+    return None
+
+
 def load_meta(shared: Path) -> dict:
     return json.loads(find_file("data/datasets_meta.json", shared).read_text())
 
@@ -163,6 +214,19 @@ def _level_orders(case: Case, shared: Path) -> dict[str, list[str] | None]:
         print(f"note: {exc}; factor levels sorted instead", file=sys.stderr)
         return {c: None for c in case.factors}
     return {c: meta_cols[c]["levels"] for c in case.factors}
+
+
+def r_spec(case: Case, shared: Path) -> dict:
+    """What ``r_worker.R`` needs to build ``load_frame``'s frame in R and fit the case: the
+    resolved data file, the level order of every factor (None: R sorts the labels the way
+    ``_categorical`` does), the 0/1 response, the formula, family, link, REML flag and fitter.
+    """
+    return {
+        "case": case.name, "data": str(find_file(case.data, shared)),
+        "columns": list(case.columns), "factors": _level_orders(case, shared),
+        "binary_response": case.binary_response, "formula": case.formula,
+        "family": case.family, "link": case.link, "reml": case.reml, "fitter": case.r_fitter,
+    }
 
 
 def load_frame(case: Case, shared: Path) -> pd.DataFrame:

@@ -1,4 +1,6 @@
-"""One adapter per tool: how each package fits a benchmark case.
+"""One adapter per Python tool: how each package fits a benchmark case.
+
+(lme4 / glmmTMB are measured by ``r_worker.R`` in an Rscript of their own; see run.py.)
 
 An adapter is ``setup(case, df) -> (fit, describe)``. ``setup`` does the imports and any
 reshaping the tool needs (a derived column, a formula in its own dialect); none of that is
@@ -7,7 +9,9 @@ calls the package. ``describe(result)`` returns the log-likelihood on lme4's sca
 log-likelihood for REML fits) and a note ("not converged", or ""); it is not timed either.
 
 An adapter raises ``NotApplicable`` when the tool cannot fit the model (the cell reads
-``n/a: reason``); any other exception becomes ``error: ...`` in the table.
+``n/a: reason``), from ``setup`` or from the first (warm-up) fit: the family or covariance
+structure is not one the package has, or (ours) the library refuses the model with its own
+"unsupported" error; any other exception becomes ``error: ...`` in the table.
 """
 
 from __future__ import annotations
@@ -45,6 +49,18 @@ def _split_cbind(formula: str) -> tuple[str, str, str] | None:
     return None if m is None else (m.group(1), m.group(2).strip(), m.group(3).strip())
 
 
+_SCALE = re.compile(r"\bscale\(\s*(\w+)\s*\)")
+
+
+def _materialise_scale(formula: str, df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """``scale(x)`` -> a column ``scale_x`` = (x - mean) / sd (R's ``scale``: sd with n - 1,
+    learnt on all rows) for a tool whose formula language has no ``scale()``. Done in setup,
+    so untimed; the fit's logLik is the same, only the coefficient's name differs."""
+    cols = {f"scale_{x}": (df[x] - df[x].mean()) / df[x].std(ddof=1)
+            for x in _SCALE.findall(formula)}
+    return _SCALE.sub(lambda m: f"scale_{m.group(1)}", formula), df.assign(**cols)
+
+
 def _note(converged) -> str:
     return "" if converged is None or bool(converged) else "not converged"
 
@@ -71,38 +87,82 @@ def _describe_ours(fit) -> tuple[float, str]:
     return loglik, _note(getattr(fit, "converged", None))
 
 
+def _unsupported_errors() -> tuple[type[BaseException], ...]:
+    """The library's errors that mean "this model is not supported (yet)": a refused family,
+    link or option (``ModelSpecError``), a formula term it does not know (``FormulaError``).
+    The case's formula and data are valid (lme4 / glmmTMB fit them), so these are not the
+    benchmark's fault; any other error stays an ``error`` cell."""
+    try:
+        errors = importlib.import_module("multilevel.errors")
+    except ImportError:
+        return (NotImplementedError,)
+    names = ("ModelSpecError", "FormulaError")
+    return tuple(getattr(errors, n) for n in names if hasattr(errors, n)) + (NotImplementedError,)
+
+
 def setup_ours(case: Case, df: pd.DataFrame) -> FitFns:
+    """``ml.lmer(formula, data=df, reml=case.reml)``, ``ml.glmer(formula, data=df,
+    family=case.family[, link=case.link])`` with R's family names ("binomial", "Gamma",
+    "negative.binomial"); a model the library refuses as unsupported is n/a."""
     ml = _import("multilevel")
     fn_name = "glmer" if case.is_glmm else "lmer"
     fn = getattr(ml, fn_name, None)
     if fn is None:
         raise NotApplicable(f"multilevel has no {fn_name}() yet")
     if case.is_glmm:
-        return (lambda: fn(case.formula, data=df, family=case.family)), _describe_ours
-    return (lambda: fn(case.formula, data=df, reml=True)), _describe_ours
+        kwargs = {"family": case.family} | ({"link": case.link} if case.link else {})
+    else:
+        kwargs = {"reml": case.reml}
+    unsupported = _unsupported_errors()
+
+    def fit():  # try costs nothing on Python >= 3.11 until something is raised
+        try:
+            return fn(case.formula, data=df, **kwargs)
+        except unsupported as exc:
+            raise NotApplicable(f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]) from exc
+
+    return fit, _describe_ours
 
 
 # --------------------------------------------------------------------------- glmm
 
 
-def setup_glmm(case: Case, df: pd.DataFrame) -> FitFns:
-    """``glmm.fit(data, formula, family, reml=, satterthwaite=False)``; ``Fit.loglik``,
-    ``Fit.converged``.
+_GLMM_FAMILIES = {"gaussian": "gaussian", "binomial": "binomial", "Gamma": "gamma",
+                  "negative.binomial": "negativebinomial"}
+_STRUCTURED = re.compile(r"\b(diag|cs|ar1|toep|ou|exp)\s*\(")
 
-    glmm's ``cbind()`` takes two column names, so the failures column is derived here.
+
+def _structured(case: Case) -> bool:
+    """A structured covariance term (lme4 2.0 / glmmTMB syntax) in the formula."""
+    return _STRUCTURED.search(case.formula) is not None
+
+
+def setup_glmm(case: Case, df: pd.DataFrame) -> FitFns:
+    """``glmm.fit(data, formula, family, reml=, satterthwaite=False[, link=])``;
+    ``Fit.loglik``, ``Fit.converged``. Families by glmm's names ("gamma",
+    "negativebinomial": its shape estimated as ``glmer.nb`` does).
+
+    glmm's ``cbind()`` takes two column names, so the failures column is derived here, and
+    ``scale(x)`` becomes a column (glmm's formulas have no ``scale()``).
     Satterthwaite df (on by default for LMMs) are switched off: lme4's fit computes none.
     """
     glmm = _import("glmm")
-    formula = case.formula
+    family = _GLMM_FAMILIES.get(case.family)
+    if family is None:
+        raise NotApplicable(f"no {case.family} family in glmm")
+    if _structured(case):
+        raise NotApplicable("no structured covariance (diag / cs / ar1) in glmm")
+    formula, df = _materialise_scale(case.formula, df)
     parts = _split_cbind(formula)
     if parts is not None:
         succ, fail_expr, rhs = parts
         df = df.assign(failures=df.eval(fail_expr))
         formula = f"cbind({succ}, failures) ~ {rhs}"
-    reml = None if case.is_glmm else True
+    reml = None if case.is_glmm else case.reml
+    link = {"link": case.link} if case.link else {}
 
     def fit():
-        return glmm.fit(df, formula, case.family, reml=reml, satterthwaite=False)
+        return glmm.fit(df, formula, family, reml=reml, satterthwaite=False, **link)
 
     return fit, lambda r: (float(r.loglik), _note(r.converged))
 
@@ -111,31 +171,46 @@ def setup_glmm(case: Case, df: pd.DataFrame) -> FitFns:
 
 
 def setup_mixedlm(case: Case, df: pd.DataFrame) -> FitFns:
-    """``mixedlm.lmer(formula, data, REML=True)`` / ``mixedlm.glmer(formula, data,
-    family=mixedlm.families.Binomial())``; ``result.logLik()``.
+    """``mixedlm.lmer(formula, data, REML=case.reml)`` / ``mixedlm.glmer(formula, data,
+    family=mixedlm.families.Binomial() / Gamma(link))`` / ``mixedlm.glmer_nb(formula, data)``;
+    ``result.logLik()``.
 
     mixedlm writes powers as ``I(x**2)`` and a binomial count response as
-    ``successes / trials`` (it has no ``cbind()``), so both are rewritten here.
+    ``successes / trials`` (it has no ``cbind()``), so both are rewritten here; ``scale(x)``
+    becomes a column.
     """
     mlm = _import("mixedlm")
+    if _structured(case):
+        raise NotApplicable("structured covariances only through set_cov_type, not "
+                            "lme4 2.0's ar1() / cs() / diag() terms")
+    formula, df = _materialise_scale(case.formula, df)
     formula = re.sub(r"I\(([^()]*)\)", lambda m: "I(" + m.group(1).replace("^", "**") + ")",
-                     case.formula)
+                     formula)
     parts = _split_cbind(formula)
     if parts is not None:
         succ, fail_expr, rhs = parts
         df = df.assign(trials=df[succ] + df.eval(fail_expr))
         formula = f"{succ} / trials ~ {rhs}"
-    if case.is_glmm:
-        family = mlm.families.Binomial()
-        glmer = mlm.glmer  # resolve the lazy export outside the timed call
+    if case.family == "negative.binomial":
+        glmer_nb = mlm.glmer_nb  # resolve the lazy export outside the timed call
+
+        def fit():
+            return glmer_nb(formula, df)
+    elif case.is_glmm:
+        families = {"binomial": mlm.families.Binomial, "Gamma": mlm.families.Gamma}
+        if case.family not in families:
+            raise NotApplicable(f"no {case.family} family in mixedlm")
+        family = families[case.family](**({"link": case.link} if case.link else {}))
+        glmer = mlm.glmer
 
         def fit():
             return glmer(formula, df, family=family)
     else:
         lmer = mlm.lmer
+        reml = case.reml
 
         def fit():
-            return lmer(formula, df, REML=True)
+            return lmer(formula, df, REML=reml)
 
     return fit, lambda r: (float(r.logLik()), _note(getattr(r, "converged", None)))
 
@@ -182,8 +257,8 @@ def _statsmodels_spec(case: Case, df: pd.DataFrame) -> tuple[str, dict]:
 
 
 def setup_statsmodels(case: Case, df: pd.DataFrame) -> FitFns:
-    """``smf.mixedlm(fixed, data, groups=, re_formula=, vc_formula=).fit(reml=True)``;
-    ``result.llf`` (statsmodels' REML log-likelihood, on lme4's scale), ``result.converged``.
+    """``smf.mixedlm(fixed, data, groups=, re_formula=, vc_formula=).fit(reml=case.reml)``;
+    ``result.llf`` (statsmodels' (REML) log-likelihood, on lme4's scale), ``result.converged``.
 
     statsmodels' GLMMs (``BinomialBayesMixedGLM``) are Bayesian (variational Bayes or the
     posterior mode under priors on the variances), not Laplace maximum likelihood, so the
@@ -191,6 +266,8 @@ def setup_statsmodels(case: Case, df: pd.DataFrame) -> FitFns:
     """
     if case.is_glmm:
         raise NotApplicable("no Laplace ML GLMM in statsmodels")
+    if _structured(case):
+        raise NotApplicable("no structured covariance (diag / cs / ar1) in MixedLM")
     smf = _import("statsmodels.formula.api")
     fixed, kwargs = _statsmodels_spec(case, df)
     if kwargs["groups"] == "_one_group":
@@ -200,8 +277,10 @@ def setup_statsmodels(case: Case, df: pd.DataFrame) -> FitFns:
     # > 10 min). Plain integer codes give each group only the levels it has.
     df = df.assign(**{f: df[f].cat.codes for f in kwargs.get("vc_formula", {})})
 
+    reml = case.reml
+
     def fit():
-        return smf.mixedlm(fixed, df, **kwargs).fit(reml=True)
+        return smf.mixedlm(fixed, df, **kwargs).fit(reml=reml)
 
     return fit, lambda r: (float(r.llf), _note(r.converged))
 

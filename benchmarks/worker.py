@@ -1,4 +1,5 @@
-"""Measure one (tool, case) in this process; ``run.py`` starts one of these per cell.
+"""Measure one (Python tool, case) in this process; ``run.py`` starts one of these per cell
+(``r_worker.R`` does the same for lme4 / glmmTMB, with the same protocol and record).
 
 Steps: load the data frame and set the tool up (imports, formula dialect; untimed), take the
 memory baseline, then fit once as a warm-up (its time is reported as the first call) and
@@ -137,7 +138,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     try:
         out = measure(args.tool, args.case, args.repeats, args.budget, args.shared, emit)
-    except NotApplicable as exc:
+    except NotApplicable as exc:  # from setup or from the warm-up fit (tools.py)
         out = {"status": "n/a", "reason": str(exc), "version": version(PACKAGES[args.tool])}
     except Exception as exc:  # any failure of a tool becomes its cell's text
         traceback.print_exc()
