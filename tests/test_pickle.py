@@ -335,7 +335,9 @@ def test_results_reach_up_only_through_methods():
     for path in sorted(root.glob("*.py")):
         got = _above(_imports(path), above)
         if path.name == "methods.py":
-            assert got and _above(got, ("inference", "report")) == got, got
+            # test_layers.UPWARD_OK: inference, report and models (the GLMM refit of the
+            # bootstrap, GlmmMethods._refit_response)
+            assert got and _above(got, ("inference", "report", "models")) == got, got
         else:
             assert not got, (path.name, got)
 

@@ -530,6 +530,8 @@ def confint(fit: AnyFit, method: str = "profile", level: float = 0.95, n: int = 
 
         reps = bootstrap(fit, n, seed=seed, progress=progress)
         vnames, fnames = _param_names(fit)
+        if is_glmm(fit) and "sigma" in reps.columns and "sigma" not in vnames:
+            vnames = vnames + ["sigma"]  # Gamma / inverse Gaussian (lme4's bootFun has it)
         a = (1 - level) / 2
         rows = [nm for nm in vnames + fnames if nm in reps.columns]
         lo = [float(np.nanquantile(reps[nm], a)) for nm in rows]

@@ -14,11 +14,13 @@ from multilevel.control import LmerControl
 from multilevel.errors import FitWarning
 
 
-def issue(records: Iterable[str], ctrl: LmerControl, stacklevel: int = 2) -> list[FitWarning]:
+def issue(records: Iterable[str], ctrl: LmerControl, stacklevel: int = 2,
+          emit: bool = True) -> list[FitWarning]:
     """Apply ``ctrl``'s check actions to ``records`` and issue those kept; returns them (the
-    fit's ``warnings``). ``stacklevel`` counts from the caller of ``issue``."""
+    fit's ``warnings``). ``stacklevel`` counts from the caller of ``issue``; ``emit=False``
+    only returns them (a bootstrap's refits record their warnings without issuing them)."""
     recs = [r if isinstance(r, FitWarning) else FitWarning("other", r) for r in records]
     kept = ctrl.apply(recs)
-    for rec in kept:
+    for rec in kept if emit else ():
         warnings.warn(rec.message, rec.category, stacklevel=stacklevel + 1)
     return kept

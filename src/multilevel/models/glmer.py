@@ -35,6 +35,18 @@ def _is_cbind(frame: ModelFrame) -> bool:
     return frame.response.replace(" ", "").startswith("cbind(")
 
 
+class _Skipped:
+    """Stage 1's result when stage 2 starts at a given point (no evaluations of its own)."""
+
+    feval = 0
+    code, message = 0, "stage 1 skipped: stage 2 started at the given point"
+
+    def __init__(self, x: np.ndarray, fun: float):
+        self.x, self.fun = x, fun
+        self.warnings: list = []
+        self.log: list = []
+
+
 _HESSIAN_MESSAGE = ("variance-covariance matrix computed from finite-difference Hessian is not "
                     "positive definite or contains NA values: falling back to var-cov estimated "
                     "from RX")
@@ -172,6 +184,24 @@ def glmer(
         uw = _user_weights_at(data, weights, frame.rows)
         ntrials = frame.weights if uw is None else np.where(uw > 0, frame.weights / np.where(uw > 0, uw, 1), 0.0)
     problem = GlmmProblem(engine_input(frame), fam, nagq, ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
+    weights_name = weights if isinstance(weights, str) else ("(prior weights)" if weights is not None else None)
+    return _fit_problem(problem, frame, ctrl, resp_warnings, ntrials, weights_name, t_start,
+                        theta_start=_theta_start, stacklevel=3)
+
+
+def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, resp_warnings: list,
+                 ntrials: np.ndarray | None, weights_name: str | None, t_start: float, *,
+                 theta_start: np.ndarray | None = None, x_start: np.ndarray | None = None,
+                 emit: bool = True, stacklevel: int = 2) -> GlmmFit:
+    """The fit of a built problem (glmer's stages 1 and 2, the checks and the packing).
+
+    ``theta_start``: stage 1 starts there (glmer.nb's refits). ``x_start`` = (theta, beta) in
+    the user's coordinates: stage 2 starts there and stage 1 is skipped (a bootstrap refit
+    starting at the original estimates, as lme4's ``refit``); stage 1 still runs when the
+    criterion is not finite at ``x_start`` or when nagq = 0 (then it starts at its theta).
+    ``emit=False`` keeps the warnings in ``fit.warnings`` without issuing them."""
+    fam = problem.family
+    nagq = problem.nagq
     nt = problem.ntheta
     diag = diagonal_theta(problem.input.structures)
 
@@ -187,14 +217,33 @@ def glmer(
     if ctrl1.initial_step is None:
         ctrl1 = ctrl1.with_(initial_step=0.2 if nt else 0.5)
     # glmer.nb's refits start from the previous theta-hat
-    theta_init = problem.theta0 if _theta_start is None else np.maximum(np.asarray(_theta_start, float), problem.lower)
-    res1 = bobyqa(problem.stage0, theta_init, problem.lower, ctrl1)
     structures = problem.input.structures
-    if nagq == 0:  # stage 1 is the fit: a zero SD is checked from the interior
-        res1 = restart_if_boundary(problem.stage0, res1, problem.lower, structures, ctrl1)
-    theta1 = res1.x.copy()
-    f1 = problem.stage0(theta1)
-    if np.isfinite(f1):
+    warm = None
+    if x_start is not None:
+        xs = np.asarray(x_start, float)
+        xs = np.concatenate([np.maximum(xs[:nt], problem.lower), xs[nt:]])
+        if nagq == 0:
+            theta_start = xs[:nt]
+        else:
+            xw = problem.x_in(xs)
+            fw = problem.devfun_c(xw)
+            if np.isfinite(fw):
+                warm = (xw, fw)
+    if warm is not None:
+        # stage 2 starts at the given point: no stage 1 (an empty result in its place)
+        res1 = _Skipped(warm[0][:nt].copy(), warm[1])
+        theta1, f1 = res1.x.copy(), warm[1]
+        beta1 = warm[0][nt:].copy()
+    else:
+        theta_init = problem.theta0 if theta_start is None else np.maximum(np.asarray(theta_start, float), problem.lower)
+        res1 = bobyqa(problem.stage0, theta_init, problem.lower, ctrl1)
+        if nagq == 0:  # stage 1 is the fit: a zero SD is checked from the interior
+            res1 = restart_if_boundary(problem.stage0, res1, problem.lower, structures, ctrl1)
+        theta1 = res1.x.copy()
+        f1 = problem.stage0(theta1)
+    if warm is not None:
+        pass  # beta1 is the start's
+    elif np.isfinite(f1):
         beta1 = np.asarray(problem.core.beta, dtype=float).copy()
     else:
         # the joint PIRLS failed at every theta tried: start stage 2 from the GLM's beta at
@@ -374,7 +423,7 @@ def glmer(
     # the same test with the same tolerance as fit.is_singular (the fit stores ctrl.singular_tol)
     is_sing = is_singular_theta(theta_opt, sizes, ctrl.singular_tol)
     records = list(frame.warnings) + resp_warnings + ([singular_warning()] if is_sing else []) + warns
-    messages = issue(records, ctrl, stacklevel=2)
+    messages = issue(records, ctrl, stacklevel=stacklevel, emit=emit)
     saturated = 0.0
     if nagq > 1:
         wt = np.ones(frame.nobs) if frame.weights is None else frame.weights
@@ -414,12 +463,49 @@ def glmer(
         converged=not warns,
         warnings=messages,
         optinfo=optinfo,
-        weights_name=weights if isinstance(weights, str) else ("(prior weights)" if weights is not None else None),
+        weights_name=weights_name,
         problem=problem,  # for inference code (profiles, bootstrap), not part of the API
         singular_tol=ctrl.singular_tol,
         sigma=sigma,
     )
+    fit._control = ctrl  # the settings a refit (bootstrap) reuses
     return fit
+
+
+def refit_response(fit: GlmmFit, y: np.ndarray, *, control: dict | GlmerControl | None = None,
+                   calc_derivs: bool | None = None, emit: bool = False) -> GlmmFit:
+    """The fit of the same model to a new response ``y`` (lme4's ``refit(fit, newresp)``).
+
+    The same family (a negative binomial keeps the fit's theta: lme4's ``refit`` does not
+    re-estimate it), link, nagq, offset, prior weights and trials, and the fit's own control
+    settings (or ``control``); the optimiser starts at the fit's (theta, beta) and goes
+    straight to stage 2. ``y`` is on the frame's scale (binomial: proportions of the
+    trials). Warnings are kept in the refit's ``warnings``, issued only with ``emit``.
+    ``calc_derivs=False`` skips the finite-difference Hessian (its default covariance is then
+    lme4's ``use.hessian = FALSE`` one).
+    """
+    import dataclasses
+
+    prob0 = fit.getme("problem")
+    if prob0 is None:
+        raise ModelSpecError("this GLMM fit keeps no engine problem (it was not made by multilevel.glmer)")
+    y = np.ascontiguousarray(y, dtype=float)
+    if y.shape != (fit.frame.nobs,):
+        raise ModelSpecError(f"the new response must have {fit.frame.nobs} values (one per row used), "
+                             f"not shape {y.shape}")
+    ctrl = getattr(fit, "_control", None) or GlmerControl()
+    if control is not None:
+        ctrl = GlmerControl.from_user(control)
+    if calc_derivs is not None:
+        ctrl = ctrl.with_(calc_derivs=bool(calc_derivs))
+    problem = GlmmProblem(prob0.input.replace(y=y), fit.family_object, fit.nagq, fit._ntrials,
+                          ctrl.pirls_tol, ctrl.pirls_maxit)
+    frame = dataclasses.replace(fit.frame, y=y)
+    x0 = np.concatenate([np.asarray(fit.getme("theta"), float), np.asarray(fit.getme("beta"), float)])
+    out = _fit_problem(problem, frame, ctrl, [], fit._ntrials, fit.weights_name, time.perf_counter(),
+                       x_start=x0, emit=emit, stacklevel=3)
+    out.data_name = getattr(fit, "data_name", None)
+    return out
 
 
 def glmer_nb(formula: str, data: Any, *, link: str = "log", nagq: int = 1, weights: Any = None,

@@ -16,6 +16,10 @@ so importing the results layer never imports inference or report.
 ``MixedMethods.simulate``           ``multilevel.inference.simulate``
 ``MixedMethods._predict_interval``  ``multilevel.inference.predict_interval``
                                     (``predict(interval=...)``)
+``GlmmMethods._refit_response``     ``multilevel.models.glmer.refit_response``
+                                    (a GLMM refitted to a new response: the
+                                    bootstrap's refits; inference may not import
+                                    models)
 ``VarCorrMethods.format``           ``multilevel.report.summary.varcorr_lines``
                                     (VarCorr's printed table)
 =================================  ==================================================
@@ -131,6 +135,14 @@ class GlmmMethods:
         from multilevel.report.glmm_summary import GlmmSummary
 
         return GlmmSummary(self, correlation=correlation)
+
+    def _refit_response(self, y: np.ndarray, *, control: dict | None = None, calc_derivs: bool | None = None,
+                        emit: bool = False) -> Any:
+        """The same model fitted to a new response ``y`` (lme4's ``refit(fit, newresp)``),
+        starting at this fit's estimates; see :func:`multilevel.models.glmer.refit_response`."""
+        from multilevel.models.glmer import refit_response
+
+        return refit_response(self, y, control=control, calc_derivs=calc_derivs, emit=emit)
 
 
 class LmMethods:
