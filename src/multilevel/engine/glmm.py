@@ -44,7 +44,7 @@ from multilevel.engine.input import EngineInput
 from multilevel.errors import ModelSpecError
 from multilevel.families import Family
 from multilevel.engine.lmm import engine_terms
-from multilevel.covariance import theta_layout
+from multilevel.covariance import ParameterMap, theta_layout
 
 if TYPE_CHECKING:  # for the return hint only; glmm_results is imported lazily in glmer
     pass
@@ -70,6 +70,8 @@ class GlmmProblem(CompiledProblem):
         self.family = family
         self.nagq = int(nagq)
         self.slices, self.theta0, self.lower = theta_layout(inp.structures)
+        # the optimiser's parameters (θ itself unless a term is cs() or ar1())
+        self.pmap = ParameterMap(inp.structures)
         self.eterms = engine_terms(inp, self.slices)
         self.ntheta = len(self.theta0)
         self.p = inp.p
@@ -150,7 +152,8 @@ class GlmmProblem(CompiledProblem):
     def has_gradient(self) -> bool:
         """The engine gives the exact gradient of the criterion: Laplace with one scalar term,
         or with all terms scalar (crossed / nested intercepts) and a canonical link."""
-        return self.nagq == 1 and self.core.has_gradient
+        # (over θ: with cs() or ar1() terms the optimiser's parameters are not θ)
+        return self.nagq == 1 and self.core.has_gradient and self.pmap.native
 
     def devfun_grad(self, x: np.ndarray, jacobian: bool = True) -> tuple[float, np.ndarray | None]:
         """The Laplace criterion at x = (theta, beta) and its gradient (see ``has_gradient``).

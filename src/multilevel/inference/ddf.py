@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import linalg, stats
 
 from multilevel.errors import ModelSpecError, MultilevelError
-from multilevel.inference._common import is_glmm, lmm_problem, pwrss_from_residuals
+from multilevel.inference._common import is_glmm, lmm_problem, pwrss_from_residuals, require_unconstrained
 
 if TYPE_CHECKING:
     from multilevel.results import AnyFit
@@ -143,6 +143,7 @@ def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
     if hit is not None:
         return hit
     prob = lmm_problem(fit, "Satterthwaite's df")
+    require_unconstrained(fit, "Satterthwaite's df")
     n, p, reml = prob.n, prob.p, prob.reml
     cache: dict[bytes, dict] = {}
 
@@ -220,6 +221,7 @@ def kenward_roger(fit: AnyFit) -> KenwardRogerInfo:
     if hit is not None:
         return hit
     prob = lmm_problem(fit, "Kenward-Roger's method")
+    require_unconstrained(fit, "Kenward-Roger's method")
     if not prob.reml:
         raise ModelSpecError("Kenward-Roger's method is only available for REML model fits "
                              "(refit with reml=True)")

@@ -133,8 +133,12 @@ def glmer(
         uw = _user_weights_at(data, weights, frame.rows)
         ntrials = frame.weights if uw is None else np.where(uw > 0, frame.weights / np.where(uw > 0, uw, 1), 0.0)
     problem = GlmmProblem(engine_input(frame), fam, nagq, ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
-    nt = problem.ntheta
-    diag = diagonal_theta(problem.input.structures)
+    # with cs() or ar1() terms the optimiser moves the structures' parameters (pm), which the
+    # covariance layer maps to the engine's θ; otherwise pm is the identity
+    pm = problem.pmap
+    nt = pm.npar
+    diag = pm.diagonal if not pm.native else diagonal_theta(problem.input.structures)
+    stage0 = pm.wrap(problem.stage0)
 
     # ---- stage 1: nAGQ = 0 criterion over theta ---------------------------------------------
     t0 = time.perf_counter()
@@ -147,9 +151,9 @@ def glmer(
         ctrl1 = ctrl1.with_(ftol_abs=max(ctrl.ftol_abs, f1tol), xtol_abs=max(ctrl.xtol_abs, x1tol))
     if ctrl1.initial_step is None:
         ctrl1 = ctrl1.with_(initial_step=0.2 if nt else 0.5)
-    res1 = bobyqa(problem.stage0, problem.theta0, problem.lower, ctrl1)
+    res1 = bobyqa(stage0, pm.start(problem.theta0), pm.lower, ctrl1)
     theta1 = res1.x.copy()
-    f1 = problem.stage0(theta1)
+    f1 = stage0(theta1)
     if not np.isfinite(f1):
         raise FitError("the fit failed: PIRLS does not converge at the starting values "
                        "(check the response and the model for complete separation)")
@@ -158,11 +162,11 @@ def glmer(
     fit_log = [("stage1", x, v) for x, v in res1.log]
 
     # ---- stage 2: the full criterion over (theta, beta) ----------------------------------
-    lower = problem.lower_full
+    lower = np.concatenate([pm.lower, np.full(problem.p, -np.inf)])
     newton = None
     if nagq > 0:
         x0 = np.concatenate([theta1, beta1])
-        crit = problem.devfun
+        crit = pm.wrap_full(problem.devfun)
         use_newton = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
         if use_newton:
             newton = newton_fd(problem.devfun_grad, x0, lower, dec_tol=ctrl.newton_tol)
@@ -177,7 +181,7 @@ def glmer(
             code, message = 1, "Newton decrement below tolerance"
             optimizer = "newton"
         else:
-            se1 = np.sqrt(np.clip(np.diag(problem.vcov_rx(x0[:nt])), 0, None)) if problem.p else np.zeros(0)
+            se1 = np.sqrt(np.clip(np.diag(problem.vcov_rx(pm.to_theta(x0[:nt]))), 0, None)) if problem.p else np.zeros(0)
             step = np.concatenate([np.full(nt, 0.05) + 0.05 * np.abs(x0[:nt]),
                                    np.where(np.isfinite(se1) & (se1 > 0), 0.2 * se1, 0.1)])
             ctrl2 = ctrl if ctrl.initial_step is not None else ctrl.with_(initial_step=step)
@@ -192,7 +196,7 @@ def glmer(
         xopt, fval = np.concatenate([theta1, beta1]), f1
 
         def crit(x):
-            return problem.stage0(np.asarray(x)[:nt])
+            return stage0(np.asarray(x)[:nt])
 
         feval = res1.feval
         code, message = res1.code, res1.message
@@ -208,9 +212,9 @@ def glmer(
                 xopt, fval = trial, ft
 
     # ---- derivatives (lme4's calc.derivs rule) -------------------------------------------
-    theta_opt = xopt[:nt]
+    theta_opt = pm.to_theta(xopt[:nt])
     # lme4's getSingTol(): the singular tolerance also decides whether derivatives are taken
-    sizes = [rt.n_terms for rt in frame.reterms]
+    sizes = problem.input.structures
     singular_opt = is_singular_theta(theta_opt, sizes, ctrl.singular_tol)
     npar = nt + problem.p
     calc = ctrl.calc_derivs
@@ -248,10 +252,11 @@ def glmer(
         fval = crit(xopt)
     else:
         fval = problem.stage0(theta_opt)
-        xopt = np.concatenate([theta_opt, np.asarray(problem.core.beta, dtype=float)])
+        xopt = np.concatenate([xopt[:nt], np.asarray(problem.core.beta, dtype=float)])
     if not np.isfinite(fval):
         raise FitError("the fit failed: the criterion is not finite at the estimate")
-    theta_opt, beta_opt = problem.split(xopt)
+    par_opt, beta_opt = xopt[:nt].copy(), xopt[nt:].copy()
+    theta_opt = pm.to_theta(par_opt)
     info = dict(problem.core.info())
     b = problem.blocks(problem.core.b(theta_opt))
     u = problem.blocks(problem.core.u())
@@ -288,10 +293,12 @@ def glmer(
         "fit_log": fit_log,
         "messages": list(warns),
         "derivs": derivs,
-        "stage1": {"theta": theta1, "beta": beta1, "objective": f1, "feval": res1.feval},
+        "stage1": {"theta": pm.to_theta(theta1), "beta": beta1, "objective": f1, "feval": res1.feval},
         "time": time.perf_counter() - t0,
         "time_total": time.perf_counter() - t_start,
     }
+    if not pm.native:
+        optinfo["par"] = par_opt  # the structures' parameters (ParameterMap) at the optimum
     fit = GlmmFit(
         frame=frame,
         family=fam,

@@ -68,7 +68,7 @@ def lmer(
         raise FitError("the fit failed: the objective is not finite at the estimate")
     sigma = sol["sigma"]
     # the same test with the same tolerance as fit.is_singular (the fit stores ctrl.singular_tol)
-    is_sing = is_singular_theta(theta, [rt.n_terms for rt in frame.reterms], ctrl.singular_tol)
+    is_sing = is_singular_theta(theta, problem.input.structures, ctrl.singular_tol)
     records = list(frame.warnings) + ([singular_warning()] if is_sing else []) + list(warns)
     messages = issue(records, ctrl, stacklevel=2)
     obj = sol["objective"]

@@ -160,7 +160,7 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
     @property
     def npar(self) -> int:
         """Number of parameters: fixed effects + theta (no scale parameter)."""
-        return len(self._beta) + len(self._theta)
+        return len(self._beta) + self.n_cov_params
 
     @property
     def deviance(self) -> float:  # type: ignore[override]

@@ -1,0 +1,237 @@
+"""Structured covariance terms: the structures' maps, equivalences with other terms, a dense
+brute-force likelihood, and the errors of bad use.
+
+- ``diag(x | g)`` is the model of lme4's ``(x || g)`` (split scalar terms): LMM and GLMM;
+- ``cs(x | g)`` with two columns is an unstructured 2 x 2 term (rho spans (-1, 1));
+- Λ Λ' of AR1 / CompoundSymmetry equals the dense Σ of their definitions;
+- the ML and REML log-likelihoods of an ``ar1`` fit equal the dense Gaussian likelihood of y
+  with V = Z G Z' + sigma² I at the fitted parameters (and GLS fixed effects);
+- bad use raises ``ModelSpecError`` naming the term.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel as ml
+from conftest import read_dataset
+from multilevel.covariance import AR1, CompoundSymmetry, Diagonal, ParameterMap, Unstructured, make_structure
+from multilevel.errors import FormulaError, ModelSpecError, MultilevelError
+
+
+def _quiet(fn, *a, **k):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ml.MultilevelWarning)
+        return fn(*a, **k)
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return read_dataset("sleepstudy")
+
+
+@pytest.fixture(scope="module")
+def early():
+    return read_dataset("Early")
+
+
+# --- the structures' maps -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("rho", [-0.6, 0.0, 0.3, 0.95])
+def test_ar1_lambda_matches_dense_sigma(k, rho):
+    ar = AR1(k)
+    sd = 1.7
+    th = ar.par_to_theta(np.array([sd, ar.zeta(rho)]))
+    L = ar.lambda_block(th)
+    i = np.arange(k)
+    dense = sd**2 * rho ** np.abs(i[:, None] - i[None, :]).astype(float)
+    np.testing.assert_allclose(L @ L.T, dense, atol=1e-12)
+    assert np.allclose(np.triu(L, 1), 0) and np.all(np.diag(L) >= 0)
+    assert ar.corr_param(th) == pytest.approx(rho, abs=1e-12)
+    np.testing.assert_allclose(ar.par_to_theta(ar.theta_to_par(th)), th, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_cs_lambda_matches_dense_sigma(k):
+    cs = CompoundSymmetry(k)
+    sds = np.linspace(0.5, 2.0, k)
+    for rho in (-0.99 / (k - 1), -0.2 / (k - 1), 0.0, 0.4, 0.99):
+        th = cs.par_to_theta(np.concatenate([sds, [cs.zeta(rho)]]))
+        L = cs.lambda_block(th)
+        dense = np.outer(sds, sds) * ((1 - rho) * np.eye(k) + rho)
+        np.testing.assert_allclose(L @ L.T, dense, atol=1e-12)
+        assert cs.corr_param(th) == pytest.approx(rho, abs=1e-10)
+    assert cs.npar == k + 1 and cs.ntheta == k * (k + 1) // 2
+
+
+def test_structure_objects():
+    assert make_structure("diag", 2) == Diagonal(2) and make_structure("us", 3) == Unstructured(3)
+    with pytest.raises(ValueError):
+        make_structure("toep", 2)
+    with pytest.raises(ValueError):
+        CompoundSymmetry(1)
+    pm = ParameterMap([Unstructured(2), CompoundSymmetry(3)])
+    assert (pm.npar, pm.ntheta, pm.native) == (7, 9, False)
+    assert pm.diagonal.tolist() == [0, 2, 3, 4, 5] and False or pm.diagonal.tolist() == [0, 2, 3, 4, 5]
+    assert ParameterMap([Unstructured(2), Diagonal(2)]).native
+    # a zero SD gives a zero row of Λ exactly (a singular fit the optimiser can reach)
+    ar = AR1(3)
+    assert np.all(ar.par_to_theta(np.array([0.0, 0.4])) == 0.0)
+
+
+# --- equivalences -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_diag_equals_double_bar_lmm(sleep, reml):
+    a = ml.lmer("Reaction ~ Days + diag(Days | Subject)", sleep, reml=reml)
+    b = ml.lmer("Reaction ~ Days + (Days || Subject)", sleep, reml=reml)
+    assert a.loglik == pytest.approx(b.loglik, rel=1e-10, abs=1e-8)
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-6)
+    np.testing.assert_allclose(a.se, b.se, rtol=1e-5)
+    sd_a = a.varcorr[0].sd.to_numpy()
+    sd_b = np.array([blk.sd.iloc[0] for blk in b.varcorr])
+    np.testing.assert_allclose(sd_a, sd_b, rtol=1e-5)
+    assert a.npar == b.npar == 5
+    assert a.to_dict()["results"]["covstruct"][0]["structure"] == "diag"
+
+
+def test_diag_equals_double_bar_glmm():
+    cbpp = read_dataset("cbpp")
+    cbpp = cbpp.assign(t=cbpp["period"].cat.codes.astype(float))
+    a = _quiet(ml.glmer, "cbind(incidence, size - incidence) ~ t + diag(1 + t | herd)", cbpp, family="binomial")
+    b = _quiet(ml.glmer, "cbind(incidence, size - incidence) ~ t + (1 + t || herd)", cbpp, family="binomial")
+    assert a.loglik == pytest.approx(b.loglik, abs=1e-6)
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-4, atol=1e-5)
+    sd_a = a.varcorr[0].sd.to_numpy()
+    sd_b = np.array([blk.sd.iloc[0] for blk in b.varcorr])
+    np.testing.assert_allclose(sd_a, sd_b, rtol=1e-3, atol=1e-4)
+    assert a.npar == b.npar
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_cs_with_two_columns_equals_unstructured(sleep, reml):
+    a = ml.lmer("Reaction ~ Days + cs(Days | Subject)", sleep, reml=reml)
+    b = ml.lmer("Reaction ~ Days + (Days | Subject)", sleep, reml=reml)
+    assert a.loglik == pytest.approx(b.loglik, rel=1e-10, abs=1e-8)
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-6)
+    np.testing.assert_allclose(a.varcorr[0].sd, b.varcorr[0].sd, rtol=2e-4)
+    assert a.varcorr[0].corr_param == pytest.approx(b.varcorr[0].corr[1, 0], abs=1e-4)
+    assert a.varcorr[0].corr[1, 0] == pytest.approx(a.varcorr[0].corr_param, abs=1e-12)
+    assert a.npar == b.npar == 6  # k + 1 = 3 covariance parameters, as unstructured 2 x 2
+
+
+# --- a dense brute-force likelihood ---------------------------------------------------------
+
+
+def _dense_loglik(fit, reml: bool) -> tuple[float, np.ndarray]:
+    """(RE)ML log-likelihood and GLS beta from V = Z G Z' + sigma² I at the fit's estimates."""
+    frame = fit.frame
+    y, X = frame.y, frame.X
+    n, p = X.shape
+    V = fit.sigma**2 * np.eye(n)
+    for rt, blk in zip(frame.reterms, fit.varcorr):
+        Z = np.zeros((n, rt.n_levels * rt.n_terms))
+        for j in range(rt.n_terms):
+            Z[np.arange(n), rt.refs * rt.n_terms + j] = rt.Z[:, j]
+        G = np.kron(np.eye(rt.n_levels), blk.cov)
+        V += Z @ G @ Z.T
+    Vi = np.linalg.inv(V)
+    XtViX = X.T @ Vi @ X
+    beta = np.linalg.solve(XtViX, X.T @ Vi @ y)
+    r = y - X @ beta
+    ll = -0.5 * (n * np.log(2 * np.pi) + np.linalg.slogdet(V)[1] + r @ Vi @ r)
+    if reml:
+        ll += -0.5 * np.linalg.slogdet(XtViX)[1] + 0.5 * p * np.log(2 * np.pi)
+    return ll, beta
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_ar1_loglik_equals_dense_likelihood(early, reml):
+    fit = ml.lmer("cog ~ age + trt + ar1(0 + factor(age) | id)", early, reml=reml)
+    ll, beta = _dense_loglik(fit, reml)
+    assert fit.loglik == pytest.approx(ll, abs=1e-7)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), beta, rtol=1e-8)
+    cov = fit.varcorr[0].cov
+    rho = fit.varcorr[0].corr_param
+    i = np.arange(3)
+    np.testing.assert_allclose(cov, cov[0, 0] * rho ** np.abs(i[:, None] - i[None, :]), rtol=1e-10)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_cs_loglik_equals_dense_likelihood(sleep, reml):
+    # three periods of the study, several days each: a cs() term over the periods
+    d = sleep.assign(period=pd.Categorical(np.where(sleep["Days"] < 4, "a", np.where(sleep["Days"] < 7, "b", "c"))))
+    fit = _quiet(ml.lmer, "Reaction ~ Days + cs(0 + period | Subject)", d, reml=reml)
+    ll, beta = _dense_loglik(fit, reml)
+    assert fit.loglik == pytest.approx(ll, abs=1e-7)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), beta, rtol=1e-7)
+    blk = fit.varcorr[0]
+    sd = blk.sd.to_numpy()
+    np.testing.assert_allclose(blk.cov, np.outer(sd, sd) * ((1 - blk.corr_param) * np.eye(3) + blk.corr_param),
+                               rtol=1e-10)
+    assert len(set(np.round(sd, 6))) == 3  # heterogeneous SDs
+    assert fit.npar == 2 + 4 + 1
+
+
+# --- bad use --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula, words", [
+    ("cog ~ age + cs(1 | id)", ["cs()", "1 | id", "two columns"]),
+    ("cog ~ age + ar1(0 + age | id)", ["ar1()", "factor", "0 + age | id"]),
+    ("cog ~ age + ar1(factor(age) | id)", ["ar1()", "intercept", "factor(age) | id"]),
+    ("cog ~ age + ar1(0 + age + trt | id)", ["ar1()", "0 + age + trt | id"]),
+    ("cog ~ age + toep(0 + factor(age) | id)", ["unknown covariance structure 'toep'"]),
+    ("cog ~ cs(age) + (1 | id)", ["cs()", "fixed part"]),
+    ("cog ~ age + cs(factor(age) || id)", ["cs()", "'||'"]),
+    ("cog ~ age + cs(age, 2 | id)", ["cs()", "one random-effects term"]),
+])
+def test_bad_structure_use_is_a_model_spec_error(early, formula, words):
+    with pytest.raises(ModelSpecError) as err:
+        ml.lmer(formula, early)
+    msg = str(err.value)
+    for w in words:
+        assert w in msg, msg
+
+
+def test_structure_errors_are_formula_errors_with_a_position(early):
+    with pytest.raises(FormulaError) as err:
+        ml.lmer("cog ~ age + toep(0 + factor(age) | id)", early)
+    assert err.value.position == len("cog ~ age + ")
+
+
+# --- inference on structured fits -------------------------------------------------------------
+
+
+def test_inference_on_ar1_fit(early):
+    fit = ml.lmer("cog ~ age + trt + ar1(0 + factor(age) | id)", early, reml=False)
+    # derivatives and profiles over θ as free entries of Λ would answer another model
+    with pytest.raises(MultilevelError, match="structured covariance"):
+        fit.coef_table(ddf="satterthwaite")
+    with pytest.raises(MultilevelError, match="structured covariance"):
+        fit.confint(method="profile")
+    sims = ml.inference.simulate(fit, 3, seed=1)
+    assert sims.shape == (3, fit.nobs)
+    boot = ml.inference.bootstrap(fit, 4, seed=2, workers=1)
+    assert boot.shape[0] == 4 and np.isfinite(boot.to_numpy()).all()
+    # the refits are ar1 fits: every bootstrap covariance keeps the structure
+    assert list(boot.columns[:3]) == list(fit.fixef.index)
+    pred = fit.predict(early.head(5))
+    np.testing.assert_allclose(pred.to_numpy(), fit.fitted().to_numpy()[:5], rtol=1e-10)
+    # anova refits by ML through the structured optimiser too
+    m0 = ml.lmer("cog ~ age + trt + (1 | id)", early, reml=False)
+    tab = ml.anova(m0, fit)
+    assert list(tab["npar"]) == [5, 6]
+
+
+def test_diag_fit_keeps_satterthwaite(sleep):
+    a = ml.lmer("Reaction ~ Days + diag(Days | Subject)", sleep)
+    b = ml.lmer("Reaction ~ Days + (Days || Subject)", sleep)
+    np.testing.assert_allclose(a.coef_table(ddf="satterthwaite")["df"], b.coef_table(ddf="satterthwaite")["df"],
+                               rtol=1e-4)
