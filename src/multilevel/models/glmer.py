@@ -185,7 +185,7 @@ def glmer(
             step = np.concatenate([np.full(nt, 0.05) + 0.05 * np.abs(x0[:nt]),
                                    np.where(np.isfinite(se1) & (se1 > 0), 0.2 * se1, 0.1)])
             ctrl2 = ctrl if ctrl.initial_step is not None else ctrl.with_(initial_step=step)
-            res2 = bobyqa(problem.devfun, x0, lower, ctrl2)
+            res2 = bobyqa(crit, x0, lower, ctrl2)
             xopt, fval = res2.x.copy(), res2.fun
             warns += res2.warnings
             fit_log += [("stage2", x, v) for x, v in res2.log]
