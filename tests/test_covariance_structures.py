@@ -284,3 +284,49 @@ def test_glmm_structured_fit_pickles_predicts_simulates():
     np.testing.assert_allclose(back.predict(d.head(4), type="response"), fit.predict(d.head(4), type="response"))
     assert ml.inference.simulate(fit, 2, seed=3).shape == (2, fit.nobs)
     assert "(ar1)" in str(fit.summary())
+
+
+# --- boundaries -------------------------------------------------------------------------------
+
+
+def _repeated(seed: int, sd_int: float, n_g: int = 30, n_t: int = 4, reps: int = 2) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_g), n_t * reps)
+    t = np.tile(np.repeat(np.arange(n_t), reps), n_g)
+    x = rng.normal(size=g.size)
+    y = 1.0 + 0.5 * x + sd_int * rng.normal(size=n_g)[g] + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g.astype(str)),
+                         "t": pd.Categorical(t.astype(str), categories=[str(i) for i in range(n_t)])})
+
+
+@pytest.mark.parametrize("structure", ["ar1", "cs", "diag"])
+def test_no_group_variation_is_an_exact_singular_fit(structure):
+    # x constant within each (g, t) cell and noise with zero cell means: the data show no
+    # variation of the cells (the term's random effects) beyond the residual, so every SD of
+    # the term is 0 at the optimum, and the fit must get there exactly (SDs have bound 0)
+    rng = np.random.default_rng(5)
+    d = _repeated(5, 0.0)
+    cell = d["g"].astype(str) + ":" + d["t"].astype(str)
+    xc = pd.Series(rng.normal(size=cell.nunique()), index=cell.unique())
+    d["x"] = xc[cell].to_numpy()
+    e = rng.normal(size=len(d))
+    e = e - pd.Series(e).groupby(cell.to_numpy()).transform("mean").to_numpy()
+    d["y"] = 1.0 + 0.5 * d["x"] + e
+    fit = _quiet(ml.lmer, f"y ~ x + {structure}(0 + t | g)", d, reml=False)
+    assert fit.is_singular
+    assert any("singular" in w for w in fit.warnings)
+    assert np.all(fit.varcorr[0].sd.to_numpy() == 0.0)
+    lm0 = ml.lm("y ~ x", d)
+    assert fit.loglik == pytest.approx(lm0.loglik, abs=1e-7)
+
+
+def test_ar1_rho_near_one_nests_the_random_intercept():
+    # data from a random intercept: AR(1) with rho -> 1 is that model (Σ = sd² J), so the
+    # ar1 fit may not end below it
+    d = _repeated(11, 2.0)
+    ri = ml.lmer("y ~ x + (1 | g)", d, reml=False)
+    ar = _quiet(ml.lmer, "y ~ x + ar1(0 + t | g)", d, reml=False)
+    assert ar.loglik >= ri.loglik - 1e-6
+    assert ar.varcorr[0].corr_param > 0.9
+    cs = _quiet(ml.lmer, "y ~ x + cs(0 + t | g)", d, reml=False)
+    assert cs.loglik >= ri.loglik - 1e-6

@@ -53,7 +53,8 @@ def glmer(
     Parameters
     ----------
     formula : str
-        lme4 syntax. Binomial responses: 0/1 (numbers or booleans), a two-level factor (the
+        lme4 syntax, with lme4 2.0's ``diag()``, ``cs()`` and ``ar1()`` random-effect terms
+        (see :func:`multilevel.lmer`). Binomial responses: 0/1 (numbers or booleans), a two-level factor (the
         first level is failure), ``cbind(successes, failures)``, or a proportion with
         ``weights`` = trials. Poisson responses: non-negative integer counts.
         ``offset(log(exposure))`` adds a known term to the linear predictor.

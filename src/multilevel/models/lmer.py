@@ -28,6 +28,8 @@ def lmer(
     ----------
     formula : str
         lme4 syntax: ``"Reaction ~ Days + (Days | Subject)"``, ``(1 | a/b)``, ``(x || g)``...
+        and lme4 2.0's structured covariances ``diag(x | g)``, ``cs(x | g)`` (compound
+        symmetry), ``ar1(0 + factor(t) | g)`` (AR(1) over the levels of t), as glmmTMB fits them.
     data : pandas or polars DataFrame (or a dict of columns)
     reml : bool
         REML (True, lme4's default) or ML (False).
