@@ -215,7 +215,7 @@ def test_inference_on_ar1_fit(early):
     fit = ml.lmer("cog ~ age + trt + ar1(0 + factor(age) | id)", early, reml=False)
     # derivatives and profiles over θ as free entries of Λ would answer another model
     with pytest.raises(MultilevelError, match="structured covariance"):
-        fit.coef_table(ddf="satterthwaite")
+        ml.lmer("cog ~ age + trt + ar1(0 + factor(age) | id)", early).coef_table(ddf="kenward-roger")
     with pytest.raises(MultilevelError, match="structured covariance"):
         fit.confint(method="profile")
     sims = ml.inference.simulate(fit, 3, seed=1)
@@ -230,6 +230,20 @@ def test_inference_on_ar1_fit(early):
     m0 = ml.lmer("cog ~ age + trt + (1 | id)", early, reml=False)
     tab = ml.anova(m0, fit)
     assert list(tab["npar"]) == [5, 6]
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_satterthwaite_over_structure_parameters(sleep, reml):
+    # the df do not depend on how the covariance is parametrised: cs() with two columns
+    # (SDs and a transformed rho) gives the df of the unstructured term (θ)
+    a = ml.lmer("Reaction ~ Days + cs(Days | Subject)", sleep, reml=reml)
+    b = ml.lmer("Reaction ~ Days + (Days | Subject)", sleep, reml=reml)
+    np.testing.assert_allclose(a.coef_table(ddf="satterthwaite")["df"], b.coef_table(ddf="satterthwaite")["df"],
+                               rtol=2e-4)
+    # ar1: finite, and below the residual df
+    early = read_dataset("Early")
+    tab = ml.lmer("cog ~ age + trt + ar1(0 + factor(age) | id)", early).coef_table(ddf="satterthwaite")
+    assert np.all(np.isfinite(tab["df"])) and np.all(tab["df"] < 309)
 
 
 def test_diag_fit_keeps_satterthwaite(sleep):
