@@ -114,6 +114,7 @@ def test_summary_prints_the_structure():
     assert "factor(Days)0 802.68   28.332   0.57 (ar1)" in txt
     assert "factor(Days)9" in txt
     assert "0.00" not in txt.split("Random effects:")[1].split("Residual")[0]  # diag: no correlations
+    assert "0.57 (ar1)" in fit.summary()._repr_html_()
     _case, _df, fit = _fit("stark_cs_ml")
     assert "0.672 (cs)" in str(fit.varcorr)
 

@@ -348,8 +348,15 @@ def _varcorr_table(fit: AnyFit) -> str:
     for blk in vc:
         s = blk.sd.to_numpy()
         corr = blk.corr
+        code = getattr(blk, "structure", "us")
+        rho = getattr(blk, "corr_param", None)
         for i, t in enumerate(blk.terms):
-            cors = format_real([_r_round(float(v), 2) for v in corr[i, :i]], digits=7, nsmall=2) if i else []
+            if code in ("cs", "ar1") and rho is not None:  # glmmTMB's "0.86 (ar1)", first row
+                cors = [format_real([_r_round(float(rho), 2)], digits=7, nsmall=2)[0] + f" ({code})"] if i == 0 else []
+            elif code == "diag":
+                cors = []
+            else:
+                cors = format_real([_r_round(float(v), 2) for v in corr[i, :i]], digits=7, nsmall=2) if i else []
             rows.append([blk.block_name if i == 0 else "", t, "", "", " ".join(c.strip() for c in cors)])
             sds.append(float(s[i]))
     if vc.sigma is not None:
