@@ -344,3 +344,39 @@ def test_ar1_rho_near_one_nests_the_random_intercept():
     assert ar.varcorr[0].corr_param > 0.9
     cs = _quiet(ml.lmer, "y ~ x + cs(0 + t | g)", d, reml=False)
     assert cs.loglik >= ri.loglik - 1e-6
+
+
+def test_us_is_the_default_and_parsing_records_structures(sleep):
+    from multilevel.formula import parse_formula
+
+    f = parse_formula("y ~ x + us(x | g) + cs(0 + f | g/h) + (1 | k)")
+    assert [(b.structure, b.group) for b in f.bars] == [("us", "g"), ("cs", "h:g"), ("cs", "g"), ("us", "k")]
+    assert f.bars[1].text == "cs(0 + f | h:g)" and f.fixed.labels == ["x"]
+    a = ml.lmer("Reaction ~ Days + us(Days | Subject)", sleep)
+    b = ml.lmer("Reaction ~ Days + (Days | Subject)", sleep)
+    assert a.loglik == b.loglik and a.structures == b.structures
+    c = ml.lmer("Reaction ~ Days + diag(1 | Subject)", sleep)
+    d = ml.lmer("Reaction ~ Days + (1 | Subject)", sleep)
+    assert c.loglik == pytest.approx(d.loglik, abs=1e-9)
+
+
+def test_predict_with_re_form_naming_a_structured_term(sleep):
+    fit = ml.lmer("Reaction ~ Days + diag(Days | Subject) + ar1(0 + factor(Days) | Subject)", sleep)
+    full = fit.predict(sleep.head(12)).to_numpy()
+    np.testing.assert_allclose(full, fit.fitted().to_numpy()[:12], rtol=1e-10)
+    part = fit.predict(sleep.head(12), re_form="~ diag(Days | Subject)").to_numpy()
+    fixed = fit.predict(sleep.head(12), re_form="NA").to_numpy()
+    assert not np.allclose(part, full) and not np.allclose(part, fixed)
+
+
+def test_start_values_and_warm_starts():
+    pm = ParameterMap([CompoundSymmetry(3), AR1(4)])
+    # the engines' start: a diagonal Λ of moment estimates -> those SDs, rho = 0
+    th0 = np.array([2.0, 0, 0, 3.0, 0, 4.0] + [1.0, 0, 0, 0, 1.0, 0, 0, 1.0, 0, 1.0])
+    par = pm.start(th0)
+    np.testing.assert_allclose(par[:3], [2.0, 3.0, 4.0])
+    assert CompoundSymmetry(3).rho(par[3]) == pytest.approx(0.0, abs=1e-12)
+    assert par[4] == pytest.approx(1.0) and AR1(4).rho(par[5]) == pytest.approx(0.0, abs=1e-12)
+    # a warm start from an estimate keeps its correlation
+    est = pm.to_theta(np.array([1.0, 2.0, 3.0, 0.7, 1.5, -0.4]))
+    np.testing.assert_allclose(pm.start(est), [1.0, 2.0, 3.0, 0.7, 1.5, -0.4], atol=1e-10)

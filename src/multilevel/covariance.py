@@ -100,10 +100,6 @@ class Covariance:
         """Number of covariance parameters of the structure (what ``logLik_df`` counts)."""
         return self.ntheta
 
-    def par_start(self, theta0: np.ndarray | None = None) -> np.ndarray:
-        """The optimiser's start: from θ's start (moment estimates on Λ's diagonal)."""
-        return self.start() if theta0 is None else np.asarray(theta0, dtype=float).copy()
-
     def par_lower(self) -> np.ndarray:
         return self.lower()
 
@@ -258,12 +254,6 @@ class _Correlated(Covariance):
 
     def _sds(self, par: np.ndarray) -> np.ndarray:
         return np.broadcast_to(np.asarray(par[: self.n_sd], dtype=float), (self.size,))
-
-    def par_start(self, theta0: np.ndarray | None = None) -> np.ndarray:
-        """SD ratios from θ's start (its diagonal: moment estimates), rho = 0."""
-        sd = np.ones(self.size) if theta0 is None else np.abs(self.lambda_block(theta0).diagonal())
-        sds = sd if self.n_sd == self.size else np.array([np.sqrt(np.mean(sd**2))])
-        return np.concatenate([sds, [self.zeta(0.0)]])
 
     def par_lower(self) -> np.ndarray:
         return np.concatenate([np.zeros(self.n_sd), [-np.inf]])
@@ -468,11 +458,10 @@ class ParameterMap:
         return np.concatenate([cv.theta_to_par(theta[ts]) for cv, ts in zip(self.covs, self.theta_slices)])
 
     def start(self, theta0: np.ndarray) -> np.ndarray:
-        """The optimiser's start from θ's start (SDs from its diagonal, rho = 0)."""
-        theta0 = np.asarray(theta0, dtype=float)
-        if self.native:
-            return theta0.copy()
-        return np.concatenate([cv.par_start(theta0[ts]) for cv, ts in zip(self.covs, self.theta_slices)])
+        """The optimiser's start from θ's: the engines' start is a diagonal Λ (moment
+        estimates), which gives those SDs and rho = 0; a warm start from an estimate (the ML
+        refit of a REML fit, a bootstrap refit) keeps its correlation."""
+        return self.to_par(theta0)
 
     def step(self, theta_step: np.ndarray) -> np.ndarray:
         """A first optimiser step from θ's (SD steps from θ's diagonal steps, 0.3 for z)."""
