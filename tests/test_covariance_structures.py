@@ -191,7 +191,7 @@ def test_cs_loglik_equals_dense_likelihood(sleep, reml):
     ("cog ~ age + ar1(0 + age + trt | id)", ["ar1()", "0 + age + trt | id"]),
     ("cog ~ age + toep(0 + factor(age) | id)", ["unknown covariance structure 'toep'"]),
     ("cog ~ cs(age) + (1 | id)", ["cs()", "fixed part"]),
-    ("cog ~ age + cs(factor(age) || id)", ["cs()", "'||'"]),
+    ("cog ~ age + cs(factor(age) || id)", ["cs()", "'||'", "diag(x | g)"]),
     ("cog ~ age + cs(age, 2 | id)", ["cs()", "one random-effects term"]),
 ])
 def test_bad_structure_use_is_a_model_spec_error(early, formula, words):
@@ -380,3 +380,12 @@ def test_start_values_and_warm_starts():
     # a warm start from an estimate keeps its correlation
     est = pm.to_theta(np.array([1.0, 2.0, 3.0, 0.7, 1.5, -0.4]))
     np.testing.assert_allclose(pm.start(est), [1.0, 2.0, 3.0, 0.7, 1.5, -0.4], atol=1e-10)
+
+
+def test_a_bar_inside_r_functions_keeps_its_old_error():
+    from multilevel.formula import parse_formula
+
+    with pytest.raises(FormulaError, match="must be added to the formula with"):
+        parse_formula("y ~ I(a | b) + (1 | g)")
+    with pytest.raises(FormulaError, match=r"diag\(x \| g\) or \(x \|\| g\)"):
+        parse_formula("y ~ diag(x || g)")

@@ -11,7 +11,10 @@ names must match lme4's.
 
 Bars follow lme4's ``findbars``: ``(x || g)`` becomes ``(1 | g) + (0 + x | g)`` (one bar per
 term, as ``expandDoubleVerts`` does), and ``(1 | a/b)`` becomes ``(1 | b:a) + (1 | a)``
-(``expandSlash``; lme4 names the inner grouping ``b:a``).
+(``expandSlash``; lme4 names the inner grouping ``b:a``). lme4 2.0's covariance structures wrap
+a bar, ``diag(x | g)``, ``cs(x | g)``, ``ar1(0 + t | g)``, ``us(x | g)``: the structure's name
+is recorded on every term the bar expands to (``BarTerm.structure``); the covariance layer
+gives it meaning. Anywhere else these names are errors (``CovarianceStructureError``).
 """
 from __future__ import annotations
 
@@ -372,25 +375,27 @@ COVARIANCE_STRUCTURES = ("us", "diag", "cs", "ar1")
 
 def _structure_bar(node: Node, text: str) -> Call | None:
     """``cs(x | g)`` and friends: the call, checked (one bar argument, a known name); None
-    when ``node`` is not a call wrapping a bar."""
+    when ``node`` is not a call wrapping a bar. A bar inside R's own functions (``I(a | b)``)
+    is left to the caller's error, as before structures existed."""
     if not isinstance(node, Call):
         return None
-    bar = _contains_bar(node)
-    if bar is None:
+    if _contains_bar(node) is None or node.func in NUMERIC_FUNCTIONS | FACTOR_FUNCTIONS | SPECIAL_FUNCTIONS:
         return None
     if node.func not in COVARIANCE_STRUCTURES:
-        raise CovarianceStructureError(f"unknown covariance structure '{node.func}' in a random-effects term "
-                           f"(known: {', '.join(COVARIANCE_STRUCTURES)}; '(x | g)' is 'us')",
-                           text, node.pos)
+        raise CovarianceStructureError(
+            f"unknown covariance structure '{node.func}' in a random-effects term (known: "
+            f"{', '.join(COVARIANCE_STRUCTURES)}; '(x | g)' is 'us')", text, node.pos)
     if len(node.args) != 1 or node.args[0].name is not None or \
             not _is_bar(_strip_parens(node.args[0].value)):
         raise CovarianceStructureError(f"{node.func}() takes one random-effects term, as in "
-                           f"{node.func}(x | g)", text, node.pos)
+                                       f"{node.func}(x | g)", text, node.pos)
     inner = _strip_parens(node.args[0].value)
     if inner.op == "||":  # type: ignore[union-attr]
-        raise CovarianceStructureError(f"{node.func}() takes a term with a single bar, {node.func}(x | g): "
-                           f"'||' already makes the terms independent (that is diag(x | g))",
-                           text, inner.op_pos)  # type: ignore[union-attr]
+        hint = ("write diag(x | g) or (x || g)" if node.func == "diag" else
+                "'||' would make the terms independent, which is diag(x | g)")
+        raise CovarianceStructureError(f"{node.func}() takes a term with a single bar, "
+                                       f"{node.func}(x | g): {hint}", text,
+                                       inner.op_pos)  # type: ignore[union-attr]
     return node
 
 
