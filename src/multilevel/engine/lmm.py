@@ -16,7 +16,7 @@ import numpy as np
 
 from multilevel._core import LmmCore
 from multilevel.control import LmerControl
-from multilevel.covariance import BOUNDARY_SNAP_TOL, ParameterMap, diagonal_theta, theta_layout
+from multilevel.covariance import BOUNDARY_SNAP_TOL, ParameterMap, theta_layout
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import FitWarning, ModelSpecError
@@ -223,7 +223,7 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the
     # boundary it cannot reach exactly. Put it there if that costs nothing.
-    diag = pm.diagonal if not pm.native else diagonal_theta(problem.input.structures)
+    diag = pm.diagonal  # SD-like parameters with bound 0 (Λ's diagonal for native structures)
     for i in diag:
         if 0 < theta[i] < BOUNDARY_SNAP_TOL:
             trial = theta.copy()

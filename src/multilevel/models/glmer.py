@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from multilevel.control import GlmerControl, LmerControl
-from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, is_singular_theta
+from multilevel.covariance import BOUNDARY_SNAP_TOL, is_singular_theta
 from multilevel.design import ModelFrame
 from multilevel.models.input import engine_input
 from multilevel.engine.glmm import _NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, hessian_from_gradient, newton_fd
@@ -138,7 +138,7 @@ def glmer(
     # covariance layer maps to the engine's θ; otherwise pm is the identity
     pm = problem.pmap
     nt = pm.npar
-    diag = pm.diagonal if not pm.native else diagonal_theta(problem.input.structures)
+    diag = pm.diagonal  # SD-like parameters with bound 0 (Λ's diagonal for native structures)
     stage0 = pm.wrap(problem.stage0)
 
     # ---- stage 1: nAGQ = 0 criterion over theta ---------------------------------------------
