@@ -389,3 +389,44 @@ def test_a_bar_inside_r_functions_keeps_its_old_error():
         parse_formula("y ~ I(a | b) + (1 | g)")
     with pytest.raises(FormulaError, match=r"diag\(x \| g\) or \(x \|\| g\)"):
         parse_formula("y ~ diag(x || g)")
+
+
+def test_bimodal_rho_reaches_the_better_optimum():
+    # a random design (the first of a fuzz run against a dense optimiser) whose AR(1)
+    # likelihood has a local optimum at rho = -0.82 and the global one at rho -> 1: started at
+    # rho = 0 the optimiser found the local one (0.29 lower in logLik) before each rho was
+    # restarted on its other side
+    from scipy import optimize
+
+    rng = np.random.default_rng(0)
+    k, ng, reps = int(rng.integers(2, 5)), int(rng.integers(6, 15)), int(rng.integers(1, 4))
+    g = np.repeat(np.arange(ng), k * reps)
+    t = np.tile(np.repeat(np.arange(k), reps), ng)
+    x = rng.normal(size=g.size)
+    sd, rho = rng.uniform(0, 2), rng.uniform(-0.5, 0.95)
+    i = np.arange(k)
+    b = rng.multivariate_normal(np.zeros(k), sd**2 * rho ** np.abs(i[:, None] - i[None, :]), size=ng, method="svd")
+    y = 1 + 0.5 * x + b[g, t] + rng.normal(size=g.size)
+    d = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g.astype(str)),
+                      "t": pd.Categorical(t.astype(str), categories=[str(j) for j in range(k)])})
+    fit = ml.lmer("y ~ x + ar1(0 + t | g)", d, reml=False)
+    frame, rt = fit.frame, fit.frame.reterms[0]
+    ar = AR1(k)
+
+    def nll(v):  # dense -logLik over (log sd, z, log sigma)
+        sig = np.exp(v[2])
+        L = ar.lambda_block(ar.par_to_theta(np.array([np.exp(v[0]), v[1]])))
+        Z = np.zeros((len(y), ng * k))
+        Z[np.arange(len(y)), rt.refs * k + np.argmax(rt.Z, axis=1)] = 1.0
+        V = sig**2 * np.eye(len(y)) + Z @ np.kron(np.eye(ng), L @ L.T) @ Z.T
+        Vi = np.linalg.inv(V)
+        X = frame.X
+        beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ frame.y)
+        r = frame.y - X @ beta
+        return 0.5 * (len(y) * np.log(2 * np.pi) + np.linalg.slogdet(V)[1] + r @ Vi @ r)
+
+    best = min(optimize.minimize(nll, np.array([np.log(0.3), z, 0.0]), method="Nelder-Mead",
+                                 options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 5000}).fun
+               for z in (-1.0, 2.0))
+    assert -fit.loglik <= best + 1e-6
+    assert fit.varcorr[0].corr_param > 0.9

@@ -9,6 +9,7 @@ absolute; conditional modes 1e-3 x the term's SD; predictions 1e-4 x max(|value|
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_summary_prints_the_structure():
     _case, _df, fit = _fit("sleepstudy_diag_ar1_reml")
     txt = str(fit.summary())
     # glmmTMB's layout: the structure's one correlation on the block's first row
-    assert "factor(Days)0 802.68   28.332   0.57 (ar1)" in txt
+    assert re.search(r"factor\(Days\)0 802\.6[78]   28\.332   0\.57 \(ar1\)", txt), txt
     assert "factor(Days)9" in txt
     assert "0.00" not in txt.split("Random effects:")[1].split("Residual")[0]  # diag: no correlations
     assert "0.57 (ar1)" in fit.summary()._repr_html_()

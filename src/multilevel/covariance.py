@@ -463,6 +463,30 @@ class ParameterMap:
         refit of a REML fit, a bootstrap refit) keeps its correlation."""
         return self.to_par(theta0)
 
+    def restarts(self, par: np.ndarray) -> list[np.ndarray]:
+        """Other starts for an optimum ``par``: the likelihood of a correlation parameter is
+        often bimodal (an optimum near rho = -0.8 and a better one at rho -> 1), so each cs() /
+        ar1() block is restarted with its rho on the other side, one block at a time. Empty
+        when every structure is native."""
+        if self.native:
+            return []
+        par = np.asarray(par, dtype=float)
+        out = []
+        for cv, ps in zip(self.covs, self.par_slices):
+            if cv.native:
+                continue
+            rho = cv.rho(float(par[ps][-1]))
+            lo = -1.0 if cv.code == "ar1" else -1.0 / (cv.size - 1)
+            for alt in (0.9, 0.4, 0.6 * lo):
+                if abs(alt - rho) > 0.25:
+                    p = par.copy()
+                    p[ps.stop - 1] = cv.zeta(alt)
+                    # SDs at 0 (a singular start) would hide the correlation: start them off it
+                    sl = slice(ps.start, ps.stop - 1)
+                    p[sl] = np.where(p[sl] > 0, p[sl], 0.5 * max(float(np.max(par[sl])), 0.1))
+                    out.append(p)
+        return out
+
     def step(self, theta_step: np.ndarray) -> np.ndarray:
         """A first optimiser step from θ's (SD steps from θ's diagonal steps, 0.3 for z)."""
         theta_step = np.asarray(theta_step, dtype=float)

@@ -219,6 +219,14 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         ctrl = ctrl.with_(initial_step=None)  # a step for θ (a bootstrap's warm start) does not fit
     # the engine's moment-based first step unless the user set one (no control copy per fit)
     res = bobyqa(objective, x0, lower, ctrl, initial_step=step0)
+    for start in pm.restarts(res.x):  # cs() / ar1(): the other side of each rho (bimodal)
+        alt = bobyqa(objective, start, lower, ctrl, initial_step=step0)
+        alt.feval += res.feval
+        alt.log = res.log + alt.log
+        if alt.fun < res.fun - 1e-10:
+            res = alt
+        else:
+            res.feval, res.log = alt.feval, alt.log
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the

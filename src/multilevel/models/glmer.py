@@ -153,6 +153,14 @@ def glmer(
     if ctrl1.initial_step is None:
         ctrl1 = ctrl1.with_(initial_step=0.2 if nt else 0.5)
     res1 = bobyqa(stage0, pm.start(problem.theta0), pm.lower, ctrl1)
+    for start in pm.restarts(res1.x):  # cs() / ar1(): the other side of each rho (bimodal)
+        alt = bobyqa(stage0, start, pm.lower, ctrl1)
+        alt.feval += res1.feval
+        alt.log = res1.log + alt.log
+        if alt.fun < res1.fun - 1e-10:
+            res1 = alt
+        else:
+            res1.feval, res1.log = alt.feval, alt.log
     theta1 = res1.x.copy()
     f1 = stage0(theta1)
     if not np.isfinite(f1):
