@@ -8,7 +8,8 @@ log-likelihood difference from glmmTMB's, and glmmTMB 1.1.5's median time measur
 machine (R 4.2.2, ``glmmTMB(..., REML=)`` with its default control, 5 fits after a warm-up;
 the R script is in this file's ``R_SCRIPT``). Not run by the tests.
 
-Measured 2026-12-02 on the 2-core machine (load ~7 from parallel builds):
+Measured 2026-12-02 on the 2-core machine (load ~5 from parallel builds; ours includes the
+restart of each correlation on its other side):
 
 | case | model | ours (s) | glmmTMB (s) | logLik - glmmTMB's |
 |---|---|---|---|---|
