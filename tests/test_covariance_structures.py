@@ -430,3 +430,18 @@ def test_bimodal_rho_reaches_the_better_optimum():
                for z in (-1.0, 2.0))
     assert -fit.loglik <= best + 1e-6
     assert fit.varcorr[0].corr_param > 0.9
+
+
+def test_glmm_cs_sd_at_zero_is_restarted_inside():
+    # a random Poisson design (fixtures/covstruct/poisson_fuzz1.csv, 5 times x 26 groups) on
+    # which stage 1 puts the first SD of cs() at 0 and stage 2 stayed there, 0.068 below
+    # glmmTMB 1.1.5 (logLik -233.64468588, SD of t0 0.28603, rho 0.092); ar1: -234.18252354
+    d = pd.read_csv(_GLMM_REF / "poisson_fuzz1.csv")
+    d["g"] = pd.Categorical(d["g"].astype(str))
+    d["t"] = pd.Categorical(d["t"].astype(str), categories=[str(i) for i in range(5)])
+    fit = _quiet(ml.glmer, "y ~ x + cs(0 + t | g)", d, family="poisson")
+    assert fit.loglik == pytest.approx(-233.64468588, abs=1e-6)
+    assert fit.varcorr[0].sd.iloc[0] == pytest.approx(0.28603, rel=2e-3)
+    assert fit.varcorr[0].corr_param == pytest.approx(0.092, abs=2e-3)
+    fit = _quiet(ml.glmer, "y ~ x + ar1(0 + t | g)", d, family="poisson")
+    assert fit.loglik == pytest.approx(-234.18252354, abs=1e-6)

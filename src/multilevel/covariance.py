@@ -487,6 +487,42 @@ class ParameterMap:
                     out.append(p)
         return out
 
+    def check_lower(self, par: np.ndarray, tol: float = 1e-5) -> np.ndarray:
+        """Lower bounds for a convergence check at ``par``: a correlation within ``tol`` of
+        an end of its range (z far out, where the criterion is flat) counts as on a bound,
+        like an SD at 0, so that the check does not ask for a Newton step towards infinity."""
+        lower = self.lower.copy()
+        if self.native:
+            return lower
+        par = np.asarray(par, dtype=float)
+        for cv, ps in zip(self.covs, self.par_slices):
+            if cv.native:
+                continue
+            i = ps.stop - 1
+            rho = cv.rho(float(par[i]))
+            lo = -1.0 if cv.code == "ar1" else -1.0 / (cv.size - 1)
+            if rho - lo < tol or 1.0 - rho < tol:
+                lower[i] = par[i]
+        return lower
+
+    def edge_restarts(self, par: np.ndarray) -> list[np.ndarray]:
+        """An interior start for an optimum with SDs of cs() / ar1() blocks at 0 (lme4's
+        ``restart_edge``, for the structures' parameters): those SDs at half the block's
+        largest (0.1 if all are 0). Empty when no such SD is at 0."""
+        if self.native:
+            return []
+        par = np.asarray(par, dtype=float)
+        p = par.copy()
+        moved = False
+        for cv, ps in zip(self.covs, self.par_slices):
+            if cv.native:
+                continue
+            sl = slice(ps.start, ps.stop - 1)
+            if np.any(p[sl] <= 0):
+                p[sl] = np.where(p[sl] > 0, p[sl], 0.5 * max(float(np.max(par[sl])), 0.2))
+                moved = True
+        return [p] if moved else []
+
     def step(self, theta_step: np.ndarray) -> np.ndarray:
         """A first optimiser step from θ's (SD steps from θ's diagonal steps, 0.3 for z)."""
         theta_step = np.asarray(theta_step, dtype=float)

@@ -219,7 +219,8 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         ctrl = ctrl.with_(initial_step=None)  # a step for θ (a bootstrap's warm start) does not fit
     # the engine's moment-based first step unless the user set one (no control copy per fit)
     res = bobyqa(objective, x0, lower, ctrl, initial_step=step0)
-    for start in pm.restarts(res.x):  # cs() / ar1(): the other side of each rho (bimodal)
+    # cs() / ar1(): the other side of each rho (bimodal), and SDs at 0 started inside
+    for start in pm.restarts(res.x) + pm.edge_restarts(res.x):
         alt = bobyqa(objective, start, lower, ctrl, initial_step=step0)
         alt.feval += res.feval
         alt.log = res.log + alt.log
@@ -248,7 +249,7 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
             calls[0] += 1
             return objective(x)
 
-        dec, grad = newton_decrement(counted, theta, lower, fval)
+        dec, grad = newton_decrement(counted, theta, pm.check_lower(theta), fval)
         extra = calls[0]
         if dec > ctrl.conv_tol:
             warns.append(FitWarning(

@@ -195,6 +195,14 @@ def glmer(
                                    np.where(np.isfinite(se1) & (se1 > 0), 0.2 * se1, 0.1)])
             ctrl2 = ctrl if ctrl.initial_step is not None else ctrl.with_(initial_step=step)
             res2 = bobyqa(crit, x0, lower, ctrl2)
+            for start in pm.edge_restarts(res2.x[:nt]):  # cs() / ar1() SDs at 0: try the interior
+                alt = bobyqa(crit, np.concatenate([start, res2.x[nt:]]), lower, ctrl2)
+                alt.feval += res2.feval
+                alt.log = res2.log + alt.log
+                if alt.fun < res2.fun - 1e-10:
+                    res2 = alt
+                else:
+                    res2.feval, res2.log = alt.feval, alt.log
             xopt, fval = res2.x.copy(), res2.fun
             warns += res2.warnings
             fit_log += [("stage2", x, v) for x, v in res2.log]
@@ -240,7 +248,8 @@ def glmer(
             g, H = deriv12(crit, xopt, fx=fval, lower=lower)
         derivs = {"gradient": g, "Hessian": H}
         if ctrl.conv_check_on and not singular_opt:
-            free = ~(np.isfinite(lower) & (xopt - lower <= 1e-7))
+            lower_chk = np.concatenate([pm.check_lower(xopt[:nt]), lower[nt:]])  # rho at an end: a bound
+            free = ~(np.isfinite(lower_chk) & (xopt - lower_chk <= 1e-7))
             gi, Hi = g[free], H[np.ix_(free, free)]
             try:
                 dec = 0.5 * float(gi @ np.linalg.solve(Hi, gi))
