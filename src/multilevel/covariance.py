@@ -232,6 +232,8 @@ class _Correlated(Covariance):
 
     # subclasses: how many SDs, rho's range and map, chol(R(rho))
     n_sd: int = 0
+    #: the lower end of rho's range (the upper is 1)
+    rho_lower: float = -1.0
 
     def rho(self, z: float) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -310,7 +312,7 @@ class CompoundSymmetry(_Correlated):
         return self.size
 
     @property
-    def rho_lower(self) -> float:
+    def rho_lower(self) -> float:  # type: ignore[override]
         return -1.0 / (self.size - 1)
 
     def rho(self, z: float) -> float:
@@ -476,7 +478,7 @@ class ParameterMap:
             if cv.native:
                 continue
             rho = cv.rho(float(par[ps][-1]))
-            lo = -1.0 if cv.code == "ar1" else -1.0 / (cv.size - 1)
+            lo = cv.rho_lower  # type: ignore[attr-defined]
             for alt in (0.9, 0.4, 0.6 * lo):
                 if abs(alt - rho) > 0.25:
                     p = par.copy()
@@ -500,7 +502,7 @@ class ParameterMap:
                 continue
             i = ps.stop - 1
             rho = cv.rho(float(par[i]))
-            lo = -1.0 if cv.code == "ar1" else -1.0 / (cv.size - 1)
+            lo = cv.rho_lower  # type: ignore[attr-defined]
             if rho - lo < tol or 1.0 - rho < tol:
                 lower[i] = par[i]
         return lower
