@@ -271,7 +271,10 @@ class MixedFit(FitBase):
 
     @cached_property
     def theta(self) -> pd.Series:
-        """lme4's covariance parameters (lower triangles of the relative factors Λ)."""
+        """lme4's covariance parameters (lower triangles of the relative factors Λ). For a
+        ``cs()`` or ``ar1()`` term θ is the full lower triangle of the Λ its parameters imply
+        (those are in ``optinfo["par"]``, their meaning in ``varcorr`` and ``to_dict()``'s
+        ``covstruct``); a ``diag()`` term has one θ per column."""
         return pd.Series(self._theta, index=self.theta_names, name="theta")
 
     @cached_property
