@@ -331,7 +331,8 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
     # points, so the inner minimisation runs on Cholesky factors (_PDInner)
     from multilevel.covariance import Unstructured
 
-    pd_inner = (any(s >= 3 for s in sizes)
+    ncols = [getattr(s, "size", s) for s in sizes]  # block_sizes gives structure objects
+    pd_inner = (any(s >= 3 for s in ncols)
                 and all(isinstance(cv, Unstructured) for cv in prob.input.structures))
     # rough scales for the first steps: the Wald SE of the fixed effects, 10-20% for SDs
     for w in range(nv):
@@ -341,7 +342,7 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
         free = [i for i in range(nv) if i != w]
         cache: list[tuple[float, np.ndarray]] = [(opt_v[w], opt_v[free].copy())]
 
-        pdi = _PDInner(sizes, w, kinds[w], nv) if pd_inner else None
+        pdi = _PDInner(ncols, w, kinds[w], nv) if pd_inner else None
 
         def zeta(x: float, w=w, free=free, cache=cache, pdi=pdi) -> float:
             start = min(cache, key=lambda t: abs(t[0] - x))[1]
