@@ -79,8 +79,12 @@ def test_reference_case_structure(case):
                            **contrasts_kw(case))
     res = case["results"]
     assert mf.fixef_names == case["fixef_names"]
+    # glmmTMB cases describe their terms in re_terms, with the covariance structure
+    terms = case.get("re_structure") or case["re_terms"]
     assert [(r.group, r.terms, r.n_levels) for r in mf.reterms] == \
-        [(r["group"], r["terms"], r["n_levels"]) for r in case["re_structure"]]
+        [(r["group"], r["terms"], r["n_levels"]) for r in terms]
+    if "re_terms" in case:
+        assert [r.structure for r in mf.reterms] == [r["structure"] for r in terms]
     assert mf.nobs == res["nobs"]
     # the rows used are exactly the ones R kept
     dropped = set(case["rows_dropped_for_na_csv_row0"])

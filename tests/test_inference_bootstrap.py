@@ -277,3 +277,24 @@ def test_simulate_glmm():
     trials = fit.frame.weights
     assert np.all((ys >= 0) & (ys <= 1))
     np.testing.assert_allclose((ys * trials) % 1, 0, atol=1e-9)  # proportions of the trials
+
+
+def test_glmm_bootstrap_structured_covariance_term():
+    """A cs() term: the refit starts at the fit's structure parameters and reaches what
+    glmer() gives on the simulated response."""
+    ticks = read_dataset("grouseticks")
+    formula = "TICKS ~ YEAR + cs(0 + YEAR | LOCATION)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.glmer(formula, ticks, family="poisson")
+    reps = bootstrap(fit, 2, seed=1, progress=False)
+    assert reps.shape[1] == 3 + len(fit.theta) and reps.columns[3].startswith("sd_")
+    ys = simulate(fit, 2, seed=1)
+    for i in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = ml.glmer(formula, ticks.assign(TICKS=ys[i]), family="poisson")
+        np.testing.assert_allclose(reps.iloc[i, :3].to_numpy(), ref.fixef.to_numpy(), rtol=1e-5, atol=1e-5)
+        sd = np.sqrt(np.diag(ref.varcorr[0].cov))
+        got = reps.iloc[i][[c for c in reps.columns if c.startswith("sd_")]].to_numpy()
+        np.testing.assert_allclose(got, sd, rtol=1e-4, atol=1e-5)

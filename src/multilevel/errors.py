@@ -66,6 +66,13 @@ class ControlError(ModelSpecError):
         super().__init__(message)
 
 
+class CovarianceStructureError(FormulaError, ModelSpecError):
+    """A covariance structure used where it cannot be: an unknown name (``toep(x | g)``),
+    ``cs()`` / ``ar1()`` around anything but one ``(x | g)`` term, a structure in the fixed
+    part. Both a :class:`FormulaError` (with the position in the formula) and a
+    :class:`ModelSpecError`, like the errors of structures that do not fit their columns."""
+
+
 # ============================================================================================
 # warnings: one class per code, and the record a fit keeps
 # ============================================================================================

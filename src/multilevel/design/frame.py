@@ -299,7 +299,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         plan = make_plan(sc)
         Z = fill_columns(plan, vals, n)
         built.append((ReTerm(b.group, list(plan.names), list(gs.levels), refs, Z,
-                             spec=None, label=b.text), BarSpec(b, sc, plan, gs)))
+                             spec=None, label=b.text, structure=b.structure), BarSpec(b, sc, plan, gs)))
     nl = [rt.n_levels for rt, _ in built]
     if any(nl[i + 1] > nl[i] for i in range(len(nl) - 1)):
         # lme4: ord <- rev(order(nl)) -- decreasing, ties in reverse order of appearance
@@ -497,6 +497,11 @@ def _check_reterms(reterms: list[ReTerm], n: int, family: str) -> None:
                              f"{detail}; {n} observations)")
     for rt in reterms:
         q = rt.n_levels * rt.n_terms
+        if getattr(rt, "structure", "us") == "ar1":
+            # lme4's rule guards terms whose covariance has a free variance per column, which
+            # with one row per random effect cannot be told from the residual variance; ar1()
+            # has one SD and a correlation (AR(1) + residual is identified, as glmmTMB fits it)
+            continue
         if (n < q) if glmm else (n <= q):
             cmp = "<" if glmm else "<="
             extra = "" if glmm else " and the residual variance (or scale parameter)"

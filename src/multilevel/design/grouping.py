@@ -39,6 +39,8 @@ class ReTerm:
     Z:      float64 array (n, len(terms)), C-contiguous: the term's model-matrix columns.
     spec:   how to rebuild Z and refs for new data (a :class:`BarSpec`).
     label:  lme4's name of the term, e.g. ``"Days | Subject"`` (used in messages).
+    structure: its covariance structure (lme4 2.0's name: ``"us"``, ``"diag"``, ``"cs"``,
+            ``"ar1"``); the covariance layer makes the structure object from it.
     """
 
     group: str
@@ -48,6 +50,7 @@ class ReTerm:
     Z: np.ndarray
     spec: Any = None  # whatever the builder needs to rebuild Z and refs for new data
     label: str = ""
+    structure: str = "us"
 
     @property
     def n_levels(self) -> int:

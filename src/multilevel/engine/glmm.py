@@ -46,7 +46,7 @@ from multilevel.engine.optimize import deriv12  # noqa: F401 - re-exported (lme4
 from multilevel.errors import ModelSpecError
 from multilevel.families import Family
 from multilevel.engine.lmm import engine_terms
-from multilevel.covariance import theta_layout
+from multilevel.covariance import ParameterMap, theta_layout
 
 if TYPE_CHECKING:  # for the return hint only; glmm_results is imported lazily in glmer
     pass
@@ -77,6 +77,8 @@ class GlmmProblem(CompiledProblem):
         self.family = family
         self.nagq = int(nagq)
         self.slices, self.theta0, self.lower = theta_layout(inp.structures)
+        # the optimiser's parameters (θ itself unless a term is cs() or ar1())
+        self.pmap = ParameterMap(inp.structures)
         self.eterms = engine_terms(inp, self.slices)
         self.ntheta = len(self.theta0)
         self.p = inp.p
@@ -142,8 +144,11 @@ class GlmmProblem(CompiledProblem):
         return np.concatenate([self.lower, np.full(self.p, -np.inf)])
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # the leading part is θ, or the structures' parameters (ParameterMap) when the
+        # optimiser moves those: beta is always the last p entries
         x = np.asarray(x, dtype=float)
-        return np.ascontiguousarray(x[: self.ntheta]), np.ascontiguousarray(x[self.ntheta:])
+        nt = x.size - self.p
+        return np.ascontiguousarray(x[:nt]), np.ascontiguousarray(x[nt:])
 
     def stage0(self, theta: np.ndarray) -> float:
         """lme4's nAGQ = 0 criterion at theta (PIRLS over u and beta)."""
@@ -168,13 +173,13 @@ class GlmmProblem(CompiledProblem):
         xs = np.array([x for x, _ in log], dtype=float)
         c = self.xcentring
         if c.active:
-            nt = self.ntheta
+            nt = xs.shape[1] - self.p
             xs[:, nt + c.intercept] -= xs[:, nt:] @ c.shift
         return [(stage, x, v) for x, (_, v) in zip(xs, log)]
 
     def derivs_out(self, g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gradient and Hessian in (theta, beta_c) -> in (theta, beta)."""
-        nt = self.ntheta
+        nt = np.size(g) - self.p
         g = np.array(g, dtype=float)
         H = np.array(H, dtype=float)
         if not self.xcentring.active:
@@ -200,7 +205,8 @@ class GlmmProblem(CompiledProblem):
     def has_gradient(self) -> bool:
         """The engine gives the exact gradient of the criterion: Laplace with one scalar term,
         or with all terms scalar (crossed / nested intercepts) and a canonical link."""
-        return self.nagq == 1 and self.core.has_gradient
+        # (over θ: with cs() or ar1() terms the optimiser's parameters are not θ)
+        return self.nagq == 1 and self.core.has_gradient and self.pmap.native
 
     def devfun_grad(self, x: np.ndarray, jacobian: bool = True) -> tuple[float, np.ndarray | None]:
         """The Laplace criterion at x = (theta, beta) and its gradient (see ``has_gradient``).

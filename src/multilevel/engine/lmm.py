@@ -16,7 +16,7 @@ import numpy as np
 
 from multilevel._core import LmmCore
 from multilevel.control import LmerControl
-from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, theta_layout
+from multilevel.covariance import BOUNDARY_SNAP_TOL, ParameterMap, diagonal_theta, theta_layout
 from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
@@ -78,6 +78,8 @@ class LmmProblem(CompiledProblem):
         self.input = inp
         self.reml = reml
         self.slices, self.theta0, self.lower = theta_layout(inp.structures)
+        # the optimiser's parameters (θ itself unless a term is cs() or ar1())
+        self.pmap = ParameterMap(inp.structures)
         self.eterms = engine_terms(inp, self.slices)
         y = inp.y if inp.offset is None else inp.y - inp.offset
         # The penalised RSS comes from cross products (y'y - ...), which lose digits when the
@@ -217,21 +219,38 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
     check convergence. Returns (theta, objective, optinfo, warning records)."""
     t0 = time.perf_counter()
+    # Structured terms (cs, ar1): the optimiser moves the structures' own parameters, mapped
+    # to the engine's θ (problem.pmap); otherwise it moves θ itself (pm.native).
+    pm = getattr(problem, "pmap", None) or ParameterMap(problem.input.structures)
+    objective = pm.wrap(problem.objective)
+    x0, lower, step0 = pm.start(problem.theta0), pm.lower, pm.step(problem.step0)
+    if not pm.native and np.ndim(ctrl.initial_step) and np.size(ctrl.initial_step) != pm.npar:
+        ctrl = ctrl.with_(initial_step=None)  # a step for θ (a bootstrap's warm start) does not fit
     # the engine's moment-based first step unless the user set one (no control copy per fit)
-    res = bobyqa(problem.objective, problem.theta0, problem.lower, ctrl, initial_step=problem.step0)
-    # a zero SD: check it against an optimum reached from the interior
-    res = restart_if_boundary(problem.objective, res, problem.lower, problem.input.structures, ctrl,
-                              initial_step=problem.step0)
+    res = bobyqa(objective, x0, lower, ctrl, initial_step=step0)
+    if pm.native:
+        # a zero SD: check it against an optimum reached from the interior
+        res = restart_if_boundary(objective, res, lower, problem.input.structures, ctrl,
+                                  initial_step=step0)
+    # cs() / ar1(): the other side of each rho (bimodal), and SDs at 0 started inside
+    for start in pm.restarts(res.x) + pm.edge_restarts(res.x):
+        alt = bobyqa(objective, start, lower, ctrl, initial_step=step0)
+        alt.feval += res.feval
+        alt.log = res.log + alt.log
+        if alt.fun < res.fun - 1e-10:
+            res = alt
+        else:
+            res.feval, res.log = alt.feval, alt.log
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the
     # boundary it cannot reach exactly. Put it there if that costs nothing.
-    diag = diagonal_theta(problem.input.structures)
+    diag = pm.diagonal  # SD-like parameters with bound 0 (Λ's diagonal for native structures)
     for i in diag:
         if 0 < theta[i] < BOUNDARY_SNAP_TOL:
             trial = theta.copy()
             trial[i] = 0.0
-            ft = problem.objective(trial)
+            ft = objective(trial)
             if ft <= fval + 1e-10:
                 theta, fval = trial, min(ft, fval)
     extra = polish_evals = 0
@@ -240,7 +259,7 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         # Newton steps on finite differences: BOBYQA's stop on a flat ridge moves with the
         # order of the rows (fixed effects by up to 1e-4 relative); the last derivatives give
         # the convergence check (2 k^2 evaluations, k = len(theta))
-        pol = newton_polish(problem.objective, theta, fval, problem.lower, recheck_tol=1e-6)
+        pol = newton_polish(objective, theta, fval, pm.check_lower(theta), recheck_tol=1e-6)
         theta, fval, polish_evals = pol.x, pol.fun, pol.feval
         res.log.extend(pol.log)  # the fit log ends at the optimum
         dec, grad = pol.decrement, pol.grad
@@ -250,10 +269,10 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
 
         def counted(x):
             calls[0] += 1
-            return problem.objective(x)
+            return objective(x)
 
         if dec is None:
-            dec, grad = newton_decrement(counted, theta, problem.lower, fval)
+            dec, grad = newton_decrement(counted, theta, pm.check_lower(theta), fval)
         extra += calls[0]
         if dec > ctrl.conv_tol:
             warns.append(FitWarning(
@@ -263,6 +282,8 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
                 f"(max|grad| = {np.abs(grad).max():.3g})"
             ))
         del count
+    if not pm.native:
+        par, theta = theta, pm.to_theta(theta)
     optinfo = {
         "optimizer": "bobyqa",
         "feval": len(res.log),
@@ -274,6 +295,8 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         "messages": list(warns),
         "time": time.perf_counter() - t0,
     }
+    if not pm.native:
+        optinfo["par"] = par  # the structures' parameters (ParameterMap) at the optimum
     return theta, fval, optinfo, warns
 
 

@@ -3,7 +3,8 @@
 ``parse_formula(text)`` returns a :class:`ParsedFormula`: the response expression, the fixed
 part expanded into R's terms (:class:`ModelTerms`), and the random-effects bars expanded as
 lme4 does (:class:`BarTerm`; ``||`` split into uncorrelated terms, ``a/b`` into ``b:a`` and
-``a``). Nothing here looks at data; :mod:`multilevel.design` turns a parsed formula and a data
+``a``; a covariance structure wrapping a bar, ``cs(x | g)``, is recorded on its terms as
+``BarTerm.structure``). Nothing here looks at data; :mod:`multilevel.design` turns a parsed formula and a data
 frame into arrays, evaluating expressions such as ``I(age^2)`` or ``scale(x)`` through
 formulaic (:class:`NumericExpressions`); R's stateful ``scale()`` and ``poly()`` are our own
 formulaic transforms (``_transforms.py``), which skip missing values as R's do because the

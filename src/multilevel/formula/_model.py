@@ -11,7 +11,10 @@ names must match lme4's.
 
 Bars follow lme4's ``findbars``: ``(x || g)`` becomes ``(1 | g) + (0 + x | g)`` (one bar per
 term, as ``expandDoubleVerts`` does), and ``(1 | a/b)`` becomes ``(1 | b:a) + (1 | a)``
-(``expandSlash``; lme4 names the inner grouping ``b:a``).
+(``expandSlash``; lme4 names the inner grouping ``b:a``). lme4 2.0's covariance structures wrap
+a bar, ``diag(x | g)``, ``cs(x | g)``, ``ar1(0 + t | g)``, ``us(x | g)``: the structure's name
+is recorded on every term the bar expands to (``BarTerm.structure``); the covariance layer
+gives it meaning. Anywhere else these names are errors (``CovarianceStructureError``).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import functools
 
 from dataclasses import dataclass
 
-from multilevel.errors import FormulaError
+from multilevel.errors import CovarianceStructureError, FormulaError
 from multilevel.formula._rsyntax import (BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in,
                        parse_expression)
 
@@ -90,6 +93,8 @@ class BarTerm:
     group:      lme4's name of the grouping factor (``"Subject"``, ``"cask:batch"``).
     group_vars: the data columns whose interaction forms the grouping factor, outermost first.
     pos:        offset of the term in the formula text (for messages).
+    structure:  the covariance structure, lme4 2.0's name of the function wrapping the bar:
+                ``"us"`` (plain ``(x | g)``), ``"diag"``, ``"cs"``, ``"ar1"``.
     """
 
     lhs: ModelTerms
@@ -97,11 +102,13 @@ class BarTerm:
     group: str
     group_vars: tuple[str, ...]
     pos: int = 0
+    structure: str = "us"
 
     @property
     def text(self) -> str:
-        """lme4's name of the term, e.g. ``"Days | Subject"``."""
-        return f"{self.lhs_text} | {self.group}"
+        """lme4's name of the term, e.g. ``"Days | Subject"``, ``"cs(0 + f | g)"``."""
+        bar = f"{self.lhs_text} | {self.group}"
+        return bar if self.structure == "us" else f"{self.structure}({bar})"
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,10 @@ def _check_variable(node: Node, text: str) -> None:
                 return
             if n.func in SPECIAL_FUNCTIONS:
                 raise FormulaError(f"{n.func}() cannot be used here", text, n.pos)
+            if n.func in COVARIANCE_STRUCTURES:
+                raise CovarianceStructureError(f"{n.func}() is a covariance structure: it wraps a "
+                                   f"random-effects term, {n.func}(x | g), and cannot be a term "
+                                   f"of the fixed part", text, n.pos)
             if n.func not in NUMERIC_FUNCTIONS:
                 supported = ", ".join(sorted(NUMERIC_FUNCTIONS | FACTOR_FUNCTIONS))
                 raise FormulaError(f"unknown function '{n.func}' (supported: {supported})",
@@ -358,13 +369,46 @@ def _contains_bar(node: Node) -> BinOp | None:
     return None
 
 
-def _split_bars(node: Node, text: str) -> tuple[Node | None, list[BinOp]]:
+#: lme4 2.0's covariance structures: a call of one of these names wraps a bar, ``cs(x | g)``
+COVARIANCE_STRUCTURES = ("us", "diag", "cs", "ar1")
+
+
+def _structure_bar(node: Node, text: str) -> Call | None:
+    """``cs(x | g)`` and friends: the call, checked (one bar argument, a known name); None
+    when ``node`` is not a call wrapping a bar. A bar inside R's own functions (``I(a | b)``)
+    is left to the caller's error, as before structures existed."""
+    if not isinstance(node, Call):
+        return None
+    if _contains_bar(node) is None or node.func in NUMERIC_FUNCTIONS | FACTOR_FUNCTIONS | SPECIAL_FUNCTIONS:
+        return None
+    if node.func not in COVARIANCE_STRUCTURES:
+        raise CovarianceStructureError(
+            f"unknown covariance structure '{node.func}' in a random-effects term (known: "
+            f"{', '.join(COVARIANCE_STRUCTURES)}; '(x | g)' is 'us')", text, node.pos)
+    if len(node.args) != 1 or node.args[0].name is not None or \
+            not _is_bar(_strip_parens(node.args[0].value)):
+        raise CovarianceStructureError(f"{node.func}() takes one random-effects term, as in "
+                                       f"{node.func}(x | g)", text, node.pos)
+    inner = _strip_parens(node.args[0].value)
+    if inner.op == "||":  # type: ignore[union-attr]
+        hint = ("write diag(x | g) or (x || g)" if node.func == "diag" else
+                "'||' would make the terms independent, which is diag(x | g)")
+        raise CovarianceStructureError(f"{node.func}() takes a term with a single bar, "
+                                       f"{node.func}(x | g): {hint}", text,
+                                       inner.op_pos)  # type: ignore[union-attr]
+    return node
+
+
+def _split_bars(node: Node, text: str) -> tuple[Node | None, list[Node]]:
     """Separate bar terms from the fixed part along '+' chains and parentheses (lme4's
-    findbars/nobars); a bar anywhere else is an error."""
+    findbars/nobars); a bar anywhere else is an error. A bar wrapped in a covariance
+    structure (``cs(x | g)``) is kept as the call."""
     if _is_bar(node):
         return None, [node]
+    if _structure_bar(node, text) is not None:
+        return None, [node]
     if isinstance(node, Paren):
-        if _is_bar(node.inner):
+        if _is_bar(node.inner) or _structure_bar(node.inner, text) is not None:
             return None, [node.inner]
         fixed, bars = _split_bars(node.inner, text)
         if not bars:
@@ -450,7 +494,12 @@ def _group_vars(node: Node) -> tuple[str, ...]:
     return tuple(nm.name for nm in names_in(node))
 
 
-def _expand_bar(bar: BinOp, text: str) -> list[BarTerm]:
+def _expand_bar(bar: Node, text: str) -> list[BarTerm]:
+    structure = "us"
+    if isinstance(bar, Call):  # cs(x | g): the structure applies to every expanded term
+        structure = bar.func
+        bar = _strip_parens(bar.args[0].value)
+    assert isinstance(bar, BinOp)
     lhs_node, group_node = bar.left, bar.right
     groups = _make_interaction(_slash_terms(group_node, text))
     if bar.op == "||":
@@ -471,7 +520,7 @@ def _expand_bar(bar: BinOp, text: str) -> list[BarTerm]:
             raise FormulaError("random-effects term has no columns (its left-hand side is 0)",
                                text, bar.pos)
         for g in groups:
-            out.append(BarTerm(lhs, lhs_text, deparse(g), _group_vars(g), bar.pos))
+            out.append(BarTerm(lhs, lhs_text, deparse(g), _group_vars(g), bar.pos, structure))
     return out
 
 

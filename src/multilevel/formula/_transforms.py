@@ -31,16 +31,11 @@ from typing import Any
 import numpy as np
 from formulaic.utils.stateful_transforms import stateful_transform
 
+from multilevel.formula._centering import _as_matrix
+
 __all__ = ["ml_scale", "ml_poly", "R_TRANSFORMS"]
 
 
-def _matrix(data: Any) -> tuple[np.ndarray, bool]:
-    arr = np.asarray(data, dtype=np.float64)
-    if arr.ndim == 1:
-        return arr[:, None], True
-    if arr.ndim == 2:
-        return arr, False
-    raise ValueError(f"expected a column, got an array of shape {arr.shape}")
 
 
 # formulaic passes ``_state`` (empty at fit time, filled for new data); the mutable default
@@ -49,7 +44,7 @@ def _matrix(data: Any) -> tuple[np.ndarray, bool]:
 def ml_scale(data: Any, center: bool = True, scale: bool = True,
              _state: dict = {}) -> np.ndarray:  # noqa: B006
     """R's ``scale(x, center, scale)`` ignoring missing values when learning."""
-    x, flat = _matrix(data)
+    x, flat = _as_matrix(data)
     if "center" not in _state:
         ok = ~np.isnan(x)
         cnt = ok.sum(axis=0)

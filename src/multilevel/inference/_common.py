@@ -16,6 +16,7 @@ import numpy as np
 
 from multilevel.results.mixed import MixedFit
 from multilevel.covariance import diagonal_theta, lambda_blocks, psd_cholesky, sdcor_to_theta, theta_to_sdcor  # noqa: F401 - used by inference
+from multilevel.covariance import frame_structures
 from multilevel.covariance import sdcor_kinds as _sdcor_kinds
 from multilevel.covariance import sdcor_names as _sdcor_names
 from multilevel.errors import ModelSpecError, MultilevelError
@@ -51,8 +52,23 @@ def lmm_problem(fit: AnyFit, what: str):
     return prob
 
 
-def block_sizes(frame: Any) -> list[int]:
-    return [rt.n_terms for rt in frame.reterms]
+def require_unconstrained(fit: AnyFit, what: str) -> None:
+    """Refuse methods that differentiate or profile over θ as free entries of Λ when a term
+    is cs() or ar1(): there θ is a function of the structure's parameters, and derivatives
+    or profiles over θ would answer another model (diag() terms are fine: θ is their SDs)."""
+    frame = getattr(fit, "frame", None)
+    if frame is None:
+        return
+    bad = [f"{cv.code}() on {rt.group}" for rt, cv in zip(frame.reterms, block_sizes(frame)) if not cv.native]
+    if bad:
+        raise ModelSpecError(f"{what} is not available for models with structured covariance terms "
+                             f"({', '.join(bad)}); use method='bootstrap' or Wald intervals, or "
+                             f"ddf=None (z tests)")
+
+
+def block_sizes(frame: Any) -> list:
+    """The covariance structure of each term (the covariance layer's blocks)."""
+    return frame_structures(frame.reterms)
 
 
 def diag_positions(sizes: list[int]) -> np.ndarray:
@@ -64,7 +80,7 @@ def sdcor_names(frame: Any, sigma: bool = True) -> list[str]:
     """lme4's names (``confint(..., oldNames = FALSE)``): ``sd_(Intercept)|Subject``,
     ``cor_Days.(Intercept)|Subject``, ..., ``sigma``; same order as theta."""
     return _sdcor_names([rt.group for rt in frame.reterms], [list(rt.terms) for rt in frame.reterms],
-                        sigma=sigma)
+                        block_sizes(frame), sigma=sigma)
 
 
 def sdcor_kinds(frame: Any) -> list[str]:

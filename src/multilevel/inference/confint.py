@@ -38,6 +38,7 @@ from multilevel.inference._common import (
     copy_problem,
     is_glmm,
     lmm_problem,
+    require_unconstrained,
     ml_state,
     sdcor_kinds,
     sdcor_names,
@@ -330,7 +331,8 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
     # points, so the inner minimisation runs on Cholesky factors (_PDInner)
     from multilevel.covariance import Unstructured
 
-    pd_inner = (any(s >= 3 for s in sizes)
+    ncols = [getattr(s, "size", s) for s in sizes]  # block_sizes gives structure objects
+    pd_inner = (any(s >= 3 for s in ncols)
                 and all(isinstance(cv, Unstructured) for cv in prob.input.structures))
     # rough scales for the first steps: the Wald SE of the fixed effects, 10-20% for SDs
     for w in range(nv):
@@ -340,7 +342,7 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
         free = [i for i in range(nv) if i != w]
         cache: list[tuple[float, np.ndarray]] = [(opt_v[w], opt_v[free].copy())]
 
-        pdi = _PDInner(sizes, w, kinds[w], nv) if pd_inner else None
+        pdi = _PDInner(ncols, w, kinds[w], nv) if pd_inner else None
 
         def zeta(x: float, w=w, free=free, cache=cache, pdi=pdi) -> float:
             start = min(cache, key=lambda t: abs(t[0] - x))[1]
@@ -482,6 +484,7 @@ def _glmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> Profile
 def profile(fit: AnyFit, level: float = 0.95, which: list[str] | None = None) -> ProfileResult:
     """Profile-likelihood confidence intervals (lme4's ``confint(profile(fit))``); REML fits
     are refitted by ML first. ``which`` restricts the parameters (names as in the result)."""
+    require_unconstrained(fit, "the likelihood profile")
     if is_glmm(fit):
         if getattr(fit.family_object, "has_dispersion", False):
             # lme4 refuses too ("can't (yet) profile GLMMs with non-fixed scale parameters"):
@@ -647,12 +650,13 @@ def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, p
     from multilevel.engine.optimize import bobyqa
     from multilevel.covariance import lambda_blocks
 
+    require_unconstrained(fit, "the likelihood profile")
     prob = (fit.getme("problem") if isinstance(fit, MixedFit) else None)
     if prob is None or not hasattr(prob, "ml_deviance") or not is_lmm(fit):
         raise ValueError("this fit cannot be profiled here (only lmer fits keep their engine)")
     n = prob.n
     rts = fit.frame.reterms
-    sizes = [rt.n_terms for rt in rts]
+    sizes = block_sizes(fit.frame)
     lower = np.asarray(prob.lower, dtype=float)
     step = np.full(lower.size, 0.05)
     opts = LmerControl(ftol_abs=1e-9, xtol_abs=1e-7, check_conv=False, initial_step=step)

@@ -34,7 +34,8 @@ import pandas as pd
 from scipy import linalg, stats
 
 from multilevel.errors import ModelSpecError, MultilevelError
-from multilevel.inference._common import is_glmm, lmm_problem, pwrss_from_residuals
+from multilevel.covariance import ParameterMap
+from multilevel.inference._common import is_glmm, lmm_problem, pwrss_from_residuals, require_unconstrained
 
 if TYPE_CHECKING:
     from multilevel.results import AnyFit
@@ -144,6 +145,10 @@ def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
         return hit
     prob = lmm_problem(fit, "Satterthwaite's df")
     n, p, reml = prob.n, prob.p, prob.reml
+    # varpar = (covariance parameters, sigma): θ for unstructured and diagonal terms, the
+    # structures' own parameters for cs() / ar1() (ParameterMap; Satterthwaite's df are
+    # invariant to how the covariance is parametrised, but not to constraining it)
+    pm = getattr(prob, "pmap", None) or ParameterMap(prob.input.structures)
     cache: dict[bytes, dict] = {}
 
     def sol(theta: np.ndarray) -> dict:
@@ -157,18 +162,18 @@ def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
 
     def devfun_vp(vp: np.ndarray) -> float:
         s2 = vp[-1] ** 2
-        s = sol(vp[:-1])
+        s = sol(pm.to_theta(vp[:-1]))
         dev = s["ldl2"] + s["pwrss"] / s2 + n * math.log(2 * math.pi * s2)
         if reml:
             dev += s["ldrx2"] - p * math.log(2 * math.pi * s2)
         return dev
 
     def covbeta(vp: np.ndarray) -> np.ndarray:
-        s = sol(vp[:-1])
+        s = sol(pm.to_theta(vp[:-1]))
         # solution's vcov is sigma_hat(theta)^2 (RX'RX)^-1; rescale to the given sigma
         return (s["vcov"] * (vp[-1] ** 2 / s["sigma"] ** 2)).ravel()
 
-    vp0 = np.concatenate([np.asarray(fit.getme("theta"), float), [float(fit.getme("sigma"))]])
+    vp0 = np.concatenate([pm.to_par(np.asarray(fit.getme("theta"), float)), [float(fit.getme("sigma"))]])
     H = hessian(devfun_vp, vp0)
     evals, evecs = np.linalg.eigh(H)
     pos = evals > 1e-8
@@ -220,6 +225,7 @@ def kenward_roger(fit: AnyFit) -> KenwardRogerInfo:
     if hit is not None:
         return hit
     prob = lmm_problem(fit, "Kenward-Roger's method")
+    require_unconstrained(fit, "Kenward-Roger's method")
     if not prob.reml:
         raise ModelSpecError("Kenward-Roger's method is only available for REML model fits "
                              "(refit with reml=True)")

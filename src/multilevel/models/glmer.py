@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from multilevel.control import GlmerControl, LmerControl
-from multilevel.covariance import BOUNDARY_SNAP_TOL, diagonal_theta, is_singular_theta
+from multilevel.covariance import BOUNDARY_SNAP_TOL, is_singular_theta
 from multilevel.design import ModelFrame
 from multilevel.models.input import engine_input
 from multilevel.engine.glmm import (_NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, glm_start,
@@ -70,7 +70,8 @@ def glmer(
     Parameters
     ----------
     formula : str
-        lme4 syntax. Binomial responses: 0/1 (numbers or booleans), a two-level factor (the
+        lme4 syntax, with lme4 2.0's ``diag()``, ``cs()`` and ``ar1()`` random-effect terms
+        (see :func:`multilevel.lmer`). Binomial responses: 0/1 (numbers or booleans), a two-level factor (the
         first level is failure), ``cbind(successes, failures)``, or a proportion with
         ``weights`` = trials. Poisson responses: non-negative integer counts.
         ``offset(log(exposure))`` adds a known term to the linear predictor.
@@ -202,8 +203,12 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
     ``emit=False`` keeps the warnings in ``fit.warnings`` without issuing them."""
     fam = problem.family
     nagq = problem.nagq
-    nt = problem.ntheta
-    diag = diagonal_theta(problem.input.structures)
+    # with cs() or ar1() terms the optimiser moves the structures' parameters (pm), which the
+    # covariance layer maps to the engine's θ; otherwise pm is the identity
+    pm = problem.pmap
+    nt = pm.npar
+    diag = pm.diagonal  # SD-like parameters with bound 0 (Λ's diagonal for native structures)
+    stage0 = pm.wrap(problem.stage0)
 
     # ---- stage 1: nAGQ = 0 criterion over theta ---------------------------------------------
     t0 = time.perf_counter()
@@ -221,12 +226,13 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
     warm = None
     if x_start is not None:
         xs = np.asarray(x_start, float)
-        xs = np.concatenate([np.maximum(xs[:nt], problem.lower), xs[nt:]])
+        th_s = np.maximum(xs[:problem.ntheta], problem.lower)
         if nagq == 0:
-            theta_start = xs[:nt]
+            theta_start = th_s
         else:
-            xw = problem.x_in(xs)
-            fw = problem.devfun_c(xw)
+            xw = problem.x_in(np.concatenate([th_s, xs[problem.ntheta:]]))
+            xw = np.concatenate([pm.start(th_s), xw[problem.ntheta:]])  # (par, beta_c)
+            fw = pm.wrap_full(problem.devfun_c)(xw)
             if np.isfinite(fw):
                 warm = (xw, fw)
     if warm is not None:
@@ -236,11 +242,19 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
         beta1 = warm[0][nt:].copy()
     else:
         theta_init = problem.theta0 if theta_start is None else np.maximum(np.asarray(theta_start, float), problem.lower)
-        res1 = bobyqa(problem.stage0, theta_init, problem.lower, ctrl1)
-        if nagq == 0:  # stage 1 is the fit: a zero SD is checked from the interior
-            res1 = restart_if_boundary(problem.stage0, res1, problem.lower, structures, ctrl1)
+        res1 = bobyqa(stage0, pm.start(theta_init), pm.lower, ctrl1)
+        for start in pm.restarts(res1.x):  # cs() / ar1(): the other side of each rho (bimodal)
+            alt = bobyqa(stage0, start, pm.lower, ctrl1)
+            alt.feval += res1.feval
+            alt.log = res1.log + alt.log
+            if alt.fun < res1.fun - 1e-10:
+                res1 = alt
+            else:
+                res1.feval, res1.log = alt.feval, alt.log
+        if nagq == 0 and pm.native:  # stage 1 is the fit: a zero SD is checked from the interior
+            res1 = restart_if_boundary(stage0, res1, pm.lower, structures, ctrl1)
         theta1 = res1.x.copy()
-        f1 = problem.stage0(theta1)
+        f1 = stage0(theta1)
     if warm is not None:
         pass  # beta1 is the start's
     elif np.isfinite(f1):
@@ -249,7 +263,8 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
         # the joint PIRLS failed at every theta tried: start stage 2 from the GLM's beta at
         # lme4's theta start, and say "separation" only when the GLM shows it
         beta_glm, separated = glm_start(problem)
-        f_alt = problem.devfun_c(np.concatenate([problem.theta0, beta_glm])) if (
+        par0 = pm.start(problem.theta0)
+        f_alt = pm.wrap_full(problem.devfun_c)(np.concatenate([par0, beta_glm])) if (
             beta_glm is not None and nagq > 0) else np.inf
         if not np.isfinite(f_alt):
             why = ("the response is completely separated by the fixed effects (some fitted "
@@ -257,18 +272,19 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
                    else "a numerical failure, not separation: check the scale of the response "
                    "and of the predictors")
             raise FitError(f"the fit failed: PIRLS does not converge at the starting values ({why})")
-        theta1, beta1, f1 = problem.theta0.copy(), beta_glm, f_alt
+        theta1, beta1, f1 = par0, beta_glm, f_alt
     warns = list(res1.warnings)
     fit_log = [("stage1", x, v) for x, v in res1.log]
 
     # ---- stage 2: the full criterion over (theta, beta) ----------------------------------
-    # the optimisers work in the engine's coordinates (theta, beta_c), centred columns of X
-    # (engine.centring); the estimates are mapped back after the optimum is found
-    lower = problem.lower_full
+    # the optimisers work in the engine's coordinates (theta or the structures' parameters,
+    # beta_c: centred columns of X, engine.centring); the estimates are mapped back after the
+    # optimum is found
+    lower = np.concatenate([pm.lower, np.full(problem.p, -np.inf)])
     newton = None
     if nagq > 0:
         x0 = np.concatenate([theta1, beta1])
-        crit = problem.devfun_c
+        crit = pm.wrap_full(problem.devfun_c)
         use_newton = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
         if use_newton:
             newton = newton_fd(problem.devfun_grad_c, x0, lower, dec_tol=ctrl.newton_tol)
@@ -295,15 +311,24 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             optimizer = "newton"
         else:
             try:
-                se1 = (np.sqrt(np.clip(np.diag(problem.vcov_rx(x0[:nt], centred=True)), 0, None))
+                se1 = (np.sqrt(np.clip(np.diag(problem.vcov_rx(pm.to_theta(x0[:nt]), centred=True)), 0, None))
                        if problem.p else np.zeros(0))
             except FitError:  # the last evaluation failed (its weights are gone): unit steps
                 se1 = np.full(problem.p, np.nan)
             step = np.concatenate([np.full(nt, 0.05) + 0.05 * np.abs(x0[:nt]),
                                    np.where(np.isfinite(se1) & (se1 > 0), 0.2 * se1, 0.1)])
             ctrl2 = ctrl if ctrl.initial_step is not None else ctrl.with_(initial_step=step)
-            res2 = bobyqa(problem.devfun_c, x0, lower, ctrl2)
-            res2 = restart_if_boundary(problem.devfun_c, res2, lower, structures, ctrl2)
+            res2 = bobyqa(crit, x0, lower, ctrl2)
+            if pm.native:  # a zero SD: check it against an optimum reached from the interior
+                res2 = restart_if_boundary(crit, res2, lower, structures, ctrl2)
+            for start in pm.edge_restarts(res2.x[:nt]):  # cs() / ar1() SDs at 0: try the interior
+                alt = bobyqa(crit, np.concatenate([start, res2.x[nt:]]), lower, ctrl2)
+                alt.feval += res2.feval
+                alt.log = res2.log + alt.log
+                if alt.fun < res2.fun - 1e-10:
+                    res2 = alt
+                else:
+                    res2.feval, res2.log = alt.feval, alt.log
             xopt, fval = res2.x.copy(), res2.fun
             warns += res2.warnings
             fit_log += problem.log_out("stage2", res2.log)
@@ -314,7 +339,7 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
         xopt, fval = np.concatenate([theta1, beta1]), f1
 
         def crit(x):
-            return problem.stage0(np.asarray(x)[:nt])
+            return stage0(np.asarray(x)[:nt])
 
         feval = res1.feval
         code, message = res1.code, res1.message
@@ -344,9 +369,9 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
         polished = (pol.grad, pol.hess)
 
     # ---- derivatives (lme4's calc.derivs rule) -------------------------------------------
-    theta_opt = xopt[:nt]
+    theta_opt = pm.to_theta(xopt[:nt])
     # lme4's getSingTol(): the singular tolerance also decides whether derivatives are taken
-    sizes = [rt.n_terms for rt in frame.reterms]
+    sizes = problem.input.structures
     singular_opt = is_singular_theta(theta_opt, sizes, ctrl.singular_tol)
     npar = nt + problem.p
     calc = ctrl.calc_derivs
@@ -365,7 +390,8 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             g, H = deriv12(crit, xopt, fx=fval, lower=lower)
         derivs = {"gradient": g, "Hessian": H}
         if ctrl.conv_check_on and not singular_opt:
-            free = ~(np.isfinite(lower) & (xopt - lower <= 1e-7))
+            lower_chk = np.concatenate([pm.check_lower(xopt[:nt]), lower[nt:]])  # rho at an end: a bound
+            free = ~(np.isfinite(lower_chk) & (xopt - lower_chk <= 1e-7))
             gi = g[free]
             # the predicted gain of a Newton step (damped where H is not positive definite)
             dec = newton_step(g, H, free)[0]
@@ -388,10 +414,11 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
         fval = crit(xopt)
     else:
         fval = problem.stage0(theta_opt)
-        xopt = np.concatenate([theta_opt, np.asarray(problem.core.beta, dtype=float)])
+        xopt = np.concatenate([xopt[:nt], np.asarray(problem.core.beta, dtype=float)])
     if not np.isfinite(fval):
         raise FitError("the fit failed: the criterion is not finite at the estimate")
-    theta_opt, beta_opt = problem.split(problem.x_out(xopt))
+    par_opt, beta_opt = problem.split(problem.x_out(xopt))
+    theta_opt = pm.to_theta(par_opt)
     info = dict(problem.core.info())
     b = problem.blocks(problem.core.b(theta_opt))
     u = problem.blocks(problem.core.u())
@@ -438,11 +465,13 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
         "fit_log": fit_log,
         "messages": list(warns),
         "derivs": derivs,
-        "stage1": {"theta": theta1, "beta": problem.xcentring.beta_out(beta1), "objective": f1,
+        "stage1": {"theta": pm.to_theta(theta1), "beta": problem.xcentring.beta_out(beta1), "objective": f1,
                    "feval": res1.feval},
         "time": time.perf_counter() - t0,
         "time_total": time.perf_counter() - t_start,
     }
+    if not pm.native:
+        optinfo["par"] = par_opt  # the structures' parameters (ParameterMap) at the optimum
     fit = GlmmFit(
         frame=frame,
         family=fam,

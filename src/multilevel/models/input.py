@@ -15,17 +15,51 @@ from __future__ import annotations
 
 import numpy as np
 
-from multilevel.covariance import Covariance, Unstructured
+from multilevel.covariance import Covariance, frame_structures
 from multilevel.design import ModelFrame
 from multilevel.engine.input import EngineInput, TermInput
+from multilevel.errors import ModelSpecError
 
 __all__ = ["engine_input", "term_structures"]
 
 
+def _check_ar1(rt) -> None:
+    """glmmTMB's rule for ``ar1()``, with the term named."""
+    label = rt.label or f"... | {rt.group}"
+    # the columns must be the indicators of the levels of one factor (the times), without an
+    # intercept: ar1(0 + t | g)
+    spec = rt.spec
+    plan = getattr(spec, "plan", None)
+    ok = plan is not None and not plan.intercept and len(plan.terms) == 1 and len(plan.terms[0]) == 1
+    if ok:
+        key, coding = plan.terms[0][0]
+        var = spec.scope.vars.get(key)
+        ok = var is not None and var.is_factor and coding == 2
+    if not ok:
+        raise ModelSpecError(f"ar1() needs the levels of one factor as its columns, without an "
+                             f"intercept, as in ar1(0 + factor(time) | g): the factor's levels are "
+                             f"the consecutive times; ({label}) has columns {', '.join(rt.terms)}")
+
+
 def term_structures(frame: ModelFrame) -> list[Covariance]:
-    """The covariance structure of each random-effect term of the frame (lme4's ``(x | g)``:
-    unstructured; ``||`` was split into scalar terms by the formula layer)."""
-    return [Unstructured(rt.n_terms) for rt in frame.reterms]
+    """The covariance structure of each random-effect term of the frame: lme4's ``(x | g)``
+    is unstructured (``||`` was split into scalar terms by the formula layer); ``diag()``,
+    ``cs()`` and ``ar1()`` give :class:`~multilevel.covariance.Diagonal`,
+    :class:`~multilevel.covariance.CompoundSymmetry` and :class:`~multilevel.covariance.AR1`.
+    Raises :class:`~multilevel.errors.ModelSpecError` naming the term when a structure does
+    not fit its columns (``cs()`` with one column, ``ar1()`` on anything but ``0 + factor``)."""
+    rts = frame.reterms
+    out = []
+    for rt in rts:
+        code = getattr(rt, "structure", "us") or "us"
+        if code == "ar1":
+            _check_ar1(rt)
+        if code in ("cs", "ar1") and rt.n_terms < 2:
+            raise ModelSpecError(f"{code}() needs a term with at least two columns (one correlation "
+                                 f"between them); ({rt.label or rt.group}) has {rt.n_terms}: "
+                                 f"{', '.join(rt.terms)}")
+        out.append(frame_structures([rt])[0])
+    return out
 
 
 def engine_input(frame: ModelFrame, y: np.ndarray | None = None) -> EngineInput:

@@ -29,6 +29,8 @@ def lmer(
     ----------
     formula : str
         lme4 syntax: ``"Reaction ~ Days + (Days | Subject)"``, ``(1 | a/b)``, ``(x || g)``...
+        and lme4 2.0's structured covariances ``diag(x | g)``, ``cs(x | g)`` (compound
+        symmetry), ``ar1(0 + factor(t) | g)`` (AR(1) over the levels of t), as glmmTMB fits them.
     data : pandas or polars DataFrame (or a dict of columns)
     reml : bool
         REML (True, lme4's default) or ML (False).
@@ -82,7 +84,7 @@ def lmer(
         raise FitError("the fit failed: the objective is not finite at the estimate")
     sigma = sol["sigma"]
     # the same test with the same tolerance as fit.is_singular (the fit stores ctrl.singular_tol)
-    is_sing = is_singular_theta(theta, [rt.n_terms for rt in frame.reterms], ctrl.singular_tol)
+    is_sing = is_singular_theta(theta, problem.input.structures, ctrl.singular_tol)
     records = list(frame.warnings) + ([singular_warning()] if is_sing else []) + list(warns)
     messages = issue(records, ctrl, stacklevel=2)
     obj = sol["objective"]

@@ -178,6 +178,9 @@ def varcorr_lines(vc: Any, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",))
 
     Variances (and SDs) are formatted together with R's ``format(digits = digits)``;
     correlations of each block with ``max(2, digits - 2)`` decimals, lower triangle only.
+    A ``cs()`` or ``ar1()`` block shows its one correlation parameter as glmmTMB prints it,
+    ``0.86 (ar1)`` on the block's first row, instead of the correlation matrix; a ``diag()``
+    block shows none.
     """
     groups: list[str] = []
     names: list[str] = []
@@ -210,6 +213,16 @@ def varcorr_lines(vc: Any, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",))
         for blk in vc:
             c = blk.corr
             k = c.shape[0]
+            code = getattr(blk, "structure", "us")
+            rho = getattr(blk, "corr_param", None)
+            if code == "diag":  # no correlations are estimated: none are shown
+                corr_rows += [[""] * (maxlen - 1) for _ in range(k)]
+                continue
+            if code in ("cs", "ar1") and rho is not None:
+                first = format_real([_r_round(float(rho), dig)], digits=7, nsmall=dig)[0] + f" ({code})"
+                for i in range(k):
+                    corr_rows.append(([first] if i == 0 else [""]) + [""] * (maxlen - 2))
+                continue
             txt = format_real([_r_round(float(v), dig) for v in c.ravel()], digits=7, nsmall=dig)
             for i in range(k):
                 row = [txt[i * k + j] if j < i else "" for j in range(k)] + [""] * (maxlen - k)
@@ -338,8 +351,15 @@ def _varcorr_table(fit: AnyFit) -> str:
     for blk in vc:
         s = blk.sd.to_numpy()
         corr = blk.corr
+        code = getattr(blk, "structure", "us")
+        rho = getattr(blk, "corr_param", None)
         for i, t in enumerate(blk.terms):
-            cors = format_real([_r_round(float(v), 2) for v in corr[i, :i]], digits=7, nsmall=2) if i else []
+            if code in ("cs", "ar1") and rho is not None:  # glmmTMB's "0.86 (ar1)", first row
+                cors = [format_real([_r_round(float(rho), 2)], digits=7, nsmall=2)[0] + f" ({code})"] if i == 0 else []
+            elif code == "diag":
+                cors = []
+            else:
+                cors = format_real([_r_round(float(v), 2) for v in corr[i, :i]], digits=7, nsmall=2) if i else []
             rows.append([blk.block_name if i == 0 else "", t, "", "", " ".join(c.strip() for c in cors)])
             sds.append(float(s[i]))
     if vc.sigma is not None:

@@ -59,11 +59,23 @@ def _re_structure(fit: Any) -> list[dict]:
     out = []
     names = fit.theta_names
     pos = 0
-    for rt in fit.frame.reterms:
-        m = rt.n_terms * (rt.n_terms + 1) // 2
+    for rt, cv in zip(fit.frame.reterms, fit.structures):
+        m = cv.ntheta
         out.append({"group": rt.group, "terms": list(rt.terms), "n_levels": rt.n_levels,
                     "theta_index0": list(range(pos, pos + m)), "theta_names": names[pos:pos + m]})
         pos += m
+    return out
+
+
+def _covstruct(fit: Any) -> list[dict]:
+    """Per term its covariance structure and parameters (the reference README's
+    ``results.covstruct``): SDs in natural units, the structure's correlation parameter."""
+    out = []
+    for rt, blk in zip(fit.frame.reterms, fit.varcorr):
+        out.append({"group": blk.group, "structure": blk.structure, "terms": list(blk.terms),
+                    "n_levels": rt.n_levels, "sd": blk.sd.to_numpy().tolist(),
+                    "corr_param": blk.corr_param, "cov_matrix": blk.cov.tolist(),
+                    "corr_matrix": blk.corr.tolist(), "n_params": blk.n_params})
     return out
 
 
@@ -118,6 +130,7 @@ def _mixed_dict(fit: Any) -> dict:
         "theta": {n: float(v) for n, v in zip(fit.theta_names, fit.theta.to_numpy())},
         "sigma": float(fit.sigma),
         "varcorr": _varcorr(fit),
+        "covstruct": _covstruct(fit),
         "logLik": float(fit.loglik),
         "logLik_df": int(fit.npar),
         "AIC": float(fit.aic),

@@ -193,10 +193,11 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
 
     @property
     def npar(self) -> int:
-        """Number of parameters: fixed effects + theta, + 1 for the dispersion (Gamma, inverse
-        Gaussian) or the negative binomial's theta, as lme4 counts them."""
+        """Number of parameters: fixed effects + the covariance parameters (theta, or a
+        structure's own), + 1 for the dispersion (Gamma, inverse Gaussian) or the negative
+        binomial's theta, as lme4 counts them."""
         extra = self.family_object.has_dispersion or self.family == "negative.binomial"
-        return len(self._beta) + len(self._theta) + int(extra)
+        return len(self._beta) + self.n_cov_params + int(extra)
 
     @property
     def deviance(self) -> float:  # type: ignore[override]

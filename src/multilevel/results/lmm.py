@@ -144,7 +144,7 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
     @property
     def npar(self) -> int:
         """Number of parameters: fixed effects + theta + residual variance (logLik df)."""
-        return len(self._beta) + len(self._theta) + 1
+        return len(self._beta) + self.n_cov_params + 1
 
     @property
     def deviance(self) -> float:

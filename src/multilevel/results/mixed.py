@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import pandas as pd
 
-from multilevel.covariance import SINGULAR_TOL, is_singular_theta, lambda_blocks, theta_names
+from multilevel.covariance import (SINGULAR_TOL, Covariance, frame_structures, is_singular_theta, lambda_blocks,
+                                   theta_names)
 from multilevel.errors import DataError, MultilevelError
 from multilevel.results.base import FitBase
 from multilevel.results.methods import VarCorrMethods
@@ -54,12 +55,20 @@ class VarCorrBlock:
     block_name: lme4's VarCorr name; a group that has several blocks gets ``.1``, ``.2`` ...
     terms:      names of the random effects in the block.
     cov:        (k, k) covariance matrix, sigma² Λ Λᵀ.
+    structure:  its covariance structure (lme4 2.0's names): ``"us"`` for ``(x | g)``,
+                ``"diag"``, ``"cs"``, ``"ar1"``.
+    corr_param: the structure's correlation parameter: the common correlation of ``cs``, the
+                lag-1 correlation of ``ar1``; None for the others.
+    n_params:   number of covariance parameters of the term.
     """
 
     group: str
     block_name: str
     terms: list[str]
     cov: np.ndarray
+    structure: str = "us"
+    corr_param: float | None = None
+    n_params: int | None = None
 
     @property
     def sd(self) -> pd.Series:
@@ -243,19 +252,35 @@ class MixedFit(FitBase):
         raise NotImplementedError  # pragma: no cover
 
     @cached_property
+    def structures(self) -> list[Covariance]:
+        """The covariance structure of each random-effect term (``Unstructured`` for lme4's
+        ``(x | g)``; ``Diagonal``, ``CompoundSymmetry``, ``AR1`` for ``diag()``, ``cs()``,
+        ``ar1()``), in lme4's order of the terms."""
+        return frame_structures(self.frame.reterms)
+
+    @property
+    def n_cov_params(self) -> int:
+        """Number of covariance parameters of the random effects (θ's length for unstructured
+        and diagonal terms; k + 1 for cs() and 2 for ar1()): what ``npar`` counts."""
+        return sum(cv.npar for cv in self.structures)
+
+    @cached_property
     def theta_names(self) -> list[str]:
         rts = self.frame.reterms
-        return theta_names([rt.group for rt in rts], [rt.terms for rt in rts])
+        return theta_names([rt.group for rt in rts], [rt.terms for rt in rts], self.structures)
 
     @cached_property
     def theta(self) -> pd.Series:
-        """lme4's covariance parameters (lower triangles of the relative factors Λ)."""
+        """lme4's covariance parameters (lower triangles of the relative factors Λ). For a
+        ``cs()`` or ``ar1()`` term θ is the full lower triangle of the Λ its parameters imply
+        (those are in ``optinfo["par"]``, their meaning in ``varcorr`` and ``to_dict()``'s
+        ``covstruct``); a ``diag()`` term has one θ per column."""
         return pd.Series(self._theta, index=self.theta_names, name="theta")
 
     @cached_property
     def lambdas(self) -> list[np.ndarray]:
         """The relative covariance factor Λ of each random-effect term (lower triangular)."""
-        return lambda_blocks(self._theta, [rt.n_terms for rt in self.frame.reterms])
+        return lambda_blocks(self._theta, self.structures)
 
     @cached_property
     def varcorr(self) -> VarCorr:
@@ -264,11 +289,18 @@ class MixedFit(FitBase):
         rts = self.frame.reterms
         names = make_unique_names([rt.group for rt in rts])
         s = self._scale
-        blocks = [
-            VarCorrBlock(rt.group, nm, list(rt.terms), (L @ L.T) if s is None else s**2 * (L @ L.T))
-            for rt, nm, L in zip(rts, names, self.lambdas)
-        ]
+        blocks = []
+        for rt, nm, L, cv, th in zip(rts, names, self.lambdas, self.structures, self._theta_blocks()):
+            blocks.append(VarCorrBlock(rt.group, nm, list(rt.terms), (L @ L.T) if s is None else s**2 * (L @ L.T),
+                                       structure=cv.code, corr_param=cv.corr_param(th), n_params=cv.npar))
         return VarCorr(blocks, s)
+
+    def _theta_blocks(self) -> list[np.ndarray]:
+        out, i = [], 0
+        for cv in self.structures:
+            out.append(self._theta[i:i + cv.ntheta])
+            i += cv.ntheta
+        return out
 
     @property
     def df_resid(self) -> int:
@@ -285,7 +317,7 @@ class MixedFit(FitBase):
     def is_singular(self) -> bool:
         """lme4's ``isSingular(fit, tol)``: a diagonal element of some Λ is below the fit's
         ``singular_tol`` (control setting, default lme4's 1e-4)."""
-        return is_singular_theta(self._theta, [rt.n_terms for rt in self.frame.reterms], self.singular_tol)
+        return is_singular_theta(self._theta, self.structures, self.singular_tol)
 
     # -- random effects ----------------------------------------------------------------------
 
