@@ -82,19 +82,22 @@ class MixedMethods:
         return confint(self, method=method, level=level, n=n, seed=seed, which=which)
 
     def bootstrap(self, n: int = 1000, seed: int | None = None, func: Callable[[Any], Any] | None = None,
-                  progress: bool | None = None, workers: int | None = None) -> pd.DataFrame:
-        """Parametric bootstrap (lme4's ``bootMer``): one row of estimates per replicate,
-        refitting with a new response only. Deterministic for a ``seed``."""
+                  progress: bool | None = None, workers: int | None = None,
+                  control: dict | None = None, re_sd: str = "varcorr") -> pd.DataFrame:
+        """Parametric bootstrap (lme4's ``bootMer``) of an lmer or glmer fit: one row of
+        estimates per replicate, refitting with a new response only. Deterministic for a
+        ``seed``; see :func:`multilevel.inference.bootstrap`."""
         from multilevel.inference import bootstrap
 
-        return bootstrap(self, n=n, seed=seed, func=func, progress=progress, workers=workers)
+        return bootstrap(self, n=n, seed=seed, func=func, progress=progress, workers=workers,
+                         control=control, re_sd=re_sd)
 
-    def simulate(self, n: int = 1, seed: int | None = None) -> np.ndarray:
+    def simulate(self, n: int = 1, seed: int | None = None, re_sd: str = "varcorr") -> np.ndarray:
         """``n`` responses simulated from the fitted model (new random effects and noise),
-        an (n, nobs) array."""
+        an (n, nobs) array; see :func:`multilevel.inference.simulate`."""
         from multilevel.inference import simulate
 
-        return simulate(self, n=n, seed=seed)
+        return simulate(self, n=n, seed=seed, re_sd=re_sd)
 
     def _predict_interval(self, newdata: Any, interval: str, level: float, re_form: str | None,
                           allow_new_levels: bool) -> pd.DataFrame:
