@@ -298,3 +298,27 @@ def test_glmm_bootstrap_structured_covariance_term():
         sd = np.sqrt(np.diag(ref.varcorr[0].cov))
         got = reps.iloc[i][[c for c in reps.columns if c.startswith("sd_")]].to_numpy()
         np.testing.assert_allclose(got, sd, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case_id", ["cbpp_binomial_laplace", "mmmec_poisson_offset_laplace",
+                                     "early_gamma_log_laplace"])
+def test_glmm_refit_equals_lme4_refit(case_id):
+    """A bootstrap refit is lme4's refit(fit, newresp): the same estimates on a stored
+    response (fixtures/r_numbers/bootstrap_refit.json, lme4 1.1-31), at the reference
+    tolerances (1e-4 relative for parameters, |difference| / SE < 1e-3, logLik 1e-6)."""
+    import json
+    from pathlib import Path
+
+    ref = json.loads((Path(__file__).parent / "fixtures" / "r_numbers" / "bootstrap_refit.json").read_text())
+    case = ref["cases"][case_id]
+    fit = fit_case(case_id)
+    y = np.asarray(case["y"], float)
+    if fit.family == "binomial":
+        y = y / fit.frame.weights  # successes -> proportions of the trials
+    rep = fit._refit_response(y)
+    assert np.all(np.abs(rep.fixef.to_numpy() - case["fixef"]) / rep.se.to_numpy() < 1e-3)
+    np.testing.assert_allclose(rep.theta.to_numpy(), np.atleast_1d(case["theta"]), rtol=1e-4)
+    assert rep.loglik == pytest.approx(case["loglik"], rel=1e-6)
+    if "sigma" in case:
+        assert rep.sigma == pytest.approx(case["sigma"], rel=1e-4)
+    assert rep.warnings == [] and rep.converged
