@@ -322,3 +322,19 @@ def test_glmm_refit_equals_lme4_refit(case_id):
     if "sigma" in case:
         assert rep.sigma == pytest.approx(case["sigma"], rel=1e-4)
     assert rep.warnings == [] and rep.converged
+
+
+def test_glmm_bootstrap_nagq0():
+    """nagq = 0 (theta by the joint PIRLS criterion, beta inside PIRLS): the refit's stage 1
+    starts at theta-hat and ends where a fresh glmer(nagq=0) ends."""
+    cbpp = read_dataset("cbpp")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    fit = ml.glmer(formula, cbpp, nagq=0)
+    reps = bootstrap(fit, 2, seed=2, progress=False)
+    ys = simulate(fit, 2, seed=2)
+    for i in range(2):
+        d = cbpp.assign(inc=np.rint(ys[i] * cbpp["size"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = ml.glmer("cbind(inc, size - inc) ~ period + (1 | herd)", d, nagq=0)
+        _assert_row_is_fit(reps.iloc[i], ref)
