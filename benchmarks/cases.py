@@ -52,7 +52,7 @@ class Case:
     meta_name: str | None  # dataset name in datasets_meta.json (None: synthetic data)
     columns: tuple[str, ...]  # columns the model uses (the frame holds only these)
     formula: str  # lme4 formula
-    # R's spelling: "gaussian" (lmer), "binomial", "Gamma" (glmer, Laplace) or
+    # R's spelling: "gaussian" (lmer), "binomial", "Gamma", "inverse.gaussian" (glmer, Laplace) or
     # "negative.binomial" (lme4's glmer.nb: theta estimated by an outer optimisation)
     family: str
     target_s: float | None  # our time target in seconds
@@ -137,6 +137,14 @@ CASES: tuple[Case, ...] = (
          alt_reference="crosscheck_glmmTMB",
          note="lme4's Laplace with Fisher weights (log link is not canonical); glmmTMB's "
               "exact Laplace is 0.068 lower"),
+    Case("early_invgauss", None, "data/Early.csv", "Early", ("cog", "age", "trt", "id"),
+         "cog / 100 ~ age + trt + (1 | id)", "inverse.gaussian", None, factors=("trt", "id"),
+         link="log", reference="early_invgauss_log_laplace",
+         note="lme4's inverse Gaussian logLik: the dispersion in family$aic is deviance / n"),
+    Case("sleepstudy_diag_ar1", None, "data/sleepstudy.csv", "sleepstudy",
+         ("Reaction", "Days", "Subject"),
+         "Reaction ~ Days + diag(Days | Subject) + ar1(0 + factor(Days) | Subject)", "gaussian",
+         None, factors=("Subject",), r_fitter="glmmTMB", reference="sleepstudy_diag_ar1_reml"),
     Case("early_ar1", None, "data/Early.csv", "Early", ("cog", "age", "trt", "id"),
          "cog ~ age + trt + ar1(0 + factor(age) | id)", "gaussian", None,
          factors=("trt", "id"), reml=False, r_fitter="glmmTMB", reference="early_ar1_ml"),

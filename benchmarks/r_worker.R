@@ -13,7 +13,8 @@
 # between fits, so R's collector runs as it would for a user (worker.py does the same in
 # Python). Calls use each package's default controls:
 #   gaussian            lme4::lmer(f, data, REML = reml)
-#   binomial, Gamma     lme4::glmer(f, data, family = binomial / Gamma(link = ...))
+#   binomial, Gamma,    lme4::glmer(f, data, family = binomial / Gamma(link = ...)
+#   inverse.gaussian      / inverse.gaussian(link = ...))
 #   negative.binomial   lme4::glmer.nb(f, data)        (theta estimated by lme4's optTheta)
 #   fitter glmmTMB      glmmTMB::glmmTMB(f, data, family = gaussian(), REML = reml)
 #
@@ -130,6 +131,10 @@ make_fit <- function(spec, d) {
     },
     Gamma = {
       fam <- if (is.null(link)) stats::Gamma() else stats::Gamma(link = link)
+      function() lme4::glmer(f, data = d, family = fam)
+    },
+    inverse.gaussian = {
+      fam <- if (is.null(link)) stats::inverse.gaussian() else stats::inverse.gaussian(link = link)
       function() lme4::glmer(f, data = d, family = fam)
     },
     negative.binomial = function() lme4::glmer.nb(f, data = d),

@@ -100,7 +100,7 @@ def bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray
 
 
 def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
-            lower: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            lower: np.ndarray | None = None, cross: str = "central") -> tuple[np.ndarray, np.ndarray]:
     """Gradient and Hessian of ``fun`` at ``x`` by central differences with steps ``delta``,
     as lme4's ``deriv12``: diagonal from f(x +- delta e_j), off-diagonal from the four
     points (x_i +- delta, x_j +- delta); 2 n^2 evaluations.
@@ -109,6 +109,11 @@ def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
     (as lme4); the formulas here are the correct ones for unequal steps (lme4's reduce to
     them only for equal steps), and at the bound itself the diagonal uses the forward points
     x + delta, x + 2 delta.
+
+    ``cross="forward"`` takes each off-diagonal from the one point x + delta e_i + delta e_j
+    and the diagonal points already evaluated (O(delta) instead of O(delta^2) error; 2n +
+    n(n-1)/2 evaluations instead of 2 n^2): enough for a Newton step, whose accuracy comes
+    from the gradient; the central rule serves covariances reported to users (lme4's).
     """
     x = np.asarray(x, dtype=float)
     nx = x.size
@@ -122,6 +127,7 @@ def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
         ld = np.where(active, np.maximum(x - lo, 0.0), ld)
     H = np.zeros((nx, nx))
     g = np.zeros(nx)
+    fplus = np.zeros(nx)
 
     def at(**moves):
         xx = x.copy()
@@ -132,6 +138,7 @@ def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
     for j in range(nx):
         u, l_ = ud[j], ld[j]
         fadd = at(**{f"i{j}": u})
+        fplus[j] = fadd
         if l_ > 0:
             fsub = at(**{f"i{j}": -l_})
             H[j, j] = 2.0 * (l_ * fadd - (u + l_) * fx + u * fsub) / (u * l_ * (u + l_))
@@ -142,6 +149,10 @@ def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
             g[j] = (-3.0 * fx + 4.0 * fadd - f2) / (2.0 * u)
         for i in range(j):
             ui, li = ud[i], ld[i]
+            if cross == "forward":
+                fij = at(**{f"i{i}": ui, f"i{j}": u})
+                H[i, j] = H[j, i] = (fij - fplus[i] - fadd + fx) / (ui * u)
+                continue
             vals = [at(**{f"i{i}": si, f"i{j}": sj}) for si, sj in ((ui, u), (ui, -l_), (-li, u), (-li, -l_))]
             H[i, j] = H[j, i] = (vals[0] - vals[1] - vals[2] + vals[3]) / ((ui + li) * (u + l_))
     return g, H
@@ -253,7 +264,7 @@ class PolishResult:
 
 def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray,
                   *, delta: float = 1e-4, dec_tol: float = 1e-13, maxit: int = 4,
-                  recheck_tol: float = 0.0) -> PolishResult:
+                  recheck_tol: float = 0.0, cross: str = "central") -> PolishResult:
     """Newton steps from a derivative-free optimum ``x`` (value ``fx``) with the gradient and
     Hessian from central differences (lme4's ``deriv12``, step ``delta``: 2 n^2 evaluations
     each), until the predicted decrease is below ``dec_tol``, a step gains nothing or
@@ -279,7 +290,7 @@ def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, 
     steps = 0
     log: list[tuple[np.ndarray, float]] = []
     while True:
-        g, H = deriv12(counted, x, delta, fx, lower)
+        g, H = deriv12(counted, x, delta, fx, lower, cross=cross)
         at_bound = np.isfinite(lower) & (x - lower <= 0.0)
         free = ~(at_bound & (g > 0))
         dec, step = newton_step(g, H, free)

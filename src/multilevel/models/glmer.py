@@ -358,10 +358,12 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
     # BOBYQA over (theta, beta) stops where its trust region is small, which on a flat ridge
     # is short of the optimum (fixed effects that move by 1e-4 when rows are permuted; a
     # logLik 5.6e-4 low on glmmTMB's epilepsy model); Newton steps on finite differences pin
-    # it down, and their last derivatives serve the convergence check and the Hessian
+    # it down; their last decrement is the convergence check when no Hessian is taken below
     polished = None
     if nagq > 0 and optimizer == "bobyqa" and problem.n < _NOBS_MAX and nt + problem.p < _NPAR_MAX:
-        pol = newton_polish(crit, xopt, fval, lower)
+        # forward-difference off-diagonals (2n + n(n-1)/2 evaluations, not 2n^2): enough for
+        # the steps; the covariance below takes lme4's central Hessian at the final point
+        pol = newton_polish(crit, xopt, fval, lower, cross="forward", recheck_tol=1e-6)
         feval += pol.feval
         if pol.steps:
             fit_log += [("polish", problem.x_out(pol.x), pol.fun)]
@@ -384,8 +386,6 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             # instead of deriv12's 2 n^2 criterion values, the same O(h^2) accuracy
             f0, g = problem.devfun_grad_c(xopt)
             H = hessian_from_gradient(problem.devfun_grad_c, xopt, lower, 1e-4, g0=g, central=True)
-        elif polished is not None:
-            g, H = polished
         else:
             g, H = deriv12(crit, xopt, fx=fval, lower=lower)
         derivs = {"gradient": g, "Hessian": H}
