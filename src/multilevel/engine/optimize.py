@@ -129,31 +129,31 @@ def deriv12(fun, x: np.ndarray, delta: float = 1e-4, fx: float | None = None,
     g = np.zeros(nx)
     fplus = np.zeros(nx)
 
-    def at(**moves):
+    def at(*moves):  # fun at x moved by (index, step) pairs
         xx = x.copy()
-        for k, v in moves.items():
-            xx[int(k[1:])] += v
+        for k, v in moves:
+            xx[k] += v
         return float(fun(xx))
 
     for j in range(nx):
         u, l_ = ud[j], ld[j]
-        fadd = at(**{f"i{j}": u})
+        fadd = at((j, u))
         fplus[j] = fadd
         if l_ > 0:
-            fsub = at(**{f"i{j}": -l_})
+            fsub = at((j, -l_))
             H[j, j] = 2.0 * (l_ * fadd - (u + l_) * fx + u * fsub) / (u * l_ * (u + l_))
             g[j] = (l_ * l_ * (fadd - fx) + u * u * (fx - fsub)) / (u * l_ * (u + l_))
         else:  # on the bound: forward differences
-            f2 = at(**{f"i{j}": 2 * u})
+            f2 = at((j, 2 * u))
             H[j, j] = (f2 - 2.0 * fadd + fx) / u**2
             g[j] = (-3.0 * fx + 4.0 * fadd - f2) / (2.0 * u)
         for i in range(j):
             ui, li = ud[i], ld[i]
             if cross == "forward":
-                fij = at(**{f"i{i}": ui, f"i{j}": u})
+                fij = at((i, ui), (j, u))
                 H[i, j] = H[j, i] = (fij - fplus[i] - fadd + fx) / (ui * u)
                 continue
-            vals = [at(**{f"i{i}": si, f"i{j}": sj}) for si, sj in ((ui, u), (ui, -l_), (-li, u), (-li, -l_))]
+            vals = [at((i, si), (j, sj)) for si, sj in ((ui, u), (ui, -l_), (-li, u), (-li, -l_))]
             H[i, j] = H[j, i] = (vals[0] - vals[1] - vals[2] + vals[3]) / ((ui + li) * (u + l_))
     return g, H
 
