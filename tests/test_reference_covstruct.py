@@ -16,9 +16,15 @@ import numpy as np
 import pytest
 
 import multilevel
-from conftest import load_case, load_case_frame, newdata_frame, rel_diff
+from conftest import load_case, load_case_frame, newdata_frame, reference_index, rel_diff
 
-CASES = ["early_ar1_ml", "early_ar1_reml", "stark_cs_ml", "sleepstudy_diag_reml", "sleepstudy_diag_ar1_reml"]
+# every glmmTMB case of the public index (structured covariances)
+CASES = [c["id"] for c in reference_index() if c.get("fitted_by") == "glmmTMB"]
+
+
+def test_every_glmmtmb_case_is_here():
+    assert sorted(CASES) == sorted(["early_ar1_ml", "early_ar1_reml", "stark_cs_ml",
+                                    "sleepstudy_diag_reml", "sleepstudy_diag_ar1_reml"])
 
 
 _FITS: dict = {}
