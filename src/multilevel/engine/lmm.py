@@ -213,6 +213,8 @@ class LmmProblem(CompiledProblem):
 #: Newton polish (full finite-difference Hessian, 2 k^2 evaluations) up to this many θ; beyond
 #: it the convergence check's diagonal Hessian (2 k evaluations)
 _POLISH_MAX = 8
+_DEFAULT_FTOL = LmerControl.ftol_abs  # lme4's default, 1e-8
+_POLISH_FTOL = 1e-6
 
 
 def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float, dict, list[FitWarning]]:
@@ -227,7 +229,13 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     if not pm.native and np.ndim(ctrl.initial_step) and np.size(ctrl.initial_step) != pm.npar:
         ctrl = ctrl.with_(initial_step=None)  # a step for θ (a bootstrap's warm start) does not fit
     # the engine's moment-based first step unless the user set one (no control copy per fit)
-    res = bobyqa(objective, x0, lower, ctrl, initial_step=step0)
+    ctrl_b = ctrl
+    if pm.npar <= _POLISH_MAX and ctrl.ftol_abs == _DEFAULT_FTOL:
+        # the Newton polish below pins the optimum down, so BOBYQA may stop at 1e-6 deviance
+        # units instead of lme4's 1e-8: the evaluations it saves pay for the polish (a
+        # tolerance the user set is kept)
+        ctrl_b = ctrl.with_(ftol_abs=_POLISH_FTOL)
+    res = bobyqa(objective, x0, lower, ctrl_b, initial_step=step0)
     if pm.native:
         # a zero SD: check it against an optimum reached from the interior
         res = restart_if_boundary(objective, res, lower, problem.input.structures, ctrl,
