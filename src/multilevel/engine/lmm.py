@@ -8,6 +8,8 @@ builds the input and packs the estimates into a fit.
 """
 from __future__ import annotations
 
+import functools
+
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +219,12 @@ _DEFAULT_FTOL = LmerControl.ftol_abs  # lme4's default, 1e-8
 _POLISH_FTOL = 1e-6
 
 
+@functools.lru_cache(maxsize=16)
+def _polish_control(ctrl: LmerControl) -> LmerControl:
+    """``ctrl`` with BOBYQA's ftol_abs at _POLISH_FTOL (cached: controls are frozen)."""
+    return ctrl.with_(ftol_abs=_POLISH_FTOL)
+
+
 def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float, dict, list[FitWarning]]:
     """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
     check convergence. Returns (theta, objective, optinfo, warning records)."""
@@ -234,7 +242,10 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         # the Newton polish below pins the optimum down, so BOBYQA may stop at 1e-6 deviance
         # units instead of lme4's 1e-8: the evaluations it saves pay for the polish (a
         # tolerance the user set is kept)
-        ctrl_b = ctrl.with_(ftol_abs=_POLISH_FTOL)
+        try:
+            ctrl_b = _polish_control(ctrl)
+        except TypeError:  # an unhashable setting (an array of first steps)
+            ctrl_b = ctrl.with_(ftol_abs=_POLISH_FTOL)
     res = bobyqa(objective, x0, lower, ctrl_b, initial_step=step0)
     if pm.native:
         # a zero SD: check it against an optimum reached from the interior

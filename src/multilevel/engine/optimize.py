@@ -213,12 +213,12 @@ def interior_start(x: np.ndarray, structures: list, frac: float = 0.25,
     i = 0
     for cov in structures:
         k = cov.ntheta
-        th = x[i:i + k]
-        pars = cov.to_sdcor(th, 1.0)
-        kinds = cov.sdcor_kinds()
-        sds = np.array([p for p, kd in zip(pars, kinds) if kd == "sd"])
         diag = [x[i + j] for j in cov.diagonal()]
-        if diag and min(diag) < BOUNDARY_SNAP_TOL:
+        if diag and min(diag) < BOUNDARY_SNAP_TOL:  # (the usual case, none: no conversions)
+            th = x[i:i + k]
+            pars = cov.to_sdcor(th, 1.0)
+            kinds = cov.sdcor_kinds()
+            sds = np.array([p for p, kd in zip(pars, kinds) if kd == "sd"])
             target = max(frac * (sds.max() if sds.size else 0.0), floor)
             cells = cov.cells()
             small = {cells[j][0] for j, kd in enumerate(kinds) if kd == "sd" and pars[j] < BOUNDARY_SNAP_TOL}
@@ -323,9 +323,10 @@ def newton_step(g: np.ndarray, H: np.ndarray, free: np.ndarray) -> tuple[float, 
     gf, Hf = g[idx], H[np.ix_(idx, idx)]
     if not (np.all(np.isfinite(gf)) and np.all(np.isfinite(Hf))):
         return float("inf"), step
-    ev = np.linalg.eigvalsh(Hf)
+    # one symmetric eigendecomposition gives both the test and the solve
+    ev, V = np.linalg.eigh(Hf)
     if ev.min() <= 1e-10 * max(1.0, abs(ev).max()):
-        Hf = Hf + (abs(ev.min()) + 1e-6 * max(1.0, abs(ev).max())) * np.eye(idx.size)
-    s = -np.linalg.solve(Hf, gf)
+        ev = ev + (abs(ev.min()) + 1e-6 * max(1.0, abs(ev).max()))
+    s = -(V @ ((V.T @ gf) / ev))
     step[idx] = s
     return 0.5 * float(-(gf @ s)), step
