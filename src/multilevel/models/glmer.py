@@ -1,6 +1,8 @@
 """glmer: fit a generalized linear mixed model (lme4's glFormula -> mkGlmerDevfun -> optimizeGlmer -> mkMerMod)."""
 from __future__ import annotations
 
+import functools
+
 import time
 from typing import Any
 
@@ -50,6 +52,20 @@ class _Skipped:
 _HESSIAN_MESSAGE = ("variance-covariance matrix computed from finite-difference Hessian is not "
                     "positive definite or contains NA values: falling back to var-cov estimated "
                     "from RX")
+
+
+@functools.lru_cache(maxsize=16)
+def _stage1_control(ctrl: GlmerControl, full: bool, newton_next: bool, has_theta: bool) -> GlmerControl:
+    """The control of stage 1 (cached: controls are frozen). With a stage 2 to follow
+    (``full``) stage 1 only provides its start; Newton on the exact gradient needs a rougher
+    one than BOBYQA."""
+    ctrl1 = ctrl
+    if full:
+        f1tol, x1tol = (1e-2, 1e-2) if newton_next else (ctrl.stage1_ftol_abs, ctrl.stage1_xtol_abs)
+        ctrl1 = ctrl1.with_(ftol_abs=max(ctrl.ftol_abs, f1tol), xtol_abs=max(ctrl.xtol_abs, x1tol))
+    if ctrl1.initial_step is None:
+        ctrl1 = ctrl1.with_(initial_step=0.2 if has_theta else 0.5)
+    return ctrl1
 
 
 def glmer(
@@ -212,15 +228,11 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
 
     # ---- stage 1: nAGQ = 0 criterion over theta ---------------------------------------------
     t0 = time.perf_counter()
-    ctrl1 = ctrl
-    if nagq > 0:
-        # stage 1 only provides the start of stage 2; Newton on the exact gradient needs a
-        # rougher one than BOBYQA
-        newton_next = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
-        f1tol, x1tol = (1e-2, 1e-2) if newton_next else (ctrl.stage1_ftol_abs, ctrl.stage1_xtol_abs)
-        ctrl1 = ctrl1.with_(ftol_abs=max(ctrl.ftol_abs, f1tol), xtol_abs=max(ctrl.xtol_abs, x1tol))
-    if ctrl1.initial_step is None:
-        ctrl1 = ctrl1.with_(initial_step=0.2 if nt else 0.5)
+    newton_next = problem.has_gradient and ctrl.optimizer in ("auto", "newton")
+    try:
+        ctrl1 = _stage1_control(ctrl, nagq > 0, newton_next, nt > 0)
+    except TypeError:  # an unhashable setting (an array of first steps): not cached
+        ctrl1 = _stage1_control.__wrapped__(ctrl, nagq > 0, newton_next, nt > 0)
     # glmer.nb's refits start from the previous theta-hat
     structures = problem.input.structures
     warm = None
