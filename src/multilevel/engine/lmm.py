@@ -23,7 +23,8 @@ from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
 from multilevel.errors import FitWarning, ModelSpecError
-from multilevel.engine.optimize import bobyqa, newton_decrement, newton_polish, restart_if_boundary
+from multilevel.engine.optimize import (best_of_restarts, bobyqa, newton_decrement, newton_polish,
+                                       restart_if_boundary)
 
 
 @dataclass
@@ -252,14 +253,8 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         res = restart_if_boundary(objective, res, lower, problem.input.structures, ctrl,
                                   initial_step=step0)
     # cs() / ar1(): the other side of each rho (bimodal), and SDs at 0 started inside
-    for start in pm.restarts(res.x) + pm.edge_restarts(res.x):
-        alt = bobyqa(objective, start, lower, ctrl, initial_step=step0)
-        alt.feval += res.feval
-        alt.log = res.log + alt.log
-        if alt.fun < res.fun - 1e-10:
-            res = alt
-        else:
-            res.feval, res.log = alt.feval, alt.log
+    res = best_of_restarts(objective, res, pm.restarts(res.x) + pm.edge_restarts(res.x), lower,
+                           ctrl, initial_step=step0)
     theta, fval = res.x.copy(), res.fun
     warns = list(res.warnings)
     # Exact singular fits: a diagonal of Lambda at ~1e-6 is the optimiser approaching the

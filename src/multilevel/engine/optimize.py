@@ -236,6 +236,22 @@ def interior_start(x: np.ndarray, structures: list, frac: float = 0.25,
     return out if moved else None
 
 
+def best_of_restarts(fun: Callable[[np.ndarray], float], res: OptResult, starts: list,
+                     lower: np.ndarray, ctrl: LmerControl, initial_step: Any = None) -> OptResult:
+    """BOBYQA again from each of ``starts``; the best optimum of ``res`` and the restarts,
+    with every run's evaluations in its log and ``feval`` (a restart counts only if it is
+    better by more than 1e-10)."""
+    for start in starts:
+        alt = bobyqa(fun, start, lower, ctrl, initial_step=initial_step)
+        alt.feval += res.feval
+        alt.log = res.log + alt.log
+        if alt.fun < res.fun - 1e-10:
+            res = alt
+        else:
+            res.feval, res.log = alt.feval, alt.log
+    return res
+
+
 def restart_if_boundary(fun: Callable[[np.ndarray], float], res: OptResult, lower: np.ndarray,
                         structures: list, ctrl: LmerControl, initial_step: Any = None) -> OptResult:
     """lme4's ``restart_edge``, done for every structure: when the optimum ``res`` has a

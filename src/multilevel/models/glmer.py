@@ -14,7 +14,8 @@ from multilevel.design import ModelFrame
 from multilevel.models.input import engine_input
 from multilevel.engine.glmm import (_NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, glm_start,
                                     hessian_from_gradient, newton_fd)
-from multilevel.engine.optimize import newton_step, bobyqa, interior_start, newton_polish, restart_if_boundary
+from multilevel.engine.optimize import (best_of_restarts, bobyqa, interior_start, newton_polish, newton_step,
+                                       restart_if_boundary)
 from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
 from multilevel.families import Family, get_family
@@ -255,14 +256,8 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
     else:
         theta_init = problem.theta0 if theta_start is None else np.maximum(np.asarray(theta_start, float), problem.lower)
         res1 = bobyqa(stage0, pm.start(theta_init), pm.lower, ctrl1)
-        for start in pm.restarts(res1.x):  # cs() / ar1(): the other side of each rho (bimodal)
-            alt = bobyqa(stage0, start, pm.lower, ctrl1)
-            alt.feval += res1.feval
-            alt.log = res1.log + alt.log
-            if alt.fun < res1.fun - 1e-10:
-                res1 = alt
-            else:
-                res1.feval, res1.log = alt.feval, alt.log
+        # cs() / ar1(): the other side of each rho (bimodal)
+        res1 = best_of_restarts(stage0, res1, pm.restarts(res1.x), pm.lower, ctrl1)
         if nagq == 0 and pm.native:  # stage 1 is the fit: a zero SD is checked from the interior
             res1 = restart_if_boundary(stage0, res1, pm.lower, structures, ctrl1)
         theta1 = res1.x.copy()
@@ -333,14 +328,9 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             res2 = bobyqa(crit, x0, lower, ctrl2)
             if pm.native:  # a zero SD: check it against an optimum reached from the interior
                 res2 = restart_if_boundary(crit, res2, lower, structures, ctrl2)
-            for start in pm.edge_restarts(res2.x[:nt]):  # cs() / ar1() SDs at 0: try the interior
-                alt = bobyqa(crit, np.concatenate([start, res2.x[nt:]]), lower, ctrl2)
-                alt.feval += res2.feval
-                alt.log = res2.log + alt.log
-                if alt.fun < res2.fun - 1e-10:
-                    res2 = alt
-                else:
-                    res2.feval, res2.log = alt.feval, alt.log
+            # cs() / ar1() SDs at 0: try the interior
+            res2 = best_of_restarts(crit, res2, [np.concatenate([st, res2.x[nt:]])
+                                                 for st in pm.edge_restarts(res2.x[:nt])], lower, ctrl2)
             xopt, fval = res2.x.copy(), res2.fun
             warns += res2.warnings
             fit_log += problem.log_out("stage2", res2.log)
