@@ -65,6 +65,26 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+def _wire_methods() -> None:
+    """The fit objects' methods that reach up the layers (``fit.summary()``, ``fit.confint()``,
+    ...) find their functions here, registered once at the top of the package, so that no
+    module imports a layer above its own (see ``multilevel.results.methods``)."""
+    from multilevel import inference
+    from multilevel.models.glmer import refit_response
+    from multilevel.report.glmm_summary import GlmmSummary
+    from multilevel.report.lm_summary import LmSummary
+    from multilevel.report.summary import Summary, varcorr_lines
+    from multilevel.results.methods import provide
+
+    provide(coef_table=inference.coef_table, anova_terms=inference.anova_terms,
+            confint=inference.confint, bootstrap=inference.bootstrap, simulate=inference.simulate,
+            predict_interval=inference.predict_interval, Summary=Summary, GlmmSummary=GlmmSummary,
+            LmSummary=LmSummary, varcorr_lines=varcorr_lines, refit_response=refit_response)
+
+
+_wire_methods()
+
+
 _LAZY = {"datasets": "multilevel.datasets", "plots": "multilevel.report.plots"}
 
 

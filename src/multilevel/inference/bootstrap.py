@@ -13,7 +13,7 @@ engine problem from the fit's stored arrays with the new response (the compiled 
 has no ``set_y``; building it is cheap next to the PIRLS evaluations) and runs glmer's stage 2
 from (theta-hat, beta-hat) with the fit's criterion (Laplace or AGQ), family, offset, prior
 weights, trials and control settings; it reaches models through ``fit._refit_response``
-(results.methods' documented upward edge), as inference may not import models. Replicate i is drawn from its own random stream
+(registered in results.methods by the package's front), as inference may not import models. Replicate i is drawn from its own random stream
 (``SeedSequence(seed).spawn``), so the results do not depend on how the work is split:
 with ``workers=2`` a second thread with its own copy of the problem refits half of the
 replicates (the compiled engine releases the GIL while it evaluates the deviance, which is

@@ -5,10 +5,10 @@ Layer: results (above engine). ``LmmFit``, ``GlmmFit`` and ``LmFit`` are sibling
 arrays needed to rebuild their engine problem, never run an optimiser and pickle. May import:
 design, covariance, families, engine (to rebuild a problem lazily), errors, control.
 
-The only upward edges of the package are the convenience methods on the fit objects
-(``fit.summary()``, ``fit.confint()``, ``fit.anova_terms()``, ...), which import the
-inference and report layers inside the method body; they are gathered in
-:mod:`multilevel.results.methods`.
+The convenience methods on the fit objects (``fit.summary()``, ``fit.confint()``,
+``fit.anova_terms()``, ...) do their work in the inference and report layers without
+importing them: they call the functions the package's front registers in
+:mod:`multilevel.results.methods`, so there is no upward import and no cycle.
 """
 from multilevel.results.base import FitBase
 from multilevel.results.glmm import GlmmFit

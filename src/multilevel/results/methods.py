@@ -1,9 +1,11 @@
-"""The convenience methods of the result objects that reach above the results layer.
+"""The convenience methods of the result objects whose work is done above the results layer.
 
-These are **the only upward edges of the package**: everything else in ``multilevel.results``
-imports only its own layer and those below it (design, covariance, families, engine,
-errors). Each method here imports the inference or report module it needs inside its body,
-so importing the results layer never imports inference or report.
+These methods are **the only calls that go up the layers**, and they do it without an import:
+each one looks up the function it needs in a table (``_IMPL``) that the top of the package,
+``multilevel/__init__.py``, fills once with :func:`provide` after importing the layers above
+(importing any part of the package runs it first). So the results layer imports only its own
+layer and those below it (design, covariance, families, engine, errors), and the import graph
+has no cycle. The table:
 
 =================================  ==================================================
 ``LmmMethods.summary``              ``multilevel.report.summary.Summary``
@@ -39,17 +41,27 @@ Example
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # pragma: no cover
-    from multilevel.report.glmm_summary import GlmmSummary
-    from multilevel.report.lm_summary import LmSummary
-    from multilevel.report.summary import Summary
+__all__ = ["LmmMethods", "GlmmMethods", "LmMethods", "MixedMethods", "VarCorrMethods", "provide"]
 
-__all__ = ["LmmMethods", "GlmmMethods", "LmMethods", "MixedMethods", "VarCorrMethods"]
+#: name -> the function (or class) of an upper layer that a method below calls
+_IMPL: dict[str, Callable[..., Any]] = {}
+
+
+def provide(**impls: Callable[..., Any]) -> None:
+    """Register the upper layers' functions the methods call (``multilevel/__init__.py``)."""
+    _IMPL.update(impls)
+
+
+def _impl(name: str) -> Callable[..., Any]:
+    try:
+        return _IMPL[name]
+    except KeyError:  # only if multilevel/__init__.py did not run: a packaging error
+        raise RuntimeError(f"multilevel's {name!r} is not registered; import multilevel first") from None
 
 
 class MixedMethods:
@@ -60,13 +72,13 @@ class MixedMethods:
         """t tests of the fixed effects: columns estimate, se, df, t, p. ``ddf`` is
         "satterthwaite" (lmerTest), "kenward-roger" (pbkrtest, REML fits), "residual" (n - p)
         or None (z tests)."""
-        from multilevel.inference import coef_table
+        coef_table = _impl("coef_table")
 
         return coef_table(self, ddf)
 
     def anova_terms(self, ddf: str | None = "satterthwaite", type: int = 3) -> pd.DataFrame:  # noqa: A002
         """F tests of the model terms (lmerTest's ``anova(fit)``), type III by default."""
-        from multilevel.inference import anova_terms
+        anova_terms = _impl("anova_terms")
 
         return anova_terms(self, ddf, type=type)
 
@@ -77,7 +89,7 @@ class MixedMethods:
         (lme4's default: likelihood-ratio profiles, REML fits refitted by ML first), "wald"
         (fixed effects only, others NaN, as lme4) or "bootstrap" (``n`` parametric replicates,
         percentile intervals)."""
-        from multilevel.inference import confint
+        confint = _impl("confint")
 
         return confint(self, method=method, level=level, n=n, seed=seed, which=which)
 
@@ -87,7 +99,7 @@ class MixedMethods:
         """Parametric bootstrap (lme4's ``bootMer``) of an lmer or glmer fit: one row of
         estimates per replicate, refitting with a new response only. Deterministic for a
         ``seed``; see :func:`multilevel.inference.bootstrap`."""
-        from multilevel.inference import bootstrap
+        bootstrap = _impl("bootstrap")
 
         return bootstrap(self, n=n, seed=seed, func=func, progress=progress, workers=workers,
                          control=control, re_sd=re_sd)
@@ -95,13 +107,13 @@ class MixedMethods:
     def simulate(self, n: int = 1, seed: int | None = None, re_sd: str = "varcorr") -> np.ndarray:
         """``n`` responses simulated from the fitted model (new random effects and noise),
         an (n, nobs) array; see :func:`multilevel.inference.simulate`."""
-        from multilevel.inference import simulate
+        simulate = _impl("simulate")
 
         return simulate(self, n=n, seed=seed, re_sd=re_sd)
 
     def _predict_interval(self, newdata: Any, interval: str, level: float, re_form: str | None,
                           allow_new_levels: bool) -> pd.DataFrame:
-        from multilevel.inference import predict_interval
+        predict_interval = _impl("predict_interval")
 
         return predict_interval(self, newdata, interval=interval, level=level, re_form=re_form,
                                 allow_new_levels=allow_new_levels)
@@ -110,7 +122,7 @@ class MixedMethods:
 class LmmMethods:
     """The printed summary of an lmer fit."""
 
-    def summary(self, correlation: bool | None = None, ddf: str | None = None) -> Summary:
+    def summary(self, correlation: bool | None = None, ddf: str | None = None) -> "multilevel.report.summary.Summary":
         """lme4's ``summary(fit)``: prints as lme4 does; ``_repr_html_`` for notebooks.
 
         correlation: show the correlation of the fixed effects (default: when p <= 20).
@@ -125,7 +137,7 @@ class LmmMethods:
         (Intercept)    251.41        6.82  17.0    36.84       0.0
         Days            10.47        1.55  17.0     6.77       0.0
         """
-        from multilevel.report.summary import Summary
+        Summary = _impl("Summary")
 
         return Summary(self, correlation=correlation, ddf=ddf)
 
@@ -133,9 +145,9 @@ class LmmMethods:
 class GlmmMethods:
     """The printed summary of a glmer fit."""
 
-    def summary(self, correlation: bool | None = None) -> GlmmSummary:
+    def summary(self, correlation: bool | None = None) -> "multilevel.report.glmm_summary.GlmmSummary":
         """lme4's ``summary(glmerfit)``: prints as lme4 does."""
-        from multilevel.report.glmm_summary import GlmmSummary
+        GlmmSummary = _impl("GlmmSummary")
 
         return GlmmSummary(self, correlation=correlation)
 
@@ -143,7 +155,7 @@ class GlmmMethods:
                         emit: bool = False) -> Any:
         """The same model fitted to a new response ``y`` (lme4's ``refit(fit, newresp)``),
         starting at this fit's estimates; see :func:`multilevel.models.glmer.refit_response`."""
-        from multilevel.models.glmer import refit_response
+        refit_response = _impl("refit_response")
 
         return refit_response(self, y, control=control, calc_derivs=calc_derivs, emit=emit)
 
@@ -151,9 +163,9 @@ class GlmmMethods:
 class LmMethods:
     """The printed summary of an lm fit."""
 
-    def summary(self) -> LmSummary:
+    def summary(self) -> "multilevel.report.lm_summary.LmSummary":
         """R's ``summary(lm_fit)``: prints in R's layout; ``.coefficients`` as a DataFrame."""
-        from multilevel.report.lm_summary import LmSummary
+        LmSummary = _impl("LmSummary")
 
         return LmSummary(self)
 
@@ -163,6 +175,6 @@ class VarCorrMethods:
 
     def format(self, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",)) -> str:
         """lme4's table of variance components (``formatVC``) as text."""
-        from multilevel.report.summary import varcorr_lines
+        varcorr_lines = _impl("varcorr_lines")
 
         return "\n".join(varcorr_lines(self, digits=digits, comp=comp))
