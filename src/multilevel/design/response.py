@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.design.source import DataSource, take_rows
-from multilevel.design.variables import drop_unused, strip_parens
+from multilevel.design.variables import drop_unused, evaluate_on_all_rows, strip_parens
 from multilevel.errors import DataError
 from multilevel.formula import Call, Name, Node, NumericExpressions, deparse
 
@@ -50,14 +50,7 @@ class Response:
         None) for a plain column."""
         if self.column is not None or not self.evaluator.nodes:
             return None, None
-        env = {nm: data.column(nm).raw() for nm in self.evaluator.names if nm in data}
-        blocks = self.evaluator.fit(env, data.nrows)
-        bad = None
-        for b in blocks:
-            m = np.isnan(b).any(axis=1)
-            if m.any():
-                bad = m if bad is None else bad | m
-        return blocks, bad
+        return evaluate_on_all_rows(self.evaluator, data)
 
     def evaluate(self, data: DataSource, rows, n: int, blocks: list[np.ndarray] | None = None):
         """(y, weights from cbind or None, rows where an expression is NaN); ``blocks``: the

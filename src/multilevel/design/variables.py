@@ -178,14 +178,7 @@ class Scope:
         (n_all, k) blocks and the rows where some expression is NaN (None if none)."""
         if not self.evaluator.nodes:
             return [], None
-        env = {nm: data.column(nm).raw() for nm in self.evaluator.names if nm in data}
-        exprs = self.evaluator.fit(env, data.nrows)
-        bad = None
-        for arr in exprs:
-            m = np.isnan(arr).any(axis=1)
-            if m.any():
-                bad = m if bad is None else (bad | m)
-        return exprs, bad
+        return evaluate_on_all_rows(self.evaluator, data)
 
     def evaluate(self, data: DataSource, rows: np.ndarray | None, n: int, fit: bool,
                  exprs: list[np.ndarray] | None = None
@@ -301,3 +294,17 @@ def drop_unused(codes: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[
         return codes, list(labels)
     remap = np.cumsum(used) - 1
     return remap[codes].astype(codes.dtype, copy=False), [lab for lab, u in zip(labels, used) if u]
+
+
+def evaluate_on_all_rows(evaluator: Any, data: DataSource) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Fit ``evaluator``'s numeric expressions on every row of ``data`` (their stateful
+    transforms learn there, as R's model frame does before ``na.omit``); the (n_all, k)
+    blocks and the rows where some block is NaN (None if none)."""
+    env = {nm: data.column(nm).raw() for nm in evaluator.names if nm in data}
+    blocks = evaluator.fit(env, data.nrows)
+    bad = None
+    for b in blocks:
+        m = np.isnan(b).any(axis=1)
+        if m.any():
+            bad = m if bad is None else bad | m
+    return blocks, bad

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from multilevel.errors import FitWarning, ModelSpecError
+from multilevel.errors import DataError, FitWarning, ModelSpecError
 from multilevel.families.links import LINKS, Link
 
 __all__ = ["Family", "get_family", "register", "_FAMILIES"]
@@ -42,6 +42,18 @@ def _ylogy(y, mu):
     y = np.asarray(y, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0) / mu), 0.0)
+
+
+def check_counts(y, name: str, family: str) -> None:
+    """Raise ``DataError`` unless ``y`` holds non-negative integers (Poisson and negative
+    binomial responses)."""
+    y = np.asarray(y, dtype=float)
+    if np.any(y < 0):
+        raise DataError(f"the {family} response '{name}' has negative values")
+    nonint = np.abs(y - np.round(y)) > 1e-7
+    if nonint.any():
+        raise DataError(f"the {family} response '{name}' must be counts; "
+                        f"{int(nonint.sum())} value(s) are not integers")
 
 
 class Family:

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import special
 
 from multilevel.errors import DataError, FitWarning, ModelSpecError
-from multilevel.families.base import Family, _ylogy
+from multilevel.families.base import Family, _ylogy, check_counts
 from multilevel.families.links import Link
 
 __all__ = ["negative_binomial", "theta_ml"]
@@ -69,13 +69,7 @@ class negative_binomial(Family):  # noqa: N801 - R's name (negative.binomial)
         """
         if factor_levels is not None or is_cbind:
             raise DataError(f"the negative binomial response '{name}' must be counts, not a factor or cbind()")
-        y = np.asarray(y, dtype=float)
-        if np.any(y < 0):
-            raise DataError(f"the negative binomial response '{name}' has negative values")
-        nonint = np.abs(y - np.round(y)) > 1e-7
-        if nonint.any():
-            raise DataError(f"the negative binomial response '{name}' must be counts; "
-                            f"{int(nonint.sum())} value(s) are not integers")
+        check_counts(y, name, "negative binomial")
         return []
 
     def variance(self, mu):

@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 from scipy import special
 
-from multilevel.errors import DataError, FitWarning
-from multilevel.families.base import Family, _ylogy
+from multilevel.errors import FitWarning
+from multilevel.families.base import Family, _ylogy, check_counts
 
 __all__ = ["poisson"]
 
@@ -30,13 +30,7 @@ class poisson(Family):  # noqa: N801 - R's name
         >>> poisson().check_response(np.array([0.0, 3.0]), None, None, False)
         []
         """
-        y = np.asarray(y, dtype=float)
-        if np.any(y < 0):
-            raise DataError(f"the Poisson response '{name}' has negative values")
-        nonint = np.abs(y - np.round(y)) > 1e-7
-        if nonint.any():
-            raise DataError(f"the Poisson response '{name}' must be counts; "
-                            f"{int(nonint.sum())} value(s) are not integers")
+        check_counts(y, name, "Poisson")
         return []
 
     def variance(self, mu):
