@@ -274,7 +274,7 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
         # order of the rows (fixed effects by up to 1e-4 relative); the last derivatives give
         # the convergence check (2 k^2 evaluations, k = len(theta))
         # (off-diagonals from forward differences: 2k + k(k-1)/2 evaluations instead of 2k^2)
-        pol = newton_polish(objective, theta, fval, pm.check_lower(theta), recheck_tol=1e-6,
+        pol = newton_polish(objective, theta, fval, pm.check_lower(theta), recheck_tol=1e-4,
                             cross="forward")
         theta, fval, polish_evals = pol.x, pol.fun, pol.feval
         res.log.extend(pol.log)  # the fit log ends at the optimum

@@ -298,7 +298,12 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             fit_log += problem.log_out("stage2", newton.log)
             if not newton.converged:
                 # a model the Newton iteration cannot handle: BOBYQA from where it stopped
-                x0 = newton.x if np.isfinite(newton.fun) else x0
+                # (where it stopped only if that is better than the start on a fresh
+                # evaluation: PIRLS warm-starts from the last evaluation, and a Newton run
+                # that wandered off can leave a point it reached finite only from there)
+                f_stop = crit(newton.x) if np.isfinite(newton.fun) else np.inf
+                if np.isfinite(f_stop) and f_stop < crit(x0):
+                    x0 = newton.x
                 newton = None
             else:
                 # a zero SD: check it against the optimum reached from the interior
