@@ -34,7 +34,7 @@ from functools import cached_property
 from html import escape
 from typing import TYPE_CHECKING
 
-from multilevel.report.rformat import LINE_WIDTH
+from multilevel.report.rformat import LINE_WIDTH, method_title_lines
 from multilevel.report.summary import (
     Summary,
     convergence_lines,
@@ -60,38 +60,10 @@ def method_title(nagq: int) -> str:
     return f"Generalized linear mixed model fit by maximum likelihood {how}"
 
 
-def _strwrap(text: str, width: int, exdent: int) -> list[str]:
-    """R's ``strwrap(text, width, exdent = exdent)`` for one paragraph: greedy, lines shorter
-    than ``width``."""
-    words = text.split()
-    lines: list[str] = []
-    cur = ""
-    for w in words:
-        indent = 0 if not lines else exdent
-        cand = w if not cur else f"{cur} {w}"
-        if cur and indent + len(cand) >= width:
-            lines.append(" " * indent + cur)
-            cur = w
-        else:
-            cur = cand
-    if cur:
-        lines.append(" " * (0 if not lines else exdent) + cur)
-    return lines
-
-
 def title_lines(nagq: int, cls: str = "glmerMod", width: int = LINE_WIDTH) -> list[str]:
     """lme4's ``.prt.methTit``: one line ``title ['class']`` when it fits, else the title
     wrapped at ``width - 2`` with the class appended as `` [class]``."""
-    mtit = method_title(nagq)
-    if len(mtit) + 5 + len(cls) <= width:
-        return [f"{mtit} ['{cls}']"]
-    lines = _strwrap(mtit, width - 2, 2)
-    tail = f" [{cls}]"
-    if len(lines[-1]) + len(tail) > width:
-        lines.append(tail.lstrip())
-    else:
-        lines[-1] += tail
-    return lines
+    return method_title_lines(method_title(nagq), cls, width)
 
 
 def call_lines(fit: AnyFit) -> list[str]:

@@ -34,6 +34,11 @@ __all__ = [
     "coefmat_lines",
     "coefmat_cells",
     "format_pval",
+    "strwrap",
+    "cat_fill_lines",
+    "method_title_lines",
+    "stars_of",
+    "SIGNIF_LEGEND",
     "make_unique_names",
     "LINE_WIDTH",
 ]
@@ -399,7 +404,65 @@ def format_pval(pv: Sequence[float | None], digits: int, eps: float = 2.22044604
     return out
 
 
-def _signif_stars(p: float) -> str:
+def strwrap(text: str, width: int, exdent: int = 0) -> list[str]:
+    """R's ``strwrap(text, width, exdent = exdent)`` for one paragraph: words filled greedily
+    into lines shorter than ``width``; lines after the first indented by ``exdent``.
+
+    >>> strwrap("Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)", 78, 2)
+    ['Generalized linear mixed model fit by maximum likelihood (Laplace', '  Approximation)']
+    """
+    words = text.split()
+    lines: list[str] = []
+    cur = ""
+    for w in words:
+        indent = 0 if not lines else exdent
+        cand = w if not cur else f"{cur} {w}"
+        if cur and indent + len(cand) >= width:
+            lines.append(" " * indent + cur)
+            cur = w
+        else:
+            cur = cand
+    if cur:
+        lines.append(" " * (0 if not lines else exdent) + cur)
+    return lines
+
+
+def cat_fill_lines(items: Sequence[str], width: int = LINE_WIDTH) -> list[str]:
+    """R's ``cat(..., sep = "", fill = TRUE)``: the items on one line, a new line begun before
+    an item that would pass ``width``."""
+    lines: list[str] = []
+    cur = ""
+    for k, item in enumerate(items):
+        if k > 0 and len(cur) + len(item) > width:
+            lines.append(cur)
+            cur = ""
+        cur += item
+    lines.append(cur)
+    return [ln.rstrip() for ln in lines]
+
+
+def method_title_lines(mtit: str, cls: str, width: int = LINE_WIDTH) -> list[str]:
+    """lme4's ``.prt.methTit``: ``title ['class']`` on one line when it fits in ``width``,
+    else the title wrapped at ``width - 2`` (indent 2) followed by `` [class]`` as ``cat``
+    fills it, which is how lmerTest's long titles come out.
+
+    >>> method_title_lines("Linear mixed model fit by REML", "lmerMod")
+    ["Linear mixed model fit by REML ['lmerMod']"]
+    >>> method_title_lines("Linear mixed model fit by REML. t-tests use Satterthwaite's method",
+    ...                    "lmerModLmerTest")
+    ["Linear mixed model fit by REML. t-tests use Satterthwaite's method [", 'lmerModLmerTest]']
+    """
+    if len(mtit) + 5 + len(cls) <= width:
+        return [f"{mtit} ['{cls}']"]
+    return cat_fill_lines(strwrap(mtit, width - 2, 2) + [" [", cls, "]"], width)
+
+
+#: the legend ``printCoefmat`` and ``anova`` print under a table with stars
+SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+
+
+def stars_of(p: float | None) -> str:
+    """R's ``symnum`` of a p-value at cutpoints 0.001, 0.01, 0.05, 0.1: ``***`` to `` ``."""
     if p is None or math.isnan(p):
         return ""
     for cut, sym in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.0, " ")):
@@ -417,16 +480,25 @@ def coefmat_cells(
 ) -> tuple[list[str], list[list[str]], list[str]]:
     """The formatted cells of R's ``printCoefmat()``: (column names, cells, legend lines).
 
-    The table is Estimate | Std. Error | test statistic [| p-value].
+    As in R, the test statistic is the last column before the p-value (``tst.ind = k + 1``
+    with ``k = ncol - has.Pvalue - 1``) and every column before it is formatted together
+    with the estimates (``cs.ind = 1:k``): Estimate | Std. Error | t value [| Pr(>|t|)] for
+    lme4, and Estimate | Std. Error | df | t value | Pr(>|t|) for lmerTest, whose df are
+    formatted with the estimates and standard errors.
 
-    Estimates and standard errors share one format: they are rounded to
-    ``digits - (1 + floor(log10(smallest |value|)))`` decimals and then formatted
-    together; the test statistic is rounded to ``digits - 1`` decimals; a value that is
-    not 0 but would print as 0 is shown with one digit fewer in its own format.
+    The ``cs.ind`` columns are rounded to ``digits - (1 + floor(log10(smallest |value|)))``
+    decimals and then formatted together; the test statistic is rounded to ``digits - 1``
+    decimals; a value that is not 0 but would print as 0 is shown with one digit fewer in its
+    own format.
+
+    >>> cols, cells, _ = coefmat_cells(["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"],
+    ...                                [[251.405, 6.8246, 17.0, 36.838, 1.17e-17]], has_pvalue=True)
+    >>> [c.strip() for c in cells[0]]
+    ['251.405', '6.825', '17.000', '36.838', '<2e-16', '***']
     """
     nr, nc = len(values), len(columns)
-    ncs = 2  # columns 0, 1: estimate and standard error
-    tst = 2
+    ncs = nc - (1 if has_pvalue else 0) - 1  # R's k: columns formatted with the estimates
+    tst = ncs
     cells = [["" for _ in range(nc)] for _ in range(nr)]
     coef_se = [values[i][j] for i in range(nr) for j in range(ncs)]
     finite = [abs(v) for v in coef_se if v is not None and math.isfinite(v) and v != 0]
@@ -471,8 +543,8 @@ def coefmat_cells(
         if signif_stars and any(p is not None and not math.isnan(p) and p < 0.1 for p in pv):
             colnames.append("")
             for i in range(nr):
-                cells[i].append(_signif_stars(pv[i]))
-            legend = ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+                cells[i].append(stars_of(pv[i]))
+            legend = ["---", SIGNIF_LEGEND]
     # right-justify numbers, but the stars column is left-justified in R: pad it ourselves
     if len(colnames) > nc:
         w = max(len(c[-1]) for c in cells)

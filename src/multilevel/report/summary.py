@@ -57,6 +57,7 @@ from multilevel.report.rformat import (
     coefmat_lines,
     format_num,
     format_real,
+    method_title_lines,
     named_vector_lines,
     zapsmall,
 )
@@ -111,7 +112,7 @@ class Summary:
         return self.text
 
     def _repr_html_(self) -> str:
-        return summary_html(self.fit)
+        return summary_html(self.fit, ddf=self.ddf)
 
 
 # --- pieces ------------------------------------------------------------------------------
@@ -126,17 +127,37 @@ def _uses_scale(fit: AnyFit) -> bool:
     return getattr(fit, "family", "gaussian") == "gaussian"
 
 
-def title(fit: AnyFit) -> str:
-    """lme4's ``methTitle`` plus the class tag."""
+def method_title(fit: AnyFit, ddf: str | None = None) -> str:
+    """lme4's ``methTitle`` (lmerTest's with ``ddf``: ``... fit by REML. t-tests use
+    Satterthwaite's method``)."""
     if _is_glmm(fit):
         nagq = int(getattr(fit, "nagq", 1) or 1)
         how = ("(Laplace Approximation)" if nagq == 1
                else f"(Adaptive Gauss-Hermite Quadrature, nAGQ = {nagq})")
-        return f"Generalized linear mixed model fit by maximum likelihood {how} ['glmerMod']"
-    if fit.reml:
-        return "Linear mixed model fit by REML ['lmerMod']"
+        return f"Generalized linear mixed model fit by maximum likelihood {how}"
     # R pastes an empty GLMM qualifier onto "maximum likelihood", hence lme4's double space
-    return "Linear mixed model fit by maximum likelihood  ['lmerMod']"
+    # before the class and lmerTest's "likelihood . t-tests"
+    mtit = "Linear mixed model fit by REML" if fit.reml else "Linear mixed model fit by maximum likelihood "
+    if ddf is not None:
+        mtit += f". t-tests use {_DDF_TITLES.get(ddf, ddf)}"
+    return mtit
+
+
+def _class_name(fit: AnyFit, ddf: str | None = None) -> str:
+    if _is_glmm(fit):
+        return "glmerMod"
+    return "lmerModLmerTest" if ddf is not None else "lmerMod"
+
+
+def title(fit: AnyFit, ddf: str | None = None) -> str:
+    """lme4's ``methTitle`` plus the class tag, on one line (the HTML heading)."""
+    return f"{method_title(fit, ddf)} ['{_class_name(fit, ddf)}']"
+
+
+def title_lines(fit: AnyFit, ddf: str | None = None) -> list[str]:
+    """The title as ``print`` shows it: wrapped as lme4's ``.prt.methTit`` wraps long ones
+    (lmerTest: ``... Satterthwaite's method [`` / ``lmerModLmerTest]``)."""
+    return method_title_lines(method_title(fit, ddf), _class_name(fit, ddf))
 
 
 def call_lines(fit: AnyFit) -> list[str]:
@@ -321,11 +342,9 @@ def convergence_lines(fit: AnyFit) -> list[str]:
 
 def summary_lines(fit: AnyFit, correlation: bool | None = None, ddf: str | None = None) -> list[str]:
     """The whole summary as a list of lines (see the module docstring for the layout)."""
-    lines = [title(fit)]
-    if ddf is not None and _uses_scale(fit):
-        # lmerTest's title: "... fit by REML. t-tests use Satterthwaite's method [...]"
-        head = lines[0].split(" [")[0].split(" ['")[0]
-        lines[0] = f"{head}. t-tests use {_DDF_TITLES.get(ddf, ddf)} ['lmerModLmerTest']"
+    if ddf is not None and not _uses_scale(fit):
+        ddf = None  # GLMMs: z tests, lme4's layout
+    lines = title_lines(fit, ddf)
     lines += call_lines(fit)
     lines.append("")
     lines += criterion_lines(fit)
@@ -372,12 +391,16 @@ def _varcorr_table(fit: AnyFit) -> str:
     return table_html(["Groups", "Name", "Variance", "Std.Dev.", "Corr"], rows, left=(0, 1, 4))
 
 
-def _fixef_table(fit: AnyFit) -> str:
-    tab = coef_table(fit)
+def _fixef_table(fit: AnyFit, ddf: str | None = None) -> str:
+    tab = coef_table(fit, ddf)
     values = [[None if v != v else float(v) for v in row] for row in tab.to_numpy()]
-    cols, cells, _ = coefmat_cells(list(tab.columns), values, digits=DIGITS, has_pvalue=tab.shape[1] == 4)
+    cols, cells, legend = coefmat_cells(list(tab.columns), values, digits=DIGITS,
+                                        has_pvalue=str(tab.columns[-1]).startswith("Pr("))
     rows = [[str(name)] + cells[i] for i, name in enumerate(tab.index)]
-    return table_html([""] + cols, rows)
+    out = table_html([""] + cols, rows)
+    if legend:
+        out += f'<div class="legend">{escape(legend[-1])}</div>'
+    return out
 
 
 def _corr_table(fit: AnyFit) -> str:
@@ -394,15 +417,18 @@ def _corr_table(fit: AnyFit) -> str:
     return "<b>Correlation of fixed effects</b>" + table_html([""] + names[:-1], rows)
 
 
-def summary_html(fit: AnyFit) -> str:
-    """The summary of ``fit`` as an HTML fragment."""
-    parts = [_STYLE, '<div class="ml-summary">', f"<b>{escape(title(fit))}</b>", _pre(call_lines(fit)),
+def summary_html(fit: AnyFit, ddf: str | None = None) -> str:
+    """The summary of ``fit`` as an HTML fragment (with ``ddf``, lmerTest's title and its df
+    and p columns, as the text)."""
+    if ddf is not None and not _uses_scale(fit):
+        ddf = None
+    parts = [_STYLE, '<div class="ml-summary">', f"<b>{escape(title(fit, ddf))}</b>", _pre(call_lines(fit)),
              _pre(criterion_lines(fit)), _pre(residual_lines(fit)),
              "<b>Random effects</b>", _varcorr_table(fit),
              "<div>" + escape(f"Number of obs: {fit.nobs}; groups: "
                               + "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())) + "</div>"]
     if len(fit.fixef):
-        parts += ["<b>Fixed effects</b>", _fixef_table(fit), _corr_table(fit)]
+        parts += ["<b>Fixed effects</b>", _fixef_table(fit, ddf), _corr_table(fit)]
     conv = convergence_lines(fit)
     if conv:
         parts.append('<ul class="warn">' + "".join(f"<li>{escape(m)}</li>" for m in conv) + "</ul>")
