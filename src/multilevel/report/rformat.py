@@ -494,7 +494,7 @@ def coefmat_cells(
     >>> cols, cells, _ = coefmat_cells(["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"],
     ...                                [[251.405, 6.8246, 17.0, 36.838, 1.17e-17]], has_pvalue=True)
     >>> [c.strip() for c in cells[0]]
-    ['251.405', '6.825', '17.000', '36.838', '<2e-16', '***']
+    ['251.405', '6.825', '17.000', '36.84', '<2e-16', '***']
     """
     nr, nc = len(values), len(columns)
     ncs = nc - (1 if has_pvalue else 0) - 1  # R's k: columns formatted with the estimates
