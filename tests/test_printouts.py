@@ -62,3 +62,39 @@ def test_ddf_summary_html_has_df_and_p_columns(sleep_fit):
     assert "Signif. codes" in html
     plain = sleep_fit.summary()._repr_html_()
     assert "<th>df</th>" not in plain and "[&#x27;lmerMod&#x27;]" in plain
+
+
+# --- 2. compare(): escaping for Markdown and LaTeX -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def underscored_fits():
+    # names with LaTeX specials: an underscore in the predictor, group and response
+    d = load("sleepstudy").rename(columns={"Days": "days_n", "Subject": "subj_id", "Reaction": "rt_ms"})
+    return (ml.lmer("rt_ms ~ days_n + (1 | subj_id)", d),
+            ml.lmer("rt_ms ~ days_n + (days_n | subj_id)", d))
+
+
+def _md_cells(line: str) -> list[str]:
+    """The cells of a GitHub-Markdown table row: split on pipes that are not escaped."""
+    inner = line.strip()[1:-1]
+    return [c.strip() for c in re.split(r"(?<!\\)\|", inner)]
+
+
+def test_markdown_rows_keep_their_cells(underscored_fits):
+    md = ml.compare(*underscored_fits, names=["a|b", "slopes"]).to_markdown()
+    rows = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert all(len(_md_cells(ln)) == 3 for ln in rows), md
+    sd_row = next(ln for ln in rows if ln.startswith("| SD days")).replace("\\_", "_")
+    label, m1, m2 = _md_cells(sd_row)
+    assert label == r"SD days_n \| subj_id" and m1 == "" and m2 != ""
+    assert _md_cells(rows[0])[1] == r"a\|b"
+
+
+def test_latex_escapes_pipes_and_specials(underscored_fits):
+    tex = ml.compare(*underscored_fits).to_latex()
+    body = [ln for ln in tex.splitlines() if ln.endswith(r"\\") and "multicolumn" not in ln]
+    assert all(len(ln[:-2].split(" & ")) == 3 for ln in body), tex
+    assert not re.search(r"(?<!\\)[|_%#]", tex.replace(r"\textbar{}", "")), tex
+    assert r"SD (Intercept) \textbar{} subj\_id" in tex
+    assert r"days\_n" in tex

@@ -82,18 +82,20 @@ class ModelTable:
         return "\n".join(out)
 
     def to_markdown(self) -> str:
-        head = "| | " + " | ".join(self.names) + " |"
+        """A pipe table (GitHub / pandoc Markdown); ``|`` and ``*`` in labels and cells are
+        escaped so that a label such as ``SD (Intercept) | school`` stays in its cell."""
+        md = _markdown_escape
+        head = "| | " + " | ".join(md(n) for n in self.names) + " |"
         sep = "|:--|" + "|".join("--:" for _ in self.names) + "|"
         out = [head, sep]
         for r in self.rows:
             if r.kind == "section":
-                out.append(f"| **{r.label}** |" + " |" * len(self.names))
+                out.append(f"| **{md(r.label)}** |" + " |" * len(self.names))
             else:
-                cells = [c.replace("*", r"\*") for c in r.cells]
-                out.append(f"| {r.label} | " + " | ".join(cells) + " |")
+                out.append(f"| {md(r.label)} | " + " | ".join(md(c) for c in r.cells) + " |")
         if self.notes:
             out.append("")
-            out.extend(n.replace("*", r"\*") for n in self.notes)
+            out.extend(md(n) for n in self.notes)
         return "\n".join(out)
 
     def to_html(self) -> str:
@@ -115,12 +117,7 @@ class ModelTable:
         return "\n".join(out)
 
     def to_latex(self) -> str:
-        def tex(s: str) -> str:
-            s = s.replace("\\", r"\textbackslash{}")
-            for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"),
-                         ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
-                s = s.replace(a, b)
-            return s
+        tex = _latex_escape
 
         def cell(c: str) -> str:
             core = c.rstrip("*")
@@ -153,6 +150,24 @@ class ModelTable:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+
+def _markdown_escape(s: str) -> str:
+    """Backslash-escape the characters that end a Markdown table cell or start emphasis."""
+    for ch in ("\\", "|", "*", "_"):
+        s = s.replace(ch, "\\" + ch)
+    return s
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+                   "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def _latex_escape(s: str) -> str:
+    """LaTeX text for ``s``: every special character of LaTeX's text mode escaped (``|``,
+    ``<`` and ``>`` print as other glyphs in the default font encoding)."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in s)
 
 
 def _fmt(x: float, digits: int) -> str:
