@@ -98,3 +98,66 @@ def test_latex_escapes_pipes_and_specials(underscored_fits):
     assert not re.search(r"(?<!\\)[|_%#]", tex.replace(r"\textbar{}", "")), tex
     assert r"SD (Intercept) \textbar{} subj\_id" in tex
     assert r"days\_n" in tex
+
+
+# --- 3. anova(): R's print.anova ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sleep_anova(sleep):
+    m0 = ml.lmer("Reaction ~ Days + (1 | Subject)", sleep)
+    m1 = ml.lmer("Reaction ~ Days + (Days | Subject)", sleep)
+    return ml.anova(m0, m1)
+
+
+def test_anova_prints_like_lme4(sleep_anova):
+    # lme4 1.1-31: anova(m0, m1) of these REML fits (numbers as print.anova formats them)
+    assert str(sleep_anova).splitlines() == [
+        "refitting model(s) with ML (instead of REML)",
+        "Models:",
+        "m0: Reaction ~ Days + (1 | Subject)",
+        "m1: Reaction ~ Days + (Days | Subject)",
+        "   npar    AIC    BIC  logLik deviance  Chisq Df Pr(>Chisq)",
+        "m0    4 1802.1 1814.9 -897.04   1794.1",
+        "m1    6 1763.9 1783.1 -875.97   1751.9 42.139  2  7.072e-10 ***",
+        "---",
+        "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1",
+    ]
+    assert repr(sleep_anova) == str(sleep_anova)
+
+
+def test_anova_shows_the_data_name_and_no_stars_when_none_are_due(sleep):
+    a = ml.lmer("Reaction ~ Days + (Days || Subject)", sleep, reml=False)
+    b = ml.lmer("Reaction ~ Days + (Days | Subject)", sleep, reml=False)
+    a.data_name = b.data_name = "sleepstudy"
+    lines = str(ml.anova(a, b)).splitlines()
+    assert lines[:2] == ["Data: sleepstudy", "Models:"]
+    assert not any("Signif" in ln or "*" in ln for ln in lines)  # p = 0.8 here
+
+
+def test_anova_table_is_still_a_data_frame(sleep_anova):
+    t = sleep_anova
+    assert isinstance(t, pd.DataFrame)
+    assert list(t.columns) == ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
+    assert t.loc["m1", "Df"] == 2 and np.isnan(t.loc["m0", "Chisq"])
+    assert t["npar"].tolist() == [4, 6]
+    plain = t.to_frame()
+    assert type(plain) is pd.DataFrame and plain.attrs["note"] == t.attrs["note"]
+    pd.testing.assert_frame_equal(plain, pd.DataFrame(t), check_frame_type=False)
+    # a slice is a plain frame, printed by pandas
+    assert type(t[["AIC", "BIC"]]) is pd.DataFrame
+
+
+def test_anova_html(sleep_anova):
+    html = sleep_anova._repr_html_()
+    assert "<th>Pr(&gt;Chisq)</th>" in html and "<td>42.139</td>" in html
+    assert "<td>7.072e-10</td><td>***</td>" in html and "Signif. codes" in html
+    assert "m1: Reaction ~ Days + (Days | Subject)" in html
+
+
+def test_compare_table_as_a_data_frame(underscored_fits):
+    t = ml.compare(*underscored_fits, names=["intercepts", "slopes"]).to_frame()
+    assert list(t.columns) == ["intercepts", "slopes"]
+    assert t.loc[("Fixed effects", "days_n"), "slopes"].startswith("10.467")
+    assert t.loc[("Fixed effects", "days_n (SE)"), "slopes"].startswith("(")
+    assert t.loc[("Model fit", "Observations")].tolist() == ["180", "180"]

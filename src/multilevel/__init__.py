@@ -74,12 +74,14 @@ def _wire_methods() -> None:
     from multilevel.report.glmm_summary import GlmmSummary
     from multilevel.report.lm_summary import LmSummary
     from multilevel.report.summary import Summary, varcorr_lines
+    from multilevel.report.anova_table import anova_html, anova_text
     from multilevel.results.methods import provide
 
     provide(coef_table=inference.coef_table, anova_terms=inference.anova_terms,
             confint=inference.confint, bootstrap=inference.bootstrap, simulate=inference.simulate,
             predict_interval=inference.predict_interval, Summary=Summary, GlmmSummary=GlmmSummary,
-            LmSummary=LmSummary, varcorr_lines=varcorr_lines, refit_response=refit_response)
+            LmSummary=LmSummary, varcorr_lines=varcorr_lines, refit_response=refit_response,
+            anova_text=anova_text, anova_html=anova_html)
 
 
 _wire_methods()

@@ -17,6 +17,7 @@ the same response.
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
@@ -27,13 +28,34 @@ from scipy import stats
 
 from multilevel.errors import MultilevelError, RemlComparisonWarning
 from multilevel.inference._common import is_lmm, ml_state
+from multilevel.results.methods import AnovaMethods
 
 if TYPE_CHECKING:
     from multilevel.results import AnyFit
 
-__all__ = ["anova"]
+__all__ = ["anova", "AnovaTable", "format_anova"]
 
 REFIT_NOTE = "refitting model(s) with ML (instead of REML)"
+
+
+class AnovaTable(AnovaMethods, pd.DataFrame):
+    """The table of :func:`anova`: a :class:`pandas.DataFrame` (columns, ``.loc``, arithmetic
+    and ``attrs`` as usual; derived frames are plain DataFrames) that prints as R prints
+    lme4's ``anova(m0, m1)``: the heading (refit message, ``Data:``, ``Models:``), every
+    column in R's number formats, stars and the ``Signif. codes`` legend. ``to_frame()``
+    gives the plain DataFrame."""
+
+    @property
+    def _constructor(self):
+        # operations on the table (slices, arithmetic, copies) give plain DataFrames, whose
+        # printing shows what they hold rather than an anova layout with missing columns
+        return pd.DataFrame
+
+    def copy(self, deep: bool = True) -> "AnovaTable":
+        """A copy that is still an :class:`AnovaTable` (``copy.deepcopy`` too)."""
+        out = AnovaTable(pd.DataFrame.copy(self, deep=deep))
+        out.attrs = copy.deepcopy(dict(self.attrs))
+        return out
 
 
 def _response(fit: AnyFit) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -86,10 +108,11 @@ def anova(*fits: AnyFit, refit: bool = True, names: Sequence[str] | None = None)
 
     Returns
     -------
-    pandas.DataFrame indexed by model name, sorted by ``npar``, with columns ``npar``,
-    ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``, ``Pr(>Chisq)``.
+    :class:`AnovaTable`, a pandas DataFrame indexed by model name, sorted by ``npar``, with
+    columns ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``,
+    ``Pr(>Chisq)``; ``print()`` shows it in R's layout (``.to_frame()``: a plain DataFrame).
     ``attrs["note"]`` tells whether models were refitted by ML; ``attrs["formulas"]`` maps
-    names to formulas.
+    names to formulas; ``attrs["data_name"]`` is the data's name when the fits know it.
 
     Examples
     --------
@@ -150,22 +173,18 @@ def anova(*fits: AnyFit, refit: bool = True, names: Sequence[str] | None = None)
             row["Pr(>Chisq)"] = float(stats.chi2.sf(chisq, df)) if df != 0 else np.nan
         rows.append(row)
         prev = (ll, k)
-    table = pd.DataFrame(rows, index=pd.Index([names[i] for i in order], name="model"))
+    table = AnovaTable(pd.DataFrame(rows, index=pd.Index([names[i] for i in order], name="model")))
     table.attrs["note"] = note
     table.attrs["formulas"] = {names[i]: getattr(fits[i], "formula", "") for i in order}
+    data_names = {getattr(f, "data_name", None) for f in fits}
+    table.attrs["data_name"] = data_names.pop() if len(data_names) == 1 else None
     return table
 
 
-def format_anova(table: pd.DataFrame, digits: int = 4) -> str:
-    """The table as text in lme4's layout (models with formulas, then the columns)."""
-    lines = []
-    if table.attrs.get("note"):
-        lines.append(table.attrs["note"])
-    forms = table.attrs.get("formulas") or {}
-    if forms:
-        lines.append("Models:")
-        lines.extend(f"{n}: {f}" for n, f in forms.items())
-    show = table.copy()
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        lines.append(show.to_string(float_format=lambda v: f"{v:.{digits}g}", na_rep=""))
-    return "\n".join(lines)
+def format_anova(table: pd.DataFrame, digits: int = 5) -> str:
+    """The table as text in R's layout (``print.anova``: the heading with the models'
+    formulas, then every column in R's formats, stars and their legend): what
+    ``print(ml.anova(m0, m1))`` shows, for a table that is a plain DataFrame too."""
+    from multilevel.results.methods import _impl
+
+    return _impl("anova_text")(table, digits)

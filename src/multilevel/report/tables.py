@@ -142,6 +142,24 @@ class ModelTable:
         out.append(r"\end{tabular}")
         return "\n".join(out)
 
+    def to_frame(self) -> "pd.DataFrame":
+        """The cells as a DataFrame of strings: one column per model, one row per line of the
+        table (a coefficient's standard-error line is labelled ``"<name> (SE)"``; the section
+        headings are the first level of the row index)."""
+        import pandas as pd
+
+        section, keys, data, prev = "", [], [], ""
+        for r in self.rows:
+            if r.kind == "section":
+                section = r.label
+                continue
+            label = f"{prev} (SE)" if r.kind == "se" else r.label
+            prev = r.label if r.kind == "value" else prev
+            keys.append((section, label))
+            data.append(list(r.cells))
+        idx = pd.MultiIndex.from_tuples(keys, names=["section", "row"])
+        return pd.DataFrame(data, index=idx, columns=list(self.names))
+
     def __str__(self) -> str:
         return self.to_text()
 

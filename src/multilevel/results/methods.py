@@ -24,6 +24,9 @@ has no cycle. The table:
                                     models)
 ``VarCorrMethods.format``           ``multilevel.report.summary.varcorr_lines``
                                     (VarCorr's printed table)
+``AnovaMethods.__str__``            ``multilevel.report.anova_table.anova_text`` and
+``AnovaMethods._repr_html_``        ``anova_html`` (R's ``print.anova`` of
+                                    ``ml.anova(m0, m1)``'s table)
 =================================  ==================================================
 
 ``LmmFit`` is ``LmmMethods + MixedMethods + MixedFit``, ``GlmmFit`` is ``GlmmMethods +
@@ -46,7 +49,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["LmmMethods", "GlmmMethods", "LmMethods", "MixedMethods", "VarCorrMethods", "provide"]
+__all__ = ["LmmMethods", "GlmmMethods", "LmMethods", "MixedMethods", "VarCorrMethods", "AnovaMethods",
+           "provide"]
 
 #: name -> the function (or class) of an upper layer that a method below calls
 _IMPL: dict[str, Callable[..., Any]] = {}
@@ -178,3 +182,24 @@ class VarCorrMethods:
         varcorr_lines = _impl("varcorr_lines")
 
         return "\n".join(varcorr_lines(self, digits=digits, comp=comp))
+
+
+class AnovaMethods:
+    """The printout of a table of likelihood-ratio tests (a DataFrame subclass that mixes this
+    in): R's ``print.anova`` layout in the console and in notebooks; ``to_frame()`` for the
+    plain DataFrame."""
+
+    def __str__(self) -> str:
+        return _impl("anova_text")(self)
+
+    def __repr__(self) -> str:
+        return _impl("anova_text")(self)
+
+    def _repr_html_(self) -> str:
+        return _impl("anova_html")(self)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The numbers as a plain :class:`pandas.DataFrame` (pandas' own printing)."""
+        out = pd.DataFrame(self, copy=True)
+        out.attrs = dict(getattr(self, "attrs", {}))
+        return out
