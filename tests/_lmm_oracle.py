@@ -89,7 +89,7 @@ def oracle_fit(frame: ModelFrame, theta, reml: bool, warnings: list[str] | None 
     all_warnings = list(frame.warnings) + list(warnings or [])
     diag_small = any(np.any(np.diag(L) < 1e-4) for L in lambda_blocks(theta, [rt.n_terms for rt in frame.reterms]))
     if diag_small and not any("singular" in m for m in all_warnings):
-        all_warnings.append("boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see fit.is_singular")
+        all_warnings.append("boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see help(multilevel.SingularFitWarning)")
     return LmmFit(frame=frame, reml=reml, theta=theta, beta=beta, vcov=vcov, sigma=sigma, b=b,
                   condvar=condvar(), loglik=-crit / 2.0, deviance_ml=dev_ml,
                   reml_criterion=crit if reml else None, fitted=fitted, converged=True,

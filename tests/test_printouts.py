@@ -161,3 +161,30 @@ def test_compare_table_as_a_data_frame(underscored_fits):
     assert t.loc[("Fixed effects", "days_n"), "slopes"].startswith("10.467")
     assert t.loc[("Fixed effects", "days_n (SE)"), "slopes"].startswith("(")
     assert t.loc[("Model fit", "Observations")].tolist() == ["180", "180"]
+
+
+# --- 4. the singular-fit warning points to our own documentation; no "classs" -------------
+
+
+def test_singular_warning_points_to_a_doc_that_exists():
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = ml.lmer("Yield ~ 1 + (1 | Batch)", load("Dyestuff2"))
+    msg = str(next(w.message for w in caught if issubclass(w.category, ml.SingularFitWarning)))
+    assert "isSingular" not in msg  # R's help page is not ours
+    target = re.search(r"help\(([\w.]+)\)", msg).group(1)
+    module, _, name = target.rpartition(".")
+    doc = getattr(importlib.import_module(module), name).__doc__
+    assert "singular" in doc and "(x || g)" in doc  # says what it means and what to do
+    assert fit.warnings[0].message == msg
+
+
+def test_report_does_not_pluralise_group_names():
+    from multilevel.app.html_report import _pooling_section
+
+    html = _pooling_section("popular ~ extrav + (1 | class)", load("popularity"), 40)
+    assert "classs" not in html
+    assert "8 levels of class" in html

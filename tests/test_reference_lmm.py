@@ -174,7 +174,7 @@ def test_summary_and_export(case_id):
     for name in case["fixef_names"]:
         assert name in text
     if case["results"]["isSingular"]:
-        assert "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see fit.is_singular" in text
+        assert "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see help(multilevel.SingularFitWarning)" in text
     d = fit.to_dict()
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     assert d["REML"] == case["REML"] and d["formula"] == case["formula"]

@@ -156,7 +156,7 @@ def test_ml_fit_deviance_is_minus_two_loglik():
 def test_singular_fit_flags():
     fit = hand_fit("dyestuff2_singular_reml")
     assert fit.is_singular
-    assert "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see fit.is_singular" in fit.warnings
+    assert "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see help(multilevel.SingularFitWarning)" in fit.warnings
     assert np.all(fit.ranef()["Batch"].to_numpy() == 0)
     # a near-zero diagonal below lme4's tolerance 1e-4 is singular too, even with a large off-diagonal
     early = load_case("early_singular_slope_reml")["results"]

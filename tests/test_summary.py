@@ -159,7 +159,7 @@ def test_singular_summary_shows_warning_and_zero_variance():
     text = str(fit.summary())
     assert " Batch    (Intercept)  0.00    0.000" in text
     assert text.endswith("optimizer (bobyqa) convergence code: 0 (OK)\n"
-                         "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see fit.is_singular")
+                         "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see help(multilevel.SingularFitWarning)")
     assert "Correlation of Fixed Effects" not in text  # a single coefficient
 
 
@@ -247,4 +247,4 @@ def test_lmer_sleepstudy_summary():
 def test_lmer_singular_summary():
     fit = fit_reference_case("dyestuff2_singular_reml")
     text = str(fit.summary())
-    assert fit.is_singular and "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see fit.is_singular" in text.splitlines()
+    assert fit.is_singular and "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1; see help(multilevel.SingularFitWarning)" in text.splitlines()

@@ -91,7 +91,29 @@ class MultilevelWarning(UserWarning):
 
 
 class SingularFitWarning(MultilevelWarning):
-    """A variance estimated as 0 or a correlation as +-1 (``fit.is_singular``)."""
+    """A boundary (singular) fit: a variance estimated as 0 or a correlation as +-1.
+
+    The estimated covariance matrix of some random-effect term is singular: a diagonal
+    element of its relative Cholesky factor Λ is below the fit's ``singular_tol`` (lme4's
+    ``isSingular``, tolerance 1e-4; ``fit.is_singular`` says so). This is common with few
+    groups or small variances and is not a failure of the optimiser: the likelihood is at
+    its maximum on the boundary. The model is over-fitted for these data; usual remedies
+    (as lme4's documentation suggests) are a simpler random-effects structure, e.g. dropping
+    a slope's variance or its correlation (``(x || g)``), or a Bayesian / penalised fit.
+    Inference that assumes an interior optimum (profiles, Satterthwaite's df, LRTs of the
+    component) is at the edge of its validity.
+
+    ``warnings.filterwarnings("ignore", category=ml.SingularFitWarning)`` silences it; the
+    record stays in ``fit.warnings``; ``control={"check_singular": "error"}`` makes it an
+    error.
+
+    >>> import multilevel as ml, warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", ml.SingularFitWarning)
+    ...     fit = ml.lmer("Yield ~ 1 + (1 | Batch)", ml.datasets.load("Dyestuff2"))
+    >>> fit.is_singular, fit.warnings[0].code
+    (True, 'singular')
+    """
 
     code = "singular"
 
@@ -183,7 +205,7 @@ class FitWarning(str):
 
 #: lme4's ``boundary (singular) fit`` message, said in words instead of R's help page
 SINGULAR_MESSAGE = ("boundary (singular) fit: a variance is estimated as 0 or a correlation "
-                    "as ±1; see fit.is_singular")
+                    "as ±1; see help(multilevel.SingularFitWarning)")
 
 
 def singular_warning() -> FitWarning:

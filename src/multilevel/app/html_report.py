@@ -382,18 +382,18 @@ def _pooling_section(formula: str, df: pd.DataFrame, dpi: int) -> str:
         warnings.simplefilter("ignore")
         p = pooling(formula, df)
     g = p.group_name
-    parts = [f"<p>Each {escape(g)} estimated on its own (<b>no pooling</b>), all {escape(g)}s "
+    parts = [f"<p>Each {escape(g)} estimated on its own (<b>no pooling</b>), all of them "
              f"together ignoring the grouping (<b>complete pooling</b>), and the multilevel model "
              f"(<b>partial pooling</b>): its estimates are pulled from the group's own towards the "
              f"common one, the more so the smaller the group.</p>"]
     parts.append(_call_section("pooling plot", lambda: _figure_html(
-        plots.plot_pooling(p), f"Complete, no and partial pooling for 8 {g}s from the smallest to the largest",
+        plots.plot_pooling(p), f"Complete, no and partial pooling for 8 levels of {g}, from the smallest to the largest",
         dpi)))
     for c in list(p.coef_names)[:3]:
         parts.append(_call_section(f"shrinkage plot of {c}", lambda c=c: _figure_html(
             plots.plot_shrinkage(p, coef=c), f"Shrinkage of {c}: own estimate → partial pooling", dpi)))
     tab = p.table.sort_values("n", kind="stable") if "n" in p.table.columns else p.table
-    parts.append(f"<details><summary>Pooling table ({len(tab)} {escape(g)}s, smallest first)</summary>"
+    parts.append(f"<details><summary>Pooling table ({len(tab)} levels of {escape(g)}, smallest first)</summary>"
                  f"{frame_html(tab, index=False)}</details>")
     return "".join(parts)
 

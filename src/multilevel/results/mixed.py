@@ -316,7 +316,9 @@ class MixedFit(FitBase):
     @cached_property
     def is_singular(self) -> bool:
         """lme4's ``isSingular(fit, tol)``: a diagonal element of some Λ is below the fit's
-        ``singular_tol`` (control setting, default lme4's 1e-4)."""
+        ``singular_tol`` (control setting, default lme4's 1e-4), i.e. a variance is estimated
+        as 0 or a correlation as ±1. What that means and what to do:
+        ``help(multilevel.SingularFitWarning)``."""
         return is_singular_theta(self._theta, self.structures, self.singular_tol)
 
     # -- random effects ----------------------------------------------------------------------
