@@ -34,7 +34,7 @@ def _issued_as(fit, caught, code, cls):
 def test_singular_fit():
     fit, caught = _fit(ml.lmer, "Yield ~ 1 + (1 | Batch)", load("dyestuff2"))
     rec = _issued_as(fit, caught, "singular", errors.SingularFitWarning)
-    assert "help(" not in rec and "see help(multilevel.SingularFitWarning)" in rec  # says it in words, not R's help
+    assert "isSingular" not in rec and "see help(multilevel.SingularFitWarning)" in rec  # our doc, not R's help page
     assert fit.is_singular
 
 
