@@ -188,3 +188,68 @@ def test_report_does_not_pluralise_group_names():
     html = _pooling_section("popular ~ extrav + (1 | class)", load("popularity"), 40)
     assert "classs" not in html
     assert "8 levels of class" in html
+
+
+# --- 5. arm's display() for lm, lmer and glmer fits -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hsb():
+    return load("hsb")
+
+
+def test_display_of_lm_is_arms_layout(hsb):
+    fit = ml.lm("mAch ~ ses", hsb)
+    out = ml.display(fit, data_name="hsb")
+    # arm 1.13: display(lm(mathach ~ ses, data = hsb)); R keeps the blanks that pad the columns
+    assert out.splitlines() == [
+        "lm(formula = mAch ~ ses, data = hsb)",
+        "            coef.est coef.se",
+        "(Intercept) 12.75     0.08  ",
+        "ses          3.18     0.10  ",
+        "---",
+        "n = 7185, k = 2",
+        "residual sd = 6.42, R-Squared = 0.13",
+    ]
+    assert out.n == 7185 and out.k == 2 and abs(out.r_squared - fit.r2) < 1e-15
+    detail = ml.display(fit, detail=True).splitlines()
+    assert detail[1].split() == ["coef.est", "coef.se", "t", "value", "Pr(>|t|)"]
+
+
+def test_display_of_lmer_is_arms_layout(hsb):
+    fit = ml.lmer("mAch ~ 1 + (1 | school)", hsb)
+    fit.data_name = "hsb"
+    out = ml.display(fit)
+    assert out.splitlines() == [
+        "lmer(formula = mAch ~ 1 + (1 | school), data = hsb)",
+        "            coef.est coef.se",
+        "(Intercept) 12.64     0.24  ",
+        "",
+        "Error terms:",
+        " Groups   Name        Std.Dev.",
+        " school   (Intercept) 2.93    ",
+        " Residual             6.26    ",
+        "---",
+        "number of obs: 7185, groups: school, 160",
+        "AIC = 47122.8, DIC = 47114.8",
+        "deviance = 47115.8 ",
+    ]
+    assert repr(out) == str(out)  # shows itself as the text, not as a quoted string
+
+
+def test_display_of_glmer_and_unknown_data_name():
+    fit = ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load("cbpp"),
+                   family="binomial")
+    lines = ml.display(fit).splitlines()
+    # R prints the call as typed; without a known data name there is no "data = data"
+    assert lines[0] == "glmer(formula = cbind(incidence, size - incidence) ~ period + (1 | herd), family = binomial)"
+    assert " Residual             1.00    " in lines  # arm shows lme4's sigma() = 1
+    dev = float(fit.conditional_deviance)
+    assert lines[-1] == f"deviance = {dev:.1f} "
+    assert lines[-2] == f"AIC = {fit.aic:.1f}, DIC = {2 * dev + 2 * fit.loglik:.1f}"
+    for f in (fit, ml.lm("Reaction ~ Days", load("sleepstudy"))):
+        assert "data = data" not in ml.display(f) and "data =" not in ml.display(f)
+
+
+def test_display_is_top_level_and_still_in_report_tables(sleep_fit):
+    assert ml.display(sleep_fit) == ml.report.tables.display(sleep_fit, file=False)

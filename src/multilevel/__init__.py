@@ -32,6 +32,14 @@ from multilevel.toolkit.pooling import pooling, two_stage
 from multilevel.inference import anova, icc, r2
 from multilevel.report.tables import compare
 
+# --- issue 10, course names (helper "out"): arm's display, Barron's variance explained,
+# --- arm's se.ranef, saving fits. Kept in one block for the merge with lazy loading.
+from multilevel.inference import variance_reduction
+from multilevel.report.display import display
+from multilevel.results.mixed import se_ranef
+_COURSE_NAMES = ["display", "variance_reduction", "se_ranef"]
+# --- end of the course names block
+
 __all__ = [
     "lmer",
     "lm",
@@ -60,6 +68,7 @@ __all__ = [
     "RankDeficientWarning",
     "LmerControl",
     "GlmerControl",
+    *_COURSE_NAMES,
 ]
 
 __version__ = "0.1.0"

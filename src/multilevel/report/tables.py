@@ -1,4 +1,5 @@
-"""Side-by-side tables of fitted models (``compare``) and arm's compact ``display``.
+"""Side-by-side tables of fitted models (``compare``); arm's compact ``display`` is
+:mod:`multilevel.report.display` (re-exported here).
 
 ``compare(m0, m1, ...)`` builds a :class:`ModelTable`: one column per model; the fixed
 effects (estimate with significance stars, standard error in parentheses below), the
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from multilevel.errors import MultilevelError
+from multilevel.report.display import display  # arm's display(), kept importable from here
 from multilevel.inference._common import is_glmm
 
 if TYPE_CHECKING:
@@ -287,108 +289,3 @@ def compare(*fits: AnyFit, names: Sequence[str] | None = None, digits: int = 3,
     if any(getattr(f, "reml", False) for f in fits):
         notes.append("REML fits: log-likelihood, AIC and BIC are REML criteria")
     return ModelTable(names, rows, notes)
-
-
-# --- arm's display ------------------------------------------------------------------------
-
-
-def _fround(values: Sequence[float], digits: int) -> list[str]:
-    """R's ``format(round(x, digits), nsmall = digits)``: a common width, right-aligned."""
-    s = [f"{round(float(v), digits):.{digits}f}" for v in values]
-    w = max((len(x) for x in s), default=0)
-    return [x.rjust(w) for x in s]
-
-
-def _print_matrix(rownames: list[str], colnames: list[str], cells: list[list[str]]) -> list[str]:
-    """R's print of a character matrix with quote = FALSE (left-aligned columns)."""
-    wr = max([len(r) for r in rownames] + [0])
-    widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(colnames)]
-    out = [" " * wr + "".join(f" {c:<{w}}" for c, w in zip(colnames, widths))]
-    for rn, row in zip(rownames, cells):
-        out.append(f"{rn:<{wr}}" + "".join(f" {c:<{w}}" for c, w in zip(row, widths)))
-    return out
-
-
-def display(fit: AnyFit, digits: int = 2, detail: bool = False, file: Any = None) -> str:
-    """arm's ``display()`` of a mixed model: the call, fixed effects (coef.est, coef.se),
-    the random-effect SDs and correlations, the numbers of observations and groups, AIC,
-    DIC and lme4's deviance (for REML fits that of the ML refit; for GLMMs the conditional
-    deviance, the sum of squared deviance residuals), as arm computes them.
-    Returns the text; prints it unless ``file=False``."""
-    from multilevel.inference.ddf import coef_table
-
-    glmm = is_glmm(fit)
-    fn = "glmer" if glmm else "lmer"
-    data = getattr(fit, "data_name", None) or "data"
-    extra = ""
-    if glmm:
-        extra = f", family = {fit.family}(link = \"{fit.link}\")"
-    elif not fit.reml:
-        extra = ", REML = FALSE"
-    lines = [f"{fn}(formula = {fit.formula}, data = {data}{extra})"]
-    tab = coef_table(fit, None)
-    names = list(tab.index)
-    est = tab["estimate"].to_numpy(float)
-    se = tab["se"].to_numpy(float)
-    cols = ["coef.est", "coef.se"]
-    mat = [est, se]
-    if detail:
-        stat = est / se
-        if glmm:
-            cols += ["z value", "Pr(>|z|)"]
-            mat += [stat, tab["p"].to_numpy(float)]
-        else:
-            cols += ["t value"]
-            mat += [stat]
-    if names:
-        formatted = _fround(np.concatenate(mat), digits)
-        n = len(names)
-        cells = [[formatted[j * n + i] for j in range(len(cols))] for i in range(n)]
-        lines += _print_matrix(names, cols, cells)
-    lines += ["", "Error terms:"]
-    blocks = list(fit.varcorr)
-    sds = [b.sd.to_numpy() for b in blocks]
-    allsd = np.concatenate(sds + ([np.array([fit.sigma])] if not glmm else []))
-    sd_txt = _fround(allsd, digits)
-    maxlen = max([len(b.terms) for b in blocks] + [1])
-    rows, k = [], 0
-    from multilevel.results.names import make_unique_names
-
-    labels = make_unique_names([b.group for b in blocks])
-    for b, lab in zip(blocks, labels):
-        ctxt = _fround(b.corr.ravel(), digits) if maxlen > 1 else []
-        s = len(b.terms)
-        for i, t in enumerate(b.terms):
-            row = [lab if i == 0 else "", t, sd_txt[k]]
-            if maxlen > 1:
-                row += [ctxt[i * s + j] if j < i else "" for j in range(maxlen)]
-            rows.append(row)
-            k += 1
-    if not glmm:
-        rows.append(["Residual", "", sd_txt[k]] + ([""] * maxlen if maxlen > 1 else []))
-    vcols = ["Groups", "Name", "Std.Dev."] + (["Corr"] + [""] * (maxlen - 1) if maxlen > 1 else [])
-    lines += _print_matrix([""] * len(rows), vcols, rows)
-    # AIC from the fit's own likelihood; DIC = deviance + (deviance - Dhat), deviance = ML
-    if glmm:
-        # arm uses lme4's deviance(), which for a GLMM is the conditional deviance
-        dev = float(getattr(fit, "conditional_deviance", -2.0 * float(fit.loglik)))
-    else:
-        from multilevel.inference._common import ml_state
-
-        dev = ml_state(fit).objective
-    dhat = -2.0 * float(fit.loglik)
-    dic = dev + (dev - dhat)
-    grp = "; ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
-    lines += ["---", f"number of obs: {int(fit.nobs)}, groups: {grp}",
-              f"AIC = {_g(round(float(fit.aic), 1))}, DIC = {_g(round(dic, 1))}",
-              f"deviance = {_fround([dev], 1)[0]} "]
-    text = "\n".join(lines)
-    if file is not False:
-        print(text, file=file)
-    return text
-
-
-def _g(x: float) -> str:
-    """R's ``%g`` / ``cat`` of a number: up to 6 significant digits."""
-    s = f"{x:.6g}"
-    return s

@@ -33,7 +33,7 @@ import pandas as pd
 
 from multilevel.covariance import (SINGULAR_TOL, Covariance, frame_structures, is_singular_theta, lambda_blocks,
                                    theta_names)
-from multilevel.errors import DataError, MultilevelError
+from multilevel.errors import DataError, ModelSpecError, MultilevelError
 from multilevel.results.base import FitBase
 from multilevel.results.methods import VarCorrMethods
 from multilevel.results.names import make_unique_names
@@ -41,7 +41,7 @@ from multilevel.results.names import make_unique_names
 if TYPE_CHECKING:  # pragma: no cover
     from multilevel.design.frame import ModelFrame
 
-__all__ = ["MixedFit", "VarCorr", "VarCorrBlock", "RandomEffects"]
+__all__ = ["MixedFit", "VarCorr", "VarCorrBlock", "RandomEffects", "se_ranef"]
 
 
 # --- variance components ----------------------------------------------------------------
@@ -360,6 +360,16 @@ class MixedFit(FitBase):
         merged_sd = {g: pd.concat(v, axis=1) for g, v in sds.items()} if cv is not None else None
         return RandomEffects(merged, merged_sd, cvs if cv is not None else None)
 
+    def se_ranef(self) -> dict[str, pd.DataFrame]:
+        """Standard errors of the conditional modes, as arm's ``se.ranef(fit)``: by grouping
+        factor, a DataFrame shaped like ``ranef()[group]`` (levels x terms) holding the square
+        roots of the diagonals of lme4's ``condVar`` (the same as ``ranef().condsd``).
+
+        >>> fit.se_ranef()["Subject"].loc["308"].round(2).tolist()
+        [12.07, 2.3]
+        """
+        return dict(self.ranef(condvar=True).condsd)
+
     def coef(self) -> dict[str, pd.DataFrame]:
         """Per-group coefficients: the fixed effects plus the group's random effects for
         terms of the same name (lme4's ``coef.merMod``). Random-effect terms that are not
@@ -413,6 +423,19 @@ class MixedFit(FitBase):
                 contrib = np.einsum("ij,ij->i", np.asarray(nd.Z[j], dtype=float), bk)
                 eta = eta + np.where(new, 0.0, contrib)
         return pd.Series(eta, index=self._newdata_index(newdata, len(eta)), name="predicted")
+
+
+def se_ranef(fit: MixedFit) -> dict[str, pd.DataFrame]:
+    """arm's ``se.ranef(fit)``: :meth:`MixedFit.se_ranef` as a function (``ml.se_ranef(fit)``).
+
+    >>> import multilevel as ml
+    >>> fit = ml.lmer("mAch ~ 1 + (1 | school)", ml.datasets.load("hsb"))
+    >>> ml.se_ranef(fit)["school"].shape
+    (160, 1)
+    """
+    if not isinstance(fit, MixedFit):
+        raise ModelSpecError(f"se_ranef() needs a mixed model (lmer or glmer fit), not a {type(fit).__name__}")
+    return fit.se_ranef()
 
 
 def _is_fixed_only(re_form: Any) -> bool:

@@ -1,0 +1,66 @@
+"""Accessors course users look for: se_ranef (arm), top-level icc / variance_reduction /
+display, saving and loading fits, and fitted values and residuals on the data's index."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _lmm_oracle import _full_z_lambda
+from conftest import fit_reference_case, load_case
+
+import multilevel as ml
+from multilevel.datasets import load
+
+
+# --- 6. top-level names and se_ranef ----------------------------------------------------------
+
+
+def test_course_names_are_top_level():
+    for name in ("icc", "variance_reduction", "display", "se_ranef"):
+        assert name in ml.__all__ and callable(getattr(ml, name))
+
+
+def test_variance_reduction_top_level_is_barrons_69_percent():
+    hsb = load("hsb")
+    m0 = ml.lmer("mAch ~ 1 + (1 | school)", hsb)
+    m1 = ml.lmer("mAch ~ meanses + (1 | school)", hsb)
+    red = ml.variance_reduction(m0, m1)
+    assert round(float(red.loc[("school", "(Intercept)"), "reduction"]), 2) == 0.69
+    assert round(float(ml.icc(m0)["adjusted"]), 2) == 0.18
+
+
+@pytest.mark.parametrize("case_id", ["sleepstudy_slope_reml", "penicillin_crossed_reml"])
+def test_se_ranef_matches_lme4_condvar(case_id):
+    case = load_case(case_id)
+    fit = fit_reference_case(case_id)
+    se = fit.se_ranef()
+    assert list(se) == list(case["results"]["ranef"])
+    for g, terms in case["results"]["ranef"].items():
+        re = fit.ranef(condvar=False)[g]
+        assert se[g].shape == re.shape and list(se[g].index) == list(re.index)
+        assert list(se[g].columns) == list(re.columns)
+        for t, r in terms.items():
+            np.testing.assert_allclose(se[g][t].to_numpy(), np.asarray(r["condsd"], float), rtol=2e-3)
+    for g in se:
+        pd.testing.assert_frame_equal(ml.se_ranef(fit)[g], se[g])
+
+
+def test_se_ranef_equals_a_dense_computation():
+    """sqrt(diag(sigma^2 Lambda (Lambda' Z' Z Lambda + I)^-1 Lambda')), from the definitions."""
+    fit = ml.lmer("Reaction ~ Days + (Days | Subject)", load("sleepstudy"))
+    Z, Lam, _ = _full_z_lambda(fit.frame, np.asarray(fit.theta, float))
+    ZL = Z @ Lam
+    V = fit.sigma**2 * Lam @ np.linalg.inv(ZL.T @ ZL + np.eye(Lam.shape[0])) @ Lam.T
+    dense = np.sqrt(np.diag(V)).reshape(-1, 2)  # level-major: (Intercept), Days per subject
+    np.testing.assert_allclose(fit.se_ranef()["Subject"].to_numpy(), dense, rtol=1e-8)
+
+
+def test_se_ranef_of_a_glmm_and_refusal_for_lm():
+    g = ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load("cbpp"), family="binomial")
+    se = ml.se_ranef(g)["herd"]
+    assert se.shape == (15, 1) and (se.to_numpy() > 0).all()
+    with pytest.raises(ml.ModelSpecError, match="se_ranef"):
+        ml.se_ranef(ml.lm("Reaction ~ Days", load("sleepstudy")))
