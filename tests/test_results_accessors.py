@@ -64,3 +64,52 @@ def test_se_ranef_of_a_glmm_and_refusal_for_lm():
     assert se.shape == (15, 1) and (se.to_numpy() > 0).all()
     with pytest.raises(ml.ModelSpecError, match="se_ranef"):
         ml.se_ranef(ml.lm("Reaction ~ Days", load("sleepstudy")))
+
+
+# --- 7. saving and loading fits ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_fits():
+    sleep = load("sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ml.MultilevelWarning)
+        return {
+            "lm": (ml.lm("Reaction ~ Days", sleep), sleep.head(7)),
+            "lmer": (ml.lmer("Reaction ~ Days + (Days | Subject)", sleep), sleep.head(7)),
+            "glmer": (ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load("cbpp"),
+                               family="binomial"), load("cbpp").head(7)),
+        }
+
+
+@pytest.mark.parametrize("kind", ["lm", "lmer", "glmer"])
+def test_saved_fit_prints_predicts_and_summarises_identically(three_fits, kind, tmp_path):
+    fit, new = three_fits[kind]
+    path = tmp_path / f"{kind}.fit"
+    fit.save(path)
+    back = ml.load_fit(path)
+    assert type(back) is type(fit)
+    assert str(back) == str(fit) and str(back.summary()) == str(fit.summary())
+    assert back.summary()._repr_html_() == fit.summary()._repr_html_()
+    pd.testing.assert_series_equal(back.predict(new), fit.predict(new), check_exact=True)
+    pd.testing.assert_series_equal(back.fitted(), fit.fitted(), check_exact=True)
+    assert str(ml.display(back)) == str(ml.display(fit))
+    if kind == "lmer":
+        assert str(back.summary(ddf="satterthwaite")) == str(fit.summary(ddf="satterthwaite"))
+
+
+def test_load_fit_errors_name_the_file(tmp_path):
+    import pickle
+
+    with pytest.raises(ml.MultilevelError, match="cannot read a fit from .*missing.fit"):
+        ml.load_fit(tmp_path / "missing.fit")
+    other = tmp_path / "other.pkl"
+    other.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ml.MultilevelError, match="other.pkl.* is not a fit saved by multilevel"):
+        ml.load_fit(other)
+    junk = tmp_path / "junk.fit"
+    junk.write_text("not a pickle")
+    with pytest.raises(ml.MultilevelError, match="junk.fit.* is not a fit saved by multilevel"):
+        ml.load_fit(junk)
+    with pytest.raises(ml.MultilevelError, match="saves fitted models"):
+        ml.results.storage.save_fit({"a": 1}, tmp_path / "x.fit")

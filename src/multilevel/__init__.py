@@ -37,7 +37,8 @@ from multilevel.report.tables import compare
 from multilevel.inference import variance_reduction
 from multilevel.report.display import display
 from multilevel.results.mixed import se_ranef
-_COURSE_NAMES = ["display", "variance_reduction", "se_ranef"]
+from multilevel.results.storage import load_fit
+_COURSE_NAMES = ["display", "variance_reduction", "se_ranef", "load_fit"]
 # --- end of the course names block
 
 __all__ = [

@@ -216,6 +216,14 @@ class FitBase(InformationCriteria):
     def summary(self) -> Any:  # pragma: no cover - overridden (results.methods)
         raise NotImplementedError
 
+    def save(self, path: Any) -> None:
+        """Write the fit to the file ``path``; ``multilevel.load_fit(path)`` reads it back,
+        and the reloaded fit prints, summarises and predicts as this one (a pickle: load only
+        files you trust). See :mod:`multilevel.results.storage`."""
+        from multilevel.results.storage import save_fit
+
+        save_fit(self, path)
+
     def to_dict(self) -> dict:
         """All results as a JSON-serialisable dict (the field names of the lme4 reference
         JSON for mixed models; see :mod:`multilevel.results.export`)."""
