@@ -20,7 +20,8 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.datasets", "multilevel.app.cli",
            "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
            "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson",
-           "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata"]
+           "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata",
+           "multilevel.report.display", "multilevel.report.anova_table", "multilevel.results.storage"]
 
 
 @pytest.mark.parametrize("name", MODULES)

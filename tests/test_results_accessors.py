@@ -113,3 +113,44 @@ def test_load_fit_errors_name_the_file(tmp_path):
         ml.load_fit(junk)
     with pytest.raises(ml.MultilevelError, match="saves fitted models"):
         ml.results.storage.save_fit({"a": 1}, tmp_path / "x.fit")
+
+
+# --- 8. fitted() and residuals() on the data's index ---------------------------------------------
+
+
+def _shuffled_with_missing(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    out = df.sample(frac=1.0, random_state=3).copy()
+    out.loc[out.index[:5], col] = np.nan  # rows dropped for a missing value
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::multilevel.errors.RowsDroppedWarning")
+@pytest.mark.parametrize("kind", ["lm", "lmer", "glmer"])
+def test_fitted_and_residuals_align_with_the_data_after_sorting(kind):
+    if kind == "glmer":
+        d = _shuffled_with_missing(load("cbpp"), "size")
+        fit = ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, family="binomial")
+        # response residuals on the proportion scale: y / size - mu
+        y = d["incidence"] / d["size"]
+    else:
+        d = _shuffled_with_missing(load("sleepstudy"), "Reaction")
+        formula = "Reaction ~ Days" + ("" if kind == "lm" else " + (Days | Subject)")
+        fit = (ml.lm if kind == "lm" else ml.lmer)(formula, d)
+        y = d["Reaction"]
+    used = d.dropna()
+    fitted, resid = fit.fitted(), fit.residuals(type="response")
+    assert list(fitted.index) == list(used.index) == list(resid.index)
+    # assigned back to the frame, every value lands on its own row
+    back = d.assign(fitted=fitted, resid=resid).dropna()
+    np.testing.assert_allclose(back["fitted"] + back["resid"], y[back.index], rtol=1e-12)
+    # the same labels as predict(newdata) on those rows, and the same values
+    pred = fit.predict(used, type="response") if kind == "glmer" else fit.predict(used)
+    pd.testing.assert_index_equal(pred.index, fitted.index)
+    np.testing.assert_allclose(pred.to_numpy(), fitted.to_numpy(), rtol=1e-8)
+
+
+def test_fitted_of_data_without_labels_is_by_position():
+    import polars as pl  # a test extra
+    d = load("sleepstudy")
+    fit = ml.lmer("Reaction ~ Days + (Days | Subject)", pl.from_pandas(d))
+    assert list(fit.fitted().index) == list(range(len(d)))

@@ -96,6 +96,9 @@ class ModelFrame:
                     fixed part (R's ``attr(X, "contrasts")``; the reference JSON's
                     ``fixed_contrasts``), re-applied to new data by ``new_design``.
     contrasts_arg:  the ``contrasts=`` argument as normalized (short names or matrices).
+    row_labels:     the user's row labels of the rows used (a pandas frame's ``index[rows]``,
+                    lme4's row names), or None for data without labels (polars, dicts): the
+                    index of ``fitted()`` and ``residuals()``.
     """
 
     formula: str
@@ -117,6 +120,7 @@ class ModelFrame:
     factor_levels: dict[str, list[str]] = field(default_factory=dict)
     contrasts: dict[str, Contrast] = field(default_factory=dict)
     contrasts_arg: dict[str, Any] = field(default_factory=dict)
+    row_labels: Any = None
 
     @property
     def nobs(self) -> int:
@@ -375,7 +379,15 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         factor_levels=factor_levels,
         contrasts=fixed_contrasts,
         contrasts_arg=contrasts_arg,
+        row_labels=_row_labels(data, rows),
     )
+
+
+def _row_labels(data: Any, rows: np.ndarray | None) -> pd.Index | None:
+    """The pandas index of the rows used (None for data without row labels)."""
+    if not isinstance(data, pd.DataFrame):
+        return None
+    return data.index if rows is None else data.index[rows]
 
 
 def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray

@@ -75,7 +75,7 @@ def fround(values: Sequence[float], digits: int) -> list[str]:
     """arm's ``fround``: ``format(round(x, digits), nsmall = digits)`` of a vector (one
     common format, right-justified to one width).
 
-    >>> fround([251.405, 10.467, 6.825, 1.546], 2)
+    >>> fround([251.405, 10.467, 6.8246, 1.546], 2)
     ['251.41', ' 10.47', '  6.82', '  1.55']
     """
     return format_real([_r_round(float(v), digits) for v in values], digits=7, nsmall=digits)

@@ -184,14 +184,26 @@ class FitBase(InformationCriteria):
     # -- fitted values and predictions ---------------------------------------------------
 
     def _row_index(self) -> pd.Index:
+        """The data's row labels of the rows used (lme4 names fitted values and residuals by
+        the data's row names), so that ``df["fit"] = fit.fitted()`` aligns by label after
+        sorting or filtering; positions for data without labels (polars, dicts)."""
+        labels = getattr(self.frame, "row_labels", None)  # None also for fits pickled before it
+        if labels is not None and len(labels) == len(self._fitted):
+            return pd.Index(labels)
         rows = getattr(self.frame, "rows", None)
         if rows is not None and len(rows) == len(self._fitted):
             return pd.Index(np.asarray(rows))
         return pd.RangeIndex(len(self._fitted))
 
     def fitted(self) -> pd.Series:
-        """Fitted values (on the response scale) for the rows used, indexed by their
-        position in the data."""
+        """Fitted values (on the response scale) for the rows used, indexed by the data's
+        row labels (its pandas index; positions for other data), as ``predict(df)``.
+
+        >>> d = ml.datasets.load("sleepstudy").sort_values("Reaction")
+        >>> f = ml.lmer("Reaction ~ Days + (Days | Subject)", d)
+        >>> list(f.fitted().index) == list(d.index)
+        True
+        """
         return pd.Series(self._fitted, index=self._row_index(), name="fitted")
 
     def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
