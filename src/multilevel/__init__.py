@@ -29,6 +29,7 @@ from multilevel.results.lm import LmFit
 from multilevel.models.lm import lm
 from multilevel.toolkit.describe import describe
 from multilevel.toolkit.pooling import pooling, two_stage
+from multilevel.toolkit.power import PowerDesign, power
 from multilevel.inference import anova, icc, r2
 from multilevel.report.tables import compare
 
@@ -48,6 +49,8 @@ __all__ = [
     "describe",
     "pooling",
     "two_stage",
+    "power",
+    "PowerDesign",
     "glmer",
     "glmer_nb",
     "anova",

@@ -4,6 +4,7 @@
     multilevel fit "Reaction ~ Days + (Days | Subject)" --data sleepstudy.csv --ml --json
     multilevel fit "mAch ~ sector + cses + (1 | school)" --data hsb --contrasts sector=sum
     multilevel report "Reaction ~ Days + (1 | Subject)" "Reaction ~ Days + (Days | Subject)" --data sleepstudy
+    multilevel power "Reaction ~ Days + (Days | Subject)" --data sleepstudy --test Days --fixef Days=3
     multilevel datasets
 
 ``fit`` prints lme4's summary of the model (or, with ``--json``, the fit in the field names
@@ -11,6 +12,10 @@ of the lme4 reference JSON); ``--data`` is a CSV/TSV/Parquet file or the name of
 data set (``multilevel datasets`` lists them). Errors in the input (a formula that does not
 parse, a column that does not exist, a file that cannot be read) print one line
 ``error: ...`` on stderr and exit with status 2, without a traceback.
+
+``power`` fits the model, simulates from it (``--fixef`` sets the effect sizes to plan for)
+and prints the power of the test with its interval (``--along n_groups --values 10,20,40``: a
+power curve; see ``multilevel.toolkit.power``).
 
 ``report`` fits each formula and writes one self-contained HTML report (``-o``, default
 ``report.html``; see ``multilevel.app.html_report``).
@@ -89,6 +94,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--family", metavar="NAME", help="GLMM family (binomial, poisson): fit with glmer")
     r.add_argument("--title", help="title of the report")
     r.set_defaults(handler=_cmd_report)
+
+    pw = sub.add_parser("power", help="power of a test by simulation (as simr's powerSim / powerCurve)",
+                        description="Fit the model, then simulate from it (with --fixef the effect "
+                                    "sizes to plan for), refit and test NSIM times; prints the power "
+                                    "with its Clopper-Pearson interval, per design with --along.")
+    pw.add_argument("formula", help='lme4 formula of the true model, e.g. "Reaction ~ Days + (Days | Subject)"')
+    pw.add_argument("--data", required=True, metavar="PATH_OR_NAME",
+                    help="CSV/TSV/Parquet file, or the name of a bundled data set")
+    what = pw.add_mutually_exclusive_group(required=True)
+    what.add_argument("--test", metavar="TERM", help="the fixed effect (or term) to test, e.g. Days")
+    what.add_argument("--null", metavar="FORMULA", help="a null-model formula: likelihood-ratio test against FORMULA")
+    pw.add_argument("--method", default=None, choices=["satterthwaite", "lrt", "z"],
+                    help="the test (default: satterthwaite for --test, lrt for --null)")
+    pw.add_argument("--nsim", type=int, default=1000, metavar="N", help="simulations per design (default 1000)")
+    pw.add_argument("--along", choices=["n_groups", "group_size"], help="vary the design: number of groups or rows per group")
+    pw.add_argument("--values", metavar="V1,V2,...", help="the sizes to try along --along, e.g. 10,20,40")
+    pw.add_argument("--group", metavar="NAME", help="the grouping factor to extend (when there are several)")
+    pw.add_argument("--fixef", action="append", metavar="NAME=VALUE[,...]",
+                    help="true fixed effects to simulate with instead of the estimates, e.g. Days=5")
+    pw.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    pw.add_argument("--seed", type=int, default=None, help="random seed (the same seed gives the same result)")
+    pw.add_argument("--ml", action="store_true", help="fit the model by maximum likelihood instead of REML")
+    pw.add_argument("--json", action="store_true", help="print the result as JSON")
+    pw.add_argument("--plot", metavar="FILE", help="also save the power curve as an image (PNG, SVG, PDF)")
+    pw.set_defaults(handler=_cmd_power)
 
     d = sub.add_parser("datasets", help="list the bundled data sets",
                        description="List the data sets bundled with multilevel.")
@@ -211,6 +241,50 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except OSError as e:
         raise _InputError(f"cannot write {args.output!r}: {e.strerror or e}") from e
     print(f"wrote {args.output} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
+    return EXIT_OK
+
+
+# --- power --------------------------------------------------------------------------------
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    from multilevel.toolkit.power import power  # lazily: `multilevel --help` stays fast
+
+    values = None
+    if args.values is not None:
+        try:
+            values = [int(v) for v in args.values.split(",") if v.strip()]
+        except ValueError:
+            raise _InputError(f"--values: expected whole numbers separated by commas, got "
+                              f"{args.values!r}") from None
+    fixef: dict[str, float] = {}
+    for item in ",".join(args.fixef or []).split(","):
+        if not item.strip():
+            continue
+        name, eq, val = item.partition("=")
+        try:
+            fixef[name.strip()] = float(val)
+        except ValueError:
+            raise _InputError(f"--fixef: expected NAME=VALUE (e.g. Days=5), got {item.strip()!r}") from None
+        if not eq or not name.strip():
+            raise _InputError(f"--fixef: expected NAME=VALUE (e.g. Days=5), got {item.strip()!r}")
+    df, _name = _read_data(args.data)
+    import multilevel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MultilevelWarning)  # the truth's warnings do not matter here
+        fit = multilevel.lmer(args.formula, data=df, reml=not args.ml)
+    res = power(fit, args.test if args.test is not None else args.null, nsim=args.nsim,
+                along=args.along, values=values, alpha=args.alpha, seed=args.seed,
+                method=args.method, fixef=fixef or None, data=df, group=args.group)
+    print(json.dumps(res.to_dict(), indent=2) if args.json else res)
+    if args.plot:
+        from multilevel.report.power_plot import plot_power_curve
+
+        try:
+            plot_power_curve(res).savefig(args.plot, dpi=120, bbox_inches="tight")
+        except (OSError, ValueError) as e:
+            raise _InputError(f"cannot write {args.plot!r}: {e}") from e
     return EXIT_OK
 
 

@@ -85,8 +85,15 @@ class XCentring:
         """The covariance of ``beta`` from that of ``beta_c``: ``T V T'``."""
         if not self.active or V.size == 0:
             return V
-        T = self.matrix()
-        return T @ V @ T.T
+        # T = I - e_int m': T V T' changes only the intercept's row and column (no p x p
+        # products: this runs at every Satterthwaite derivative step of a simulation study)
+        i, m = self.intercept, self.shift
+        Vm = V @ m
+        out = np.array(V, dtype=float)
+        out[i, :] -= Vm
+        out[:, i] -= Vm
+        out[i, i] += float(m @ Vm)
+        return out
 
     def grad_out(self, g: np.ndarray) -> np.ndarray:
         """A gradient with respect to ``beta`` from one with respect to ``beta_c``:

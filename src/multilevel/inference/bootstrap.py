@@ -75,6 +75,7 @@ class _Simulator:
     def __init__(self, fit: AnyFit, re_sd: str = "varcorr"):
         frame = fit.frame
         self.frame = frame
+        self.terms = list(frame.reterms)
         self.glmm = is_glmm(fit)
         self.mean_fixed = frame.X @ np.asarray(fit.getme("beta"), float) if frame.X.shape[1] else np.zeros(frame.nobs)
         if frame.offset is not None:
@@ -95,10 +96,28 @@ class _Simulator:
                 nt = frame.weights if frame.weights is not None else np.ones(frame.nobs)
             self.trials = np.asarray(nt, float)
 
+    @classmethod
+    def lmm(cls, inp: Any, beta: np.ndarray, sigma: float, lambdas: list[np.ndarray]) -> "_Simulator":
+        """A simulator of a linear mixed model given by its arrays (an engine input: X, the
+        terms' refs and Z, weights, offset) and parameters: beta, sigma and each term's
+        Lambda (Cov(b) = sigma^2 Lambda Lambda'). Designs that no fit was made on (a larger
+        design for a power analysis) draw from here, as a fit's simulate() does."""
+        self = cls.__new__(cls)
+        self.frame, self.terms, self.glmm = inp, list(inp.terms), False
+        X = np.asarray(inp.X, float)
+        self.mean_fixed = X @ np.asarray(beta, float) if X.shape[1] else np.zeros(X.shape[0])
+        if inp.offset is not None:
+            self.mean_fixed = self.mean_fixed + inp.offset
+        self.sigma = float(sigma)
+        self.factors = [self.sigma * np.asarray(L, float) for L in lambdas]
+        w = inp.weights
+        self.noise_sd = self.sigma / np.sqrt(w) if w is not None else np.full(X.shape[0], self.sigma)
+        return self
+
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         eta = self.mean_fixed.copy()
-        for rt, F in zip(self.frame.reterms, self.factors):
-            u = rng.standard_normal((rt.n_levels, rt.n_terms))
+        for rt, F in zip(self.terms, self.factors):
+            u = rng.standard_normal((rt.n_levels, rt.Z.shape[1]))
             b = u @ F.T
             eta += np.einsum("ij,ij->i", rt.Z, b[rt.refs])
         if not self.glmm:

@@ -144,6 +144,21 @@ def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
     if hit is not None:
         return hit
     prob = lmm_problem(fit, "Satterthwaite's df")
+    info = satterthwaite_at(prob, np.asarray(fit.getme("theta"), float), float(fit.getme("sigma")),
+                            np.asarray(fit.getme("vcov"), float))
+    _SATT[fit] = info
+    return info
+
+
+def satterthwaite_at(prob: Any, theta: np.ndarray, sigma: float, vcov: np.ndarray,
+                     richardson: int = 4, exact_pwrss: bool = True) -> SatterthwaiteInfo:
+    """:func:`satterthwaite` of an engine problem at its optimum (theta, sigma, vcov(beta)).
+
+    ``richardson`` is the number of step halvings of the numerical derivatives (4: lmerTest's
+    numbers to ~1e-6; 1: plain central differences, about 4 times fewer evaluations, df to
+    ~1e-4 relative, what simulation studies such as ``power()`` use) and ``exact_pwrss``
+    recomputes the PWRSS from the residuals (needed for the small steps of the extrapolation).
+    """
     n, p, reml = prob.n, prob.p, prob.reml
     # varpar = (covariance parameters, sigma): θ for unstructured and diagonal terms, the
     # structures' own parameters for cs() / ar1() (ParameterMap; Satterthwaite's df are
@@ -156,7 +171,8 @@ def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
         s = cache.get(key)
         if s is None:
             s = prob.solution(theta)
-            s["pwrss"] = pwrss_from_residuals(prob, theta, s)
+            if exact_pwrss:
+                s["pwrss"] = pwrss_from_residuals(prob, theta, s)
             cache[key] = s
         return s
 
@@ -173,16 +189,14 @@ def satterthwaite(fit: AnyFit) -> SatterthwaiteInfo:
         # solution's vcov is sigma_hat(theta)^2 (RX'RX)^-1; rescale to the given sigma
         return (s["vcov"] * (vp[-1] ** 2 / s["sigma"] ** 2)).ravel()
 
-    vp0 = np.concatenate([pm.to_par(np.asarray(fit.getme("theta"), float)), [float(fit.getme("sigma"))]])
-    H = hessian(devfun_vp, vp0)
+    vp0 = np.concatenate([pm.to_par(np.asarray(theta, float)), [float(sigma)]])
+    H = hessian(devfun_vp, vp0, r=richardson)
     evals, evecs = np.linalg.eigh(H)
     pos = evals > 1e-8
     hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
-    J = jacobian(covbeta, vp0)
+    J = jacobian(covbeta, vp0, r=richardson)
     jac = [J[:, i].reshape(p, p) for i in range(J.shape[1])]
-    info = SatterthwaiteInfo(np.asarray(fit.getme("vcov"), float), 2.0 * hinv, jac, evals[::-1])
-    _SATT[fit] = info
-    return info
+    return SatterthwaiteInfo(np.asarray(vcov, float), 2.0 * hinv, jac, evals[::-1])
 
 
 def _satt_1d(info: SatterthwaiteInfo, L: np.ndarray) -> tuple[float, float]:
@@ -631,8 +645,14 @@ def _treatment_plan(spec: Any) -> Any:
 
 def _satt_ftest(fit: AnyFit, L: np.ndarray, eps: float = math.sqrt(np.finfo(float).eps)):
     """lmerTest's ``contestMD``: (F, numerator df, denominator df)."""
-    info = satterthwaite(fit)
-    beta = np.asarray(fit.getme("beta"), float)
+    return satt_ftest(satterthwaite(fit), np.asarray(fit.getme("beta"), float), L, eps)
+
+
+def satt_ftest(info: SatterthwaiteInfo, beta: np.ndarray, L: np.ndarray,
+               eps: float = math.sqrt(np.finfo(float).eps)) -> tuple[float, int, float]:
+    """The F test of L beta = 0 with Satterthwaite's denominator df (lmerTest's
+    ``contestMD``) from the ingredients ``info``: (F, numerator df, denominator df)."""
+    L = np.atleast_2d(np.asarray(L, float))
     if L.shape[0] == 1:
         var, df = _satt_1d(info, L[0])
         return float((L[0] @ beta) ** 2 / var), 1, df
