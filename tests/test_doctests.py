@@ -17,7 +17,8 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.report.rformat", "multilevel.results.export", "multilevel.report.summary",
            "multilevel.report.html", "multilevel.results.lmm", "multilevel.results.mixed",
            "multilevel.results.base", "multilevel.results.methods", "multilevel.results.names",
-           "multilevel.datasets", "multilevel.app.cli",
+           "multilevel.datasets", "multilevel.datasets.files", "multilevel.app.cli",
+           "multilevel",
            "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
            "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson",
            "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata"]

@@ -46,6 +46,11 @@ class FitError(MultilevelError, RuntimeError):
     """The optimiser failed in a way that leaves no usable estimate."""
 
 
+class MissingDependencyError(MultilevelError, ImportError):
+    """An optional package that this input needs is not installed (pyarrow for Parquet and
+    Feather files, pyreadstat for SPSS and Stata files); the message says what to install."""
+
+
 class ControlError(ModelSpecError):
     """A ``control=`` setting that is unknown or has a value the fit cannot use.
 

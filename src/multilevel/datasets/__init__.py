@@ -34,12 +34,13 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from multilevel.datasets.files import FORMATS, read_data
 from multilevel.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["load", "list_datasets", "info"]
+__all__ = ["load", "list_datasets", "info", "read_data", "FORMATS"]
 
 _ALIASES = {"hsb82": "hsb"}
 
