@@ -18,7 +18,7 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.report.html", "multilevel.results.lmm", "multilevel.results.mixed",
            "multilevel.results.base", "multilevel.results.methods", "multilevel.results.names",
            "multilevel.datasets", "multilevel.datasets.files", "multilevel.app.cli",
-           "multilevel",
+           "multilevel", "multilevel.models._arguments",
            "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
            "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson",
            "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata"]

@@ -46,6 +46,11 @@ class FitError(MultilevelError, RuntimeError):
     """The optimiser failed in a way that leaves no usable estimate."""
 
 
+class ArgumentError(MultilevelError, TypeError):
+    """A function was called with a keyword argument it does not take (``REML=`` is
+    accepted as R's spelling of ``reml=``; a typo is named, with the nearest argument)."""
+
+
 class MissingDependencyError(MultilevelError, ImportError):
     """An optional package that this input needs is not installed (pyarrow for Parquet and
     Feather files, pyreadstat for SPSS and Stata files); the message says what to install."""
