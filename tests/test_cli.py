@@ -417,3 +417,35 @@ def test_report_name_needs_a_report_that_takes_names(capsys, monkeypatch, tmp_pa
     monkeypatch.setattr(html_report, "build_report", build_report)
     _one_line_error(capsys, ["report", SLEEP_M0, "--data", "sleepstudy", "-o",
                              str(tmp_path / "r.html"), "--name", "a"], "cannot name its models")
+
+
+def test_bundled_name_wins_over_a_directory_of_that_name(fake_lmer, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sleepstudy").mkdir()
+    assert main(["fit", SLEEP_M1, "--data", "sleepstudy"]) == 0
+    assert fake_lmer[0]["n"] == 180
+    capsys.readouterr()
+
+
+def test_unexpected_exception_is_one_line_unless_traceback_asked(capsys, monkeypatch):
+    def lmer(*a, **k):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(multilevel, "lmer", lmer)
+    monkeypatch.delenv("MULTILEVEL_TRACEBACK", raising=False)
+    assert main(["fit", SLEEP_M1, "--data", "sleepstudy"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: internal error (ValueError: boom); please report it")
+    assert err.count("\n") == 1 and "MULTILEVEL_TRACEBACK=1" in err
+    monkeypatch.setenv("MULTILEVEL_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="boom"):
+        main(["fit", SLEEP_M1, "--data", "sleepstudy"])
+
+
+def test_interrupt_is_quiet(capsys, monkeypatch):
+    def lmer(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multilevel, "lmer", lmer)
+    assert main(["fit", SLEEP_M1, "--data", "sleepstudy"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -47,6 +47,8 @@ __all__ = ["main", "build_parser"]
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's status for bad usage; we use it for every input error
 EXIT_PIPE = 1  # the reader of our output went away (Python's own status for EPIPE)
+EXIT_INTERNAL = 1  # a bug: an exception that is not an input error
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 DATA_HELP = ("CSV, TSV, Parquet, Feather, SPSS (.sav) or Stata (.dta) file, or the name of a "
              "bundled data set (see `multilevel datasets`)")
@@ -156,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, or 2 for an input error).
+    """Run the command line; returns the exit status (0, or 2 for an input error; 1 for a
+    bug, reported in one line unless the environment sets MULTILEVEL_TRACEBACK).
 
     Usage errors (an unknown option, a missing ``--data``) exit through ``SystemExit(2)``
     as argparse does, after the same one-line message."""
@@ -177,6 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_PIPE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 -- a bug of ours, not the user's input
+        if os.environ.get("MULTILEVEL_TRACEBACK"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: internal error ({type(e).__name__}: {first}); please report it "
+              f"(MULTILEVEL_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 # --- data and models ----------------------------------------------------------------------
@@ -186,7 +199,8 @@ def _read_data(spec: str) -> tuple[pd.DataFrame, str]:
     """A data frame from a file path or a bundled data set name, and the name to show."""
     from multilevel.datasets import FORMATS, load, read_data
 
-    looks_like_file = os.path.exists(spec) or os.sep in spec or any(
+    # a bundled name is never a path; a directory named like one is not data
+    looks_like_file = os.path.isfile(spec) or os.sep in spec or any(
         spec.lower().endswith(ext) for ext in FORMATS)
     if looks_like_file:
         return read_data(spec), os.path.basename(spec)

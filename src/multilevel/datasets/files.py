@@ -80,7 +80,7 @@ def _labelled(df: pd.DataFrame, meta: Any) -> pd.DataFrame:
         unlabelled = sorted(v for v in values.dropna().unique() if v not in labels)
         extra = {v: _value_text(v) for v in unlabelled}
         categories += [t for t in extra.values() if t not in categories]
-        mapped = values.map(lambda v: labels.get(v, extra.get(v)))  # NaN stays missing
+        mapped = values.map({**extra, **labels})  # missing values stay missing
         df[col] = pd.Categorical(mapped, categories=categories)
     return df
 
