@@ -4,10 +4,18 @@
 >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
 >>> round(fit.loglik, 3)
 -871.814
+
+``import multilevel`` is cheap: it loads only the error classes and this table of names. Each
+public name (``ml.lmer``, ``from multilevel import anova``) imports its module on first use
+(PEP 562 module ``__getattr__``), so the command line answers ``--help`` without loading
+numpy, pandas, scipy, formulaic or matplotlib, and a script pays only for what it uses.
 """
 from __future__ import annotations
 
-from multilevel.control import GlmerControl, LmerControl
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
 from multilevel.errors import (
     ColumnNotFoundError,
     ControlError,
@@ -23,24 +31,23 @@ from multilevel.errors import (
     RowsDroppedWarning,
     SingularFitWarning,
 )
-from multilevel.models.glmer import glmer, glmer_nb
-from multilevel.models.lmer import lmer
-from multilevel.results.lm import LmFit
-from multilevel.models.lm import lm
-from multilevel.toolkit.describe import describe
-from multilevel.toolkit.pooling import pooling, two_stage
-from multilevel.toolkit.power import PowerDesign, power
-from multilevel.inference import anova, icc, r2
-from multilevel.report.tables import compare
+from multilevel.results.methods import provide_loader
 
-# --- issue 10, course names (helper "out"): arm's display, Barron's variance explained,
-# --- arm's se.ranef, saving fits. Kept in one block for the merge with lazy loading.
-from multilevel.inference import variance_reduction
-from multilevel.report.display import display
-from multilevel.results.mixed import se_ranef
-from multilevel.results.storage import load_fit
-_COURSE_NAMES = ["display", "variance_reduction", "se_ranef", "load_fit"]
-# --- end of the course names block
+if TYPE_CHECKING:  # the names __getattr__ resolves, for type checkers and editors
+    from multilevel.control import GlmerControl, LmerControl
+    from multilevel.inference import anova, icc, r2
+    from multilevel.models.glmer import glmer, glmer_nb
+    from multilevel.models.lm import lm
+    from multilevel.models.lmer import lmer
+    from multilevel.report.tables import compare
+    from multilevel.results.lm import LmFit
+    from multilevel.toolkit.describe import describe
+    from multilevel.toolkit.pooling import pooling, two_stage
+    from multilevel.toolkit.power import PowerDesign, power
+    from multilevel.inference import variance_reduction
+    from multilevel.report.display import display
+    from multilevel.results.mixed import se_ranef
+    from multilevel.results.storage import load_fit
 
 __all__ = [
     "lmer",
@@ -51,6 +58,10 @@ __all__ = [
     "two_stage",
     "power",
     "PowerDesign",
+    "display",
+    "variance_reduction",
+    "se_ranef",
+    "load_fit",
     "glmer",
     "glmer_nb",
     "anova",
@@ -72,16 +83,43 @@ __all__ = [
     "RankDeficientWarning",
     "LmerControl",
     "GlmerControl",
-    *_COURSE_NAMES,
 ]
 
 __version__ = "0.1.0"
 
+#: public name -> the module that defines it, imported on first access
+_LAZY: dict[str, str] = {
+    "lmer": "multilevel.models.lmer",
+    "glmer": "multilevel.models.glmer",
+    "glmer_nb": "multilevel.models.glmer",
+    "lm": "multilevel.models.lm",
+    "LmFit": "multilevel.results.lm",
+    "describe": "multilevel.toolkit.describe",
+    "pooling": "multilevel.toolkit.pooling",
+    "two_stage": "multilevel.toolkit.pooling",
+    "power": "multilevel.toolkit.power",
+    "PowerDesign": "multilevel.toolkit.power",
+    "display": "multilevel.report.display",
+    "variance_reduction": "multilevel.inference",
+    "se_ranef": "multilevel.results.mixed",
+    "load_fit": "multilevel.results.storage",
+    "anova": "multilevel.inference",
+    "icc": "multilevel.inference",
+    "r2": "multilevel.inference",
+    "compare": "multilevel.report.tables",
+    "LmerControl": "multilevel.control",
+    "GlmerControl": "multilevel.control",
+}
+#: attributes that are modules: ``ml.datasets.load``, ``ml.plots`` (matplotlib)
+_LAZY_MODULES: dict[str, str] = {"datasets": "multilevel.datasets", "plots": "multilevel.report.plots"}
+
 
 def _wire_methods() -> None:
     """The fit objects' methods that reach up the layers (``fit.summary()``, ``fit.confint()``,
-    ...) find their functions here, registered once at the top of the package, so that no
-    module imports a layer above its own (see ``multilevel.results.methods``)."""
+    ...) find their functions here, registered at the top of the package, so that no module
+    imports a layer above its own (see ``multilevel.results.methods``). It runs the first
+    time such a method is called (``provide_loader`` below), not at ``import multilevel``:
+    inference and report load scipy."""
     from multilevel import inference
     from multilevel.models.glmer import refit_response
     from multilevel.report.glmm_summary import GlmmSummary
@@ -97,17 +135,23 @@ def _wire_methods() -> None:
             anova_text=anova_text, anova_html=anova_html)
 
 
-_wire_methods()
+provide_loader(_wire_methods)
 
 
-_LAZY = {"datasets": "multilevel.datasets", "plots": "multilevel.report.plots"}
-
-
-def __getattr__(name: str):
-    # datasets and plots (matplotlib) are imported on first use so that `import multilevel`
-    # stays light
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and keep the name (PEP 562)."""
     if name in _LAZY:
-        import importlib
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(_LAZY_MODULES[name])
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a subpackage (ml.inference, ml.report, ...): what `import multilevel` used to load
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'multilevel' has no attribute {name!r}")
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
 
-        return importlib.import_module(_LAZY[name])
-    raise AttributeError(f"module 'multilevel' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY_MODULES))

@@ -46,6 +46,16 @@ class FitError(MultilevelError, RuntimeError):
     """The optimiser failed in a way that leaves no usable estimate."""
 
 
+class ArgumentError(MultilevelError, TypeError):
+    """A function was called with a keyword argument it does not take (``REML=`` is
+    accepted as R's spelling of ``reml=``; a typo is named, with the nearest argument)."""
+
+
+class MissingDependencyError(MultilevelError, ImportError):
+    """An optional package that this input needs is not installed (pyarrow for Parquet and
+    Feather files, pyreadstat for SPSS and Stata files); the message says what to install."""
+
+
 class ControlError(ModelSpecError):
     """A ``control=`` setting that is unknown or has a value the fit cannot use.
 

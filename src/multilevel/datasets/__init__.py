@@ -12,7 +12,9 @@ written with the shortest decimal text that reads back to the same double. Licen
 provenance: ``data/PROVENANCE.md`` (GPL (>= 2), as the R packages that distribute them).
 
 Layer: datasets, at the bottom beside errors: it imports only ``multilevel.errors`` (and
-numpy / pandas), so any layer, the tests and the app may load example data.
+numpy / pandas), so any layer, the tests and the app may load example data. pandas is
+imported when a frame is built, not with the module: ``list_datasets(as_frame=False)`` (what
+``multilevel datasets`` prints) reads only the JSON catalogue.
 
 Example
 -------
@@ -30,15 +32,31 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from multilevel.datasets.files import FORMATS, read_data
 from multilevel.errors import DataError
 
-__all__ = ["load", "list_datasets", "info"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["load", "list_datasets", "info", "read_data", "FORMATS"]
 
 _ALIASES = {"hsb82": "hsb"}
+
+#: the simulated data sets (``simulate.py``): rows and columns at the default seed and a
+#: one-line description. Kept here so that listing them draws nothing (tests/test_simulate.py
+#: checks the sizes against the drawn frames).
+_SIMULATED_INFO: dict[str, tuple[int, int, str]] = {
+    "popularity": (2000, 6, "Simulated: popularity of 2000 pupils in 100 classes (extraversion, "
+                            "sex, teacher experience; random intercepts and slopes, cross-level "
+                            "interaction)."),
+    "salaries": (200, 3, "Simulated: salaries of 200 faculty in 10 departments by years of "
+                         "experience (random intercepts and slopes by department)."),
+    "nurses": (1404, 9, "Simulated: binary intention to leave of about 1400 nurses in 18 "
+                        "hospitals (age, sex, family, feeling valued, experience; inner/outer "
+                        "city hospitals)."),
+}
 
 
 @lru_cache(maxsize=1)
@@ -53,52 +71,55 @@ def _key(name: str) -> str:
     key = _ALIASES.get(key, key)
     if key.endswith(".csv"):
         key = key[:-4]
-    if key in _simulated():
+    if key in _SIMULATED_INFO:
         return key
     if key not in _catalog():
         raise DataError(f"no bundled data set named {name!r}; available: {', '.join(sorted(_catalog()))}")
     return key
 
 
-def list_datasets() -> pd.DataFrame:
+def list_datasets(as_frame: bool = True) -> pd.DataFrame | list[dict[str, Any]]:
     """The bundled data sets: name, R name, R package, rows, columns and a one-line description.
+
+    ``as_frame=False`` gives the same rows as a list of dicts, without importing pandas.
 
     >>> list_datasets().loc[lambda d: d.name == "dyestuff", ["rows", "columns"]].values.tolist()
     [[30, 2]]
+    >>> list_datasets(as_frame=False)[0]["name"]
+    'sleepstudy'
     """
     rows = [
         {"name": k, "r_name": m["r_name"], "package": m["package"], "rows": m["nrow"],
          "columns": m["ncol"], "description": m["description"]}
         for k, m in _catalog().items()
     ]
-    for k, (_fn, description) in _simulated().items():
-        df = _simulated_frame(k)
+    for k, (nrow, ncol, description) in _SIMULATED_INFO.items():
         rows.append({"name": k, "r_name": "", "package": "multilevel (simulated)",
-                     "rows": len(df), "columns": df.shape[1], "description": description})
+                     "rows": nrow, "columns": ncol, "description": description})
+    if not as_frame:
+        return rows
+    import pandas as pd
+
     return pd.DataFrame(rows)
-
-
-def _simulated() -> dict:
-    """Simulated teaching data sets (``simulate.py``), by name."""
-    from multilevel.datasets.simulate import SIMULATED
-
-    return SIMULATED
 
 
 @lru_cache(maxsize=None)
 def _simulated_frame(key: str) -> pd.DataFrame:
-    from multilevel.datasets.simulate import DEFAULT_SEED
+    """A simulated teaching data set (``simulate.py``) drawn with the default seed."""
+    from multilevel.datasets.simulate import DEFAULT_SEED, SIMULATED
 
-    return _simulated()[key][0](seed=DEFAULT_SEED)
+    return SIMULATED[key](seed=DEFAULT_SEED)
 
 
 def info(name: str) -> dict[str, Any]:
     """Everything known about one data set: description, provenance, columns and their types."""
     key = _key(name)
-    if key in _simulated():
-        from multilevel.datasets.simulate import DEFAULT_SEED
+    if key in _SIMULATED_INFO:
+        import pandas as pd
 
-        fn, description = _simulated()[key]
+        from multilevel.datasets.simulate import DEFAULT_SEED, SIMULATED
+
+        fn, description = SIMULATED[key], _SIMULATED_INFO[key][2]
         df = _simulated_frame(key)
         return {"description": description,
                 "provenance": f"multilevel.datasets.simulate.{fn.__name__}(seed={DEFAULT_SEED})",
@@ -119,6 +140,8 @@ def _levels(rule_or_list: Any, values: pd.Series) -> list[str]:
     """
     if isinstance(rule_or_list, list):
         return rule_or_list
+    import pandas as pd
+
     uniq = list(pd.unique(values.dropna()))
     if rule_or_list == "numeric":
         return sorted(uniq, key=float)
@@ -136,8 +159,10 @@ def load(name: str) -> pd.DataFrame:
     integer columns without missing values are int64, numbers with missing values float64
     (NaN).
     """
+    import pandas as pd
+
     key = _key(name)
-    if key in _simulated():  # drawn with the default seed; a copy, so callers may modify it
+    if key in _SIMULATED_INFO:  # drawn with the default seed; a copy, so callers may modify it
         return _simulated_frame(key).copy()
     meta = _catalog()[key]
     cols = meta["columns"]

@@ -202,15 +202,10 @@ def simulate_nurses(seed: int = DEFAULT_SEED, n_hospitals: int = 18) -> pd.DataF
     })
 
 
-#: name -> (simulator, one-line description), for ``datasets.load`` / ``list_datasets``.
-SIMULATED: dict[str, tuple[Callable[..., pd.DataFrame], str]] = {
-    "popularity": (simulate_popularity,
-                   "Simulated: popularity of 2000 pupils in 100 classes (extraversion, sex, "
-                   "teacher experience; random intercepts and slopes, cross-level interaction)."),
-    "salaries": (simulate_salaries,
-                 "Simulated: salaries of 200 faculty in 10 departments by years of experience "
-                 "(random intercepts and slopes by department)."),
-    "nurses": (simulate_nurses,
-               "Simulated: binary intention to leave of about 1400 nurses in 18 hospitals "
-               "(age, sex, family, feeling valued, experience; inner/outer city hospitals)."),
+#: name -> simulator, for ``datasets.load``; the descriptions and sizes that
+#: ``list_datasets`` shows are in ``multilevel.datasets`` (listing loads no numpy).
+SIMULATED: dict[str, Callable[..., pd.DataFrame]] = {
+    "popularity": simulate_popularity,
+    "salaries": simulate_salaries,
+    "nurses": simulate_nurses,
 }

@@ -22,8 +22,9 @@ never sees data frames (design does), arrays of a model (engine) or fits (result
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from multilevel.formula._model import BarTerm, ModelTerms, ParsedFormula, Term, expand_terms, parse_formula
-from multilevel.formula._python import NumericExpressions, is_logical, to_python
 from multilevel.formula._rsyntax import (Arg, BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse,
                        format_r_number, names_in, parse_expression)
 
@@ -33,3 +34,21 @@ __all__ = [
     "parse_expression", "deparse", "format_r_number", "names_in",
     "Node", "Name", "Num", "Str", "Call", "Arg", "BinOp", "Unary", "Paren",
 ]
+
+if TYPE_CHECKING:
+    from multilevel.formula._python import NumericExpressions, is_logical, to_python
+
+#: the parser above is plain Python; the evaluation of expressions needs numpy, pandas and
+#: formulaic, so it is imported on first use (PEP 562): the command line checks a formula's
+#: syntax before it loads them
+_LAZY = ("NumericExpressions", "is_logical", "to_python")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from multilevel.formula import _python
+
+        value = getattr(_python, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

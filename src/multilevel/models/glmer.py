@@ -16,6 +16,7 @@ from multilevel.engine.glmm import (_NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, 
                                     hessian_from_gradient, newton_fd)
 from multilevel.engine.optimize import (best_of_restarts, bobyqa, interior_start, newton_polish, newton_step,
                                        restart_if_boundary)
+from multilevel.models._arguments import r_arguments
 from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
 from multilevel.families import Family, get_family
@@ -69,6 +70,7 @@ def _stage1_control(ctrl: GlmerControl, full: bool, newton_next: bool, has_theta
     return ctrl1
 
 
+@r_arguments(nAGQ="nagq")
 def glmer(
     formula: str,
     data: Any,
@@ -111,7 +113,8 @@ def glmer(
     nagq : int
         1 (default): Laplace approximation. > 1: adaptive Gauss-Hermite quadrature with that
         many nodes per group -- only for a single scalar random-effect term such as
-        ``(1 | g)``. 0: the fast nAGQ = 0 fit (beta estimated inside PIRLS).
+        ``(1 | g)``. 0: the fast nAGQ = 0 fit (beta estimated inside PIRLS). R's spelling
+        ``nAGQ=`` is accepted too.
     weights : column name or array, optional
         Prior weights (for a proportion response, the numbers of trials).
     offset : column name or array, optional
@@ -544,6 +547,7 @@ def refit_response(fit: GlmmFit, y: np.ndarray, *, control: dict | GlmerControl 
     return out
 
 
+@r_arguments(nAGQ="nagq")
 def glmer_nb(formula: str, data: Any, *, link: str = "log", nagq: int = 1, weights: Any = None,
              offset: Any = None, control: dict | GlmerControl | LmerControl | None = None,
              init_theta: float | None = None, interval: tuple[float, float] | None = None,

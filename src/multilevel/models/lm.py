@@ -7,10 +7,12 @@ from typing import Any
 import numpy as np
 
 from multilevel.design import DataSource, build_fixed_frame, take_rows
+from multilevel.models._arguments import r_arguments
 from multilevel.errors import DataError
 from multilevel.results.lm import LmFit
 
 
+@r_arguments()
 def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None,
        contrasts: dict | None = None) -> LmFit:
     """Fit a linear model by (weighted) least squares, as R's ``lm()``.

@@ -9,11 +9,13 @@ from multilevel.control import LmerControl
 from multilevel.covariance import is_singular_theta
 from multilevel.models.input import engine_input
 from multilevel.engine.lmm import LmmProblem, fit_theta
+from multilevel.models._arguments import r_arguments
 from multilevel.errors import FitError, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
 from multilevel.results.lmm import LmmFit
 
 
+@r_arguments(REML="reml")
 def lmer(
     formula: str,
     data: Any,
@@ -33,7 +35,7 @@ def lmer(
         symmetry), ``ar1(0 + factor(t) | g)`` (AR(1) over the levels of t), as glmmTMB fits them.
     data : pandas or polars DataFrame (or a dict of columns)
     reml : bool
-        REML (True, lme4's default) or ML (False).
+        REML (True, lme4's default) or ML (False). R's spelling ``REML=`` is accepted too.
     weights : column name or array, optional
         Prior (precision) weights: Var(e_i) = sigma^2 / w_i.
     offset : column name or array, optional

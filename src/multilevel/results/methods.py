@@ -2,8 +2,11 @@
 
 These methods are **the only calls that go up the layers**, and they do it without an import:
 each one looks up the function it needs in a table (``_IMPL``) that the top of the package,
-``multilevel/__init__.py``, fills once with :func:`provide` after importing the layers above
-(importing any part of the package runs it first). So the results layer imports only its own
+``multilevel/__init__.py``, fills with :func:`provide` after importing the layers above. It
+does so the first time a method needs the table: the front registers that step with
+:func:`provide_loader` (importing any part of the package runs the front first), so that
+``import multilevel`` does not load inference and report (scipy). This module imports nothing
+heavy at run time for the same reason. So the results layer imports only its own
 layer and those below it (design, covariance, families, engine, errors), and the import graph
 has no cycle. The table:
 
@@ -44,16 +47,19 @@ Example
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # annotations only: numpy and pandas are not needed to import this module
+    import numpy as np
+    import pandas as pd
 
 __all__ = ["LmmMethods", "GlmmMethods", "LmMethods", "MixedMethods", "VarCorrMethods", "AnovaMethods",
-           "provide"]
+           "provide", "provide_loader"]
 
 #: name -> the function (or class) of an upper layer that a method below calls
 _IMPL: dict[str, Callable[..., Any]] = {}
+#: steps that fill _IMPL, run once when a method first finds its name missing
+_LOADERS: list[Callable[[], None]] = []
 
 
 def provide(**impls: Callable[..., Any]) -> None:
@@ -61,7 +67,16 @@ def provide(**impls: Callable[..., Any]) -> None:
     _IMPL.update(impls)
 
 
+def provide_loader(loader: Callable[[], None]) -> None:
+    """Register a step that calls :func:`provide` (the package's front), run on first need."""
+    _LOADERS.append(loader)
+
+
 def _impl(name: str) -> Callable[..., Any]:
+    while name not in _IMPL and _LOADERS:
+        loader = _LOADERS[0]
+        loader()  # if it raises, it stays registered and the next call tries again
+        _LOADERS.remove(loader)
     try:
         return _IMPL[name]
     except KeyError:  # only if multilevel/__init__.py did not run: a packaging error
@@ -200,6 +215,8 @@ class AnovaMethods:
 
     def to_frame(self) -> pd.DataFrame:
         """The numbers as a plain :class:`pandas.DataFrame` (pandas' own printing)."""
+        import pandas as pd  # (this module imports pandas for annotations only)
+
         out = pd.DataFrame(self, copy=True)
         out.attrs = dict(getattr(self, "attrs", {}))
         return out
