@@ -350,10 +350,10 @@ def test_anova_command_prints_lme4s_table_with_names(capsys):
     assert "refitting model(s) with ML (instead of REML)" in out
     assert f"intercepts: {SLEEP_M0}" in out and f"slopes: {SLEEP_M1}" in out
     slopes = next(line for line in out.splitlines() if line.startswith("slopes "))
-    assert "42.14" in slopes  # lme4: Chisq 42.139 on 2 df
+    assert "42.139" in slopes  # lme4: Chisq 42.139 on 2 df
     assert main(["anova", SLEEP_M0, SLEEP_M1, "--data", "sleepstudy", "--format", "html"]) == 0
     html = capsys.readouterr().out
-    assert html.lstrip().startswith("<table") and "Chisq" in html and ">m1<" in html
+    assert "<table" in html and "Chisq" in html and "m1" in html and "Signif. codes" in html
 
 
 @pytest.mark.parametrize("fmt, check", [

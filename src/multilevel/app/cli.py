@@ -361,17 +361,9 @@ def _cmd_anova(args: argparse.Namespace) -> int:
         raise _InputError("anova compares two or more models: give two or more formulas")
     fits = _fit_all(args)
     import multilevel
-    import pandas as pd
 
-    from multilevel.inference import format_anova
-
-    table = multilevel.anova(*fits, names=args.names)
-    if args.format == "html":
-        print(table.to_html())
-    elif type(table) is pd.DataFrame:  # a plain frame prints in pandas' layout, not lme4's
-        print(format_anova(table))
-    else:
-        print(table)
+    table = multilevel.anova(*fits, names=args.names)  # prints in R's print.anova layout
+    print(table._repr_html_() if args.format == "html" else table)
     return EXIT_OK
 
 
