@@ -262,8 +262,11 @@ def test_shrinkage_estimates_are_coef_and_own_regressions(school_pooling, school
     np.testing.assert_allclose(g["no_pooling"], own, rtol=1e-8)
     complete = ols(np.column_stack([np.ones(len(school)), school["x"]]), school["y"].to_numpy())[1]
     assert d.meta["complete_pooling"] == pytest.approx(complete, rel=1e-10)
-    np.testing.assert_allclose(g["weight"], (g["partial_pooling"] - complete) / (g["no_pooling"] - complete),
-                               rtol=1e-7)
+    # the shrinkage factor of the pooling table, 1 - condVar / tau for a random slope
+    fit = school_pooling.fits["partial"]
+    cv = fit.ranef(condvar=True).condvar["school"][0][:, 1, 1]
+    np.testing.assert_allclose(g["weight"], 1 - cv / fit.varcorr[0].cov[1, 1], rtol=1e-10)
+    assert g["weight"].between(0, 1).all()
     assert g["estimable"].all()
     assert g.sort_values("rank")["no_pooling"].is_monotonic_increasing
     assert sorted(g["rank"]) == list(range(len(g)))

@@ -230,18 +230,23 @@ def test_shrinkage_arrows(school_pooling):
     fig = plots.plot_shrinkage(school_pooling)
     png(fig)
     ax = fig.axes[0]
-    arrows = [c for c in ax.texts if c.get_gid() == "shrinkage-arrow"]
-    assert len(arrows) == len(school_pooling.table)
+    segs = gids(ax, "shrinkage-segments", "collections")[0].get_segments()
+    assert len(segs) == len(school_pooling.table)
     assert ax.get_xlabel().startswith("group size") and ax.get_xscale() == "log"  # 3 to 40
     assert ax.get_ylabel() == "(Intercept) estimate"
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {
         "no pooling (own estimate)", "partial pooling", "complete pooling"}
-    # arrows go from the own estimate to the partial pooling estimate
+    # segments go from the own estimate to the partial pooling estimate
     tab = school_pooling.table
-    starts = sorted(a.xyann[1] for a in arrows)
-    ends = sorted(a.xy[1] for a in arrows)
+    starts = sorted(sg[0, 1] for sg in segs)
+    ends = sorted(sg[1, 1] for sg in segs)
     np.testing.assert_allclose(starts, np.sort(tab["(Intercept)_none"]))
     np.testing.assert_allclose(ends, np.sort(tab["(Intercept)_partial"]))
+    # the partial-pooling points are coloured by the shrinkage factor, with its colour bar
+    pts = gids(ax, "partial-pooling", "collections")[0]
+    np.testing.assert_allclose(np.sort(pts.get_array()), np.sort(tab["(Intercept)_weight"]))
+    assert pts.get_clim() == (0.0, 1.0)
+    assert any("shrinkage factor" in a.get_ylabel() for a in fig.axes[1:])
     with pytest.raises(ValueError, match="no coefficient"):
         plots.plot_shrinkage(school_pooling, coef="nope")
 

@@ -281,19 +281,24 @@ def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: 
 def plot_shrinkage(pooling: Pooling, coef: str = "(Intercept)", ax: Any = None):
     """No-pooling vs partial-pooling estimates of one coefficient per group, against group size.
 
-    Each group is an arrow from its own estimate (no pooling, open circle) to its partial
-    pooling estimate (filled circle); the dashed line is the complete-pooling estimate.
-    Small groups move furthest. The horizontal axis is logarithmic when group sizes span
-    more than a factor of 10; groups of equal size are spread a little sideways. The
-    numbers: :func:`~multilevel.report.plotdata.shrinkage_data`.
+    Each group is a segment from its own estimate (no pooling, open circle) to its partial
+    pooling estimate (filled circle, coloured by the group's shrinkage factor: 1 keeps the
+    own estimate, 0 pools completely; :func:`multilevel.toolkit.pooling.shrinkage_factors`);
+    the dashed line is the complete-pooling estimate. Small groups have small factors and
+    move furthest. The horizontal axis is logarithmic when group sizes span more than a
+    factor of 10; groups of equal size are spread a little sideways. The numbers:
+    :func:`~multilevel.report.plotdata.shrinkage_data`.
     """
+    from matplotlib.collections import LineCollection
+
     d = shrinkage_data(pooling, coef)
     tab, meta = d["groups"], d.meta
     n = tab["n"].to_numpy(dtype=float)
     none = tab["no_pooling"].to_numpy(dtype=float)
     part = tab["partial_pooling"].to_numpy(dtype=float)
     ok = tab["estimable"].to_numpy(dtype=bool)
-    fig, ax = _one_ax(ax, (7.0, 4.6))
+    weight = tab["weight"].to_numpy(dtype=float) if "weight" in tab.columns else np.full(n.size, np.nan)
+    fig, ax = _one_ax(ax, (7.4, 4.6))
     equal = n.size > 0 and np.all(n == n[0])
     logx = not equal and n.max() > 10 * max(n.min(), 1.0)
     rng = np.random.default_rng(1)
@@ -301,22 +306,29 @@ def plot_shrinkage(pooling: Pooling, coef: str = "(Intercept)", ax: Any = None):
         # one group size: sizes tell nothing, so lay the groups out by their own estimate
         xpos = tab["rank"].to_numpy(dtype=float)
     elif logx:
-        # spread ties sideways so that arrows of equal-sized groups do not sit on each other
+        # spread ties sideways so that segments of equal-sized groups do not sit on each other
         xpos = n * np.exp(rng.uniform(-0.06, 0.06, n.size))
     else:
         span = max(n.max() - n.min(), 1.0)
         xpos = n + rng.uniform(-0.015, 0.015, n.size) * span
-    for xp, a, b in zip(xpos[ok], none[ok], part[ok]):
-        ax.annotate("", xy=(xp, b), xytext=(xp, a), gid="shrinkage-arrow",
-                    arrowprops=dict(arrowstyle="-|>", color=_C_PARTIAL, lw=0.8, alpha=0.6,
-                                    shrinkA=0, shrinkB=2, mutation_scale=7))
+    # one collection for all segments: hundreds of arrow patches cost seconds to render
+    segs = np.stack([np.column_stack([xpos[ok], none[ok]]), np.column_stack([xpos[ok], part[ok]])], axis=1)
+    ax.add_collection(LineCollection(segs, colors=_C_PARTIAL, linewidths=0.8, alpha=0.5, gid="shrinkage-segments",
+                                     zorder=2))
     ax.scatter(xpos[ok], none[ok], s=22, facecolors="none", edgecolors=_C_NONE, linewidths=1.0,
                label="no pooling (own estimate)", gid="no-pooling", zorder=3)
-    ax.scatter(xpos[ok], part[ok], s=16, color=_C_PARTIAL, label="partial pooling", gid="partial-pooling",
-               zorder=4)
+    has_w = bool(np.isfinite(weight[ok]).any())
+    pts = ax.scatter(xpos[ok], part[ok], s=18, c=weight[ok] if has_w else _C_PARTIAL, cmap="viridis", vmin=0.0,
+                     vmax=1.0, edgecolors="white", linewidths=0.3, label="partial pooling",
+                     gid="partial-pooling", zorder=4)
+    if has_w:
+        cb = fig.colorbar(pts, ax=ax, pad=0.02, fraction=0.05)
+        cb.set_label("shrinkage factor (1 = own estimate kept)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
     c = meta["complete_pooling"]
     if np.isfinite(c):
         ax.axhline(c, color=_C_COMPLETE, ls="--", lw=1.2, label="complete pooling", gid="complete-pooling")
+    ax.autoscale_view()
     if logx:
         ax.set_xscale("log")
     g = meta["group"]
