@@ -152,13 +152,15 @@ def test_fitted_lines_subsets_and_population(school_fit, school):
     fig = plots.plot_fitted_lines(school_fit, "x", groups=["s00", "s05"])
     ax = fig.axes[0]
     assert [ln.get_gid() for ln in gids(ax, "group:")] == ["group:s00", "group:s05"]
-    # z and f vary too: without the data no population line (it would not be a line in x)
-    assert gids(ax, "population") == []
+    # z and f vary too: held at mean / reference level (the subtitle says so), and the
+    # population line is drawn without the data
+    assert len(gids(ax, "population")) == 1
+    assert "z = " in ax.get_title() and "(mean)" in ax.get_title() and "f = a (reference)" in ax.get_title()
     fig = plots.plot_fitted_lines(school_fit, "x", groups=4, data=school)
     ax = fig.axes[0]
     assert len(gids(ax, "group:")) == 4
-    (pop,) = gids(ax, "population")  # with the data: others at typical values
-    assert "typical" in pop.get_label()
+    (pop,) = gids(ax, "population")  # with the data: the same, others at typical values
+    assert pop.get_label() == "population (fixed effects)"
     png(fig)
 
 
@@ -376,8 +378,10 @@ def test_effect_glmm_on_response_scale():
     eta = fit.fixef["(Intercept)"] + np.r_[0.0, fit.fixef[["period2", "period3", "period4"]].to_numpy()]
     np.testing.assert_allclose(y, 1 / (1 + np.exp(-eta)), rtol=1e-8)
     assert ax.get_ylabel() == "predicted probability"
-    fig = plots.plot_diagnostics(fit)
-    assert "Pearson" in fig.axes[0].get_ylabel()
+    fig = plots.plot_diagnostics(fit)  # binomial: binned residuals, not Pearson residuals
+    assert fig.axes[0].get_ylabel() == "average residual"
+    poisson = glmer("TICKS ~ YEAR + (1 | BROOD)", load("grouseticks"), family="poisson")
+    assert "Pearson" in plots.plot_diagnostics(poisson).axes[0].get_ylabel()
 
 
 # --- diagnostics ----------------------------------------------------------------------------

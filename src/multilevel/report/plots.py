@@ -167,24 +167,50 @@ def _by(frame: Any, column: str) -> dict:
 # --- fitted lines ---------------------------------------------------------------------------
 
 
-def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *,
-                      group: str | None = None, data: Any = None, population: bool = True):
-    """Fitted values of each group against ``x``, one line per group, over the data points.
+def _held_note(held: dict, how: dict, others: str, group: str) -> str:
+    """'sex = boy (reference), texp = 14.3 (mean)': how the other predictors are held."""
+    if not held:
+        return ""
+    if others == "group":
+        return f"other predictors at each {group}'s mean / most frequent level"
+    if len(held) > 4:
+        return f"{len(held)} other predictors at their mean / reference level"
+    return ", ".join(f"{c} = {_fmt_value(v)} ({how.get(c, '')})" for c, v in held.items())
 
-    fit:        an LmmFit or GlmmFit (GLMMs: fitted values on the response scale).
-    x:          the predictor on the horizontal axis: a column of the fixed or random-effects
-                model matrix (``"Days"``), or any column of ``data``.
+
+def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *,
+                      group: str | None = None, data: Any = None, population: bool = True,
+                      others: str = "typical"):
+    """Fitted lines of each group against ``x``, one line per group, over the data points.
+
+    fit:        an LmmFit or GlmmFit (GLMMs: on the response scale), or an LmFit with
+                ``group=`` (e.g. the school-dummy model ``y ~ x + factor(school)``: one line
+                per school from the lm's predictions).
+    x:          the numeric predictor on the horizontal axis.
     groups:     levels to draw (a list), or a number of levels spread over the group sizes;
                 default all.
-    group:      the grouping factor (default: the fit's first, the one with most levels).
-    data:       the data the model was fitted to; needed only when ``x`` is not a column of
-                the model matrices.
-    population: also draw the fixed-effects (population) line in black.
+    group:      the grouping factor (default: the fit's first, the one with most levels;
+                required for an lm fit: a column of the data).
+    data:       the data the model was fitted to; without it the variables are read back
+                from the fit's model matrices.
+    population: also draw the population line (fixed effects; for an lm, the average of
+                the groups' lines) in black.
+    others:     how the other predictors are held: ``"typical"`` (mean / reference level,
+                the default) or ``"group"`` (each group's own mean / most frequent level).
+                The subtitle says which.
 
-    Lines join the fitted values of a group in order of ``x``: straight lines when ``x`` is
-    the only predictor that varies within groups. The numbers: :func:`~multilevel.report.plotdata.fitted_lines_data`.
+    Each line is the model's prediction for its group over the group's range of ``x``,
+    so a second within-group predictor does not make it zigzag. The numbers:
+    :func:`~multilevel.report.plotdata.fitted_lines_data`.
+
+    >>> import multilevel as ml
+    >>> pop = ml.datasets.load("popularity")
+    >>> fit = ml.lmer("popular ~ extrav + sex + (1 + extrav | class)", pop)
+    >>> fig = plot_fitted_lines(fit, "extrav", groups=5)
+    >>> fig.axes[0].get_title().splitlines()
+    ['Fitted lines by class (5 of 100)', 'sex = boy (reference)']
     """
-    d = fitted_lines_data(fit, x, data, groups, group=group, population=population)
+    d = fitted_lines_data(fit, x, data, groups, group=group, population=population, others=others)
     meta = d.meta
     chosen = meta["levels"]
     points, lines, pop = d["points"], _by(d["lines"], "group"), d["population"]
@@ -198,10 +224,12 @@ def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *
                    linewidths=0, gid="points", rasterized=True)
     by_points = _by(points, "group") if not many else {}
     for c, lv in zip(colors, chosen):
-        if not many:
+        if not many and lv in by_points:
             p = by_points[lv]
             ax.scatter(p["x"].to_numpy(), p["y"].to_numpy(), s=14, color=c, alpha=0.6, linewidths=0,
                        gid=f"points:{lv}")
+        if lv not in lines:
+            continue
         ln = lines[lv]
         ax.plot(ln["x"].to_numpy(), ln["fitted"].to_numpy(), color=c, lw=lw, alpha=0.7 if many else 0.95,
                 label=_short(lv, 14), gid=f"group:{lv}")
@@ -211,11 +239,13 @@ def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *
     ax.set_xlabel(x)
     ax.set_ylabel(meta["response"])
     g, n_levels = meta["group"], meta["n_levels"]
-    ax.set_title(f"Fitted lines by {g}" + ("" if k == n_levels else f" ({k} of {n_levels})"), fontsize=11)
+    title = f"Fitted lines by {g}" + ("" if k == n_levels else f" ({k} of {n_levels})")
+    note = _held_note(meta["held"], meta["held_how"], meta["others"], g)
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11 if not note else 10)
     if k <= 20:
         ax.legend(title=g, fontsize=8, title_fontsize=8, loc="upper left", ncols=1 if k <= 10 else 2,
                   bbox_to_anchor=(1.01, 1.0), frameon=False, handlelength=1.5, columnspacing=0.8)
-    elif population and any(h.get_gid() == "population" for h in ax.get_lines()):
+    elif len(pop):
         ax.legend(handles=[h for h in ax.get_lines() if h.get_gid() == "population"], fontsize=8,
                   frameon=False)
     return fig
@@ -541,17 +571,42 @@ def _qq(ax: Any, points: Any, line: Any, title: str, gid: str) -> None:
     ax.tick_params(labelsize=8)
 
 
+def _binned_panel(a: Any, binned: Any) -> None:
+    """Gelman and Hill's binned residual plot: the mean residual of each bin of fitted
+    probabilities, inside grey ±2 SE lines."""
+    b = binned.sort_values("fitted")
+    x = b["fitted"].to_numpy()
+    a.plot(x, b["upper"].to_numpy(), color="#999999", lw=1.0, gid="binned:upper")
+    a.plot(x, b["lower"].to_numpy(), color="#999999", lw=1.0, gid="binned:lower")
+    a.axhline(0.0, color="black", lw=0.8, ls=":")
+    outside = ((b["residual"] > b["upper"]) | (b["residual"] < b["lower"])).to_numpy()
+    a.scatter(x[~outside], b["residual"].to_numpy()[~outside], s=14, color=_C_PARTIAL, linewidths=0,
+              gid="binned", zorder=3)
+    if outside.any():
+        a.scatter(x[outside], b["residual"].to_numpy()[outside], s=16, color="#d62728", linewidths=0,
+                  gid="binned:outside", zorder=3)
+    a.set_xlabel("expected probability (bin mean)", fontsize=9)
+    a.set_ylabel("average residual", fontsize=9)
+    share = f"{int(outside.sum())} of {len(b)} bins outside ±2 SE"
+    a.set_title(f"Binned residuals ({share})", fontsize=10)
+    a.tick_params(labelsize=8)
+
+
 def plot_diagnostics(fit: AnyFit, *, axes: Any = None, ncols: int | None = None):
     """Residuals against fitted values, a normal QQ plot of the residuals, and a normal QQ
     plot of the conditional modes of each random-effect term (one panel each).
 
-    Linear mixed models use the response residuals, GLMMs the Pearson residuals. The red
-    line of the residual plot follows the mean residual in bins of fitted values. The
-    numbers: :func:`~multilevel.report.plotdata.diagnostics_data`.
+    Linear mixed models and ``lm`` fits use the response residuals (an lm has no
+    random-effect panels); binomial GLMMs show Gelman and Hill's binned residual plot
+    (mean residual per bin of fitted probabilities with ±2 SE lines, bins outside in red)
+    in place of the residual scatter and its QQ plot; other GLMMs the Pearson residuals.
+    The red line of the residual plot follows the mean residual in bins of fitted values.
+    The numbers: :func:`~multilevel.report.plotdata.diagnostics_data`.
     """
     d = diagnostics_data(fit)
     meta = d.meta
-    gauss = meta["residual_type"] == "response"
+    kind = meta["residual_type"]
+    gauss = kind == "response"
     rlabel = "residuals" if gauss else "Pearson residuals"
     panels = meta["panels"]
     k = 1 + len(panels)
@@ -559,19 +614,22 @@ def plot_diagnostics(fit: AnyFit, *, axes: Any = None, ncols: int | None = None)
         ncols = 2 if k in (2, 4) else 3
     fig, axs = _grid(k, ncols, axes, (3.4, 3.0))
     a = axs[0]
-    res = d["residuals"]
-    fv = res["fitted"].to_numpy()
-    many = fv.size > 2000
-    a.scatter(fv, res["residual"].to_numpy(), s=4 if many else 10, color=_C_PARTIAL, alpha=0.3 if many else 0.6,
-              linewidths=0, gid="residuals", rasterized=many)
-    a.axhline(0.0, color="black", lw=0.8, ls=":")
-    trend = d["trend"]
-    if len(trend):
-        a.plot(trend["fitted"].to_numpy(), trend["residual"].to_numpy(), color="#d62728", lw=1.2, gid="trend")
-    a.set_xlabel("fitted values" + ("" if gauss else " (response scale)"), fontsize=9)
-    a.set_ylabel(rlabel, fontsize=9)
-    a.set_title(f"{rlabel.capitalize()} vs fitted", fontsize=10)
-    a.tick_params(labelsize=8)
+    if kind == "binned":
+        _binned_panel(a, d["binned"])
+    else:
+        res = d["residuals"]
+        fv = res["fitted"].to_numpy()
+        many = fv.size > 2000
+        a.scatter(fv, res["residual"].to_numpy(), s=4 if many else 10, color=_C_PARTIAL,
+                  alpha=0.3 if many else 0.6, linewidths=0, gid="residuals", rasterized=many)
+        a.axhline(0.0, color="black", lw=0.8, ls=":")
+        trend = d["trend"]
+        if len(trend):
+            a.plot(trend["fitted"].to_numpy(), trend["residual"].to_numpy(), color="#d62728", lw=1.2, gid="trend")
+        a.set_xlabel("fitted values" + ("" if gauss else " (response scale)"), fontsize=9)
+        a.set_ylabel(rlabel, fontsize=9)
+        a.set_title(f"{rlabel.capitalize()} vs fitted", fontsize=10)
+        a.tick_params(labelsize=8)
     qq = _by(d["qq"], "panel")
     lines = {int(r["panel"]): r for _, r in d["qqline"].iterrows()}
     for a, p in zip(axs[1:], panels):
