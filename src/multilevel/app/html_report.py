@@ -335,7 +335,7 @@ def _html_of(obj: Any) -> str:
     return f"<pre>{escape(str(obj))}</pre>"
 
 
-def _describe_section(df: pd.DataFrame, fit: AnyFit) -> str:
+def _describe_section(df: pd.DataFrame, fit: AnyFit, family: str | None = None) -> str:
     describe = _tool("describe")
     groups, nested = _grouping_columns(fit, df)
     outcome = fit.frame.response if fit.frame.response in df.columns else None
@@ -349,8 +349,11 @@ def _describe_section(df: pd.DataFrame, fit: AnyFit) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            desc = describe(df, groups, outcome, nested=nested) if len(groups) > 1 else \
-                describe(df, groups, outcome)
+            # a binomial report: the outcome's ICC on the latent scale, as icc() of the fits;
+            # otherwise describe decides (a binary outcome is binomial there too)
+            fam = "binomial" if family == "binomial" and outcome is not None else None
+            desc = describe(df, groups, outcome, nested=nested, family=fam) if len(groups) > 1 else \
+                describe(df, groups, outcome, family=fam)
             parts.append('<div class="box">' + _html_of(desc) + "</div>")
     except Exception as exc:  # not implemented yet, or failed: the plain overview instead
         parts.append(_note("Data description (multilevel.toolkit.describe) not available in this version."
@@ -549,7 +552,7 @@ def _build(formulas: list[str], df: pd.DataFrame, data_name: str | None, prog: _
     prog.step("describing the data")
     toc.append(("data", "Data"))
     body.append('<h2 id="data">Data</h2>')
-    body.append(_call_section("data description", lambda: _describe_section(df, first)))
+    body.append(_call_section("data description", lambda: _describe_section(df, first, family)))
 
     prog.step("pooling comparison")
     groups = list(dict.fromkeys(rt.group for rt in first.frame.reterms))
