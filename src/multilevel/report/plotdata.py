@@ -944,7 +944,7 @@ def binned_residuals(fitted: np.ndarray, y: np.ndarray, trials: np.ndarray | Non
     Columns: ``bin``, ``rows``, ``n``, ``fitted``, ``residual``, ``se``, ``lower``, ``upper``.
 
     >>> b = binned_residuals(np.array([0.2, 0.2, 0.8, 0.8]), np.array([0.0, 1.0, 1.0, 1.0]), bins=2)
-    >>> b[["n", "fitted", "residual"]].values.tolist()
+    >>> b[["n", "fitted", "residual"]].round(6).values.tolist()
     [[2.0, 0.2, 0.3], [2.0, 0.8, 0.2]]
     """
     fitted = np.asarray(fitted, dtype=float)

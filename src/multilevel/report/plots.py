@@ -101,16 +101,39 @@ def _figure_class():
 _FIGURE_CLASS = None
 
 
-def _new_figure(figsize: tuple[float, float]):
-    """A new figure on the Agg canvas (no pyplot, no GUI backend), constrained layout."""
+def _new_figure(figsize: tuple[float, float], layout: str | None = "constrained"):
+    """A new figure on the Agg canvas (no pyplot, no GUI backend), constrained layout
+    unless ``layout=None`` (fixed positions)."""
     global _FIGURE_CLASS
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     if _FIGURE_CLASS is None:
         _FIGURE_CLASS = _figure_class()
-    fig = _FIGURE_CLASS(figsize=figsize, layout="constrained")
+    fig = _FIGURE_CLASS(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
+
+
+def figure_png(fig: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes, drawn once.
+
+    ``savefig`` on a figure with a layout engine draws it twice (once to lay it out, once
+    to render) and lays it out on both draws; here the layout is computed once, frozen,
+    and the figure rendered in one draw, which matters when a report renders a dozen.
+    The figure keeps that layout afterwards (its layout engine is switched off).
+
+    >>> fig = _new_figure((2.0, 1.5)); _ = fig.add_subplot().plot([0, 1])
+    >>> figure_png(fig)[:4]
+    b'\\x89PNG'
+    """
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+        # None, not "none": a placeholder engine would still make savefig draw twice
+        fig.set_layout_engine(None)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def _one_ax(ax: Any, figsize: tuple[float, float]):
@@ -121,9 +144,18 @@ def _one_ax(ax: Any, figsize: tuple[float, float]):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+#: fixed margins of a grid of panels, in inches: (left, right, bottom, top, between
+#: columns, between rows), room for the tick labels, axis labels, panel titles and a title
+GRID_MARGINS = (0.7, 0.15, 0.6, 0.65, 0.8, 0.8)
+
+
 def _grid(k: int, ncols: int, axes: Any, panel: tuple[float, float], sharex: bool = False,
-          sharey: bool = False, what: str = "panels"):
-    """(figure, list of k axes) in a grid of ``ncols`` columns; unused cells are removed."""
+          sharey: bool = False, what: str = "panels", margins: tuple[float, ...] | None = None):
+    """(figure, list of k axes) in a grid of ``ncols`` columns; unused cells are removed.
+
+    margins: fixed margins in inches (see ``GRID_MARGINS``) instead of the constrained
+    layout, for regular grids whose labels are known: measuring every panel's tick labels
+    twice per rendering is what makes constrained layout slow for many panels."""
     if axes is not None:
         axs = list(np.ravel(axes)) if not hasattr(axes, "figure") else [axes]
         if len(axs) < k:
@@ -131,7 +163,15 @@ def _grid(k: int, ncols: int, axes: Any, panel: tuple[float, float], sharex: boo
         return axs[0].figure, axs[:k]
     ncols = max(1, min(ncols, k))
     nrows = math.ceil(k / ncols)
-    fig = _new_figure((panel[0] * ncols, panel[1] * nrows))
+    if margins is None:
+        fig = _new_figure((panel[0] * ncols, panel[1] * nrows))
+    else:
+        left, right, bottom, top, wsp, hsp = margins
+        w = panel[0] * ncols + left + right + wsp * (ncols - 1)
+        h = panel[1] * nrows + bottom + top + hsp * (nrows - 1)
+        fig = _new_figure((w, h), layout=None)
+        fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                            wspace=wsp / panel[0], hspace=hsp / panel[1])
     grid = fig.subplots(nrows, ncols, sharex=sharex, sharey=sharey, squeeze=False)
     axs = list(grid.ravel())
     for a in axs[k:]:
@@ -277,7 +317,9 @@ def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: 
     has_x = meta["x"] is not None
     points, lines = _by(d["points"], "group"), _by(d["lines"], "group")
     sizes = dict(zip(d["groups"]["group"], d["groups"]["n"]))
-    fig, axs = _grid(len(chosen), ncols, axes, (2.7, 2.3), sharex=True, sharey=True)
+    # fixed margins: a grid of like panels; room below for the legend
+    fig, axs = _grid(len(chosen), ncols, axes, (2.25, 1.75), sharex=True, sharey=True,
+                     margins=(0.62, 0.12, 0.85, 0.55, 0.12, 0.35))
     rng = np.random.default_rng(0)  # horizontal jitter of the points without a slope variable
     styles = {"complete": (_C_COMPLETE, "--", "complete pooling"),
               "none": (_C_NONE, "-", "no pooling"),
@@ -301,7 +343,7 @@ def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: 
             a.set_xlabel(meta["x"] or "", fontsize=9)
     handles = [h for h in axs[0].get_lines() if h.get_gid() and h.get_gid().startswith("pooling:")]
     if handles and axes is None:
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=9, frameon=False)
         fig.suptitle(f"Pooling by {meta['group']}", fontsize=11)
     elif handles:
         axs[0].legend(handles=handles, fontsize=7, frameon=False)
@@ -612,7 +654,7 @@ def plot_diagnostics(fit: AnyFit, *, axes: Any = None, ncols: int | None = None)
     k = 1 + len(panels)
     if ncols is None:
         ncols = 2 if k in (2, 4) else 3
-    fig, axs = _grid(k, ncols, axes, (3.4, 3.0))
+    fig, axs = _grid(k, ncols, axes, (2.75, 2.3), margins=GRID_MARGINS)
     a = axs[0]
     if kind == "binned":
         _binned_panel(a, d["binned"])
@@ -664,7 +706,7 @@ def plot_profile(fit: AnyFit, *, axes: Any = None, ncols: int = 3, level: float 
     names, z = meta["parameters"], meta["z"]
     curves = _by(d["curves"], "parameter")
     limits = {r["parameter"]: (r["lower"], r["upper"]) for _, r in d["limits"].iterrows()}
-    fig, axs = _grid(len(names), ncols, axes, (3.2, 2.8), sharey=True)
+    fig, axs = _grid(len(names), ncols, axes, (2.6, 2.1), sharey=True, margins=(0.55, 0.15, 0.6, 0.45, 0.2, 0.7))
     for a, nm in zip(axs, names):
         c = curves[nm]
         a.plot(c["value"].to_numpy(), c["zeta"].to_numpy(), "-", color=_C_PARTIAL, lw=1.6, marker="o", ms=3,
