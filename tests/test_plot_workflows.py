@@ -182,3 +182,19 @@ def test_binned_residuals_of_binomial_trials():
     direct = binned_residuals(p, y, m, bins=5)
     want = _direct_binned(p, y, m, 5)
     np.testing.assert_allclose(direct[["n", "fitted", "residual", "upper"]].to_numpy(), want, rtol=1e-10)
+
+
+def test_large_qq_panels_show_evenly_spaced_order_statistics():
+    from multilevel.report import plotdata
+
+    hsb = load("hsb")
+    fit = ml.lmer("mAch ~ cses + (1 | school)", hsb)
+    d = diagnostics_data(fit)
+    qq = d["qq"][d["qq"]["panel"] == 0]
+    res = np.sort(fit.residuals().to_numpy())
+    assert len(qq) == plotdata.QQ_MAX < len(res)
+    assert qq["sample"].iloc[0] == res[0] and qq["sample"].iloc[-1] == res[-1]
+    assert np.isin(qq["sample"], res).all() and qq["sample"].is_monotonic_increasing
+    # the line still from all the values
+    q1, q3 = np.percentile(res, [25, 75])
+    assert d["qqline"].iloc[0]["y0"] == pytest.approx(q1)

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = ["build_report", "write_report", "model_names"]
 
+#: the fitted-lines plot of a model shows at most this many groups
+FITTED_LINES_MAX = 30
 #: profile plots are skipped above these sizes (each profile point re-optimises the model)
 PROFILE_MAX_NOBS = 20_000
 PROFILE_MAX_THETA = 6
@@ -414,9 +416,16 @@ def _model_section(i: int, fit: AnyFit, df: pd.DataFrame, dpi: int, max_effects:
             f"Random effects of {g}: conditional modes with 95% intervals from their conditional SDs", dpi)))
     x = _slope_variable(fit, df)
     if x is not None:
+        g = fit.frame.reterms[0].group
+        n_levels = fit.frame.reterms[0].n_levels
+        # at most FITTED_LINES_MAX groups, spread from the smallest to the largest: more are a
+        # tangle of lines and thousands of points that take long to draw and show no more
+        shown = min(n_levels, FITTED_LINES_MAX)
+        which = f"one line per {g}" if shown == n_levels else \
+            f"{shown} of {n_levels} {g}s, from the smallest to the largest"
         parts.append(_call_section("fitted lines", lambda: _figure_html(
-            plots.plot_fitted_lines(fit, x, data=df),
-            f"Fitted values against {x}, one line per {fit.frame.reterms[0].group}", dpi)))
+            plots.plot_fitted_lines(fit, x, data=df, groups=shown if shown < n_levels else None),
+            f"Fitted lines against {x}, {which}; other predictors at their mean / reference level", dpi)))
     variables = _fixed_variables(fit, df)
     if variables:
         shown = variables[:max_effects]

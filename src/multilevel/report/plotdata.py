@@ -63,6 +63,8 @@ __all__ = [
 
 #: the rug of an effect plot shows at most this many observed values (quantiles beyond that)
 RUG_MAX = 400
+#: a normal QQ panel shows at most this many order statistics (evenly spaced, extremes kept)
+QQ_MAX = 1000
 #: points of the population line drawn over the range of x when the data are given
 POPULATION_POINTS = 60
 
@@ -914,8 +916,13 @@ def _qq_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float,
         return np.array([]), v, None
     p = (np.arange(1, m + 1) - 0.5) / m  # ppoints
     q = ndtri(p)
-    # reference line through the quartiles (R's qqline)
+    # reference line through the quartiles (R's qqline), from all the values
     q1, q3 = np.quantile(v, [0.25, 0.75])
+    if m > QQ_MAX:
+        # thousands of points draw slowly and show no more than QQ_MAX evenly spaced order
+        # statistics, the smallest and the largest among them
+        keep = np.unique(np.round(np.linspace(0, m - 1, QQ_MAX)).astype(int))
+        q, v = q[keep], v[keep]
     t1, t3 = ndtri([0.25, 0.75])
     slope = (q3 - q1) / (t3 - t1) if t3 != t1 else 0.0
     return q, v, (float(t1), float(q1), float(slope))
@@ -990,7 +997,8 @@ def diagnostics_data(fit: AnyFit) -> PlotData:
     quantile bins; no rows below 100 observations or for binomial fits); ``binned`` (the
     binned residuals of a binomial fit, else no rows); ``qq`` (``panel``, ``grpvar``,
     ``term``, ``theoretical``, ``sample``: sorted finite values against normal quantiles at
-    R's ``ppoints``; the residuals' panel has ``grpvar`` and ``term`` None); ``qqline``
+    R's ``ppoints``, above ``QQ_MAX`` (1000) values that many evenly spaced order statistics
+    including the extremes; the residuals' panel has ``grpvar`` and ``term`` None); ``qqline``
     (``panel``, ``x0``, ``y0``, ``slope``: R's ``qqline`` through the quartiles).
     meta: ``residual_type`` (``"response"``, ``"pearson"`` or ``"binned"``), ``family``,
     ``formula``, ``panels`` (one dict per QQ panel: ``panel``, ``grpvar``, ``term``).
