@@ -3,6 +3,7 @@ groupings, and the printable / serialisable forms."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -106,8 +107,11 @@ def test_missing_labels_and_outcome_errors(pop):
     d = ml.describe(df, "class")
     assert d.nobs == 1998 and any("without a group label" in n for n in d.notes)
     assert d.variables.set_index("variable").loc["extrav", "n_missing"] == 1
+    three = pop.assign(grade=pd.Categorical(np.resize(["a", "b", "c"], len(pop))))
     with pytest.raises(DataError, match="not numeric"):
-        ml.describe(pop, "class", outcome="sex")
+        ml.describe(three, "class", outcome="grade")
+    # a two-level factor is a binary outcome: its ICC is the logistic null model's
+    assert ml.describe(pop, "class", outcome="sex").family == "binomial"
 
 
 def test_text_html_and_dict(pop):
@@ -128,3 +132,26 @@ def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module),
                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_binary_outcome_icc_is_the_latent_scale_icc_of_icc():
+    # a 0/1 outcome: the logistic null model's tau2 / (tau2 + pi^2/3), the number ml.icc gives,
+    # not the ICC of a linear probability model (the old describe fitted lmer to 0/1)
+    import math
+
+    c = load("Contraception")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        null = ml.glmer("use ~ 1 + (1 | district)", c, family="binomial")
+        d = ml.describe(c.assign(u=(c["use"] == "Y").astype(int)), "district", outcome="u")
+        factor = ml.describe(c, "district", outcome="use")  # a two-level factor outcome
+        linear = ml.describe(c.assign(u=(c["use"] == "Y").astype(int)), "district", outcome="u",
+                             family="gaussian")
+    tau2 = float(null.varcorr[0].cov[0, 0])
+    assert d.icc["district"] == pytest.approx(tau2 / (tau2 + math.pi ** 2 / 3), rel=1e-6)
+    assert d.icc["district"] == pytest.approx(float(ml.icc(null)["adjusted"]), rel=1e-6)
+    assert factor.icc["district"] == pytest.approx(d.icc["district"], rel=1e-9)
+    assert d.family == "binomial" and "latent scale" in str(d) and d.to_dict()["family"] == "binomial"
+    assert linear.family == "gaussian" and abs(linear.icc["district"] - d.icc["district"]) > 0.01
+    with pytest.raises(ml.errors.DataError, match="not binary"):
+        ml.describe(c, "district", outcome="age", family="binomial")

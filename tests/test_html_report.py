@@ -166,3 +166,55 @@ def test_cli_report_errors(tmp_path, capsys):
     assert main(["report", SLEEP[0], "--data", "sleepstudy", "-o", str(tmp_path / "no" / "x.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
+
+
+def test_models_are_named_in_headings_contents_and_comparison():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        html = build_report(SLEEP, load("sleepstudy"), names=["intercepts", "slopes"], progress=False)
+    heads = re.findall(r'<h2 id="model-\d">([^<]*)</h2>', html)
+    assert heads == [f"intercepts: {SLEEP[0]}", f"slopes: {SLEEP[1]}"]
+    toc = html[html.index('<nav class="toc">'):html.index("</nav>")]
+    assert "intercepts: " in toc and "slopes: " in toc and "Model 1" not in toc
+    comp = html[html.index('<h2 id="comparison">'):]
+    assert "<b>intercepts</b>" in comp and "<b>slopes</b>" in comp and "Model 1" not in comp
+    # a dict {name: formula} names them too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        html = build_report({"random intercepts": SLEEP[0]}, load("sleepstudy"), progress=False)
+    assert re.findall(r'<h2 id="model-1">([^<]*)</h2>', html) == [f"random intercepts: {SLEEP[0]}"]
+
+
+def test_model_names_are_checked():
+    assert html_report.model_names(SLEEP, None) == ["Model 1", "Model 2"]
+    for bad, msg in ((["a"], "1 name"), (["a", "a"], "more than one"), (["a", " "], "empty")):
+        with pytest.raises(ml.errors.DataError, match=msg):
+            build_report(SLEEP, load("sleepstudy"), names=bad, progress=False)
+    with pytest.raises(ml.errors.DataError, match="at least one formula"):
+        build_report([], load("sleepstudy"), progress=False)
+
+
+def test_binomial_report_shows_the_latent_scale_icc_of_icc():
+    c = load("Contraception")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        html = build_report("use ~ age + urban + (1 | district)", c, family="binomial", progress=False)
+        null = ml.glmer("use ~ 1 + (1 | district)", c, family="binomial")
+    value = float(ml.icc(null)["adjusted"])
+    (line,) = re.findall(r"ICC of use by district: ([0-9.]+)([^<]*)<", html)
+    assert float(line[0]) == pytest.approx(value, abs=5e-4) and "latent scale" in line[1]
+    assert 'class="error"' not in html
+
+
+def test_report_figures_are_drawn_once_with_a_frozen_layout():
+    from multilevel.report.plots import figure_png, plot_caterpillar
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.lmer(SLEEP[1], load("sleepstudy"))
+    fig = plot_caterpillar(fit)
+    draws = []
+    fig.canvas.mpl_connect("draw_event", lambda ev: draws.append(ev))
+    data = figure_png(fig, dpi=50)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(draws) == 1
+    assert fig.get_layout_engine() is None  # the layout is frozen

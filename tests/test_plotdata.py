@@ -159,15 +159,15 @@ def test_fitted_lines_are_the_fitted_values_at_the_rows(sleep_fit, sleep):
         rows = sleep.index[sleep["Subject"].astype(str) == lv]
         o = np.argsort(sleep.loc[rows, "Days"].to_numpy(), kind="stable")
         np.testing.assert_array_equal(ln["x"], sleep.loc[rows, "Days"].to_numpy()[o])
-        np.testing.assert_array_equal(ln["fitted"], fitted.loc[rows].to_numpy()[o])
+        np.testing.assert_allclose(ln["fitted"], fitted.loc[rows].to_numpy()[o], rtol=1e-12)
         a, b = sleep_fit.coef()["Subject"].loc[lv]
         np.testing.assert_allclose(ln["fitted"], a + b * ln["x"], rtol=1e-9)
-    # the population line: the fixed effects at each distinct Days
+    # the population line: the fixed effects over the range of Days
     pop = d["population"]
-    np.testing.assert_array_equal(pop["x"], np.arange(10.0))
+    np.testing.assert_allclose(pop["x"], np.linspace(0, 9, plotdata.POPULATION_POINTS))
     b = sleep_fit.fixef
     np.testing.assert_allclose(pop["y"], b["(Intercept)"] + b["Days"] * pop["x"], rtol=1e-12)
-    assert d.meta["population_label"] == "population"
+    assert d.meta["population_label"] == "population (fixed effects)" and d.meta["held"] == {}
     assert len(fitted_lines_data(sleep_fit, "Days", population=False)["population"]) == 0
 
 
@@ -176,12 +176,18 @@ def test_fitted_lines_subsets_population_and_dropped_rows(school_fit, school, sl
     assert d.meta["levels"] == ["s05", "s00"] and d["lines"]["group"].unique().tolist() == ["s05", "s00"]
     assert set(d["points"]["group"]) == {"s00", "s05"}
     assert len(d["points"]) == int(school["school"].isin(["s00", "s05"]).sum())
-    assert len(d["population"]) == 0 and d.meta["population_label"] is None  # not a line in x
-    d = fitted_lines_data(school_fit, "x", data=school)
+    # z and f vary too: the population line holds them at mean / reference, with or
+    # without the data (the fit's model matrices hold both)
+    d_nodata = d
+    d = fitted_lines_data(school_fit, "x", data=school, groups=["s05", "s00"])
     pop, b = d["population"], school_fit.fixef
-    assert len(pop) == plotdata.POPULATION_POINTS and d.meta["population_label"] == "population (others typical)"
+    assert len(pop) == plotdata.POPULATION_POINTS and d.meta["population_label"] == "population (fixed effects)"
     np.testing.assert_allclose(pop["y"], b["(Intercept)"] + b["x"] * pop["x"] + b["z"] * school["z"].mean(),
                                rtol=1e-10)
+    for name in ("population", "lines"):
+        pd.testing.assert_frame_equal(d[name], d_nodata[name], rtol=1e-12)
+    assert d.meta["held"] == pytest.approx({"z": school["z"].mean(), "f": "a"})
+    assert d.meta["held_how"] == {"z": "mean", "f": "reference"}
     dd = sleep.copy()
     dd.loc[[3, 50, 51], "Reaction"] = np.nan
     fit = ml.lmer("Reaction ~ Days + (Days | Subject)", dd)
@@ -262,8 +268,11 @@ def test_shrinkage_estimates_are_coef_and_own_regressions(school_pooling, school
     np.testing.assert_allclose(g["no_pooling"], own, rtol=1e-8)
     complete = ols(np.column_stack([np.ones(len(school)), school["x"]]), school["y"].to_numpy())[1]
     assert d.meta["complete_pooling"] == pytest.approx(complete, rel=1e-10)
-    np.testing.assert_allclose(g["weight"], (g["partial_pooling"] - complete) / (g["no_pooling"] - complete),
-                               rtol=1e-7)
+    # the shrinkage factor of the pooling table, 1 - condVar / tau for a random slope
+    fit = school_pooling.fits["partial"]
+    cv = fit.ranef(condvar=True).condvar["school"][0][:, 1, 1]
+    np.testing.assert_allclose(g["weight"], 1 - cv / fit.varcorr[0].cov[1, 1], rtol=1e-10)
+    assert g["weight"].between(0, 1).all()
     assert g["estimable"].all()
     assert g.sort_values("rank")["no_pooling"].is_monotonic_increasing
     assert sorted(g["rank"]) == list(range(len(g)))
@@ -395,7 +404,7 @@ def test_effect_factor_glmm_and_errors(school_fit, school):
 
 def test_diagnostics_residuals_qq_and_trend(sleep_fit):
     d = diagnostics_data(sleep_fit)
-    assert list(d) == ["residuals", "trend", "qq", "qqline"]
+    assert list(d) == ["residuals", "trend", "binned", "qq", "qqline"] and len(d["binned"]) == 0
     r = d["residuals"]
     assert r.columns.tolist() == ["row", "fitted", "residual"]
     np.testing.assert_array_equal(r["fitted"], sleep_fit.fitted().to_numpy())
@@ -426,9 +435,15 @@ def test_diagnostics_glmm_pearson_and_few_rows():
     cbpp = load("cbpp")
     fit = ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
     d = diagnostics_data(fit)
-    assert d.meta["residual_type"] == "pearson" and len(d["trend"]) == 0  # 56 rows: no trend line
-    np.testing.assert_allclose(d["residuals"]["residual"], fit.residuals(type="pearson").to_numpy(), rtol=1e-12)
+    # binomial: binned residuals (56 rows: arm's 10 bins), response residuals, no trend line
+    assert d.meta["residual_type"] == "binned" and len(d["trend"]) == 0 and 0 < len(d["binned"]) <= 10
+    np.testing.assert_allclose(d["residuals"]["residual"], fit.residuals(type="response").to_numpy(), rtol=1e-12)
     np.testing.assert_allclose(d["residuals"]["fitted"], fit.fitted().to_numpy(), rtol=1e-12)
+    sub = load("grouseticks").groupby("YEAR", observed=True).head(20)
+    pois = ml.glmer("TICKS ~ YEAR + (1 | BROOD)", sub, family="poisson")
+    d = diagnostics_data(pois)
+    assert d.meta["residual_type"] == "pearson" and len(d["trend"]) == 0  # 60 rows: no trend line
+    np.testing.assert_allclose(d["residuals"]["residual"], pois.residuals(type="pearson").to_numpy(), rtol=1e-12)
 
 
 # --- profiles -------------------------------------------------------------------------------

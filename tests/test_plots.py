@@ -152,13 +152,15 @@ def test_fitted_lines_subsets_and_population(school_fit, school):
     fig = plots.plot_fitted_lines(school_fit, "x", groups=["s00", "s05"])
     ax = fig.axes[0]
     assert [ln.get_gid() for ln in gids(ax, "group:")] == ["group:s00", "group:s05"]
-    # z and f vary too: without the data no population line (it would not be a line in x)
-    assert gids(ax, "population") == []
+    # z and f vary too: held at mean / reference level (the subtitle says so), and the
+    # population line is drawn without the data
+    assert len(gids(ax, "population")) == 1
+    assert "z = " in ax.get_title() and "(mean)" in ax.get_title() and "f = a (reference)" in ax.get_title()
     fig = plots.plot_fitted_lines(school_fit, "x", groups=4, data=school)
     ax = fig.axes[0]
     assert len(gids(ax, "group:")) == 4
-    (pop,) = gids(ax, "population")  # with the data: others at typical values
-    assert "typical" in pop.get_label()
+    (pop,) = gids(ax, "population")  # with the data: the same, others at typical values
+    assert pop.get_label() == "population (fixed effects)"
     png(fig)
 
 
@@ -230,18 +232,23 @@ def test_shrinkage_arrows(school_pooling):
     fig = plots.plot_shrinkage(school_pooling)
     png(fig)
     ax = fig.axes[0]
-    arrows = [c for c in ax.texts if c.get_gid() == "shrinkage-arrow"]
-    assert len(arrows) == len(school_pooling.table)
+    segs = gids(ax, "shrinkage-segments", "collections")[0].get_segments()
+    assert len(segs) == len(school_pooling.table)
     assert ax.get_xlabel().startswith("group size") and ax.get_xscale() == "log"  # 3 to 40
     assert ax.get_ylabel() == "(Intercept) estimate"
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {
         "no pooling (own estimate)", "partial pooling", "complete pooling"}
-    # arrows go from the own estimate to the partial pooling estimate
+    # segments go from the own estimate to the partial pooling estimate
     tab = school_pooling.table
-    starts = sorted(a.xyann[1] for a in arrows)
-    ends = sorted(a.xy[1] for a in arrows)
+    starts = sorted(sg[0, 1] for sg in segs)
+    ends = sorted(sg[1, 1] for sg in segs)
     np.testing.assert_allclose(starts, np.sort(tab["(Intercept)_none"]))
     np.testing.assert_allclose(ends, np.sort(tab["(Intercept)_partial"]))
+    # the partial-pooling points are coloured by the shrinkage factor, with its colour bar
+    pts = gids(ax, "partial-pooling", "collections")[0]
+    np.testing.assert_allclose(np.sort(pts.get_array()), np.sort(tab["(Intercept)_weight"]))
+    assert pts.get_clim() == (0.0, 1.0)
+    assert any("shrinkage factor" in a.get_ylabel() for a in fig.axes[1:])
     with pytest.raises(ValueError, match="no coefficient"):
         plots.plot_shrinkage(school_pooling, coef="nope")
 
@@ -371,8 +378,10 @@ def test_effect_glmm_on_response_scale():
     eta = fit.fixef["(Intercept)"] + np.r_[0.0, fit.fixef[["period2", "period3", "period4"]].to_numpy()]
     np.testing.assert_allclose(y, 1 / (1 + np.exp(-eta)), rtol=1e-8)
     assert ax.get_ylabel() == "predicted probability"
-    fig = plots.plot_diagnostics(fit)
-    assert "Pearson" in fig.axes[0].get_ylabel()
+    fig = plots.plot_diagnostics(fit)  # binomial: binned residuals, not Pearson residuals
+    assert fig.axes[0].get_ylabel() == "average residual"
+    poisson = glmer("TICKS ~ YEAR + (1 | BROOD)", load("grouseticks"), family="poisson")
+    assert "Pearson" in plots.plot_diagnostics(poisson).axes[0].get_ylabel()
 
 
 # --- diagnostics ----------------------------------------------------------------------------

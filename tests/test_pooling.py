@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import multilevel as ml
 from multilevel.datasets import load
@@ -69,11 +71,14 @@ def test_table_layout_for_the_plots(pop_pooling, pop):
     coef = p.fits["partial"].coef()["class"]
     for c in p.coef_names:
         assert np.array_equal(p.table[f"{c}_partial"].to_numpy(), coef[c].to_numpy())
-    # the weight is its definition wherever defined
-    for c in p.coef_names:
-        t = p.table
-        w = (t[f"{c}_partial"] - t[f"{c}_complete"]) / (t[f"{c}_none"] - t[f"{c}_complete"])
-        assert np.allclose(t[f"{c}_weight"], w, equal_nan=True)
+    # the weight is the shrinkage factor from the conditional covariance, in [0, 1]
+    fit = p.fits["partial"]
+    cv = fit.ranef(condvar=True).condvar["class"][0]
+    tau = np.diag(fit.varcorr[0].cov)
+    for c, cn in enumerate(p.coef_names):
+        w = p.table[f"{cn}_weight"].to_numpy()
+        assert np.allclose(w, 1 - cv[:, c, c] / tau[c], rtol=1e-12)
+        assert ((w >= 0) & (w <= 1)).all()
 
 
 def test_level2_terms_are_netted_out_of_no_pooling(pop_pooling, pop):
@@ -94,11 +99,10 @@ def test_level2_terms_are_netted_out_of_no_pooling(pop_pooling, pop):
     assert full.dropped_columns == ["texp", "extrav:texp"]
     assert np.allclose(full.fixef.reindex(none.index), none, equal_nan=True)
     assert not np.isnan(p.fixed.loc["sexgirl", "none"])
-    # shrinkage: partial pooling lies between complete and no pooling for most groups
-    # (with correlated intercepts and slopes a group's weight may leave [0, 1])
+    # the shrinkage factors stay in [0, 1] with level-2 terms too
     for c in p.coef_names:
         w = p.table[f"{c}_weight"]
-        assert w.between(0, 1).mean() > 0.7 and 0 < w.median() < 1
+        assert w.between(0, 1).all() and 0 < w.median() < 1
 
 
 def test_fixed_table_shows_level2_se_too_small_under_complete_pooling(pop_pooling):
@@ -215,6 +219,89 @@ def test_two_stage_skips_groups_without_an_estimate():
     assert np.isnan(ts.group_estimates["extrav"].iloc[0])
     assert ts.stage2["extrav"].nobs == 29 and ts.stage2["(Intercept)"].nobs == 30
     assert any("no-pooling estimate not defined" in n for n in ts.notes)
+
+
+def _unbalanced(seed: int, J: int = 15, slope_sd: float = 0.5, corr: float = 0.0):
+    """Groups of 2 to 30 rows, a within-group x, random intercepts and slopes."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(2, 31, J)
+    g = np.repeat([f"g{j:02d}" for j in range(J)], sizes)
+    cov = np.array([[1.0, corr * slope_sd], [corr * slope_sd, slope_sd ** 2]])
+    b = rng.multivariate_normal([0, 0], cov, J)
+    refs = np.repeat(np.arange(J), sizes)
+    x = rng.normal(0, 1, sizes.sum())
+    y = 2 + b[refs, 0] + (0.5 + b[refs, 1]) * x + rng.normal(0, 1.0, sizes.sum())
+    return pd.DataFrame({"y": y, "x": x, "g": g})
+
+
+def test_intercept_weight_is_the_textbook_shrinkage_factor_with_covariates_and_unequal_groups():
+    # with a covariate and unequal groups the old empirical ratio (partial - complete) /
+    # (none - complete) left [0, 1]; the shrinkage factor is n_j/s2 / (n_j/s2 + 1/tau2)
+    df = _unbalanced(3)
+    p = ml.pooling("y ~ x + (1 | g)", df)
+    fit = p.fits["partial"]
+    sigma2, tau2 = fit.sigma ** 2, float(fit.varcorr[0].cov[0, 0])
+    n = p.table["n"].to_numpy()
+    assert len(set(n)) > 5
+    w = (n / sigma2) / (n / sigma2 + 1 / tau2)
+    assert np.allclose(p.table["(Intercept)_weight"], w, rtol=1e-12)
+    # the same number as 1 - condVar / tau2 (lme4's conditional variance)
+    cv = fit.ranef(condvar=True).condvar["g"][0][:, 0, 0]
+    assert np.allclose(p.table["(Intercept)_weight"], 1 - cv / tau2, rtol=1e-9)
+    assert "shrinkage factor" in str(p)
+
+
+def test_shrinkage_factors_of_uncorrelated_terms_and_singular_fits():
+    from multilevel.toolkit.pooling import shrinkage_factors
+
+    sleep = load("sleepstudy")
+    fit = ml.lmer("Reaction ~ Days + (Days || Subject)", sleep)
+    f = shrinkage_factors(fit, "Subject")
+    cv = fit.ranef(condvar=True).condvar["Subject"]
+    assert list(f.columns) == ["(Intercept)", "Days"] and len(f) == 18
+    assert np.allclose(f["Days"], 1 - cv[1][:, 0, 0] / fit.varcorr[1].cov[0, 0])
+    # tau = 0 (a singular fit): complete pooling, factor 0
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"y": rng.normal(size=60), "g": np.repeat(list("abcdef"), 10)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sing = ml.lmer("y ~ 1 + (1 | g)", df)
+    if float(sing.varcorr[0].cov[0, 0]) == 0.0:
+        assert (shrinkage_factors(sing, "g").to_numpy() == 0).all()
+    with pytest.raises(DataError, match="group"):
+        shrinkage_factors(fit, "nope")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), slope_sd=st.floats(0.05, 2.0), corr=st.floats(-0.9, 0.9))
+def test_shrinkage_weights_never_leave_0_1_with_random_slopes(seed, slope_sd, corr):
+    df = _unbalanced(seed, slope_sd=slope_sd, corr=corr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = ml.pooling("y ~ x + (1 + x | g)", df)
+    for c in p.coef_names:
+        w = p.table[f"{c}_weight"].to_numpy()
+        assert np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()
+
+
+def test_ordered_grouping_factor_with_many_levels():
+    # hsb's school is an ordered factor of 160 levels: the no-pooling dummies are indicator
+    # columns, not contr.poly (which refuses more than 95 levels)
+    hsb = load("hsb")
+    assert hsb["school"].cat.ordered and hsb["school"].nunique() > 95
+    p = ml.pooling("mAch ~ cses + (1 | school)", hsb)
+    assert len(p.table) == 160 and np.isfinite(p.table["(Intercept)_none"]).all()
+
+
+def test_two_stage_regressions_use_the_users_names(pop):
+    ts = ml.two_stage(POP_FORMULA, pop)
+    slope, icpt = str(ts.stage2["extrav"]), str(ts.stage2["(Intercept)"])
+    assert "lm(formula = extrav ~ texp)" in slope and "p1" not in slope and "est" not in slope
+    assert "lm(formula = `(Intercept)` ~ texp)" in icpt
+    assert list(ts.stage2["extrav"].fixef.index) == ["(Intercept)", "texp"]
+    explicit = ml.two_stage(POP_FORMULA, pop, level2=["texp"])
+    assert "extrav ~ texp" in str(explicit.stage2["extrav"])
+    assert np.allclose(explicit.table["two_stage"], ts.table["two_stage"])
 
 
 @pytest.mark.parametrize("module", ["multilevel.toolkit.pooling"])

@@ -39,7 +39,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +49,10 @@ import pandas as pd
 if TYPE_CHECKING:
     from multilevel.results import AnyFit
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["build_report", "write_report", "model_names"]
 
+#: the fitted-lines plot of a model shows at most this many groups
+FITTED_LINES_MAX = 30
 #: profile plots are skipped above these sizes (each profile point re-optimises the model)
 PROFILE_MAX_NOBS = 20_000
 PROFILE_MAX_THETA = 6
@@ -133,9 +135,9 @@ def _isatty(stream: Any) -> bool:
 
 def _figure_html(fig: Any, caption: str, dpi: int = 100) -> str:
     """A matplotlib figure as an embedded PNG (base64 data URI) with a caption."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    from multilevel.report.plots import figure_png
+
+    data = base64.b64encode(figure_png(fig, dpi)).decode("ascii")
     w, h = fig.get_size_inches()
     width = int(round(w * dpi))
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(caption)}" '
@@ -335,7 +337,7 @@ def _html_of(obj: Any) -> str:
     return f"<pre>{escape(str(obj))}</pre>"
 
 
-def _describe_section(df: pd.DataFrame, fit: AnyFit) -> str:
+def _describe_section(df: pd.DataFrame, fit: AnyFit, family: str | None = None) -> str:
     describe = _tool("describe")
     groups, nested = _grouping_columns(fit, df)
     outcome = fit.frame.response if fit.frame.response in df.columns else None
@@ -349,8 +351,11 @@ def _describe_section(df: pd.DataFrame, fit: AnyFit) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            desc = describe(df, groups, outcome, nested=nested) if len(groups) > 1 else \
-                describe(df, groups, outcome)
+            # a binomial report: the outcome's ICC on the latent scale, as icc() of the fits;
+            # otherwise describe decides (a binary outcome is binomial there too)
+            fam = "binomial" if family == "binomial" and outcome is not None else None
+            desc = describe(df, groups, outcome, nested=nested, family=fam) if len(groups) > 1 else \
+                describe(df, groups, outcome, family=fam)
             parts.append('<div class="box">' + _html_of(desc) + "</div>")
     except Exception as exc:  # not implemented yet, or failed: the plain overview instead
         parts.append(_note("Data description (multilevel.toolkit.describe) not available in this version."
@@ -399,10 +404,10 @@ def _pooling_section(formula: str, df: pd.DataFrame, dpi: int) -> str:
 
 
 def _model_section(i: int, fit: AnyFit, df: pd.DataFrame, dpi: int, max_effects: int,
-                   prog: _Progress) -> str:
+                   prog: _Progress, name: str) -> str:
     from multilevel.report import plots
 
-    parts = [f'<h2 id="{_anchor(i, "model")}">Model {i}: <code>{escape(fit.formula)}</code></h2>',
+    parts = [f'<h2 id="{_anchor(i, "model")}">{escape(_heading(name, fit))}</h2>',
              '<div class="box">', _call_section("summary", lambda: _html_of(fit.summary())), "</div>"]
     prog.step(f"plots of model {i}")
     for g in dict.fromkeys(rt.group for rt in fit.frame.reterms):
@@ -411,9 +416,16 @@ def _model_section(i: int, fit: AnyFit, df: pd.DataFrame, dpi: int, max_effects:
             f"Random effects of {g}: conditional modes with 95% intervals from their conditional SDs", dpi)))
     x = _slope_variable(fit, df)
     if x is not None:
+        g = fit.frame.reterms[0].group
+        n_levels = fit.frame.reterms[0].n_levels
+        # at most FITTED_LINES_MAX groups, spread from the smallest to the largest: more are a
+        # tangle of lines and thousands of points that take long to draw and show no more
+        shown = min(n_levels, FITTED_LINES_MAX)
+        which = f"one line per {g}" if shown == n_levels else \
+            f"{shown} of {n_levels} {g}s, from the smallest to the largest"
         parts.append(_call_section("fitted lines", lambda: _figure_html(
-            plots.plot_fitted_lines(fit, x, data=df),
-            f"Fitted values against {x}, one line per {fit.frame.reterms[0].group}", dpi)))
+            plots.plot_fitted_lines(fit, x, data=df, groups=shown if shown < n_levels else None),
+            f"Fitted lines against {x}, {which}; other predictors at their mean / reference level", dpi)))
     variables = _fixed_variables(fit, df)
     if variables:
         shown = variables[:max_effects]
@@ -438,12 +450,41 @@ def _model_section(i: int, fit: AnyFit, df: pd.DataFrame, dpi: int, max_effects:
     return "".join(parts)
 
 
+def _heading(name: str, fit: AnyFit) -> str:
+    """'Model 1: y ~ x + (1 | g)', or the name alone when it is the formula."""
+    return name if name == fit.formula else f"{name}: {fit.formula}"
+
+
+def model_names(formulas: Sequence[str], names: Sequence[str] | None) -> list[str]:
+    """The models' names in the report: ``names`` (one per formula, distinct, not empty),
+    else "Model 1", "Model 2", ...
+
+    >>> model_names(["y ~ 1 + (1 | g)", "y ~ x + (1 | g)"], None)
+    ['Model 1', 'Model 2']
+    """
+    from multilevel.errors import DataError
+
+    if names is None:
+        return [f"Model {i}" for i in range(1, len(formulas) + 1)]
+    if isinstance(names, str):
+        names = [names]
+    names = [str(n).strip() for n in names]
+    if len(names) != len(formulas):
+        raise DataError(f"names: {len(names)} name(s) for {len(formulas)} model(s); give one name per model")
+    if any(not n for n in names):
+        raise DataError("names: a model's name is empty")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"names: the name {dup[0]!r} is given to more than one model")
+    return names
+
+
 def _effects_figure(fit: AnyFit, df: pd.DataFrame, variables: Sequence[str]):
     from multilevel.report import plots
 
     k = len(variables)
     ncols = min(3, k)
-    fig, axs = plots._grid(k, ncols, None, (3.8, 3.0))
+    fig, axs = plots._grid(k, ncols, None, (3.0, 2.3), margins=plots.GRID_MARGINS)
     for a, v in zip(axs, variables):
         plots.plot_effect(fit, v, data=df, ax=a)
         a.set_title(v, fontsize=10)
@@ -497,13 +538,16 @@ def _anova_html(anova: Callable, fits: list[Any], names: list[str]) -> str:
     return _html_of(tab)
 
 
-def build_report(formulas: Sequence[str] | str, data: Any, data_name: str | None = None,
+def build_report(formulas: Sequence[str] | Mapping[str, str] | str, data: Any, data_name: str | None = None,
                  progress: Any = None, *, reml: bool = True, family: str | None = None,
-                 title: str | None = None, max_effects: int = 6, dpi: int = 100) -> str:
+                 title: str | None = None, max_effects: int = 6, dpi: int = 100,
+                 names: Sequence[str] | None = None) -> str:
     """Fit each formula to ``data`` and return one self-contained HTML report (a string).
 
-    formulas:    one lme4 formula or a list of them (the first one leads the data and pooling
-                 sections; several give a comparison section).
+    formulas:    one lme4 formula, a list of them, or a dict {name: formula} (the first one
+                 leads the data and pooling sections; several give a comparison section).
+    names:       the models' names in headings, contents, tables and plots, one per formula
+                 (default: the dict's keys, else "Model 1", "Model 2", ...).
     data:        pandas or polars data frame.
     data_name:   label of the data in the report and the summaries (``Data:`` line).
     progress:    None: a status line on stderr when it is a terminal; False: silent; True:
@@ -516,32 +560,38 @@ def build_report(formulas: Sequence[str] | str, data: Any, data_name: str | None
     Raises the fit's error (FormulaError, ColumnNotFoundError...) when a formula cannot be
     fitted; every later failure becomes a visible note in the report.
     """
+    from multilevel.errors import DataError
     from multilevel.report.plots import _to_pandas
 
     if isinstance(formulas, str):
         formulas = [formulas]
+    if isinstance(formulas, Mapping):
+        if names is not None:
+            raise DataError("names: the formulas are a dict {name: formula}; give the names there")
+        names = [str(k) for k in formulas]
+        formulas = list(formulas.values())
     formulas = list(formulas)
     if not formulas:
-        raise ValueError("build_report needs at least one formula")
+        raise DataError("formulas: the report needs at least one formula")
+    names = model_names(formulas, names)
     df = _to_pandas(data)
     k = len(formulas)
     total = k + 1 + 1 + 2 * k + (1 if k > 1 else 0) + 1
     prog = _Progress(progress, total)
     try:
-        return _build(formulas, df, data_name, prog, reml, family, title, max_effects, dpi)
+        return _build(formulas, df, data_name, prog, reml, family, title, max_effects, dpi, names)
     finally:
         prog.done()
 
 
 def _build(formulas: list[str], df: pd.DataFrame, data_name: str | None, prog: _Progress, reml: bool,
-           family: str | None, title: str | None, max_effects: int, dpi: int) -> str:
+           family: str | None, title: str | None, max_effects: int, dpi: int, names: list[str]) -> str:
     import multilevel
 
     fits = []
     for i, f in enumerate(formulas, 1):
         prog.step(f"fitting model {i}: {f}")
         fits.append(_fit_one(f, df, reml, family, data_name))
-    names = [f"Model {i}" for i in range(1, len(fits) + 1)]
     first = fits[0]
     toc: list[tuple[str, str]] = []
     body: list[str] = []
@@ -549,7 +599,7 @@ def _build(formulas: list[str], df: pd.DataFrame, data_name: str | None, prog: _
     prog.step("describing the data")
     toc.append(("data", "Data"))
     body.append('<h2 id="data">Data</h2>')
-    body.append(_call_section("data description", lambda: _describe_section(df, first)))
+    body.append(_call_section("data description", lambda: _describe_section(df, first, family)))
 
     prog.step("pooling comparison")
     groups = list(dict.fromkeys(rt.group for rt in first.frame.reterms))
@@ -564,9 +614,9 @@ def _build(formulas: list[str], df: pd.DataFrame, data_name: str | None, prog: _
         body.append(_note(f"The pooling comparison needs a model with one grouping factor; the first "
                           f"model has {len(groups)} ({', '.join(groups)})."))
 
-    for i, fit in enumerate(fits, 1):
-        toc.append((_anchor(i, "model"), f"Model {i}: {fit.formula}"))
-        body.append(_model_section(i, fit, df, dpi, max_effects, prog))
+    for i, (fit, name) in enumerate(zip(fits, names), 1):
+        toc.append((_anchor(i, "model"), _heading(name, fit)))
+        body.append(_model_section(i, fit, df, dpi, max_effects, prog, name))
 
     if len(fits) > 1:
         prog.step("comparing the models")
@@ -580,7 +630,9 @@ def _build(formulas: list[str], df: pd.DataFrame, data_name: str | None, prog: _
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     toc_html = "<nav class=\"toc\"><b>Contents</b><ol>" + "".join(
         f'<li><a href="#{a}">{escape(t)}</a></li>' for a, t in toc) + "</ol></nav>"
-    formulas_html = "<ol>" + "".join(f"<li><code>{escape(f)}</code></li>" for f in formulas) + "</ol>"
+    formulas_html = "<ol>" + "".join(
+        f"<li>{'' if n == f else f'<b>{escape(n)}</b>: '}<code>{escape(f)}</code></li>"
+        for n, f in zip(names, formulas)) + "</ol>"
     how = ("REML" if reml else "maximum likelihood") if family in (None, "gaussian") else \
         f"{family} GLMM (Laplace)"
     return (

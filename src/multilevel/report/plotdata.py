@@ -12,7 +12,7 @@ numbers as the matplotlib figures.
 ``caterpillar_data``        conditional modes with mode ± z·(conditional SD), sort order
 ``coefficients_data``       fixed effects with Wald intervals, one row per model and term
 ``effect_data``             predictions over one predictor, others at typical values
-``diagnostics_data``        fitted values and residuals, normal QQ points and lines
+``diagnostics_data``        fitted values and residuals, binned residuals, normal QQ points
 ``profile_data``            profile ζ curves and the profile interval ends
 ==========================  =================================================================
 
@@ -57,11 +57,14 @@ __all__ = [
     "coefficients_data",
     "effect_data",
     "diagnostics_data",
+    "binned_residuals",
     "profile_data",
 ]
 
 #: the rug of an effect plot shows at most this many observed values (quantiles beyond that)
 RUG_MAX = 400
+#: a normal QQ panel shows at most this many order statistics (evenly spaced, extremes kept)
+QQ_MAX = 1000
 #: points of the population line drawn over the range of x when the data are given
 POPULATION_POINTS = 60
 
@@ -222,110 +225,308 @@ def _select_levels(levels: Sequence[str], sizes: Sequence[int] | None, groups: A
 # --- fitted lines ---------------------------------------------------------------------------
 
 
+#: at most this many points per group line (the group's distinct x values when fewer)
+LINE_POINTS = 30
+#: the choices of ``others=`` in :func:`fitted_lines_data`
+OTHERS = ("typical", "group")
+
+
+def _model_columns(fit: AnyFit) -> list[str]:
+    """The data columns a prediction of the fit reads: the fixed part's, the offset's, the
+    random-effects terms' and the grouping factors'."""
+    spec = fit.frame.spec
+    cols = dict.fromkeys(spec.fixed.columns())
+    if getattr(spec, "offset_column", None):
+        cols[spec.offset_column] = None
+    for b in getattr(spec, "bars", []):
+        cols.update(dict.fromkeys(b.scope.columns()))
+        cols.update(dict.fromkeys(b.group.columns))
+    return list(cols)
+
+
+def _factor_columns(fit: AnyFit) -> dict[str, list[str]]:
+    """{data column: levels (first = reference)} of the factors of the fixed part."""
+    out: dict[str, list[str]] = {}
+    for v in fit.frame.spec.fixed.vars.values():
+        if v.is_factor and v.column is not None and v.levels:
+            out.setdefault(v.column, [str(lv) for lv in v.levels])
+    return out
+
+
+def _decode_factor(fit: AnyFit, column: str) -> np.ndarray | None:
+    """A factor's level per used row, read back from its main-effect columns of X (the rows
+    of its contrast matrix), or None when X does not have them."""
+    fr = fit.frame
+    names = list(fr.fixef_names)
+    for key, v in fr.spec.fixed.vars.items():
+        if not (v.is_factor and v.column == column) or key not in fr.contrasts:
+            continue
+        con = fr.contrasts[key]
+        cols = [f"{key}{c}" for c in con.columns]
+        if not all(c in names for c in cols):
+            continue
+        block = np.asarray(fr.X[:, [names.index(c) for c in cols]], dtype=float)
+        M = np.asarray(con.matrix, dtype=float)
+        dist = ((block[:, None, :] - M[None, :, :]) ** 2).sum(axis=2)
+        k = np.argmin(dist, axis=1)
+        if np.all(dist[np.arange(len(k)), k] <= 1e-12):
+            return np.asarray([str(lv) for lv in con.levels], dtype=object)[k]
+    return None
+
+
+def _model_data(fit: AnyFit, columns: Sequence[str]) -> pd.DataFrame:
+    """The variables ``columns`` on the rows the fit used, read back from its model frame
+    (the fit keeps arrays, not the data frame): a numeric variable from its column of X or
+    Z, a factor from its contrast-coded columns, a grouping factor from its levels. A
+    variable the model frame does not hold as such (one seen only inside ``log(x)``, say) is
+    an error that asks for the data."""
+    fr = fit.frame
+    out: dict[str, np.ndarray] = {}
+    groups = {}
+    for rt in fr.reterms:
+        if ":" not in rt.group:
+            groups.setdefault(rt.group, np.asarray([str(v) for v in rt.levels], dtype=object)[np.asarray(rt.refs)])
+    factors = _factor_columns(fit)
+    for c in columns:
+        if c in groups:
+            out[c] = groups[c]
+        elif c in factors:
+            codes = _decode_factor(fit, c)
+            if codes is None:
+                raise DataError(f"data: the factor {c!r} cannot be read back from the model matrices; "
+                                "pass the data the model was fitted to (data=...)")
+            out[c] = pd.Categorical(codes, categories=factors[c])
+        else:
+            try:
+                out[c] = np.asarray(_row_values(fit, c), dtype=float)
+            except DataError:
+                raise DataError(f"data: the variable {c!r} is not a column of the model matrices (it "
+                                "enters only through a transformation or an interaction); pass the data "
+                                "the model was fitted to (data=...)") from None
+    return pd.DataFrame(out)
+
+
+def _analysis_frame(fit: AnyFit, data: Any, columns: Sequence[str]) -> pd.DataFrame:
+    """The variables ``columns`` on the rows the fit used: from ``data`` when given, else
+    read back from the fit's model frame (:func:`_model_data`)."""
+    if data is None:
+        return _model_data(fit, columns)
+    used = _used_rows(fit, _to_pandas(data)).reset_index(drop=True)
+    missing = [c for c in columns if c not in used.columns]
+    if missing:
+        raise DataError(f"data: the data have no column {missing[0]!r}; pass the data the model was fitted to")
+    return used[list(columns)]
+
+
+def _is_factor(fit: AnyFit, col: pd.Series) -> bool:
+    return (col.name in _factor_columns(fit) or not pd.api.types.is_numeric_dtype(col)
+            or pd.api.types.is_bool_dtype(col))
+
+
+def _levels_of(fit: AnyFit, col: pd.Series) -> list:
+    levels = _factor_columns(fit).get(col.name)
+    if levels is None:
+        levels = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) \
+            else sorted(pd.unique(col.dropna()), key=str)
+    return levels
+
+
+def _typical_value(fit: AnyFit, col: pd.Series) -> tuple[Any, str]:
+    """(value, how) at which a variable is held: the mean of a number ("mean"), the first
+    (reference) level of a factor ("reference")."""
+    if _is_factor(fit, col):
+        ref = _levels_of(fit, col)[0]
+        if pd.api.types.is_bool_dtype(col):
+            return False, "reference"
+        if not isinstance(col.dtype, pd.CategoricalDtype):
+            # the reference as the column's own type (a number coded factor stays a number)
+            match = col[col.astype(str) == str(ref)]
+            ref = match.iloc[0] if len(match) else ref
+        return ref, "reference"
+    v = col.to_numpy(dtype=float)
+    m = float(np.nanmean(v))
+    # a centred variable's mean is 0 up to rounding: say 0, not -7.1e-19
+    return (0.0 if abs(m) <= 1e-9 * (float(np.nanstd(v)) or 1.0) else m), "mean"
+
+
+def _group_value(fit: AnyFit, col: pd.Series, refs: np.ndarray, n_levels: int) -> list:
+    """Per group: the group's mean of a number, its most frequent level of a factor (ties:
+    the first level in level order)."""
+    if _is_factor(fit, col):
+        levels = _levels_of(fit, col)
+        pos = {str(lv): i for i, lv in enumerate(levels)}
+        codes = np.asarray([pos.get(str(v), -1) for v in col], dtype=np.int64)
+        ok = codes >= 0
+        counts = np.zeros((n_levels, len(levels)))
+        np.add.at(counts, (refs[ok], codes[ok]), 1.0)
+        col_levels = {str(v): v for v in pd.unique(col.dropna())}
+        return [col_levels.get(str(levels[i]), levels[i]) for i in counts.argmax(axis=1)]
+    v = col.to_numpy(dtype=float)
+    sums = np.bincount(refs, weights=np.nan_to_num(v), minlength=n_levels)
+    cnt = np.bincount(refs, weights=np.isfinite(v).astype(float), minlength=n_levels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return list(sums / cnt)
+
+
+def _with_dtype(values: Sequence[Any], like: pd.Series) -> Any:
+    """A new column of ``values`` in the type of the data's column ``like`` (its categories
+    kept; a level given as text becomes the column's own value, "12" -> 12)."""
+    lookup = {str(v): v for v in pd.unique(like.dropna())}
+    vals = [lookup.get(str(v), v) if isinstance(v, str) else v for v in values]
+    if isinstance(like.dtype, pd.CategoricalDtype):
+        return pd.Categorical(vals, categories=like.cat.categories)
+    return vals
+
+
+def _response_predictions(fit: AnyFit, newdata: pd.DataFrame, fixed_only: bool = False) -> np.ndarray:
+    """Predictions on the response scale; random effects of levels not in the fit are 0."""
+    kw: dict[str, Any] = {"re_form": "~0"} if fixed_only else {"allow_new_levels": True}
+    if _family_name(fit) not in ("gaussian", ""):
+        kw["type"] = "response"
+    return np.asarray(fit.predict(newdata, **kw), dtype=float)
+
+
 def fitted_lines_data(fit: AnyFit, x: str, data: Any = None, groups: Any = None, *,
-                      group: str | None = None, population: bool = True) -> PlotData:
+                      group: str | None = None, population: bool = True, others: str = "typical") -> PlotData:
     """Data of :func:`~multilevel.report.plots.plot_fitted_lines`: the observations and each
-    group's fitted values against ``x``.
+    group's fitted line against ``x``.
+
+    Each group's line is the fit's prediction for that group (fixed effects plus the group's
+    random effects; GLMMs on the response scale) over the group's observed range of ``x``,
+    with the other predictors held fixed, so that a second within-group predictor (``sex``
+    in ``popular ~ extrav + sex + ...``) does not make the line zigzag between its values:
+
+    * ``others="typical"`` (default): numbers at their mean over the rows used, factors at
+      their reference level, the same for every group;
+    * ``others="group"``: each at the group's own mean (numbers) or most frequent level
+      (factors), e.g. a class-level ``texp`` at the class's value.
+
+    The population line is the fixed part (random effects 0) over the range of ``x`` with
+    the others at their typical values. For an ``lm`` fit, name the grouping column with
+    ``group=`` (a school-dummy model ``y ~ x + factor(school)`` draws one line per school,
+    from the lm's predictions); its population line is the average of all the groups' lines.
+
+    data: the data the model was fitted to; without it the variables are read back from the
+    fit's model matrices (enough unless a variable enters only through a transformation).
 
     Frames: ``points`` (one row per observation of the chosen groups, in data order: ``row``
     the row's label in the data, ``group``, ``x``, ``y`` the response, ``fitted``);
-    ``lines`` (the line vertices: ``group``, ``x``, ``fitted``, sorted by ``x`` within each
-    group, groups in the order of ``meta["levels"]``); ``population`` (``x``, ``y`` of the
-    fixed-effects line on the response scale; no rows when that is not a line in ``x``).
+    ``lines`` (``group``, ``x``, ``fitted``: the line's vertices, sorted by ``x`` within each
+    group, groups in the order of ``meta["levels"]``); ``population`` (``x``, ``y``).
     meta: ``x``, ``response``, ``group`` (the grouping factor), ``n_levels``, ``levels``
-    (those chosen), ``population_label``.
-
-    The population line: with ``data``, the prediction over the range of ``x`` with the other
-    variables at typical values (as :func:`effect_data`); without, the fixed-effects
-    predictions at the rows when they depend on ``x`` alone.
+    (those chosen), ``others``, ``held`` ({variable: value} for ``"typical"``; {variable:
+    "group mean"/"group's most frequent level"} for ``"group"``), ``held_how`` ({variable:
+    ``"mean"``/``"reference"``/...}), ``population_label``.
 
     >>> import multilevel as ml
     >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
     >>> d = fitted_lines_data(fit, "Days", groups=["308", "309"])
-    >>> d["lines"].groupby("group").size().to_dict(), d["population"]["x"].tolist()
-    ({'308': 10, '309': 10}, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    >>> d["lines"].groupby("group").size().to_dict(), d["population"]["x"].size
+    ({'308': 10, '309': 10}, 60)
     """
-    rt = _reterm(fit, group)
-    xv = np.asarray(_row_values(fit, x, data), dtype=float)
+    if others not in OTHERS:
+        raise DataError(f"others: must be one of {', '.join(map(repr, OTHERS))}, not {others!r}")
+    is_mixed = bool(getattr(fit.frame, "reterms", None))
+    columns = _model_columns(fit)
+    if is_mixed:
+        rt = _reterm(fit, group)
+        gname, levels = rt.group, [str(v) for v in rt.levels]
+        refs = np.asarray(rt.refs)
+        gcols = [c for b in fit.frame.spec.bars for c in b.group.columns]
+    else:
+        if group is None:
+            raise DataError("group: a linear model (lm) has no grouping factor; name the column "
+                            "to draw one line per group, e.g. group='school'")
+        gname, gcols = group, [group]
+        if group not in columns and data is None:
+            raise DataError(f"group: {group!r} is not a variable of the model; pass the data (data=...)")
+    if x in gcols:
+        raise DataError(f"x: {x!r} is the grouping factor")
+    need = list(dict.fromkeys(columns + [x] + ([gname] if not is_mixed else [])))
+    frame = _analysis_frame(fit, data, need)
+    if _is_factor(fit, frame[x]):
+        raise DataError(f"x: {x!r} is a factor; fitted lines need a numeric x (plot_effect draws factors)")
+    if not is_mixed:
+        gcol = frame[gname]
+        lv = _levels_of(fit, gcol)
+        levels = [str(v) for v in lv]
+        pos = {v: i for i, v in enumerate(levels)}
+        refs = np.asarray([pos.get(str(v), -1) for v in gcol], dtype=np.int64)
+        if (refs < 0).any():
+            raise DataError(f"group: column {gname!r} has missing values in the rows used")
+    xv = frame[x].to_numpy(dtype=float)
     y = np.asarray(fit.frame.y, dtype=float)
     fitted_s = fit.fitted()
     fitted = np.asarray(fitted_s, dtype=float)
-    refs = np.asarray(rt.refs)
-    sizes = np.bincount(refs, minlength=rt.n_levels)
-    chosen = _select_levels(rt.levels, sizes, groups, None)
-    index = {str(lv): i for i, lv in enumerate(rt.levels)}
-    labels = np.asarray([str(v) for v in rt.levels], dtype=object)[refs]
+    sizes = np.bincount(refs, minlength=len(levels))
+    chosen = _select_levels(levels, sizes, groups, None)
+    index = {lv: i for i, lv in enumerate(levels)}
+    labels = np.asarray(levels, dtype=object)[refs]
     m = np.isin(refs, [index[lv] for lv in chosen])
     points = pd.DataFrame({"row": np.asarray(fitted_s.index)[m], "group": labels[m], "x": xv[m],
                            "y": y[m], "fitted": fitted[m]})
-    parts_g, parts_x, parts_f = [], [], []
+
+    held_cols = [c for c in columns if c != x and c not in gcols]
+    typical = {c: _typical_value(fit, frame[c]) for c in held_cols}
+    per_group = {c: _group_value(fit, frame[c], refs, len(levels)) for c in held_cols} if others == "group" else {}
+
+    def grid(xs: np.ndarray, j: int | None) -> dict[str, Any]:
+        cols: dict[str, Any] = {x: xs}
+        for c in held_cols:
+            v = per_group[c][j] if (j is not None and others == "group") else typical[c][0]
+            cols[c] = [v] * xs.size
+        return cols
+
+    # every chosen group's line in one prediction: the group's distinct x values (at most
+    # LINE_POINTS of them, else that many points over its range)
+    parts_g, parts_x, blocks = [], [], []
     for lv in chosen:
-        mg = refs == index[lv]
-        o = np.argsort(xv[mg], kind="stable")
-        parts_g.append(np.full(int(mg.sum()), lv, dtype=object))
-        parts_x.append(xv[mg][o])
-        parts_f.append(fitted[mg][o])
-    lines = pd.DataFrame({"group": np.concatenate(parts_g), "x": np.concatenate(parts_x),
-                          "fitted": np.concatenate(parts_f)})
-    px = py = plabel = None
-    if population:
-        px, py, plabel = _population_line(fit, x, xv, data)
-    pop = pd.DataFrame({"x": np.asarray(px if px is not None else [], dtype=float),
-                        "y": np.asarray(py if py is not None else [], dtype=float)})
-    meta = {"x": x, "response": fit.frame.response, "group": rt.group, "n_levels": int(rt.n_levels),
-            "levels": chosen, "population_label": plabel}
+        j = index[lv]
+        xs = np.unique(xv[(refs == j) & np.isfinite(xv)])
+        if xs.size > LINE_POINTS:
+            xs = np.linspace(xs[0], xs[-1], LINE_POINTS)
+        block = grid(xs, j)
+        for c in gcols:
+            block[c] = [lv if c == gname else "\x00none"] * xs.size  # other groupings: effect 0
+        parts_g.append(np.full(xs.size, lv, dtype=object))
+        parts_x.append(xs)
+        blocks.append(pd.DataFrame(block))
+    nd = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=[x])
+    for c in nd.columns:
+        if c in frame.columns and c != x and (c == gname or c not in gcols):
+            nd[c] = _with_dtype(nd[c].tolist(), frame[c])
+    lines = pd.DataFrame({"group": np.concatenate(parts_g) if parts_g else np.array([], dtype=object),
+                          "x": np.concatenate(parts_x) if parts_x else np.array([]),
+                          "fitted": _response_predictions(fit, nd) if len(nd) else np.array([])})
+
+    px = py = np.array([])
+    plabel = None
+    if population and np.isfinite(xv).any():
+        xs = np.linspace(np.nanmin(xv), np.nanmax(xv), POPULATION_POINTS)
+        base = pd.DataFrame(grid(xs, None))
+        for c in base.columns:
+            if c in frame.columns and c != x:
+                base[c] = _with_dtype(base[c].tolist(), frame[c])
+        if is_mixed:
+            px, py, plabel = xs, _response_predictions(fit, base, fixed_only=True), "population (fixed effects)"
+        else:
+            reps = [base.assign(**{gname: lv}) for lv in levels]
+            allg = pd.concat(reps, ignore_index=True)
+            allg[gname] = _with_dtype(allg[gname].tolist(), frame[gname])
+            pred = _response_predictions(fit, allg).reshape(len(levels), xs.size)
+            px, py, plabel = xs, pred.mean(axis=0), f"average of the {gname} lines"
+    pop = pd.DataFrame({"x": np.asarray(px, dtype=float), "y": np.asarray(py, dtype=float)})
+    if others == "typical":
+        held = {c: typical[c][0] for c in held_cols}
+        held_how = {c: typical[c][1] for c in held_cols}
+    else:
+        held = {c: ("group's most frequent level" if _is_factor(fit, frame[c]) else "group mean") for c in held_cols}
+        held_how = {c: ("group mode" if _is_factor(fit, frame[c]) else "group mean") for c in held_cols}
+    held = {c: (v.item() if isinstance(v, np.generic) else v) for c, v in held.items()}
+    meta = {"x": x, "response": fit.frame.response, "group": gname, "n_levels": len(levels),
+            "levels": chosen, "others": others, "held": held, "held_how": held_how,
+            "population_label": plabel}
     return PlotData("fitted_lines", {"points": points, "lines": lines, "population": pop}, meta)
-
-
-def _population_prediction(fit: AnyFit) -> np.ndarray:
-    """Fixed-effects predictions on the response scale at the fitting rows."""
-    fr = fit.frame
-    eta = fr.X @ np.asarray(fit.fixef, dtype=float)
-    if fr.offset is not None:
-        eta = eta + fr.offset
-    return np.asarray(_linkinv(fit)(eta))
-
-
-def _population_line(fit: AnyFit, x: str, xv: np.ndarray, data: Any):
-    """(x, y, label) of the fixed-effects line, or Nones when it is not a line in ``x``.
-
-    With the data: the prediction over the range of ``x`` with the other variables at
-    typical values (as ``effect_data``). Without: the fixed-effects predictions at the rows,
-    when they depend on ``x`` alone (equal at equal ``x``, or exactly linear in ``x``).
-    """
-    if data is not None:
-        try:
-            grid, is_factor = _typical_grid(fit, x, _to_pandas(data), POPULATION_POINTS)
-            if not is_factor:
-                mu, _, _ = _effect_values(fit, grid, 0.95)
-                held = [c for c in grid.columns if c != x]
-                return grid[x].to_numpy(dtype=float), mu, "population" + (" (others typical)" if held else "")
-        except Exception:  # x not in the fixed part, or predictions unavailable
-            pass
-    try:
-        pop = _population_prediction(fit)
-    except Exception:
-        return None, None, None
-    ok = np.isfinite(xv) & np.isfinite(pop)
-    xs, ps = xv[ok], pop[ok]
-    if xs.size < 2:
-        return None, None, None
-    scale = max(float(np.ptp(ps)), float(np.max(np.abs(ps))) * 1e-12, 1e-300)
-    ux, inv = np.unique(xs, return_inverse=True)
-    if ux.size <= xs.size // 2:  # ties: a function of x if equal x gives equal predictions
-        lo = np.full(ux.size, np.inf)
-        hi = np.full(ux.size, -np.inf)
-        np.minimum.at(lo, inv, ps)
-        np.maximum.at(hi, inv, ps)
-        if np.all(hi - lo <= 1e-8 * scale):
-            return ux, lo, "population"
-        return None, None, None
-    A = np.column_stack([np.ones_like(xs), xs])
-    coef, *_ = np.linalg.lstsq(A, ps, rcond=None)
-    if np.max(np.abs(A @ coef - ps)) <= 1e-8 * scale:
-        ends = np.array([xs.min(), xs.max()])
-        return ends, coef[0] + coef[1] * ends, "population"
-    return None, None, None
 
 
 # --- pooling --------------------------------------------------------------------------------
@@ -609,26 +810,18 @@ def coefficients_data(*fits: AnyFit, names: Sequence[str] | None = None, level: 
 def _typical_grid(fit: AnyFit, x: str, data: pd.DataFrame, n: int) -> tuple[pd.DataFrame, bool]:
     """A frame of new data: ``x`` over a grid (n points over its range, or each level), every
     other variable of the fixed part at its mean (numbers) or reference level (factors)."""
-    fr = fit.frame
-    spec = fr.spec
+    spec = fit.frame.spec
     columns = list(spec.fixed.columns())
     if getattr(spec, "offset_column", None):
         columns.append(spec.offset_column)
     if x not in columns:
         raise DataError(f"x: {x!r} is not a variable of the fixed part of the model "
                         f"({', '.join(columns) or 'none'})")
-    factor_levels: dict[str, list[str]] = {}
-    for v in spec.fixed.vars.values():
-        if v.is_factor and v.column is not None and v.levels:
-            factor_levels.setdefault(v.column, list(v.levels))
     used = _used_rows(fit, data)
     xcol = used[x]
-    is_factor = x in factor_levels or not pd.api.types.is_numeric_dtype(xcol) or pd.api.types.is_bool_dtype(xcol)
+    is_factor = _is_factor(fit, xcol)
     if is_factor:
-        levels = factor_levels.get(x)
-        if levels is None:
-            levels = list(xcol.cat.categories) if isinstance(xcol.dtype, pd.CategoricalDtype) \
-                else sorted(pd.unique(xcol.dropna()), key=str)
+        levels = _levels_of(fit, xcol)
         grid = pd.DataFrame({x: pd.Categorical(levels, categories=levels)
                              if isinstance(xcol.dtype, pd.CategoricalDtype) else levels})
     else:
@@ -637,24 +830,8 @@ def _typical_grid(fit: AnyFit, x: str, data: pd.DataFrame, n: int) -> tuple[pd.D
     for c in columns:
         if c == x or c not in used.columns:
             continue
-        col = used[c]
-        if c in factor_levels or not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-            levels = factor_levels.get(c)
-            if levels is None:
-                levels = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) \
-                    else sorted(pd.unique(col.dropna()), key=str)
-            ref = levels[0]
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                grid[c] = pd.Categorical([ref] * len(grid), categories=col.cat.categories)
-            elif pd.api.types.is_bool_dtype(col):
-                grid[c] = False
-            else:
-                grid[c] = ref
-        else:
-            v = col.to_numpy(dtype=float)
-            m = float(np.nanmean(v))
-            # a centred variable's mean is 0 up to rounding: say 0, not -7.1e-19
-            grid[c] = 0.0 if abs(m) <= 1e-9 * (float(np.nanstd(v)) or 1.0) else m
+        value = _typical_value(fit, used[c])[0]
+        grid[c] = _with_dtype([value] * len(grid), used[c])
     return grid, is_factor
 
 
@@ -739,28 +916,92 @@ def _qq_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float,
         return np.array([]), v, None
     p = (np.arange(1, m + 1) - 0.5) / m  # ppoints
     q = ndtri(p)
-    # reference line through the quartiles (R's qqline)
+    # reference line through the quartiles (R's qqline), from all the values
     q1, q3 = np.quantile(v, [0.25, 0.75])
+    if m > QQ_MAX:
+        # thousands of points draw slowly and show no more than QQ_MAX evenly spaced order
+        # statistics, the smallest and the largest among them
+        keep = np.unique(np.round(np.linspace(0, m - 1, QQ_MAX)).astype(int))
+        q, v = q[keep], v[keep]
     t1, t3 = ndtri([0.25, 0.75])
     slope = (q3 - q1) / (t3 - t1) if t3 != t1 else 0.0
     return q, v, (float(t1), float(q1), float(slope))
+
+
+def _arm_bins(n: int) -> int:
+    """arm's ``binnedplot`` default number of bins: sqrt(n) from 100 rows, 10 from 11 rows,
+    else n / 2."""
+    if n >= 100:
+        return int(np.floor(np.sqrt(n)))
+    return 10 if n > 10 else max(1, n // 2)
+
+
+def binned_residuals(fitted: np.ndarray, y: np.ndarray, trials: np.ndarray | None = None,
+                     bins: int | None = None) -> pd.DataFrame:
+    """Binned residuals of a binomial model (Gelman and Hill 2007, ARM section 5.6; arm's
+    ``binnedplot``): the rows in bins of equal count by their fitted probability, and per
+    bin the mean fitted probability ``fitted`` = p, the mean residual ``residual`` (observed
+    minus fitted proportion), and ``se`` = sqrt(p (1 - p) / n), with ``lower``/``upper`` =
+    ∓2 se, the band inside which about 95% of the bins should fall if the model is right.
+
+    y is the observed proportion of each row (0/1 for binary data); ``trials`` the number of
+    trials per row (binomial ``cbind`` responses): then a bin's means are weighted by the
+    trials and n counts trials, not rows. bins: default arm's (sqrt(rows) from 100 rows).
+
+    Columns: ``bin``, ``rows``, ``n``, ``fitted``, ``residual``, ``se``, ``lower``, ``upper``.
+
+    >>> b = binned_residuals(np.array([0.2, 0.2, 0.8, 0.8]), np.array([0.0, 1.0, 1.0, 1.0]), bins=2)
+    >>> b[["n", "fitted", "residual"]].round(6).values.tolist()
+    [[2.0, 0.2, 0.3], [2.0, 0.8, 0.2]]
+    """
+    fitted = np.asarray(fitted, dtype=float)
+    y = np.asarray(y, dtype=float)
+    m = np.ones_like(fitted) if trials is None else np.asarray(trials, dtype=float)
+    ok = np.isfinite(fitted) & np.isfinite(y) & (m > 0)
+    fitted, y, m = fitted[ok], y[ok], m[ok]
+    k = _arm_bins(fitted.size) if bins is None else int(bins)
+    cols = ["bin", "rows", "n", "fitted", "residual", "se", "lower", "upper"]
+    if fitted.size == 0 or k < 1:
+        return pd.DataFrame(columns=cols)
+    # bins of (about) equal count: cut at the quantiles of the fitted values, as arm does
+    edges = np.unique(np.quantile(fitted, np.linspace(0, 1, k + 1)))
+    if edges.size < 2:
+        idx = np.zeros(fitted.size, dtype=int)
+        nb = 1
+    else:
+        nb = edges.size - 1
+        idx = np.clip(np.searchsorted(edges, fitted, side="right") - 1, 0, nb - 1)
+    rows = np.bincount(idx, minlength=nb).astype(float)
+    n = np.bincount(idx, weights=m, minlength=nb)
+    p = np.bincount(idx, weights=m * fitted, minlength=nb)
+    r = np.bincount(idx, weights=m * (y - fitted), minlength=nb)
+    keep = rows > 0
+    rows, n, p, r = rows[keep], n[keep], p[keep] / n[keep], r[keep] / n[keep]
+    se = np.sqrt(p * (1.0 - p) / n)
+    return pd.DataFrame({"bin": np.arange(rows.size), "rows": rows.astype(int), "n": n, "fitted": p,
+                         "residual": r, "se": se, "lower": -2.0 * se, "upper": 2.0 * se})[cols]
 
 
 def diagnostics_data(fit: AnyFit) -> PlotData:
     """Data of :func:`~multilevel.report.plots.plot_diagnostics`: residuals against fitted
     values and normal QQ plots of the residuals and of each random-effect term's modes.
 
-    Linear mixed models use the response residuals, GLMMs the Pearson residuals (fitted
-    values on the response scale).
+    Linear mixed models and linear models (``lm``, which have no random-effect panels) use
+    the response residuals. Binomial GLMMs (binary or ``cbind``) get the binned residual
+    plot of Gelman and Hill (:func:`binned_residuals`) instead of a residual scatter and
+    its QQ plot, which say nothing for 0/1 outcomes; other GLMMs use Pearson residuals
+    (fitted values on the response scale).
 
     Frames: ``residuals`` (``row``, ``fitted``, ``residual``, one row per observation);
     ``trend`` (``fitted``, ``residual``: the mean residual in bins of fitted values, 5 to 25
-    quantile bins; no rows below 100 observations); ``qq`` (``panel``, ``grpvar``, ``term``,
-    ``theoretical``, ``sample``: sorted finite values against normal quantiles at R's
-    ``ppoints``; panel 0 is the residuals, with ``grpvar`` and ``term`` None); ``qqline``
+    quantile bins; no rows below 100 observations or for binomial fits); ``binned`` (the
+    binned residuals of a binomial fit, else no rows); ``qq`` (``panel``, ``grpvar``,
+    ``term``, ``theoretical``, ``sample``: sorted finite values against normal quantiles at
+    R's ``ppoints``, above ``QQ_MAX`` (1000) values that many evenly spaced order statistics
+    including the extremes; the residuals' panel has ``grpvar`` and ``term`` None); ``qqline``
     (``panel``, ``x0``, ``y0``, ``slope``: R's ``qqline`` through the quartiles).
-    meta: ``residual_type`` (``"response"`` or ``"pearson"``), ``family``, ``formula``,
-    ``panels`` (one dict per QQ panel: ``panel``, ``grpvar``, ``term``).
+    meta: ``residual_type`` (``"response"``, ``"pearson"`` or ``"binned"``), ``family``,
+    ``formula``, ``panels`` (one dict per QQ panel: ``panel``, ``grpvar``, ``term``).
 
     >>> import multilevel as ml
     >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
@@ -768,13 +1009,15 @@ def diagnostics_data(fit: AnyFit) -> PlotData:
     >>> d["qq"].groupby("panel").size().tolist(), len(d["trend"])
     ([180, 18, 18], 9)
     """
-    gauss = _family_name(fit) == "gaussian"
-    res_s = fit.residuals() if gauss else fit.residuals(type="pearson")
+    family = _family_name(fit)
+    gauss = family == "gaussian"
+    binned_kind = family == "binomial"
+    res_s = fit.residuals(type="response") if gauss or binned_kind else fit.residuals(type="pearson")
     res = np.asarray(res_s, dtype=float)
     fv = np.asarray(fit.fitted(), dtype=float)
     residuals = pd.DataFrame({"row": np.asarray(res_s.index), "fitted": fv, "residual": res})
     tx = ty = np.array([], dtype=float)
-    if fv.size >= 100:
+    if fv.size >= 100 and not binned_kind:
         nb = int(np.clip(fv.size // 20, 5, 25))
         edges = np.unique(np.quantile(fv, np.linspace(0, 1, nb + 1)))
         if edges.size > 2:
@@ -784,9 +1027,17 @@ def diagnostics_data(fit: AnyFit) -> PlotData:
             cx = np.bincount(idx, weights=fv, minlength=edges.size - 1)
             okb = cnt > 0
             tx, ty = cx[okb] / cnt[okb], sm[okb] / cnt[okb]
-    re = fit.ranef(condvar=False)
-    panels = [{"panel": 0, "grpvar": None, "term": None}]
-    samples = [res]
+    if binned_kind:
+        binned = binned_residuals(fv, np.asarray(fit.frame.y, dtype=float), fit.frame.weights)
+    else:
+        binned = binned_residuals(np.array([]), np.array([]))
+    # lm fits have no random effects: no panels of conditional modes
+    re = fit.ranef(condvar=False) if getattr(fit.frame, "reterms", None) else {}
+    panels: list[dict[str, Any]] = []
+    samples = []
+    if not binned_kind:
+        panels.append({"panel": 0, "grpvar": None, "term": None})
+        samples.append(res)
     for g, df in re.items():
         for t in df.columns:
             panels.append({"panel": len(panels), "grpvar": g, "term": t})
@@ -798,12 +1049,14 @@ def diagnostics_data(fit: AnyFit) -> PlotData:
                                       "theoretical": q, "sample": v}))
         if line is not None:
             line_rows.append({"panel": p["panel"], "x0": line[0], "y0": line[1], "slope": line[2]})
-    qq = pd.concat(qq_parts, ignore_index=True).astype({"panel": int, "grpvar": object, "term": object})
+    qq_cols = ["panel", "grpvar", "term", "theoretical", "sample"]
+    qq = (pd.concat(qq_parts, ignore_index=True) if qq_parts else pd.DataFrame(columns=qq_cols)).astype(
+        {"panel": int, "grpvar": object, "term": object})
     qqline = pd.DataFrame(line_rows, columns=["panel", "x0", "y0", "slope"])
-    meta = {"residual_type": "response" if gauss else "pearson", "family": _family_name(fit),
-            "formula": fit.formula, "panels": panels}
+    kind = "binned" if binned_kind else ("response" if gauss else "pearson")
+    meta = {"residual_type": kind, "family": family, "formula": fit.formula, "panels": panels}
     return PlotData("diagnostics", {"residuals": residuals, "trend": pd.DataFrame({"fitted": tx, "residual": ty}),
-                                    "qq": qq, "qqline": qqline}, meta)
+                                    "binned": binned, "qq": qq, "qqline": qqline}, meta)
 
 
 # --- profiles -------------------------------------------------------------------------------

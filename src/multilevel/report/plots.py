@@ -101,16 +101,39 @@ def _figure_class():
 _FIGURE_CLASS = None
 
 
-def _new_figure(figsize: tuple[float, float]):
-    """A new figure on the Agg canvas (no pyplot, no GUI backend), constrained layout."""
+def _new_figure(figsize: tuple[float, float], layout: str | None = "constrained"):
+    """A new figure on the Agg canvas (no pyplot, no GUI backend), constrained layout
+    unless ``layout=None`` (fixed positions)."""
     global _FIGURE_CLASS
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     if _FIGURE_CLASS is None:
         _FIGURE_CLASS = _figure_class()
-    fig = _FIGURE_CLASS(figsize=figsize, layout="constrained")
+    fig = _FIGURE_CLASS(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
+
+
+def figure_png(fig: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes, drawn once.
+
+    ``savefig`` on a figure with a layout engine draws it twice (once to lay it out, once
+    to render) and lays it out on both draws; here the layout is computed once, frozen,
+    and the figure rendered in one draw, which matters when a report renders a dozen.
+    The figure keeps that layout afterwards (its layout engine is switched off).
+
+    >>> fig = _new_figure((2.0, 1.5)); _ = fig.add_subplot().plot([0, 1])
+    >>> figure_png(fig)[:4]
+    b'\\x89PNG'
+    """
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+        # None, not "none": a placeholder engine would still make savefig draw twice
+        fig.set_layout_engine(None)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def _one_ax(ax: Any, figsize: tuple[float, float]):
@@ -121,9 +144,18 @@ def _one_ax(ax: Any, figsize: tuple[float, float]):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+#: fixed margins of a grid of panels, in inches: (left, right, bottom, top, between
+#: columns, between rows), room for the tick labels, axis labels, panel titles and a title
+GRID_MARGINS = (0.7, 0.15, 0.6, 0.65, 0.8, 0.8)
+
+
 def _grid(k: int, ncols: int, axes: Any, panel: tuple[float, float], sharex: bool = False,
-          sharey: bool = False, what: str = "panels"):
-    """(figure, list of k axes) in a grid of ``ncols`` columns; unused cells are removed."""
+          sharey: bool = False, what: str = "panels", margins: tuple[float, ...] | None = None):
+    """(figure, list of k axes) in a grid of ``ncols`` columns; unused cells are removed.
+
+    margins: fixed margins in inches (see ``GRID_MARGINS``) instead of the constrained
+    layout, for regular grids whose labels are known: measuring every panel's tick labels
+    twice per rendering is what makes constrained layout slow for many panels."""
     if axes is not None:
         axs = list(np.ravel(axes)) if not hasattr(axes, "figure") else [axes]
         if len(axs) < k:
@@ -131,7 +163,15 @@ def _grid(k: int, ncols: int, axes: Any, panel: tuple[float, float], sharex: boo
         return axs[0].figure, axs[:k]
     ncols = max(1, min(ncols, k))
     nrows = math.ceil(k / ncols)
-    fig = _new_figure((panel[0] * ncols, panel[1] * nrows))
+    if margins is None:
+        fig = _new_figure((panel[0] * ncols, panel[1] * nrows))
+    else:
+        left, right, bottom, top, wsp, hsp = margins
+        w = panel[0] * ncols + left + right + wsp * (ncols - 1)
+        h = panel[1] * nrows + bottom + top + hsp * (nrows - 1)
+        fig = _new_figure((w, h), layout=None)
+        fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                            wspace=wsp / panel[0], hspace=hsp / panel[1])
     grid = fig.subplots(nrows, ncols, sharex=sharex, sharey=sharey, squeeze=False)
     axs = list(grid.ravel())
     for a in axs[k:]:
@@ -167,24 +207,50 @@ def _by(frame: Any, column: str) -> dict:
 # --- fitted lines ---------------------------------------------------------------------------
 
 
-def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *,
-                      group: str | None = None, data: Any = None, population: bool = True):
-    """Fitted values of each group against ``x``, one line per group, over the data points.
+def _held_note(held: dict, how: dict, others: str, group: str) -> str:
+    """'sex = boy (reference), texp = 14.3 (mean)': how the other predictors are held."""
+    if not held:
+        return ""
+    if others == "group":
+        return f"other predictors at each {group}'s mean / most frequent level"
+    if len(held) > 4:
+        return f"{len(held)} other predictors at their mean / reference level"
+    return ", ".join(f"{c} = {_fmt_value(v)} ({how.get(c, '')})" for c, v in held.items())
 
-    fit:        an LmmFit or GlmmFit (GLMMs: fitted values on the response scale).
-    x:          the predictor on the horizontal axis: a column of the fixed or random-effects
-                model matrix (``"Days"``), or any column of ``data``.
+
+def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *,
+                      group: str | None = None, data: Any = None, population: bool = True,
+                      others: str = "typical"):
+    """Fitted lines of each group against ``x``, one line per group, over the data points.
+
+    fit:        an LmmFit or GlmmFit (GLMMs: on the response scale), or an LmFit with
+                ``group=`` (e.g. the school-dummy model ``y ~ x + factor(school)``: one line
+                per school from the lm's predictions).
+    x:          the numeric predictor on the horizontal axis.
     groups:     levels to draw (a list), or a number of levels spread over the group sizes;
                 default all.
-    group:      the grouping factor (default: the fit's first, the one with most levels).
-    data:       the data the model was fitted to; needed only when ``x`` is not a column of
-                the model matrices.
-    population: also draw the fixed-effects (population) line in black.
+    group:      the grouping factor (default: the fit's first, the one with most levels;
+                required for an lm fit: a column of the data).
+    data:       the data the model was fitted to; without it the variables are read back
+                from the fit's model matrices.
+    population: also draw the population line (fixed effects; for an lm, the average of
+                the groups' lines) in black.
+    others:     how the other predictors are held: ``"typical"`` (mean / reference level,
+                the default) or ``"group"`` (each group's own mean / most frequent level).
+                The subtitle says which.
 
-    Lines join the fitted values of a group in order of ``x``: straight lines when ``x`` is
-    the only predictor that varies within groups. The numbers: :func:`~multilevel.report.plotdata.fitted_lines_data`.
+    Each line is the model's prediction for its group over the group's range of ``x``,
+    so a second within-group predictor does not make it zigzag. The numbers:
+    :func:`~multilevel.report.plotdata.fitted_lines_data`.
+
+    >>> import multilevel as ml
+    >>> pop = ml.datasets.load("popularity")
+    >>> fit = ml.lmer("popular ~ extrav + sex + (1 + extrav | class)", pop)
+    >>> fig = plot_fitted_lines(fit, "extrav", groups=5)
+    >>> fig.axes[0].get_title().splitlines()
+    ['Fitted lines by class (5 of 100)', 'sex = boy (reference)']
     """
-    d = fitted_lines_data(fit, x, data, groups, group=group, population=population)
+    d = fitted_lines_data(fit, x, data, groups, group=group, population=population, others=others)
     meta = d.meta
     chosen = meta["levels"]
     points, lines, pop = d["points"], _by(d["lines"], "group"), d["population"]
@@ -198,10 +264,12 @@ def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *
                    linewidths=0, gid="points", rasterized=True)
     by_points = _by(points, "group") if not many else {}
     for c, lv in zip(colors, chosen):
-        if not many:
+        if not many and lv in by_points:
             p = by_points[lv]
             ax.scatter(p["x"].to_numpy(), p["y"].to_numpy(), s=14, color=c, alpha=0.6, linewidths=0,
                        gid=f"points:{lv}")
+        if lv not in lines:
+            continue
         ln = lines[lv]
         ax.plot(ln["x"].to_numpy(), ln["fitted"].to_numpy(), color=c, lw=lw, alpha=0.7 if many else 0.95,
                 label=_short(lv, 14), gid=f"group:{lv}")
@@ -211,11 +279,13 @@ def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *
     ax.set_xlabel(x)
     ax.set_ylabel(meta["response"])
     g, n_levels = meta["group"], meta["n_levels"]
-    ax.set_title(f"Fitted lines by {g}" + ("" if k == n_levels else f" ({k} of {n_levels})"), fontsize=11)
+    title = f"Fitted lines by {g}" + ("" if k == n_levels else f" ({k} of {n_levels})")
+    note = _held_note(meta["held"], meta["held_how"], meta["others"], g)
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11 if not note else 10)
     if k <= 20:
         ax.legend(title=g, fontsize=8, title_fontsize=8, loc="upper left", ncols=1 if k <= 10 else 2,
                   bbox_to_anchor=(1.01, 1.0), frameon=False, handlelength=1.5, columnspacing=0.8)
-    elif population and any(h.get_gid() == "population" for h in ax.get_lines()):
+    elif len(pop):
         ax.legend(handles=[h for h in ax.get_lines() if h.get_gid() == "population"], fontsize=8,
                   frameon=False)
     return fig
@@ -247,7 +317,9 @@ def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: 
     has_x = meta["x"] is not None
     points, lines = _by(d["points"], "group"), _by(d["lines"], "group")
     sizes = dict(zip(d["groups"]["group"], d["groups"]["n"]))
-    fig, axs = _grid(len(chosen), ncols, axes, (2.7, 2.3), sharex=True, sharey=True)
+    # fixed margins: a grid of like panels; room below for the legend
+    fig, axs = _grid(len(chosen), ncols, axes, (2.25, 1.75), sharex=True, sharey=True,
+                     margins=(0.62, 0.12, 0.85, 0.55, 0.12, 0.35))
     rng = np.random.default_rng(0)  # horizontal jitter of the points without a slope variable
     styles = {"complete": (_C_COMPLETE, "--", "complete pooling"),
               "none": (_C_NONE, "-", "no pooling"),
@@ -271,7 +343,7 @@ def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: 
             a.set_xlabel(meta["x"] or "", fontsize=9)
     handles = [h for h in axs[0].get_lines() if h.get_gid() and h.get_gid().startswith("pooling:")]
     if handles and axes is None:
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=9, frameon=False)
         fig.suptitle(f"Pooling by {meta['group']}", fontsize=11)
     elif handles:
         axs[0].legend(handles=handles, fontsize=7, frameon=False)
@@ -281,19 +353,24 @@ def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: 
 def plot_shrinkage(pooling: Pooling, coef: str = "(Intercept)", ax: Any = None):
     """No-pooling vs partial-pooling estimates of one coefficient per group, against group size.
 
-    Each group is an arrow from its own estimate (no pooling, open circle) to its partial
-    pooling estimate (filled circle); the dashed line is the complete-pooling estimate.
-    Small groups move furthest. The horizontal axis is logarithmic when group sizes span
-    more than a factor of 10; groups of equal size are spread a little sideways. The
-    numbers: :func:`~multilevel.report.plotdata.shrinkage_data`.
+    Each group is a segment from its own estimate (no pooling, open circle) to its partial
+    pooling estimate (filled circle, coloured by the group's shrinkage factor: 1 keeps the
+    own estimate, 0 pools completely; :func:`multilevel.toolkit.pooling.shrinkage_factors`);
+    the dashed line is the complete-pooling estimate. Small groups have small factors and
+    move furthest. The horizontal axis is logarithmic when group sizes span more than a
+    factor of 10; groups of equal size are spread a little sideways. The numbers:
+    :func:`~multilevel.report.plotdata.shrinkage_data`.
     """
+    from matplotlib.collections import LineCollection
+
     d = shrinkage_data(pooling, coef)
     tab, meta = d["groups"], d.meta
     n = tab["n"].to_numpy(dtype=float)
     none = tab["no_pooling"].to_numpy(dtype=float)
     part = tab["partial_pooling"].to_numpy(dtype=float)
     ok = tab["estimable"].to_numpy(dtype=bool)
-    fig, ax = _one_ax(ax, (7.0, 4.6))
+    weight = tab["weight"].to_numpy(dtype=float) if "weight" in tab.columns else np.full(n.size, np.nan)
+    fig, ax = _one_ax(ax, (7.4, 4.6))
     equal = n.size > 0 and np.all(n == n[0])
     logx = not equal and n.max() > 10 * max(n.min(), 1.0)
     rng = np.random.default_rng(1)
@@ -301,22 +378,29 @@ def plot_shrinkage(pooling: Pooling, coef: str = "(Intercept)", ax: Any = None):
         # one group size: sizes tell nothing, so lay the groups out by their own estimate
         xpos = tab["rank"].to_numpy(dtype=float)
     elif logx:
-        # spread ties sideways so that arrows of equal-sized groups do not sit on each other
+        # spread ties sideways so that segments of equal-sized groups do not sit on each other
         xpos = n * np.exp(rng.uniform(-0.06, 0.06, n.size))
     else:
         span = max(n.max() - n.min(), 1.0)
         xpos = n + rng.uniform(-0.015, 0.015, n.size) * span
-    for xp, a, b in zip(xpos[ok], none[ok], part[ok]):
-        ax.annotate("", xy=(xp, b), xytext=(xp, a), gid="shrinkage-arrow",
-                    arrowprops=dict(arrowstyle="-|>", color=_C_PARTIAL, lw=0.8, alpha=0.6,
-                                    shrinkA=0, shrinkB=2, mutation_scale=7))
+    # one collection for all segments: hundreds of arrow patches cost seconds to render
+    segs = np.stack([np.column_stack([xpos[ok], none[ok]]), np.column_stack([xpos[ok], part[ok]])], axis=1)
+    ax.add_collection(LineCollection(segs, colors=_C_PARTIAL, linewidths=0.8, alpha=0.5, gid="shrinkage-segments",
+                                     zorder=2))
     ax.scatter(xpos[ok], none[ok], s=22, facecolors="none", edgecolors=_C_NONE, linewidths=1.0,
                label="no pooling (own estimate)", gid="no-pooling", zorder=3)
-    ax.scatter(xpos[ok], part[ok], s=16, color=_C_PARTIAL, label="partial pooling", gid="partial-pooling",
-               zorder=4)
+    has_w = bool(np.isfinite(weight[ok]).any())
+    pts = ax.scatter(xpos[ok], part[ok], s=18, c=weight[ok] if has_w else _C_PARTIAL, cmap="viridis", vmin=0.0,
+                     vmax=1.0, edgecolors="white", linewidths=0.3, label="partial pooling",
+                     gid="partial-pooling", zorder=4)
+    if has_w:
+        cb = fig.colorbar(pts, ax=ax, pad=0.02, fraction=0.05)
+        cb.set_label("shrinkage factor (1 = own estimate kept)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
     c = meta["complete_pooling"]
     if np.isfinite(c):
         ax.axhline(c, color=_C_COMPLETE, ls="--", lw=1.2, label="complete pooling", gid="complete-pooling")
+    ax.autoscale_view()
     if logx:
         ax.set_xscale("log")
     g = meta["group"]
@@ -529,37 +613,65 @@ def _qq(ax: Any, points: Any, line: Any, title: str, gid: str) -> None:
     ax.tick_params(labelsize=8)
 
 
+def _binned_panel(a: Any, binned: Any) -> None:
+    """Gelman and Hill's binned residual plot: the mean residual of each bin of fitted
+    probabilities, inside grey ±2 SE lines."""
+    b = binned.sort_values("fitted")
+    x = b["fitted"].to_numpy()
+    a.plot(x, b["upper"].to_numpy(), color="#999999", lw=1.0, gid="binned:upper")
+    a.plot(x, b["lower"].to_numpy(), color="#999999", lw=1.0, gid="binned:lower")
+    a.axhline(0.0, color="black", lw=0.8, ls=":")
+    outside = ((b["residual"] > b["upper"]) | (b["residual"] < b["lower"])).to_numpy()
+    a.scatter(x[~outside], b["residual"].to_numpy()[~outside], s=14, color=_C_PARTIAL, linewidths=0,
+              gid="binned", zorder=3)
+    if outside.any():
+        a.scatter(x[outside], b["residual"].to_numpy()[outside], s=16, color="#d62728", linewidths=0,
+                  gid="binned:outside", zorder=3)
+    a.set_xlabel("expected probability (bin mean)", fontsize=9)
+    a.set_ylabel("average residual", fontsize=9)
+    share = f"{int(outside.sum())} of {len(b)} bins outside ±2 SE"
+    a.set_title(f"Binned residuals ({share})", fontsize=10)
+    a.tick_params(labelsize=8)
+
+
 def plot_diagnostics(fit: AnyFit, *, axes: Any = None, ncols: int | None = None):
     """Residuals against fitted values, a normal QQ plot of the residuals, and a normal QQ
     plot of the conditional modes of each random-effect term (one panel each).
 
-    Linear mixed models use the response residuals, GLMMs the Pearson residuals. The red
-    line of the residual plot follows the mean residual in bins of fitted values. The
-    numbers: :func:`~multilevel.report.plotdata.diagnostics_data`.
+    Linear mixed models and ``lm`` fits use the response residuals (an lm has no
+    random-effect panels); binomial GLMMs show Gelman and Hill's binned residual plot
+    (mean residual per bin of fitted probabilities with ±2 SE lines, bins outside in red)
+    in place of the residual scatter and its QQ plot; other GLMMs the Pearson residuals.
+    The red line of the residual plot follows the mean residual in bins of fitted values.
+    The numbers: :func:`~multilevel.report.plotdata.diagnostics_data`.
     """
     d = diagnostics_data(fit)
     meta = d.meta
-    gauss = meta["residual_type"] == "response"
+    kind = meta["residual_type"]
+    gauss = kind == "response"
     rlabel = "residuals" if gauss else "Pearson residuals"
     panels = meta["panels"]
     k = 1 + len(panels)
     if ncols is None:
         ncols = 2 if k in (2, 4) else 3
-    fig, axs = _grid(k, ncols, axes, (3.4, 3.0))
+    fig, axs = _grid(k, ncols, axes, (2.75, 2.3), margins=GRID_MARGINS)
     a = axs[0]
-    res = d["residuals"]
-    fv = res["fitted"].to_numpy()
-    many = fv.size > 2000
-    a.scatter(fv, res["residual"].to_numpy(), s=4 if many else 10, color=_C_PARTIAL, alpha=0.3 if many else 0.6,
-              linewidths=0, gid="residuals", rasterized=many)
-    a.axhline(0.0, color="black", lw=0.8, ls=":")
-    trend = d["trend"]
-    if len(trend):
-        a.plot(trend["fitted"].to_numpy(), trend["residual"].to_numpy(), color="#d62728", lw=1.2, gid="trend")
-    a.set_xlabel("fitted values" + ("" if gauss else " (response scale)"), fontsize=9)
-    a.set_ylabel(rlabel, fontsize=9)
-    a.set_title(f"{rlabel.capitalize()} vs fitted", fontsize=10)
-    a.tick_params(labelsize=8)
+    if kind == "binned":
+        _binned_panel(a, d["binned"])
+    else:
+        res = d["residuals"]
+        fv = res["fitted"].to_numpy()
+        many = fv.size > 2000
+        a.scatter(fv, res["residual"].to_numpy(), s=4 if many else 10, color=_C_PARTIAL,
+                  alpha=0.3 if many else 0.6, linewidths=0, gid="residuals", rasterized=many)
+        a.axhline(0.0, color="black", lw=0.8, ls=":")
+        trend = d["trend"]
+        if len(trend):
+            a.plot(trend["fitted"].to_numpy(), trend["residual"].to_numpy(), color="#d62728", lw=1.2, gid="trend")
+        a.set_xlabel("fitted values" + ("" if gauss else " (response scale)"), fontsize=9)
+        a.set_ylabel(rlabel, fontsize=9)
+        a.set_title(f"{rlabel.capitalize()} vs fitted", fontsize=10)
+        a.tick_params(labelsize=8)
     qq = _by(d["qq"], "panel")
     lines = {int(r["panel"]): r for _, r in d["qqline"].iterrows()}
     for a, p in zip(axs[1:], panels):
@@ -594,7 +706,7 @@ def plot_profile(fit: AnyFit, *, axes: Any = None, ncols: int = 3, level: float 
     names, z = meta["parameters"], meta["z"]
     curves = _by(d["curves"], "parameter")
     limits = {r["parameter"]: (r["lower"], r["upper"]) for _, r in d["limits"].iterrows()}
-    fig, axs = _grid(len(names), ncols, axes, (3.2, 2.8), sharey=True)
+    fig, axs = _grid(len(names), ncols, axes, (2.6, 2.1), sharey=True, margins=(0.55, 0.15, 0.6, 0.45, 0.2, 0.7))
     for a, nm in zip(axs, names):
         c = curves[nm]
         a.plot(c["value"].to_numpy(), c["zeta"].to_numpy(), "-", color=_C_PARTIAL, lw=1.6, marker="o", ms=3,

@@ -56,8 +56,11 @@ class Description(TextResult):
                 variable of g) and, for numeric variables, ``between_{g}`` (share of its sum of
                 squares between the groups' means).
     outcome:    the outcome column (or None).
-    icc:        per grouping column, the ICC tau² / (tau² + sigma²) of the outcome in the
-                null model ``outcome ~ 1 + (1 | g)`` (REML), fitted one grouping at a time.
+    icc:        per grouping column, the ICC of the outcome in the null model
+                ``outcome ~ 1 + (1 | g)``, fitted one grouping at a time: ``icc(fit)`` of
+                :func:`multilevel.icc` (tau² / (tau² + sigma²) by REML; for a binary outcome
+                the latent scale, tau² / (tau² + pi²/3) of the logistic model).
+    family:     the null models' family, ``"gaussian"`` or ``"binomial"``.
     variance_shares: with several grouping columns, the shares of the outcome's variance of
                 each grouping and of the residual in one null model with all of them.
     fits:       the null-model fits (``LmmFit``) by grouping column (and ``"all"``).
@@ -71,6 +74,7 @@ class Description(TextResult):
     variables: pd.DataFrame
     outcome: str | None = None
     icc: dict[str, float] | None = None
+    family: str = "gaussian"
     variance_shares: dict[str, float] | None = None
     fits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -111,8 +115,10 @@ class Description(TextResult):
             return []
         lines = []
         for g, val in self.icc.items():
+            how = ("glmer, binomial; latent scale, residual variance pi^2/3"
+                   if self.family == "binomial" else "lmer, REML")
             lines.append(f"ICC of {self.outcome} by {g}: {val:.3f}   "
-                         f"(lmer {self.outcome} ~ 1 + (1 | {g}), REML)")
+                         f"({self.outcome} ~ 1 + (1 | {g}), {how})")
         if self.variance_shares:
             parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.variance_shares.items())
             lines.append(f"Variance of {self.outcome} in one null model with all groupings: "
@@ -158,7 +164,7 @@ class Description(TextResult):
             "nobs": self.nobs, "groups": list(self.groups), "nested": self.nested,
             "levels": self.levels.to_dict(orient="records"),
             "variables": self.variables.to_dict(orient="records"),
-            "outcome": self.outcome, "icc": self.icc, "variance_shares": self.variance_shares,
+            "outcome": self.outcome, "family": self.family, "icc": self.icc, "variance_shares": self.variance_shares,
             "notes": list(self.notes),
         })
 
@@ -204,17 +210,22 @@ def _varies(values: np.ndarray, units: np.ndarray) -> tuple[float, float | None]
 
 
 def describe(data: Any, groups: str | Sequence[str], outcome: str | None = None, *,
-             nested: bool = True) -> Description:
+             nested: bool = True, family: str | None = None) -> Description:
     """Describe group sizes, level-1 / level-2 variables and the outcome's ICC.
 
     Parameters
     ----------
     data : pandas or polars DataFrame (or a dict of columns)
     groups : a grouping column or a list of them, outermost first (``["school", "class"]``)
-    outcome : a numeric column, optional
-        Adds the intraclass correlation tau² / (tau² + sigma²) of the null model
-        ``outcome ~ 1 + (1 | g)`` fitted by REML for each grouping column (and, with several,
-        the variance shares in one null model with all of them).
+    outcome : a numeric or binary column, optional
+        Adds the intraclass correlation of the null model ``outcome ~ 1 + (1 | g)`` for each
+        grouping column (and, with several, the variance shares in one null model with all
+        of them), as :func:`multilevel.icc` defines it: tau² / (tau² + sigma²) of a linear
+        mixed model (REML); for a binary outcome (0/1, logical, or a factor of two levels)
+        the latent-scale tau² / (tau² + pi²/3) of the logistic null model (``glmer``,
+        binomial), not the ICC of a linear probability model.
+    family : ``"gaussian"`` or ``"binomial"``, optional
+        The null model's family; default binomial for a binary outcome, else gaussian.
     nested : bool
         With several grouping columns: True (default) treats them as nested, so the units of
         an inner level are the combinations with the outer levels (class "1" of school A and
@@ -321,47 +332,82 @@ def describe(data: Any, groups: str | Sequence[str], outcome: str | None = None,
     desc = Description(nobs=n, groups=gnames, nested=nested, levels=levels, variables=variables,
                        notes=notes)
     if outcome is not None:
-        _outcome_icc(desc, src, outcome, rows, units)
+        _outcome_icc(desc, src, outcome, rows, units, family)
     return desc
 
 
+def _binary_values(col: Any) -> np.ndarray | None:
+    """0/1 values (NaN where missing) of a two-valued outcome: numbers 0 and 1, a logical,
+    or a factor with two levels (the first is 0, as R's glm takes it); else None."""
+    if col.kind in ("numeric", "bool"):
+        v = col.numeric()
+        seen = np.unique(v[np.isfinite(v)])
+        return v if seen.size == 2 and np.array_equal(seen, [0.0, 1.0]) else None
+    if col.kind in ("categorical", "string"):
+        codes, labels = col.factor()
+        if len(labels) == 2:
+            return np.where(codes < 0, np.nan, codes).astype(float)
+    return None
+
+
 def _outcome_icc(desc: Description, src: Any, outcome: str, rows: np.ndarray,
-                 units: list[np.ndarray]) -> None:
-    """Null-model ICCs; the fits run on a private frame with safe column names (y, g0, ...)
-    so that any column name works in the formula."""
+                 units: list[np.ndarray], family: str | None) -> None:
+    """Null-model ICCs, defined once, by :func:`multilevel.inference.icc` (its ``adjusted``
+    value: tau² / (tau² + residual variance), with the latent residual variance pi²/3 of a
+    logistic model for a binary outcome). The fits run on a private frame with safe column
+    names (y, g0, ...) so that any column name works in the formula."""
+    from multilevel.inference.variance import icc, variance_components
+    from multilevel.models.glmer import glmer
     from multilevel.models.lmer import lmer
 
     col = src.column(outcome)
-    if not col.is_numeric:
-        raise DataError(f"outcome '{outcome}' is {col.describe()}, not numeric")
-    work = pd.DataFrame({"y": col.numeric()[rows]})
+    if family not in (None, "gaussian", "binomial"):
+        raise DataError(f"family: the outcome's ICC is defined for 'gaussian' and 'binomial', not {family!r}")
+    binary = _binary_values(col)
+    if family is None:
+        family = "binomial" if binary is not None else "gaussian"
+    if family == "binomial":
+        if binary is None:
+            raise DataError(f"outcome '{outcome}' is not binary (two values), so it has no binomial ICC")
+        y = binary[rows]
+    else:
+        if not col.is_numeric:
+            raise DataError(f"outcome '{outcome}' is {col.describe()}, not numeric")
+        y = col.numeric()[rows]
+    work = pd.DataFrame({"y": y})
     for k, u in enumerate(units):
         work[f"g{k}"] = pd.Categorical(u)
+
+    def fit_null(formula: str):
+        if family == "binomial":
+            return _quiet(glmer, formula, work, family="binomial")
+        return _quiet(lmer, formula, work)
+
     desc.outcome = outcome
+    desc.family = family
     desc.icc = {}
     for k, g in enumerate(desc.groups):
-        fit, msgs = _quiet_lmer(lmer, f"y ~ 1 + (1 | g{k})", work)
+        fit, msgs = fit_null(f"y ~ 1 + (1 | g{k})")
         desc.fits[g] = fit
-        tau2 = float(fit.varcorr[0].cov[0, 0])
-        sigma2 = fit.sigma ** 2
-        desc.icc[g] = tau2 / (tau2 + sigma2)
+        desc.icc[g] = float(icc(fit)["adjusted"])
         desc.notes += [f"null model by {g}: {m}" for m in msgs]
     if len(desc.groups) > 1:
         bars = " + ".join(f"(1 | g{k})" for k in range(len(desc.groups)))
-        fit, msgs = _quiet_lmer(lmer, f"y ~ 1 + {bars}", work)
+        fit, msgs = fit_null(f"y ~ 1 + {bars}")
         desc.fits["all"] = fit
-        var = {desc.groups[int(b.group[1:])]: float(b.cov[0, 0]) for b in fit.varcorr}
+        vc = variance_components(fit)
+        var = {desc.groups[int(g[1:])]: v for g, v in vc["intercepts"].items()}
         var = {g: var[g] for g in desc.groups}
-        var["residual"] = fit.sigma ** 2
+        var["residual"] = vc["residual"]
         total = sum(var.values())
         desc.variance_shares = {k: v / total for k, v in var.items()}
         desc.notes += [f"null model with all groupings: {m}" for m in msgs]
 
 
-def _quiet_lmer(lmer, formula: str, work: pd.DataFrame):
+def _quiet(fitter, formula: str, work: pd.DataFrame, **kwargs: Any):
     """Fit and return (fit, warnings as text): a singular null model is a finding here,
     reported in the notes, not a warning to raise."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit = lmer(formula, work)
+        fit = fitter(formula, work, **kwargs)
     return fit, [str(w.message) for w in caught]

@@ -51,7 +51,7 @@ from multilevel.formula import parse_expression, parse_formula
 from multilevel.results.lm import LmFit
 from multilevel.models.lm import lm
 
-__all__ = ["pooling", "two_stage", "Pooling", "TwoStage"]
+__all__ = ["pooling", "two_stage", "shrinkage_factors", "Pooling", "TwoStage"]
 
 _R_NAME = re.compile(r"^([A-Za-z]|[.](?![0-9]))[A-Za-z0-9._]*$")
 _R_RESERVED = {"if", "else", "repeat", "while", "function", "for", "next", "break", "TRUE",
@@ -148,7 +148,11 @@ def _setup(formula: str, data: Any) -> _Setup:
         parts += [f"{gkey}:{lab}" for lab in slope_labels]
         parts += [lab for lab in parsed.fixed.labels
                   if lab not in slope_labels and lab not in level2_terms]
-        none = lm(f"{parsed.response_text} ~ {' + '.join(parts)}", used)
+        # treatment coding whatever the column's type: an ordered grouping factor (hsb's
+        # school) would otherwise get contr.poly, which R refuses above 95 levels, while the
+        # group coefficients need only indicator columns
+        none = lm(f"{parsed.response_text} ~ {' + '.join(parts)}", used,
+                  contrasts={gkey: "treatment"})
 
     coef = none.coef()
     none_full = np.full((len(levels), len(coef_names)), np.nan)
@@ -200,6 +204,64 @@ def _group_sizes(setup: _Setup) -> np.ndarray:
     return np.bincount(setup.refs, minlength=len(setup.levels))
 
 
+def shrinkage_factors(fit: Any, group: str) -> pd.DataFrame:
+    """The shrinkage factor (reliability) of each random-effect coefficient of ``group``, per
+    level: 1 = the group's own estimate is kept, 0 = it is pulled all the way to the fixed
+    effect.
+
+    For a scalar random intercept ``(1 | g)`` it is the textbook factor (Raudenbush and
+    Bryk's reliability, Gelman and Hill's pooling factor complement)::
+
+        lambda_j = (n_j / sigma^2) / (n_j / sigma^2 + 1 / tau^2)
+
+    with n_j the group's observations (the sum of its prior weights when there are
+    weights), tau^2 the intercept variance and sigma^2 the residual variance. For every
+    other term, vector-valued ones such as ``(1 + x | g)`` included, it is the per-coefficient
+    measure from the conditional covariance of the random effects (lme4's ``condVar``)::
+
+        lambda_jc = 1 - condVar_j[c, c] / tau_cc
+
+    which for a random intercept alone equals the textbook lambda_j exactly. The conditional
+    (posterior) variance of a random effect never exceeds its prior variance tau_cc, so the
+    factor lies in [0, 1] (values are clipped against rounding); a coefficient with tau_cc = 0
+    is pooled completely (0).
+
+    Returns a DataFrame indexed by level (lme4's order), one column per coefficient.
+
+    >>> import multilevel as ml
+    >>> fit = ml.lmer("Yield ~ 1 + (1 | Batch)", ml.datasets.load("dyestuff"))
+    >>> round(float(shrinkage_factors(fit, "Batch").iloc[0, 0]), 3)
+    0.783
+    """
+    blocks = [(rt, vc) for rt, vc in zip(fit.frame.reterms, fit.varcorr) if rt.group == group]
+    if not blocks:
+        raise DataError(f"group: the fit has no grouping factor {group!r}")
+    levels = [str(lv) for lv in blocks[0][0].levels]
+    out = pd.DataFrame(index=pd.Index(levels, name=group))
+    sigma2 = float(fit.sigma) ** 2
+    condvar = None
+    for k, (rt, vc) in enumerate(blocks):
+        tau = np.diag(np.asarray(vc.cov, dtype=float))
+        if list(rt.terms) == ["(Intercept)"]:
+            w = fit.frame.weights
+            nj = np.bincount(np.asarray(rt.refs), weights=None if w is None else np.asarray(w, float),
+                             minlength=len(levels))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lam = np.where(tau[0] > 0, (nj / sigma2) / (nj / sigma2 + 1.0 / tau[0]), 0.0)
+            if np.isnan(lam).any():  # sigma = 0: the data determine every group exactly
+                lam = np.where(np.isnan(lam), 1.0, lam)
+            out[rt.terms[0]] = lam
+            continue
+        if condvar is None:
+            condvar = fit.ranef(condvar=True).condvar[group]
+        cv = np.asarray(condvar[k], dtype=float)
+        for c, term in enumerate(rt.terms):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lam = 1.0 - cv[:, c, c] / tau[c] if tau[c] > 0 else np.zeros(len(levels))
+            out[term] = np.clip(lam, 0.0, 1.0)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # pooling
 # --------------------------------------------------------------------------------------------
@@ -210,8 +272,8 @@ class Pooling(TextResult):
 
     table:       one row per group: ``group``, ``n`` and for each random-effect coefficient
                  c: ``{c}_complete``, ``{c}_none``, ``{c}_partial`` (= ``coef(fit)``) and
-                 ``{c}_weight`` = (partial - complete) / (none - complete), NaN where
-                 undefined.
+                 ``{c}_weight``, the shrinkage factor in [0, 1] (1 = own estimate kept,
+                 0 = complete pooling; :func:`shrinkage_factors`).
     fixed:       the fixed effects under each approach, ``complete``, ``complete_se``,
                  ``none``, ``none_se``, ``partial``, ``partial_se`` (NaN where an approach
                  has no such single coefficient: the group-specific ones under no pooling,
@@ -245,8 +307,8 @@ class Pooling(TextResult):
                  + (" and slopes" if self.x_name else "") + "; partial pooling = lmer", "",
                  "Fixed effects (estimate and standard error):"]
         lines += self.fixed.to_string(float_format=lambda v: f"{v:.4g}").splitlines()
-        lines += ["", "Group coefficients (first rows; weight = share of the distance from "
-                      "complete to no pooling kept by partial pooling):"]
+        lines += ["", "Group coefficients (first rows; weight = shrinkage factor: 1 keeps the "
+                      "group's own estimate, 0 pools it completely):"]
         lines += self.table.head(10).to_string(index=False,
                                                float_format=lambda v: f"{v:.4g}").splitlines()
         if len(self.table) > 10:
@@ -297,10 +359,14 @@ def pooling(formula: str, data: Any) -> Pooling:
     no-pooling group coefficients absorb them, while ``coef(fit)`` does not include them;
     ``{c}_none`` is then given net of them, i.e. minus their contribution at the group's
     values computed with the mixed model's estimates, so that the three columns stay
-    comparable (``absorbed`` lists those terms). ``{c}_weight`` = (partial - complete) /
-    (none - complete): for a balanced random-intercept model without predictors it is
-    exactly n_j/σ² / (n_j/σ² + 1/τ²), and the partial-pooling estimate is the weighted
-    average weight·(group mean) + (1 - weight)·(grand mean).
+    comparable (``absorbed`` lists those terms).
+
+    ``{c}_weight`` is the shrinkage factor of :func:`shrinkage_factors`, always in [0, 1]:
+    for a random intercept the textbook n_j/σ² / (n_j/σ² + 1/τ²) (in a model without
+    predictors the partial-pooling estimate is then weight·(group mean) + (1 - weight)·(grand
+    mean)); for the coefficients of a vector-valued term ``(1 + x | g)``,
+    1 - condVar_jj / τ_jj, the share of the coefficient's prior variance that the group's
+    data remove.
 
     Examples
     --------
@@ -319,15 +385,14 @@ def pooling(formula: str, data: Any) -> Pooling:
     net = s.none_full.copy()
     for name, load in s.absorbed.items():
         net -= float(beta[name]) * load  # remove the level-2 part, as coef(fit) leaves it out
+    factors = shrinkage_factors(partial, s.group)
     for c, cn in enumerate(s.coef_names):
         comp = float(complete_coef[cn]) if cn in complete_coef.index else 0.0
         if np.isnan(comp):  # aliased in the complete-pooling fit
             comp = 0.0
         part = coef_df[cn].to_numpy(dtype=float)
         none = net[:, c]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            weight = (part - comp) / (none - comp)
-        weight = np.where(np.isfinite(weight), weight, np.nan)
+        weight = factors[cn].to_numpy(dtype=float)
         table[f"{cn}_complete"] = comp
         table[f"{cn}_none"] = none
         table[f"{cn}_partial"] = part
@@ -365,8 +430,9 @@ class TwoStage(TextResult):
     group_estimates:  the stage-one coefficients per group (``group``, ``n``, one column per
                       random-effect coefficient) and the stage-two predictors.
     stage1:           the no-pooling ``LmFit``.
-    stage2:           per random-effect coefficient, the group-level ``LmFit`` (its
-                      predictors are named ``p1``, ``p2``, ...: see ``equations``).
+    stage2:           per random-effect coefficient, the group-level ``LmFit``, in the
+                      user's names: the coefficient on the level-2 variables
+                      (``extrav ~ texp``; ``equations`` maps them to fixed effects).
     equations:        per coefficient, the fixed-effect names its stage-two regression
                       estimates (first: the coefficient itself, the stage-two intercept).
     fits:             ``{"complete": LmFit, "stage1": LmFit, "mixed": LmmFit}``.
@@ -437,6 +503,18 @@ def _level2_columns(data: pd.DataFrame, refs: np.ndarray, nlev: int, names: Sequ
             for lev in used[1:]:
                 out.append((f"{col}{lev}", (vals == lev).to_numpy(dtype=float)))
     return out
+
+
+def _level2_name(fixed_name: str, coef: str) -> str:
+    """The level-2 variable behind a fixed effect in the equation of ``coef``: the fixed
+    name without the coefficient's own factors (``extrav:texp`` in the extrav equation is
+    ``texp``); the name itself in the intercept equation or when it has no such factor."""
+    if coef == "(Intercept)":
+        return fixed_name
+    parts = fixed_name.split(":")
+    own = coef.split(":")
+    rest = [p for p in parts if p not in own]
+    return ":".join(rest) if rest and len(rest) == len(parts) - len(own) else fixed_name
 
 
 def _same_term(a: str, b: str) -> bool:
@@ -516,22 +594,28 @@ def two_stage(formula: str, data: Any, level2: Sequence[str] | None = None) -> T
     equations: dict[str, list[str]] = {}
     rows: dict[str, dict[str, Any]] = {}
     for c, cn in enumerate(s.coef_names):
-        work = pd.DataFrame({"est": s.none_full[:, c]})
+        # the stage-two regression in the user's names, "slopes as outcomes" style: the
+        # group coefficient on the level-2 variables (extrav ~ texp, whose texp coefficient
+        # estimates the fixed effect extrav:texp)
+        work = pd.DataFrame({cn: s.none_full[:, c]})
         rhs = []
-        for i, (nm, vals) in enumerate(preds[cn], start=1):
-            work[f"p{i}"] = vals
-            rhs.append(f"p{i}")
+        for nm, vals in preds[cn]:
+            var = _level2_name(nm, cn)
+            while var in work.columns:  # two predictors with one name: keep both apart
+                var = nm if var != nm else var + "."
+            work[var] = vals
+            rhs.append(var)
             ge[f"{cn}~{nm}"] = vals
-        work = work[np.isfinite(work["est"])]
+        work = work[np.isfinite(work[cn])]
         if len(work) <= len(rhs) + 1:
             notes.append(f"too few groups with a stage-one estimate of {cn} for stage two")
             continue
-        fit = lm("est ~ " + (" + ".join(rhs) if rhs else "1"), work)
+        fit = lm(f"{_rname(cn)} ~ " + (" + ".join(map(_rname, rhs)) if rhs else "1"), work)
         stage2[cn] = fit
         names = [cn] + [nm for nm, _ in preds[cn]]
         equations[cn] = names
         coef, se = fit.coef(), fit.se
-        for term, nm in zip(["(Intercept)"] + rhs, names):
+        for term, nm in zip(["(Intercept)"] + [_rname(v) for v in rhs], names):
             rows[nm] = {"two_stage": coef.get(term, np.nan), "two_stage_se": se.get(term, np.nan),
                         "source": f"stage 2 ({cn})"}
     # level-1 covariates common to all groups in stage one
