@@ -148,7 +148,12 @@ def _setup(formula: str, data: Any) -> _Setup:
         parts += [f"{gkey}:{lab}" for lab in slope_labels]
         parts += [lab for lab in parsed.fixed.labels
                   if lab not in slope_labels and lab not in level2_terms]
-        none = lm(f"{parsed.response_text} ~ {' + '.join(parts)}", used)
+        # the group dummies need no contrasts: an ordered grouping factor (mlmRev's Hsb82
+        # school) would otherwise ask for contr.poly, which R refuses above 95 levels
+        none_data = used
+        if isinstance(used[g].dtype, pd.CategoricalDtype) and used[g].cat.ordered:
+            none_data = used.assign(**{g: used[g].cat.as_unordered()})
+        none = lm(f"{parsed.response_text} ~ {' + '.join(parts)}", none_data)
 
     coef = none.coef()
     none_full = np.full((len(levels), len(coef_names)), np.nan)
