@@ -312,3 +312,21 @@ def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module),
                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_ordered_grouping_factor_with_many_levels():
+    # hsb's school is an ordered factor with 160 levels (as in mlmRev): the no-pooling
+    # regression's group dummies must not ask for polynomial contrasts (the README example)
+    import warnings
+
+    import multilevel as ml
+
+    hsb = ml.datasets.load("hsb")
+    assert hsb["school"].cat.ordered and hsb["school"].nunique() > 95
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = ml.pooling("mAch ~ cses + (cses | school)", hsb)
+    assert len(p.table) == 160
+    fit = ml.lmer("mAch ~ cses + (cses | school)", hsb)
+    np.testing.assert_allclose(p.table["cses_partial"], fit.coef()["school"]["cses"].to_numpy())
+    assert hsb["school"].cat.ordered  # the user's frame is not modified

@@ -24,8 +24,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-__all__ = ["simulate_popularity", "simulate_salaries", "simulate_nurses", "SIMULATED",
-           "DEFAULT_SEED"]
+from multilevel.errors import DataError
+
+__all__ = ["simulate_popularity", "simulate_salaries", "simulate_nurses", "simulate_two_level",
+           "SIMULATED", "DEFAULT_SEED"]
 
 #: The seed of the data sets returned by ``datasets.load``.
 DEFAULT_SEED = 20240501
@@ -200,6 +202,69 @@ def simulate_nurses(seed: int = DEFAULT_SEED, n_hospitals: int = 18) -> pd.DataF
         "valued": valued,
         "leave": leave,
     })
+
+
+def _check(name: str, value: float, *, low: float, high: float = np.inf, integer: bool = False) -> None:
+    """A simulator argument in [low, high] (an integer when ``integer``), else a DataError
+    naming it."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and np.isfinite(value) and low <= value <= high
+    if integer:
+        ok = ok and float(value) == int(value)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        rng_text = f">= {low:g}" if high == np.inf else f"in [{low:g}, {high:g}]"
+        raise DataError(f"{name} must be {kind} {rng_text}, got {value!r}")
+
+
+def simulate_two_level(n_groups: int = 20, group_size: int = 20, *, unequal: bool = False,
+                       tau0: float = 1.0, tau1: float = 0.0, corr: float = 0.0,
+                       sigma: float = 1.0, beta0: float = 0.0, beta1: float = 0.5,
+                       gamma: float = 0.0, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """A generic two-level data set whose generating model you set (the explorer's sliders).
+
+    For row i in group j::
+
+        y_ij = beta0 + beta1 x_ij + gamma w_j + u0_j + u1_j x_ij + e_ij
+        (u0_j, u1_j) ~ N(0, [[tau0², corr·tau0·tau1], [., tau1²]]),   e_ij ~ N(0, sigma²)
+
+    with a level-1 predictor x_ij ~ N(0, 1) and a level-2 predictor w_j ~ N(0, 1). Groups
+    have ``group_size`` rows each, or with ``unequal=True`` about a quarter of it (at least
+    1) plus a multinomial share of the rest, so sizes range from a few rows to about twice
+    the mean (total exactly ``n_groups * group_size``).
+
+    Columns: ``group`` (categorical ``g01``, ...), ``x``, ``w``, ``y``. The same arguments
+    give the same data; a bad argument is a ``DataError`` naming it.
+
+    >>> d = simulate_two_level(n_groups=5, group_size=4, seed=1)
+    >>> d.shape, d["group"].nunique(), list(d.columns)
+    ((20, 4), 5, ['group', 'x', 'w', 'y'])
+    """
+    _check("n_groups", n_groups, low=1, integer=True)
+    _check("group_size", group_size, low=1, integer=True)
+    for name, value in (("tau0", tau0), ("tau1", tau1), ("sigma", sigma)):
+        _check(name, value, low=0.0)
+    _check("corr", corr, low=-1.0, high=1.0)
+    for name, value in (("beta0", beta0), ("beta1", beta1), ("gamma", gamma)):
+        _check(name, value, low=-np.inf)
+    _check("seed", seed, low=0, integer=True)
+    J, m = int(n_groups), int(group_size)
+    rng = np.random.default_rng(int(seed))
+    sizes = _sizes(rng, J, m, m - max(1, m // 4), not unequal)
+    g = np.repeat(np.arange(J), sizes)
+    # u from independent normals through the Cholesky factor of the 2 x 2 covariance, which
+    # also works at |corr| = 1 and zero SDs (multivariate_normal warns there)
+    z = rng.standard_normal((J, 2))
+    u0 = tau0 * z[:, 0]
+    u1 = tau1 * (corr * z[:, 0] + np.sqrt(max(0.0, 1.0 - corr * corr)) * z[:, 1])
+    w = rng.standard_normal(J)
+    x = rng.standard_normal(g.size)
+    y = (beta0 + beta1 * x + gamma * w[g] + u0[g] + u1[g] * x
+         + sigma * rng.standard_normal(g.size))
+    labels = list(_numbered("g", J).categories)
+    return pd.DataFrame({"group": pd.Categorical.from_codes(g, categories=labels),
+                         "x": x, "w": w[g], "y": y})
+
 
 
 #: name -> simulator, for ``datasets.load``; the descriptions and sizes that
