@@ -51,11 +51,16 @@ def is_logical(node: Node) -> bool:
     return False
 
 
-def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") -> str:
+def to_python(node: Node, alias: Callable[[str], str | None], text: str = "",
+              strings: dict[str, str] | None = None) -> str:
     """Translate an R expression into Python code for formulaic.
 
     ``alias(name)`` gives the Python name of a data column (None if the name is no column, in
-    which case R's constants ``TRUE``, ``pi``... are recognised).
+    which case R's constants ``TRUE``, ``pi``... are recognised). ``strings``, if given,
+    receives the expression's string literals under placeholder names (``_ml_str0``, ...)
+    that the code uses instead of the literals: the text of a literal then never reaches
+    formulaic's or Python's parser (a backtick or ``))}`` inside it would end the code
+    early); the caller passes the dict to the evaluation as variables.
 
     >>> from multilevel.formula import parse_expression
     >>> to_python(parse_expression("I(age^2)"), lambda n: n)
@@ -76,7 +81,11 @@ def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") ->
             # R numbers are doubles: 2 ** -1 must not be integer arithmetic
             return repr(float(n.value))
         if isinstance(n, Str):
-            return repr(n.value)
+            if strings is None:
+                return repr(n.value)
+            name = f"_ml_str{len(strings)}"
+            strings[name] = n.value
+            return name
         if isinstance(n, Paren):
             return f"({tr(n.inner)})"
         if isinstance(n, Unary):
@@ -161,6 +170,14 @@ def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") ->
             m = positional(n, ["test", "yes", "no"], {})
             if any(k not in m for k in ("test", "yes", "no")):
                 raise fail("ifelse() needs test, yes and no", n)
+            for k in ("yes", "no"):
+                v = m[k]
+                while isinstance(v, Paren):
+                    v = v.inner
+                if isinstance(v, Str):
+                    raise FormulaError(f"ifelse(): the {k} value {deparse(v)} is text; here "
+                                       f"ifelse() gives numbers (for a factor, add the column "
+                                       f"to the data)", text or None, v.pos if text else None)
             return f"np.where({tr(m['test'])}, {tr(m['yes'])}, {tr(m['no'])})"
         if f == "scale":
             m = positional(n, ["x", "center", "scale"], {"center": None, "scale": None})
@@ -289,6 +306,7 @@ class NumericExpressions:
         self.spec = None                        # formulaic ModelSpec after fit()
         self.suffixes: list[list[str]] = []
         self._codes: list[str] = []
+        self._strings: dict[str, str] = {}      # string literals by placeholder (to_python)
         self.direct = False                     # evaluated by _direct (no formulaic spec)
 
     def _frame(self, data: Mapping[str, np.ndarray], n: int) -> pd.DataFrame:
@@ -312,14 +330,16 @@ class NumericExpressions:
             return direct
         # a data column wins over R's constant of the same name (T, F, pi), as in R
         self.columns = {nm: f"_v{i}" for i, nm in enumerate(x for x in self.names if x in data)}
-        self._codes = [to_python(node, self.columns.get, self.text) for node in self.nodes]
+        strings: dict[str, str] = {}
+        self._codes = [to_python(node, self.columns.get, self.text, strings) for node in self.nodes]
+        self._strings = strings
         formula = Formula("0 + " + " + ".join("{" + c + "}" for c in self._codes),
                           _ordering="none")
         try:
             # NaN / Inf from log(0) and the like are handled by the caller (rows dropped or
             # an error naming the expression), so numpy's warnings would only be noise
             with np.errstate(all="ignore"):
-                mm = model_matrix(formula, self._frame(data, n), context=_CONTEXT,
+                mm = model_matrix(formula, self._frame(data, n), context=self._context(),
                                   na_action="ignore", ensure_full_rank=False, output="numpy")
         except FormulaError:
             raise
@@ -342,7 +362,7 @@ class NumericExpressions:
             return direct
         try:
             with np.errstate(all="ignore"):
-                mm = self.spec.get_model_matrix(self._frame(data, n), context=_CONTEXT,
+                mm = self.spec.get_model_matrix(self._frame(data, n), context=self._context(),
                                                 na_action="ignore")
         except Exception as e:
             # formulaic wraps our transforms' errors; the innermost message is the useful one
@@ -351,6 +371,10 @@ class NumericExpressions:
                 root = root.__cause__
             raise DataError(f"cannot evaluate {self._which(e)} on the new data: {root}") from e
         return self._split(np.asarray(mm, dtype=np.float64), first=False)
+
+    def _context(self) -> dict:
+        # built per evaluation, not stored: the module objects in it do not pickle
+        return {**_CONTEXT, **getattr(self, "_strings", {})}
 
     def _which(self, e: Exception) -> str:
         keys = [deparse(n) for n in self.nodes]

@@ -1,0 +1,94 @@
+"""Input that used to end in someone else's exception (numpy, formulaic, Python's parser,
+RecursionError, MemoryError): each case is now a MultilevelError subclass whose message names
+the cause, or a fit with lme4's warnings where lme4 fits (issue 10)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel as ml
+from multilevel.errors import DataError, FormulaError, ModelSpecError, MultilevelError
+
+
+@pytest.fixture()
+def df() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    n = 60
+    return pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n),
+                         "g": np.repeat(np.arange(10), 6),
+                         "s": np.where(np.arange(n) % 3 == 0, "`a`",
+                                       np.where(np.arange(n) % 3 == 1, "))}", "b"))})
+
+
+# ---- formulas --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("formula", ["y ~ x + I(", "y ~ I(", "y ~ log(x,", "y ~ I(x = "])
+def test_formula_ending_inside_a_call(df, formula):
+    with pytest.raises(FormulaError, match="missing argument|unexpected"):
+        ml.lmer(formula, df)
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ " + " + ".join(["x"] * 1000) + " + (1 | g)",            # 1000 terms
+    "y ~ " + "(" * 400 + "x" + ")" * 400 + " + (1 | g)",          # 400 nested parentheses
+    "y ~ " + "I(" * 400 + "x" + ")" * 400 + " + (1 | g)",         # 400 nested calls
+    "y ~ " + "-" * 500 + "x + (1 | g)",
+    "y ~ I(x" + "^1" * 3000 + ") + (1 | g)",                      # right-associative chain
+])
+def test_deep_formulas_are_refused_not_a_recursion_error(df, formula):
+    with pytest.raises(FormulaError, match="nested too deeply"):
+        ml.lmer(formula, df)
+
+
+def test_formulas_at_the_depth_limit_still_fit(df):
+    # 300 terms and 90 nested parentheses are below the limits and must work from pytest's
+    # own (deep) stack
+    fit = ml.lm("y ~ " + " + ".join(["x"] * 300), df)
+    assert fit.fixef.index.tolist() == ["(Intercept)", "x"]
+    fit = ml.lmer("y ~ " + "(" * 90 + "x" + ")" * 90 + " + (1 | g)", df)
+    assert "x" in fit.fixef.index
+
+
+def test_deep_formula_on_the_command_line_is_one_line_not_a_traceback(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"y": [1.0, 2, 3, 4], "x": [0.0, 1, 0, 1], "g": [1, 1, 2, 2]}).to_csv(path)
+    formula = "y ~ " + " + ".join(["x"] * 1000) + " + (1 | g)"
+    proc = subprocess.run([sys.executable, "-m", "multilevel.app.cli", "fit", formula, "--data",
+                           str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "nested too deeply" in proc.stderr
+
+
+@pytest.mark.parametrize("formula", ["y ~ ifelse(x > 0, 'a', 'b') + (1 | g)",
+                                     "y ~ ifelse(x > 0, 1, ('b')) + (1 | g)",
+                                     "y ~ factor(ifelse(x > 0, 'a', 'b')) + (1 | g)"])
+def test_ifelse_with_a_text_branch(df, formula):
+    with pytest.raises(FormulaError, match=r"ifelse\(\): the (yes|no) value \"[ab]\" is text"):
+        ml.lmer(formula, df)
+
+
+@pytest.mark.parametrize("literal", ["'`a`'", "'))}'", "'`'", "\"}{`'\""])
+def test_string_literals_are_data_not_code(df, literal):
+    # a literal is handed to formulaic as a variable, never as code: a backtick or '))}' in
+    # it must not end formulaic's quoted factor or Python's string early
+    fit = ml.lmer(f"y ~ I(s == {literal}) + (1 | g)", df)
+    expected = (df["s"] == literal[1:-1]).astype(float)
+    col = [c for c in fit.fixef.index if c.startswith("I(")]
+    assert len(col) == (1 if expected.any() else 0)
+    ref = ml.lmer("y ~ flag + (1 | g)", df.assign(flag=expected > 0))
+    assert np.allclose(fit.fixef.to_numpy(), ref.fixef.to_numpy())
+    # the literal survives pickling and is re-applied to new data
+    import pickle
+    again = pickle.loads(pickle.dumps(fit))
+    assert np.allclose(again.predict(df.iloc[:6]), fit.predict(df.iloc[:6]))
+
+
+def test_string_literal_in_ifelse_test(df):
+    fit = ml.lmer("y ~ ifelse(s == '))}', x, 0) + (1 | g)", df)
+    ref = ml.lmer("y ~ z + (1 | g)", df.assign(z=np.where(df.s == "))}", df.x, 0.0)))
+    assert np.allclose(fit.fixef.to_numpy(), ref.fixef.to_numpy())
