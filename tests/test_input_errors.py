@@ -92,3 +92,46 @@ def test_string_literal_in_ifelse_test(df):
     fit = ml.lmer("y ~ ifelse(s == '))}', x, 0) + (1 | g)", df)
     ref = ml.lmer("y ~ z + (1 | g)", df.assign(z=np.where(df.s == "))}", df.x, 0.0)))
     assert np.allclose(fit.fixef.to_numpy(), ref.fixef.to_numpy())
+
+
+# ---- data: complex numbers, labels that collide as text ------------------------------------
+
+@pytest.mark.parametrize("values", [lambda x: x + 1j, lambda x: pd.Series(list(x + 0j), dtype=object),
+                                    lambda x: pd.Series([1, 1j] * (len(x) // 2), dtype=object)])
+@pytest.mark.parametrize("formula", ["y ~ cx + (1 | g)", "cx ~ x + (1 | g)", "y ~ x + (1 | cx)"])
+def test_complex_columns_are_refused(df, values, formula):
+    data = df.assign(cx=values(df.x.to_numpy()))
+    with pytest.raises(DataError, match="column 'cx' has complex numbers"):
+        ml.lmer(formula, data)
+
+
+def test_complex_weights_are_refused(df):
+    with pytest.raises(DataError, match="weights has complex numbers"):
+        ml.lmer("y ~ x + (1 | g)", df, weights=np.ones(len(df)) + 0j)
+
+
+def test_float_labels_with_the_same_text_are_one_level_as_in_r(df):
+    # R: factor(c(0.1 + 0.2, 0.3)) has one level, "0.3" (as.character gives 15 digits)
+    g = np.where(np.arange(len(df)) % 2 == 0, 0.1 + 0.2, 0.3) + df.g.to_numpy()
+    with pytest.warns(ml.errors.LevelsMergedWarning, match=r"'gf'.*0\.3 \(from 0\.3, "
+                                                           r"0\.30000000000000004\)"):
+        fit = ml.lmer("y ~ x + (1 | gf)", df.assign(gf=g))
+    assert [w.code for w in fit.warnings].count("levels_merged") == 1
+    ref = ml.lmer("y ~ x + (1 | g)", df)
+    assert fit.ranef()["gf"].shape[0] == 10
+    assert np.isclose(fit.loglik, ref.loglik) and np.allclose(fit.fixef, ref.fixef)
+
+
+def test_int_and_text_labels_are_one_level_as_in_r(df):
+    # 1 and "1" in one object column: R's factor() sees the text "1" twice
+    mixed = pd.Series([gi if i % 2 else str(gi) for i, gi in enumerate(df.g)], dtype=object)
+    with pytest.warns(ml.errors.LevelsMergedWarning, match=r"'gm'.*1 \(from 1, '1'\)|"
+                                                           r"'gm'.*1 \(from '1', 1\)"):
+        fit = ml.lmer("y ~ x + (1 | gm)", df.assign(gm=mixed))
+    ref = ml.lmer("y ~ x + (1 | g)", df)
+    assert fit.ranef()["gm"].index.tolist() == sorted(str(k) for k in range(10))
+    assert np.isclose(fit.loglik, ref.loglik)
+    # in the fixed part too: one coefficient per distinct text
+    with pytest.warns(ml.errors.LevelsMergedWarning):
+        lm = ml.lm("y ~ gm", df.assign(gm=mixed))
+    assert len(lm.coef()) == 10

@@ -134,6 +134,13 @@ class HessianWarning(MultilevelWarning):
     code = "hessian_not_pd"
 
 
+class LevelsMergedWarning(MultilevelWarning):
+    """Values of a factor that differ but have the same text (``1`` and ``"1"`` in one column,
+    0.1 + 0.2 and 0.3) were merged into one level, as R's ``factor()`` does."""
+
+    code = "levels_merged"
+
+
 class RemlComparisonWarning(MultilevelWarning):
     """Models compared by likelihood where some were fitted by REML and some by ML."""
 
@@ -145,7 +152,7 @@ WARNING_CLASSES: dict[str, type[MultilevelWarning]] = {
     cls.code: cls
     for cls in (SingularFitWarning, ConvergenceWarning, MaxevalWarning, RowsDroppedWarning,
                 RankDeficientWarning, NonIntegerResponseWarning, HessianWarning,
-                RemlComparisonWarning)
+                LevelsMergedWarning, RemlComparisonWarning)
 }
 
 

@@ -346,6 +346,15 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     for rt in reterms:
         _check_finite(rt.Z, rt.terms, f"random-effects term ({rt.label})")
 
+    merged = {**src.merged_levels()}
+    for sc in [fixed] + bar_scopes:
+        merged.update(sc.merged)
+    for name, levels in merged.items():
+        warnings.append(FitWarning("levels_merged",
+                                   f"factor '{name}': different values with the same text were "
+                                   f"merged into one level, as R's factor() does: "
+                                   f"{'; '.join(levels[:3])}{'; ...' if len(levels) > 3 else ''}"))
+
     factor_levels = {v.key: list(v.levels) for v in fixed.vars.values() if v.is_factor}
     # R's attr(model.matrix, "contrasts"): every factor of the fixed part, also those coded
     # by one indicator per level (there the contrast is recorded but not used, as in R)
@@ -458,6 +467,8 @@ def _extra_column(src: DataSource, value: Any, what: str) -> tuple[np.ndarray | 
             raise DataError(f"{what} column '{value}' is not numeric ({col.describe()})")
         return col.numeric(), value
     arr = as_array(value)
+    if np.iscomplexobj(arr):
+        raise DataError(f"{what} has complex numbers; it must be real")
     try:
         arr = np.asarray(pd.Series(arr).to_numpy(dtype=np.float64, na_value=np.nan))
     except (TypeError, ValueError) as e:
