@@ -135,3 +135,88 @@ def test_int_and_text_labels_are_one_level_as_in_r(df):
     with pytest.warns(ml.errors.LevelsMergedWarning):
         lm = ml.lm("y ~ gm", df.assign(gm=mixed))
     assert len(lm.coef()) == 10
+
+
+# ---- responses the fixed effects reproduce exactly; weights; magnitudes ---------------------
+
+def _small(rng_seed: int = 2, n: int = 12, p: int = 12) -> pd.DataFrame:
+    rng = np.random.default_rng(rng_seed)
+    d = pd.DataFrame({"y": rng.normal(size=n), "g": np.repeat(np.arange(3), n // 3)})
+    for j in range(1, p + 1):
+        d[f"x{j}"] = rng.normal(size=n)
+    return d
+
+
+@pytest.mark.parametrize("response, reml", [("c", True), ("c", False), ("lin", True),
+                                            ("lin", False)])
+def test_response_reproduced_by_the_fixed_effects_is_a_perfect_fit(df, response, reml):
+    # lme4 fits these (sigma ~ 1e-16, "Model failed to converge"): here the exact limit
+    data = df.assign(c=3.0, lin=2 * df.x + 1)
+    with pytest.warns(ml.errors.PerfectFitWarning, match="every residual is 0"):
+        fit = ml.lmer(f"{response} ~ x + (x | g)", data, reml=reml)
+    assert np.allclose(fit.fixef.to_numpy(), [3.0, 0.0] if response == "c" else [1.0, 2.0],
+                       atol=1e-12)
+    assert fit.sigma == 0 and np.all(fit.theta == 0) and fit.is_singular
+    assert fit.loglik == np.inf and fit.deviance == -np.inf
+    assert {w.code for w in fit.warnings} >= {"perfect_fit", "singular"}
+    assert np.allclose(fit.predict(data.iloc[:5]), data[response].iloc[:5])
+    assert np.all(fit.se == 0)
+    assert "every residual is 0" in str(fit)
+    with pytest.raises(ModelSpecError, match="perfect fit"):
+        fit.confint()
+
+
+def test_as_many_fixed_effects_as_rows_ml_is_a_perfect_fit():
+    # lme4 (ML): sigma 1.6e-15, logLik 390.8 (rounding noise), with convergence warnings
+    d = _small()
+    formula = "y ~ " + " + ".join(f"x{j}" for j in range(1, 12)) + " + (1 | g)"
+    with pytest.warns(ml.errors.PerfectFitWarning):
+        fit = ml.lmer(formula, d, reml=False)
+    assert fit.sigma == 0 and fit.loglik == np.inf
+    X = np.column_stack([np.ones(12)] + [d[f"x{j}"] for j in range(1, 12)])
+    assert np.allclose(fit.fixef.to_numpy(), np.linalg.solve(X, d.y))
+
+
+@pytest.mark.parametrize("p", [11, 12])
+def test_reml_with_as_many_fixed_effects_as_rows_is_refused(p):
+    # lme4: "objective in x0 returns NA" (p = 12 is rank deficient, one column is dropped)
+    d = _small()
+    formula = "y ~ " + " + ".join(f"x{j}" for j in range(1, p + 1)) + " + (1 | g)"
+    with pytest.raises(ModelSpecError, match="REML needs more observations than fixed effects: "
+                                             "12 observations and 12"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ml.errors.RankDeficientWarning)
+            ml.lmer(formula, d)
+
+
+def test_all_zero_weights_are_refused(df):
+    with pytest.raises(DataError, match="weights are all 0 \\(column 'w'\\)"):
+        ml.lmer("y ~ x + (1 | g)", df.assign(w=0.0), weights="w")
+    with pytest.raises(DataError, match="weights are all 0"):
+        ml.lmer("y ~ x + (1 | g)", df, weights=np.zeros(len(df)))
+    # some zero weights are fine (lme4 fits them)
+    w = np.r_[np.zeros(6), np.ones(len(df) - 6)]
+    assert np.isfinite(ml.lmer("y ~ x + (1 | g)", df, weights=w).loglik)
+
+
+@pytest.mark.parametrize("column, factor, what", [
+    ("y", 1e200, "the response 'y' has values up to .*e\\+200.*divide it by 1e\\+200"),
+    ("x", 1e200, "fixed-effect column 'x' has values up to .*e\\+200"),
+    ("y", 1e-200, "the response 'y' has values no larger than .*e-200.*multiply it by 1e\\+200"),
+    ("x", 1e-170, "fixed-effect column 'x' has values no larger than"),
+])
+def test_values_whose_squares_leave_double_precision_are_refused(df, column, factor, what):
+    # lme4 returns an infinite REML criterion for y * 1e200; we refuse with the cause
+    with pytest.raises(DataError, match=what):
+        ml.lmer("y ~ x + (1 | g)", df.assign(**{column: df[column] * factor}))
+
+
+def test_random_slope_with_huge_values_is_refused(df):
+    with pytest.raises(DataError, match=r"random-effects term \(z \| g\) 'z'"):
+        ml.lmer("y ~ x + (z | g)", df.assign(z=df.x * 1e160))
+
+
+def test_large_but_representable_values_still_fit(df):
+    ref = ml.lmer("y ~ x + (1 | g)", df)
+    fit = ml.lmer("y ~ x + (1 | g)", df.assign(y=df.y * 1e100))
+    assert np.allclose(fit.fixef / 1e100, ref.fixef, rtol=1e-6)

@@ -314,6 +314,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     plan = make_plan(fixed)
     X = fill_columns(plan, fixed_vals, n)
     _check_finite(X, plan.names, "fixed-effect model matrix")
+    _check_scale(X, plan.names, "the fixed-effect column")
     keep = rank_keep(X)
     dropped: list[str] = []
     if len(keep) < X.shape[1]:
@@ -335,6 +336,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
             raise DataError(f"weights must be non-negative ({_what(weights_name, 'weights')} has "
                             f"{int((w < 0).sum())} negative value(s))")
         _check_finite(w[:, None], [_what(weights_name, "weights")], "weights")
+        if not (w > 0).any():
+            raise DataError(f"weights are all 0 ({_what(weights_name, 'weights')}): no row "
+                            f"carries information")
+        _check_scale(w[:, None], [_what(weights_name, "weights")], "the weights")
     if resp_weights is not None:
         w = resp_weights if w is None else w * resp_weights
     off = None
@@ -343,8 +348,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     if off is not None:
         _check_finite(off[:, None], ["offset"], "offset")
     _check_finite(y[:, None], [response.name], "response")
+    _check_scale(y[:, None], [response.name], "the response", w)
     for rt in reterms:
         _check_finite(rt.Z, rt.terms, f"random-effects term ({rt.label})")
+        _check_scale(rt.Z, rt.terms, f"the column of random-effects term ({rt.label})")
 
     merged = {**src.merged_levels()}
     for sc in [fixed] + bar_scopes:
@@ -488,6 +495,42 @@ def _check_finite(M: np.ndarray, names: Sequence[str], what: str) -> None:
         cols = [names[j] for j in np.flatnonzero(bad.any(axis=0))]
         raise DataError(f"{what} has infinite values (in {', '.join(cols)}); check "
                         f"transformations such as log(0)")
+
+
+#: sums of squares a column of the model may have: the engine's cross products (and their
+#: products with the covariance parameters) stay well inside double precision, whose range
+#: ends at 1.8e308 (overflow) and 2.2e-308 (loss of digits); lme4 returns an infinite
+#: criterion or a wrong fit outside it
+_SUMSQ_RANGE = (1e-290, 1e300)
+
+
+def _check_scale(M: np.ndarray, names: Sequence[str], what: str,
+                 weights: np.ndarray | None = None) -> None:
+    """Refuse columns whose (weighted) sum of squares leaves :data:`_SUMSQ_RANGE` (y times
+    1e200, a covariate in 1e-160 units): refused rather than rescaled, because every number
+    of the fit (log-likelihood constants, standard errors, profiles, predictions) would have
+    to be scaled back, and such units are almost always a mistake the user can fix."""
+    if M.size == 0:
+        return
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        ss = np.einsum("ij,ij->j", M, M) if weights is None else \
+            np.einsum("i,ij,ij->j", weights, M, M)
+    lo, hi = _SUMSQ_RANGE
+    # a sum of squares below the range (even 0, when the squares underflow) of a column that
+    # is not all zero
+    tiny = [j for j in np.flatnonzero(ss < lo) if np.abs(M[:, j]).max() > 0]
+    bad = sorted(set(np.flatnonzero(~(ss <= hi)).tolist()) | set(tiny))
+    if not bad:
+        return
+    j = int(bad[0])
+    big = np.abs(M[:, j]).max()
+    if j in tiny:
+        raise DataError(f"{what} '{names[j]}' has values no larger than {big:.3g}: too small to "
+                        f"square in double precision; rescale it (e.g. multiply it by "
+                        f"{10.0 ** -np.floor(np.log10(big)):.0e})")
+    raise DataError(f"{what} '{names[j]}' has values up to {big:.3g}: too large to square in "
+                    f"double precision; rescale it (e.g. divide it by "
+                    f"{10.0 ** np.floor(np.log10(max(big, 1.0))):.0e})")
 
 
 def _check_reterms(reterms: list[ReTerm], n: int, family: str) -> None:
