@@ -220,3 +220,46 @@ def test_large_but_representable_values_still_fit(df):
     ref = ml.lmer("y ~ x + (1 | g)", df)
     fit = ml.lmer("y ~ x + (1 | g)", df.assign(y=df.y * 1e100))
     assert np.allclose(fit.fixef / 1e100, ref.fixef, rtol=1e-6)
+
+
+# ---- sizes: refused before anything big is allocated ------------------------------------------
+
+def test_fixed_factor_with_30000_levels_is_refused_before_allocating():
+    import tracemalloc
+    n = 51_900
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame({"y": rng.normal(size=n), "f": np.arange(n) % 30_000, "g": np.arange(n) % 50})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelSpecError, match=r"fixed-effect model matrix would be 51,900 x "
+                                                 r"30,000 doubles = 11\.6 GiB.*max_dense_gib"):
+            ml.lmer("y ~ factor(f) + (1 | g)", d)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**30  # the 11.6 GiB matrix (and R's 30,000 x 29,999 contrast) never existed
+
+
+def test_covariance_parameters_beyond_the_limit_are_refused():
+    n = 7_000  # more rows than the 40 x 150 random effects (lme4's identifiability check)
+    rng = np.random.default_rng(4)
+    d = pd.DataFrame({"y": rng.normal(size=n), "k": np.arange(n) % 150, "g": np.arange(n) % 40})
+    with pytest.raises(ModelSpecError, match=r"11,325 covariance parameters, above the limit of "
+                                             r"2,000 \(control max_cov_params\).*150 correlated"):
+        ml.lmer("y ~ 1 + (0 + factor(k) | g)", d)
+    with pytest.raises(ModelSpecError, match="11,325 covariance parameters"):
+        ml.glmer("I(y > 0) ~ 1 + (0 + factor(k) | g)", d, family="binomial")
+
+
+def test_size_limits_are_control_settings(df):
+    with pytest.raises(ModelSpecError, match=r"random-effects term \(x \| g\) would be 60 x 2 "
+                                             r"doubles"):
+        ml.lmer("y ~ 1 + (x | g)", df, control={"max_dense_gib": 1e-7})
+    with pytest.raises(ModelSpecError, match="3 covariance parameters, above the limit of 2"):
+        ml.lmer("y ~ x + (x | g)", df, control={"max_cov_params": 2})
+    fit = ml.lmer("y ~ x + (x | g)", df, control={"max_cov_params": 3, "max_dense_gib": 1e-3})
+    assert len(fit.theta) == 3
+    with pytest.raises(ml.ControlError, match="max_dense_gib"):
+        ml.lmer("y ~ x + (1 | g)", df, control={"max_dense_gib": -1})
+    with pytest.raises(ml.ControlError, match="max_cov_params"):
+        ml.glmer("I(y > 0) ~ x + (1 | g)", df, family="binomial", control={"max_cov_params": 0.5})

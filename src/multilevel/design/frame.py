@@ -167,10 +167,16 @@ class ModelFrame:
 _KNOWN_FAMILIES = {"gaussian", "binomial", "poisson", "gamma", "inverse.gaussian"}
 
 
+#: the largest dense model matrix (X, or one random-effect term's Z) built by default, GiB
+#: (LmerControl's ``max_dense_gib``)
+MAX_DENSE_GIB = 4.0
+
+
 def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
                       family: str = "gaussian", require_bars: bool = True,
-                      contrasts: Mapping[str, Any] | None = None) -> ModelFrame:
+                      contrasts: Mapping[str, Any] | None = None,
+                      max_dense_gib: float = MAX_DENSE_GIB) -> ModelFrame:
     """Build the arrays of a mixed model from an lme4 formula and a data frame.
 
     data: a pandas DataFrame, a polars DataFrame (or anything narwhals reads), or a dict of
@@ -184,6 +190,9 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         ``"helmert"``, ``"poly"``, ``"SAS"`` (R's ``"contr.sum"`` spelling too) or a matrix
         with one row per level; other factors get R's defaults (``contr.poly`` for ordered
         ones). See :mod:`multilevel.design.contrasts`.
+    max_dense_gib: the largest dense model matrix (X, or one term's Z) to build; a larger one
+        (a fixed factor with 30,000 levels) is a ModelSpecError saying its size, raised
+        before anything is allocated.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"y": [1.0, 2.1, 2.9, 4.2, 5.1, 5.8],
@@ -297,6 +306,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
             group_cache[gkey] = (gs, gs.fit(src, rows))
         gs, refs = group_cache[gkey]
         plan = make_plan(sc)
+        _check_dense_size(n, plan.names, f"the random-effects term ({b.text})", max_dense_gib)
         Z = fill_columns(plan, vals, n)
         built.append((ReTerm(b.group, list(plan.names), list(gs.levels), refs, Z,
                              spec=None, label=b.text, structure=b.structure), BarSpec(b, sc, plan, gs)))
@@ -312,6 +322,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
 
     # ---- fixed effects -------------------------------------------------------------------
     plan = make_plan(fixed)
+    _check_dense_size(n, plan.names, "the fixed-effect model matrix", max_dense_gib)
     X = fill_columns(plan, fixed_vals, n)
     _check_finite(X, plan.names, "fixed-effect model matrix")
     _check_scale(X, plan.names, "the fixed-effect column")
@@ -396,7 +407,8 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
 
 def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
-                      contrasts: Mapping[str, Any] | None = None) -> ModelFrame:
+                      contrasts: Mapping[str, Any] | None = None,
+                      max_dense_gib: float = MAX_DENSE_GIB) -> ModelFrame:
     """The model frame of a fixed-effects-only model (``multilevel.lm``).
 
     Same formula language, missing-value rule, factor coding, stateful transforms and
@@ -416,7 +428,7 @@ def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float]
                            "factor(g) for one coefficient per group), or fit it with lmer",
                            formula, parsed.bars[0].pos)
     return build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
-                             require_bars=False, contrasts=contrasts)
+                             require_bars=False, contrasts=contrasts, max_dense_gib=max_dense_gib)
 
 
 def drop_response_terms(parsed: ParsedFormula) -> tuple[ModelTerms, list[FitWarning]]:
@@ -495,6 +507,16 @@ def _check_finite(M: np.ndarray, names: Sequence[str], what: str) -> None:
         cols = [names[j] for j in np.flatnonzero(bad.any(axis=0))]
         raise DataError(f"{what} has infinite values (in {', '.join(cols)}); check "
                         f"transformations such as log(0)")
+
+
+def _check_dense_size(n: int, names: Sequence[str], what: str, max_gib: float) -> None:
+    """Refuse a dense n x k matrix above ``max_gib`` before allocating it (the number of
+    columns comes from the column plan: a factor's levels, an interaction's products)."""
+    gib = n * len(names) * 8 / 2**30
+    if gib > max_gib:
+        raise ModelSpecError(f"{what} would be {n:,} x {len(names):,} doubles = {gib:.1f} GiB, "
+                             f"above the limit of {max_gib:g} GiB (control max_dense_gib); "
+                             f"a factor with many levels is better a random effect, (1 | f)")
 
 
 #: sums of squares a column of the model may have: the engine's cross products (and their

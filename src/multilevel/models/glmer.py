@@ -185,7 +185,7 @@ def glmer(
                              f"leaves its dispersion out); use nagq=1 (Laplace)")
     ctrl = GlmerControl.from_user(control)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family=fam.name,
-                              contrasts=contrasts)
+                              contrasts=contrasts, max_dense_gib=ctrl.max_dense_gib)
     cbind = _is_cbind(frame)
     # the family owns its response rules (design only reads the response)
     resp_warnings = fam.check_response(frame.y, frame.weights, frame.factor_levels.get(frame.response),
@@ -201,7 +201,8 @@ def glmer(
     if fam.name == "binomial" and cbind and frame.weights is not None:
         uw = _user_weights_at(data, weights, frame.rows)
         ntrials = frame.weights if uw is None else np.where(uw > 0, frame.weights / np.where(uw > 0, uw, 1), 0.0)
-    problem = GlmmProblem(engine_input(frame), fam, nagq, ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
+    problem = GlmmProblem(engine_input(frame, max_cov_params=ctrl.max_cov_params), fam, nagq,
+                          ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
     weights_name = weights if isinstance(weights, str) else ("(prior weights)" if weights is not None else None)
     return _fit_problem(problem, frame, ctrl, resp_warnings, ntrials, weights_name, t_start,
                         theta_start=_theta_start, stacklevel=3)

@@ -76,14 +76,14 @@ def lmer(
         raise ModelSpecError(f"reml must be True (REML) or False (maximum likelihood), not {reml!r}")
     reml = bool(reml)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
-                              contrasts=contrasts)
+                              contrasts=contrasts, max_dense_gib=ctrl.max_dense_gib)
     n, p = frame.X.shape
     if reml and n <= p:
         # lme4: "objective in x0 returns NA" (REML has n - p = 0 residual degrees of freedom)
         raise ModelSpecError(f"REML needs more observations than fixed effects: {n} observations "
                              f"and {p} estimable fixed-effect columns; fit by maximum likelihood "
                              f"(reml=False) or with fewer fixed effects")
-    problem = LmmProblem(engine_input(frame), reml)
+    problem = LmmProblem(engine_input(frame, max_cov_params=ctrl.max_cov_params), reml)
     # a response the fixed effects reproduce exactly (y in the span of X): the factorisation
     # fails at every theta; the start's objective is the optimiser's first evaluation, which
     # the engine keeps, so the check costs nothing
