@@ -263,3 +263,38 @@ def test_size_limits_are_control_settings(df):
         ml.lmer("y ~ x + (1 | g)", df, control={"max_dense_gib": -1})
     with pytest.raises(ml.ControlError, match="max_cov_params"):
         ml.glmer("I(y > 0) ~ x + (1 | g)", df, family="binomial", control={"max_cov_params": 0.5})
+
+
+# ---- GLMM: a predictor in units of 1e6 ---------------------------------------------------------
+
+def test_binomial_glmm_with_a_predictor_times_1e6_fits_with_warnings():
+    # lme4 stops in deriv12 ("PIRLS step-halvings failed to reduce deviance"); the engine has
+    # no gradient at the Hessian's stepped points: the fit keeps R_X's covariance and says so
+    rng = np.random.default_rng(1)
+    n = 60
+    data = pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n),
+                         "g": np.repeat(np.arange(10), 6), "s": rng.integers(0, 5, n)})
+    data["z"] = rng.normal(size=n) * 1e6
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        fit = ml.glmer("cbind(s, 5 - s) ~ z + (1 | g)", data, family="binomial")
+    assert np.all(np.isfinite(fit.fixef)) and np.all(np.isfinite(fit.se))
+    codes = {w.code for w in fit.warnings}
+    assert {"not_converged", "hessian_not_pd"} <= codes
+    assert any("could not be computed" in str(w.message) for w in rec)
+
+
+def test_hessian_from_gradient_without_gradients_is_nan_not_a_type_error():
+    from multilevel.engine.glmm import hessian_from_gradient
+
+    def fg(x, jacobian=True):  # no gradient away from 0 (PIRLS failed there)
+        return (0.0, np.zeros(2)) if np.all(x == 0) else (np.inf, None)
+
+    H = hessian_from_gradient(fg, np.zeros(2), np.full(2, -np.inf), central=True)
+    assert H.shape == (2, 2) and np.all(np.isnan(H))
+
+    def fg_half(x, jacobian=True):  # a gradient on one side only: one-sided differences
+        return (0.0, 2.0 * x) if np.all(x <= 0) else (np.inf, None)
+
+    H = hessian_from_gradient(fg_half, np.zeros(2), np.full(2, -np.inf), central=True)
+    assert np.allclose(H, 2.0 * np.eye(2))

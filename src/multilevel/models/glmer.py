@@ -388,6 +388,8 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             # central differences (lme4's step 1e-4) of the exact gradient: 2n gradients
             # instead of deriv12's 2 n^2 criterion values, the same O(h^2) accuracy
             f0, g = problem.devfun_grad_c(xopt)
+            if g is None:  # no gradient at the optimum (PIRLS failed): NaN, never None
+                g = np.full(xopt.size, np.nan)
             H = hessian_from_gradient(problem.devfun_grad_c, xopt, lower, 1e-4, g0=g, central=True)
         else:
             g, H = deriv12(crit, xopt, fx=fval, lower=lower)
@@ -398,7 +400,13 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             gi = g[free]
             # the predicted gain of a Newton step (damped where H is not positive definite)
             dec = newton_step(g, H, free)[0]
-            if not np.isfinite(dec) or dec > ctrl.conv_tol:
+            if not (np.all(np.isfinite(H)) and np.all(np.isfinite(g))):
+                warns.append(FitWarning("not_converged",
+                                        "Model may not have converged: the derivatives at the "
+                                        "optimum could not be computed (PIRLS fails at points "
+                                        "next to it); predictors on very different scales? "
+                                        "Consider rescaling them"))
+            elif not np.isfinite(dec) or dec > ctrl.conv_tol:
                 warns.append(FitWarning("not_converged",
                                         f"Model may not have converged: a Newton step from the optimum "
                                         f"would lower the deviance by {dec:.2g} "
