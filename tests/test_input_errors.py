@@ -298,3 +298,37 @@ def test_hessian_from_gradient_without_gradients_is_nan_not_a_type_error():
 
     H = hessian_from_gradient(fg_half, np.zeros(2), np.full(2, -np.inf), central=True)
     assert np.allclose(H, 2.0 * np.eye(2))
+
+
+# ---- found by fuzzing formulas and odd data ------------------------------------------------------
+
+@pytest.mark.parametrize("term", ["pi", "NA", "TRUE", "Inf", "I(2)", "log(2)", "I('a')"])
+def test_a_constant_is_not_a_model_term(df, term):
+    # R: "variable lengths differ (found for 'pi')"; here it used to be numpy's "axis 1 is
+    # out of bounds"
+    with pytest.raises(FormulaError, match="is a constant, not a variable of the data"):
+        ml.lmer(f"y ~ x + {term} + (1 | g)", df)
+
+
+@pytest.mark.parametrize("expr", ["ifelse(x > 0, s, 1)", "log(s)", "I(x + s)", "scale(s)",
+                                  "as.numeric(s)", "pmin(s, 1)"])
+def test_text_column_in_arithmetic_is_named(df, expr):
+    # ifelse() with a text column branch was a bare ValueError from numpy
+    with pytest.raises(DataError, match=r"column 's' is text \(or a factor\), not numbers"):
+        ml.lmer(f"y ~ {expr} + (1 | g)", df)
+
+
+@pytest.mark.parametrize("expr", ["I(x^'a')", "round(x, 'a')", "I(x > 'a')"])
+def test_text_literal_where_a_number_is_needed(df, expr):
+    with pytest.raises(DataError, match="the text 'a' is used where a number is needed"):
+        ml.lmer(f"y ~ {expr} + (1 | g)", df)
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("y ~ I(dt) + (1 | g)", "column 'dt' .*cannot be used in a model; convert it to numbers"),
+    ("y ~ log(dt) + (1 | g)", "column 'dt' .*cannot be used in a model"),
+    ("y ~ x + (1 | dt)", "column 'dt' .*cannot be used as a factor or grouping variable"),
+])
+def test_datetime_columns_are_named(df, formula, message):
+    with pytest.raises(DataError, match=message):
+        ml.lmer(formula, df.assign(dt=pd.date_range("2020-01-01", periods=len(df))))

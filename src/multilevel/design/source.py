@@ -156,6 +156,9 @@ class Column:
             if self.series.dtype == bool:
                 return self.series.to_numpy()
             return self.numeric()
+        if self.kind == "other":
+            raise DataError(f"column '{self.name}' ({self.describe()}) cannot be used in a model; "
+                            f"convert it to numbers (e.g. days since a date) or to text")
         codes, labels = self.factor()
         lab = np.asarray(labels + [None], dtype=object)
         return lab[codes]
@@ -231,7 +234,8 @@ class Column:
                     labels = [text[i] for i in order]
             else:
                 raise DataError(f"column '{self.name}' ({self.describe()}) cannot be used as a "
-                                f"factor")
+                                f"factor or grouping variable; convert it to text or numbers "
+                                f"first")
             if self.kind in ("numeric", "categorical"):
                 # 0.1 + 0.2 and 0.3 (R prints both as 0.3), categories 1 and "1"
                 originals = (s.cat.categories if self.kind == "categorical" else uniq).tolist()

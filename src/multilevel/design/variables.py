@@ -24,7 +24,7 @@ from multilevel.design.source import (DataSource, column_not_found, level_label,
                                       merge_same_labels, take_rows)
 from multilevel.errors import DataError, FormulaError, ModelSpecError
 from multilevel.formula import (Call, ModelTerms, Name, Node, NumericExpressions, Num, Paren, Str,
-                                deparse, format_r_number, is_logical)
+                                deparse, format_r_number, is_logical, names_in)
 from multilevel.formula._model import CONSTANTS
 
 __all__ = ["Variable", "Scope", "strip_parens", "drop_unused"]
@@ -159,6 +159,10 @@ class Scope:
             if n.func == "relevel" and v.relevel_ref is None:
                 raise FormulaError("relevel() needs ref = \"level\"", self.text, n.pos)
             return v
+        if not any(nm.name in data for nm in names_in(node)):
+            # R: "variable lengths differ (found for 'pi')": one value is no column
+            raise FormulaError(f"'{key}' is a constant, not a variable of the data: it cannot "
+                               f"be a term of the model", self.text, node.pos)
         if is_logical(node):
             return Variable(key, node, "expr", expr=add_expr(node), is_factor=True, logical=True)
         return Variable(key, node, "expr", expr=add_expr(node))

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from multilevel.errors import DataError, FormulaError
+from multilevel.errors import DataError, FormulaError, MultilevelError
 from multilevel.formula._centering import CENTERING_TRANSFORMS
 from multilevel.formula._transforms import R_TRANSFORMS
 from multilevel.formula._rsyntax import BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in
@@ -341,12 +341,12 @@ class NumericExpressions:
             with np.errstate(all="ignore"):
                 mm = model_matrix(formula, self._frame(data, n), context=self._context(),
                                   na_action="ignore", ensure_full_rank=False, output="numpy")
+            self.spec = mm.model_spec
+            return self._split(np.asarray(mm, dtype=np.float64), first=True)
         except FormulaError:
             raise
         except Exception as e:  # formulaic / numpy errors: name the R expression
-            raise DataError(f"cannot evaluate {self._which(e)}: {e}") from e
-        self.spec = mm.model_spec
-        return self._split(np.asarray(mm, dtype=np.float64), first=True)
+            raise self._failure(data, e, "") from e
 
     def transform(self, data: Mapping[str, np.ndarray], n: int | None = None) -> list[np.ndarray]:
         """Evaluate on new data with the state learned by :meth:`fit`."""
@@ -364,13 +364,33 @@ class NumericExpressions:
             with np.errstate(all="ignore"):
                 mm = self.spec.get_model_matrix(self._frame(data, n), context=self._context(),
                                                 na_action="ignore")
+            return self._split(np.asarray(mm, dtype=np.float64), first=False)
         except Exception as e:
-            # formulaic wraps our transforms' errors; the innermost message is the useful one
-            root = e
-            while root.__cause__ is not None:
-                root = root.__cause__
-            raise DataError(f"cannot evaluate {self._which(e)} on the new data: {root}") from e
-        return self._split(np.asarray(mm, dtype=np.float64), first=False)
+            raise self._failure(data, e, " on the new data") from e
+
+    def _failure(self, data: Mapping[str, np.ndarray], e: Exception, where: str) -> DataError:
+        """The error of an expression that could not be evaluated, in R's terms: text columns
+        in arithmetic are named; otherwise the innermost cause (formulaic wraps our
+        transforms' errors, and its own message quotes the translated code)."""
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, MultilevelError):  # our transforms' own errors say it best
+            return DataError(f"cannot evaluate {self._which(e)}{where}: {root}")
+        # numpy's complaints about text where numbers were expected
+        about_text = isinstance(root, TypeError) or "str" in str(root)
+        text = [c for c in self.columns if c in data and np.asarray(data[c]).dtype.kind in "OUS"]
+        if text and about_text:
+            cols = ", ".join(f"'{c}'" for c in text)
+            return DataError(f"cannot evaluate {self._which(e)}{where}: column{'s' * (len(text) > 1)} "
+                             f"{cols} {'are' if len(text) > 1 else 'is'} text (or a factor), not "
+                             f"numbers")
+        strings = getattr(self, "_strings", {})
+        if strings and isinstance(root, (TypeError, ValueError)):
+            lits = ", ".join(repr(v) for v in strings.values())
+            return DataError(f"cannot evaluate {self._which(e)}{where}: the text {lits} is used "
+                             f"where a number is needed")
+        return DataError(f"cannot evaluate {self._which(e)}{where}: {root}")
 
     def _context(self) -> dict:
         # built per evaluation, not stored: the module objects in it do not pickle
