@@ -98,6 +98,11 @@ class LmerControl:
     ``singular_tol`` = 1e-4, lme4's ``isSingular`` tolerance; the same tolerance decides
     ``fit.is_singular``), ``check_rank`` (rank-deficient fixed-effect columns dropped).
     Each check: ``"warning"`` (default), ``"ignore"`` or ``"error"``.
+    Size limits, checked before anything is allocated (a :class:`~multilevel.errors.
+    ModelSpecError` says how big the model would be): ``max_dense_gib`` (4: the largest dense
+    model matrix, X or one random-effect term's Z, in GiB) and ``max_cov_params`` (2000: the
+    most covariance parameters, e.g. 210 for ``(0 + factor(k) | g)`` with 20 levels of k; the
+    optimiser's work grows with their square).
 
     >>> LmerControl(maxeval=1000).with_(check_conv=False).check_conv
     'ignore'
@@ -118,6 +123,8 @@ class LmerControl:
     check_conv: str = "warning"
     check_singular: str = "warning"
     check_rank: str = "warning"
+    max_dense_gib: float = 4.0
+    max_cov_params: int = 2000
 
     #: which check decides the action on a warning code (codes not listed always warn)
     _CHECKS: ClassVar[dict[str, str]] = {
@@ -134,8 +141,10 @@ class LmerControl:
     def _validate(self, name: str, value: Any) -> Any:
         if name.startswith("check_"):
             return _action(name, value)
-        if name in ("maxeval",):
+        if name in ("maxeval", "max_cov_params"):
             return _count(name, value)
+        if name == "max_dense_gib":
+            return _real(name, value, positive=True)
         if name == "initial_step":
             return _step(name, value)
         return _real(name, value)
@@ -154,7 +163,7 @@ class LmerControl:
         >>> LmerControl.from_user({"maxiter": 3})
         Traceback (most recent call last):
         ...
-        multilevel.errors.ControlError: unknown control setting 'maxiter'; known: check_conv, check_rank, check_singular, conv_tol, ftol_abs, ftol_rel, initial_step, maxeval, singular_tol, xtol_abs
+        multilevel.errors.ControlError: unknown control setting 'maxiter'; known: check_conv, check_rank, check_singular, conv_tol, ftol_abs, ftol_rel, initial_step, max_cov_params, max_dense_gib, maxeval, singular_tol, xtol_abs
         """
         if isinstance(control, cls):
             return control

@@ -166,6 +166,21 @@ class HessianWarning(MultilevelWarning):
     code = "hessian_not_pd"
 
 
+class PerfectFitWarning(MultilevelWarning):
+    """The response is an exact linear function of the fixed effects (a constant response,
+    as many estimable fixed effects as rows): zero residuals, sigma 0, an infinite
+    log-likelihood."""
+
+    code = "perfect_fit"
+
+
+class LevelsMergedWarning(MultilevelWarning):
+    """Values of a factor that differ but have the same text (``1`` and ``"1"`` in one column,
+    0.1 + 0.2 and 0.3) were merged into one level, as R's ``factor()`` does."""
+
+    code = "levels_merged"
+
+
 class RemlComparisonWarning(MultilevelWarning):
     """Models compared by likelihood where some were fitted by REML and some by ML."""
 
@@ -177,7 +192,7 @@ WARNING_CLASSES: dict[str, type[MultilevelWarning]] = {
     cls.code: cls
     for cls in (SingularFitWarning, ConvergenceWarning, MaxevalWarning, RowsDroppedWarning,
                 RankDeficientWarning, NonIntegerResponseWarning, HessianWarning,
-                RemlComparisonWarning)
+                LevelsMergedWarning, PerfectFitWarning, RemlComparisonWarning)
 }
 
 

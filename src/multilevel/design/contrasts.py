@@ -89,13 +89,27 @@ class Contrast:
              ``"contr.poly"``, ``"contr.SAS"``) or ``"matrix"`` for a user matrix.
     levels:  the factor's levels, in order (rows of ``matrix``).
     columns: the suffixes R appends to the factor's name (``"B"``, ``"1"``, ``".L"``).
-    matrix:  (k, m) float array: row i is the coding of level i.
+    matrix:  (k, m) float array: row i is the coding of level i; R's contrasts are made on
+             first use (treatment coding is filled by comparing levels and never needs its
+             k x (k - 1) matrix, 4.5 GiB for a factor with 24,000 levels).
     """
 
     type: str
     levels: list[str]
     columns: list[str]
-    matrix: np.ndarray
+    _matrix: np.ndarray | None = None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self._matrix is None:
+            k = len(self.levels)
+            make = {"contr.treatment": lambda: contr_treatment(k),
+                    "contr.SAS": lambda: contr_treatment(k, k - 1),
+                    "contr.sum": lambda: contr_sum(k),
+                    "contr.helmert": lambda: contr_helmert(k),
+                    "contr.poly": lambda: contr_poly(k)}[self.type]
+            self._matrix = make() if k >= 2 else np.zeros((k, 0))
+        return self._matrix
 
     @property
     def is_treatment(self) -> bool:
@@ -202,15 +216,13 @@ def contrast_for(key: str, levels: list[str], spec: Any = None, *,
         return Contrast("matrix", list(levels), cols, np.array(M, dtype=np.float64))
     if k < 2:
         return Contrast(f"contr.{spec}", list(levels), [], np.zeros((k, 0)))
+    # the matrices are made on first use (Contrast.matrix)
     if spec == "treatment":
-        return Contrast("contr.treatment", list(levels), list(levels[1:]), contr_treatment(k))
+        return Contrast("contr.treatment", list(levels), list(levels[1:]))
     if spec == "SAS":
-        return Contrast("contr.SAS", list(levels), list(levels[:-1]), contr_treatment(k, k - 1))
-    if spec == "sum":
-        return Contrast("contr.sum", list(levels), [str(j) for j in range(1, k)], contr_sum(k))
-    if spec == "helmert":
-        return Contrast("contr.helmert", list(levels), [str(j) for j in range(1, k)],
-                        contr_helmert(k))
+        return Contrast("contr.SAS", list(levels), list(levels[:-1]))
+    if spec in ("sum", "helmert"):
+        return Contrast(f"contr.{spec}", list(levels), [str(j) for j in range(1, k)])
     if spec == "poly":
         try:
             M = contr_poly(k)

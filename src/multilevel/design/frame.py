@@ -171,10 +171,16 @@ class ModelFrame:
 _KNOWN_FAMILIES = {"gaussian", "binomial", "poisson", "gamma", "inverse.gaussian"}
 
 
+#: the largest dense model matrix (X, or one random-effect term's Z) built by default, GiB
+#: (LmerControl's ``max_dense_gib``)
+MAX_DENSE_GIB = 4.0
+
+
 def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
                       family: str = "gaussian", require_bars: bool = True,
-                      contrasts: Mapping[str, Any] | None = None) -> ModelFrame:
+                      contrasts: Mapping[str, Any] | None = None,
+                      max_dense_gib: float = MAX_DENSE_GIB) -> ModelFrame:
     """Build the arrays of a mixed model from an lme4 formula and a data frame.
 
     data: a pandas DataFrame, a polars DataFrame (or anything narwhals reads), or a dict of
@@ -188,6 +194,9 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         ``"helmert"``, ``"poly"``, ``"SAS"`` (R's ``"contr.sum"`` spelling too) or a matrix
         with one row per level; other factors get R's defaults (``contr.poly`` for ordered
         ones). See :mod:`multilevel.design.contrasts`.
+    max_dense_gib: the largest dense model matrix (X, or one term's Z) to build; a larger one
+        (a fixed factor with 30,000 levels) is a ModelSpecError saying its size, raised
+        before anything is allocated.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"y": [1.0, 2.1, 2.9, 4.2, 5.1, 5.8],
@@ -301,6 +310,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
             group_cache[gkey] = (gs, gs.fit(src, rows))
         gs, refs = group_cache[gkey]
         plan = make_plan(sc)
+        _check_dense_size(n, plan.names, f"the random-effects term ({b.text})", max_dense_gib)
         Z = fill_columns(plan, vals, n)
         built.append((ReTerm(b.group, list(plan.names), list(gs.levels), refs, Z,
                              spec=None, label=b.text, structure=b.structure), BarSpec(b, sc, plan, gs)))
@@ -316,8 +326,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
 
     # ---- fixed effects -------------------------------------------------------------------
     plan = make_plan(fixed)
+    _check_dense_size(n, plan.names, "the fixed-effect model matrix", max_dense_gib)
     X = fill_columns(plan, fixed_vals, n)
     _check_finite(X, plan.names, "fixed-effect model matrix")
+    _check_scale(X, plan.names, "the fixed-effect column")
     keep = rank_keep(X)
     dropped: list[str] = []
     if len(keep) < X.shape[1]:
@@ -339,6 +351,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
             raise DataError(f"weights must be non-negative ({_what(weights_name, 'weights')} has "
                             f"{int((w < 0).sum())} negative value(s))")
         _check_finite(w[:, None], [_what(weights_name, "weights")], "weights")
+        if not (w > 0).any():
+            raise DataError(f"weights are all 0 ({_what(weights_name, 'weights')}): no row "
+                            f"carries information")
+        _check_scale(w[:, None], [_what(weights_name, "weights")], "the weights")
     if resp_weights is not None:
         w = resp_weights if w is None else w * resp_weights
     off = None
@@ -347,8 +363,19 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     if off is not None:
         _check_finite(off[:, None], ["offset"], "offset")
     _check_finite(y[:, None], [response.name], "response")
+    _check_scale(y[:, None], [response.name], "the response", w)
     for rt in reterms:
         _check_finite(rt.Z, rt.terms, f"random-effects term ({rt.label})")
+        _check_scale(rt.Z, rt.terms, f"the column of random-effects term ({rt.label})")
+
+    merged = {**src.merged_levels()}
+    for sc in [fixed] + bar_scopes:
+        merged.update(sc.merged)
+    for name, levels in merged.items():
+        warnings.append(FitWarning("levels_merged",
+                                   f"factor '{name}': different values with the same text were "
+                                   f"merged into one level, as R's factor() does: "
+                                   f"{'; '.join(levels[:3])}{'; ...' if len(levels) > 3 else ''}"))
 
     factor_levels = {v.key: list(v.levels) for v in fixed.vars.values() if v.is_factor}
     # R's attr(model.matrix, "contrasts"): every factor of the fixed part, also those coded
@@ -392,7 +419,8 @@ def _row_labels(data: Any, rows: np.ndarray | None) -> pd.Index | None:
 
 def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
-                      contrasts: Mapping[str, Any] | None = None) -> ModelFrame:
+                      contrasts: Mapping[str, Any] | None = None,
+                      max_dense_gib: float = MAX_DENSE_GIB) -> ModelFrame:
     """The model frame of a fixed-effects-only model (``multilevel.lm``).
 
     Same formula language, missing-value rule, factor coding, stateful transforms and
@@ -412,7 +440,7 @@ def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float]
                            "factor(g) for one coefficient per group), or fit it with lmer",
                            formula, parsed.bars[0].pos)
     return build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
-                             require_bars=False, contrasts=contrasts)
+                             require_bars=False, contrasts=contrasts, max_dense_gib=max_dense_gib)
 
 
 def drop_response_terms(parsed: ParsedFormula) -> tuple[ModelTerms, list[FitWarning]]:
@@ -470,6 +498,8 @@ def _extra_column(src: DataSource, value: Any, what: str) -> tuple[np.ndarray | 
             raise DataError(f"{what} column '{value}' is not numeric ({col.describe()})")
         return col.numeric(), value
     arr = as_array(value)
+    if np.iscomplexobj(arr):
+        raise DataError(f"{what} has complex numbers; it must be real")
     try:
         arr = np.asarray(pd.Series(arr).to_numpy(dtype=np.float64, na_value=np.nan))
     except (TypeError, ValueError) as e:
@@ -489,6 +519,52 @@ def _check_finite(M: np.ndarray, names: Sequence[str], what: str) -> None:
         cols = [names[j] for j in np.flatnonzero(bad.any(axis=0))]
         raise DataError(f"{what} has infinite values (in {', '.join(cols)}); check "
                         f"transformations such as log(0)")
+
+
+def _check_dense_size(n: int, names: Sequence[str], what: str, max_gib: float) -> None:
+    """Refuse a dense n x k matrix above ``max_gib`` before allocating it (the number of
+    columns comes from the column plan: a factor's levels, an interaction's products)."""
+    gib = n * len(names) * 8 / 2**30
+    if gib > max_gib:
+        raise ModelSpecError(f"{what} would be {n:,} x {len(names):,} doubles = {gib:.1f} GiB, "
+                             f"above the limit of {max_gib:g} GiB (control max_dense_gib); "
+                             f"a factor with many levels is better a random effect, (1 | f)")
+
+
+#: sums of squares a column of the model may have: the engine's cross products (and their
+#: products with the covariance parameters) stay well inside double precision, whose range
+#: ends at 1.8e308 (overflow) and 2.2e-308 (loss of digits); lme4 returns an infinite
+#: criterion or a wrong fit outside it
+_SUMSQ_RANGE = (1e-290, 1e300)
+
+
+def _check_scale(M: np.ndarray, names: Sequence[str], what: str,
+                 weights: np.ndarray | None = None) -> None:
+    """Refuse columns whose (weighted) sum of squares leaves :data:`_SUMSQ_RANGE` (y times
+    1e200, a covariate in 1e-160 units): refused rather than rescaled, because every number
+    of the fit (log-likelihood constants, standard errors, profiles, predictions) would have
+    to be scaled back, and such units are almost always a mistake the user can fix."""
+    if M.size == 0:
+        return
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        ss = np.einsum("ij,ij->j", M, M) if weights is None else \
+            np.einsum("i,ij,ij->j", weights, M, M)
+    lo, hi = _SUMSQ_RANGE
+    # a sum of squares below the range (even 0, when the squares underflow) of a column that
+    # is not all zero
+    tiny = [j for j in np.flatnonzero(ss < lo) if np.abs(M[:, j]).max() > 0]
+    bad = sorted(set(np.flatnonzero(~(ss <= hi)).tolist()) | set(tiny))
+    if not bad:
+        return
+    j = int(bad[0])
+    big = np.abs(M[:, j]).max()
+    if j in tiny:
+        raise DataError(f"{what} '{names[j]}' has values no larger than {big:.3g}: too small to "
+                        f"square in double precision; rescale it (e.g. multiply it by "
+                        f"{10.0 ** -np.floor(np.log10(big)):.0e})")
+    raise DataError(f"{what} '{names[j]}' has values up to {big:.3g}: too large to square in "
+                    f"double precision; rescale it (e.g. divide it by "
+                    f"{10.0 ** np.floor(np.log10(max(big, 1.0))):.0e})")
 
 
 def _check_reterms(reterms: list[ReTerm], n: int, family: str) -> None:

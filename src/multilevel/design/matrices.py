@@ -7,7 +7,8 @@ and for each random-effect term: a :class:`ColumnPlan` (per term R's ``TermCode`
 column names ``a2:b2`` with the first variable varying fastest, ``assign``) is made once from a
 :class:`~multilevel.design.variables.Scope` and filled for the fitting rows or for new data by
 :func:`fill_columns`. :func:`rank_keep` is R's LINPACK rule for dropping aliased columns.
-Imports only :mod:`multilevel.design.variables` among the design modules.
+Imports :mod:`multilevel.design.variables` and :mod:`multilevel.design.contrasts` (the type
+of a plan's contrasts) among the design modules.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from multilevel.design.contrasts import Contrast
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError
 
@@ -35,7 +37,9 @@ class ColumnPlan:
     # per column: (variable key, sub-column or level), or (key, j, "contrast") for column j
     # of the factor's contrast matrix (other than treatment coding, which compares levels)
     columns: list[list[tuple]]
-    contrasts: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (k, m) matrix
+    # key -> its Contrast, whose (k, m) matrix is made when the columns are filled (after
+    # the size of the model matrix was checked)
+    contrasts: dict[str, Contrast] = field(default_factory=dict)
 
 
 def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
@@ -67,7 +71,7 @@ def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
     names: list[str] = []
     assign: list[int] = []
     columns: list[list[tuple]] = []
-    contrasts: dict[str, np.ndarray] = {}
+    contrasts: dict[str, Contrast] = {}
     if mt.intercept:
         names.append(intercept_name)
         assign.append(0)
@@ -84,7 +88,7 @@ def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
                 con = var.contrast
                 if code == 1 and con is not None and not con.is_treatment:
                     # R's contrast matrix: one column per contrast, named by its suffix
-                    contrasts[key] = con.matrix
+                    contrasts[key] = con
                     blocks.append([(key, j, key + suf, "contrast")
                                    for j, suf in enumerate(con.columns)])
                     continue
@@ -125,7 +129,7 @@ def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
             key, sub = comp[0], comp[1]
             kind, data = values[key]
             if len(comp) > 2:  # a contrast column: the level's row of the contrast matrix
-                vec = plan.contrasts[key][data, sub]
+                vec = plan.contrasts[key].matrix[data, sub]
                 acc = vec if acc is None else acc * vec
                 continue
             vec = data[:, sub] if kind == "num" else (data == sub)

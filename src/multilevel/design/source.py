@@ -24,7 +24,8 @@ import pandas as pd
 from multilevel.errors import ColumnNotFoundError, DataError
 from multilevel.formula import format_r_number
 
-__all__ = ["DataSource", "Column", "level_label", "as_array", "column_not_found", "take_rows"]
+__all__ = ["DataSource", "Column", "level_label", "merge_same_labels", "as_array",
+           "column_not_found", "take_rows"]
 
 
 def level_label(value: Any) -> str:
@@ -39,14 +40,58 @@ def level_label(value: Any) -> str:
     return str(value)
 
 
+def merge_same_labels(codes: np.ndarray, labels: list[str], values: Sequence[Any] | None = None
+                      ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Merge levels whose labels are the same text, as R's ``factor()`` does (it converts to
+    character first: ``as.character(0.1 + 0.2)`` is ``"0.3"``, so 0.1 + 0.2 and 0.3 are one
+    level; so are ``1`` and ``"1"`` in one column). Returns the new codes, the labels (first
+    occurrence kept, so the level order stays) and one line per merged level for the warning;
+    ``values`` are the original values of ``labels``, to show what was merged.
+
+    >>> codes, labels, merged = merge_same_labels(np.array([0, 1, 2]), ["0.3", "0.3", "1"],
+    ...                                           [0.3, 0.1 + 0.2, 1.0])
+    >>> codes.tolist(), labels, merged
+    ([0, 0, 1], ['0.3', '1'], ['0.3 (from 0.3, 0.30000000000000004)'])
+    """
+    if len(set(labels)) == len(labels):
+        return codes, labels, []
+    first: dict[str, int] = {}
+    lut = np.empty(len(labels) + 1, dtype=np.int64)
+    lut[-1] = -1  # code -1 (missing) stays missing
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        lut[i] = first.setdefault(lab, len(first))
+        groups.setdefault(lab, []).append(i)
+    merged = []
+    for lab, idx in groups.items():
+        if len(idx) > 1:
+            shown = ", ".join(repr(values[i]) if values is not None and isinstance(values[i], str)
+                              else str(values[i]) if values is not None else lab for i in idx[:4])
+            merged.append(f"{lab} (from {shown}{', ...' if len(idx) > 4 else ''})")
+    return lut[codes].astype(np.asarray(codes).dtype if np.asarray(codes).dtype.kind == "i"
+                             else np.int64), list(first), merged
+
+
+def _complex_error(name: str) -> DataError:
+    return DataError(f"column '{name}' has complex numbers; a model needs real numbers (use its "
+                     f"real part, imaginary part or modulus as a column)")
+
+
 class Column:
     """One data column, classified once (numeric / bool / categorical / string) with cached
-    numeric values, missing-value mask and factor coding."""
+    numeric values, missing-value mask and factor coding.
+
+    Complex numbers are refused (a model needs real numbers; casting would silently drop the
+    imaginary part). ``merged`` lists the levels that :meth:`factor` merged because different
+    values have the same text (see :func:`merge_same_labels`)."""
 
     def __init__(self, name: str, values: Any):
         self.name = name
         s = values if isinstance(values, pd.Series) else pd.Series(as_array(values), copy=False)
         self.series = s
+        if pd.api.types.is_complex_dtype(s.dtype):
+            raise _complex_error(name)
+        self.merged: list[str] = []
         self._factor: tuple[np.ndarray, list[str]] | None = None
         self._numeric: np.ndarray | None = None
         self._na: np.ndarray | None | bool = False  # False = not computed yet
@@ -61,11 +106,16 @@ class Column:
             self.kind = "numeric"
         elif pd.api.types.is_string_dtype(dt) or dt == object:
             inferred = pd.api.types.infer_dtype(s, skipna=True)
+            if inferred == "complex" or (inferred.startswith("mixed") and any(
+                    isinstance(v, (complex, np.complexfloating)) for v in s.to_numpy())):
+                raise _complex_error(name)
             if inferred == "boolean":
                 self.kind = "bool"
             elif inferred in ("integer", "floating", "mixed-integer-float", "decimal", "empty"):
                 self.kind = "numeric"
                 self.series = pd.to_numeric(s)
+                if pd.api.types.is_complex_dtype(self.series.dtype):
+                    raise _complex_error(name)
             else:
                 self.kind = "string"
         else:
@@ -106,6 +156,9 @@ class Column:
             if self.series.dtype == bool:
                 return self.series.to_numpy()
             return self.numeric()
+        if self.kind == "other":
+            raise DataError(f"column '{self.name}' ({self.describe()}) cannot be used in a model; "
+                            f"convert it to numbers (e.g. days since a date) or to text")
         codes, labels = self.factor()
         lab = np.asarray(labels + [None], dtype=object)
         return lab[codes]
@@ -162,16 +215,32 @@ class Column:
             elif self.kind == "string":
                 # hashing a numpy object array is faster than the string extension array
                 vals = s.to_numpy()
-                try:
+                if pd.api.types.infer_dtype(s, skipna=True) == "string":
                     codes, uniq = pd.factorize(vals, sort=True)
-                except TypeError:  # mixed types cannot be sorted: compare as text
-                    na = s.isna().to_numpy()
-                    txt = np.where(na, None, s.astype(str).to_numpy(dtype=object))
-                    codes, uniq = pd.factorize(txt, sort=True)
-                labels = [u if isinstance(u, str) else str(u) for u in np.asarray(uniq).tolist()]
+                    labels = list(np.asarray(uniq).tolist())
+                else:
+                    # mixed types (1 and "1", text and numbers): R's factor() of such a
+                    # column sorts the text of each value (as.character), so values with
+                    # the same text are one level
+                    raw_codes, raw_uniq = pd.factorize(vals)
+                    raw_labels = [level_label(u) for u in raw_uniq.tolist()]
+                    raw_codes, text, self.merged = merge_same_labels(raw_codes, raw_labels,
+                                                                     raw_uniq.tolist())
+                    order = np.argsort(np.asarray(text, dtype=object), kind="stable")
+                    rank = np.empty(len(text) + 1, dtype=np.int64)
+                    rank[order] = np.arange(len(text))
+                    rank[-1] = -1
+                    codes = rank[raw_codes]
+                    labels = [text[i] for i in order]
             else:
                 raise DataError(f"column '{self.name}' ({self.describe()}) cannot be used as a "
-                                f"factor")
+                                f"factor or grouping variable; convert it to text or numbers "
+                                f"first")
+            if self.kind in ("numeric", "categorical"):
+                # 0.1 + 0.2 and 0.3 (R prints both as 0.3), categories 1 and "1"
+                originals = (s.cat.categories if self.kind == "categorical" else uniq).tolist()
+                codes, labels, self.merged = merge_same_labels(np.asarray(codes), labels,
+                                                               originals)
             self._factor = (np.asarray(codes), labels)
         return self._factor
 
@@ -239,6 +308,11 @@ class DataSource:
 
     def __contains__(self, name: str) -> bool:
         return name in self.names
+
+    def merged_levels(self) -> dict[str, list[str]]:
+        """Columns read so far whose factor coding merged values with the same text
+        (column -> one line per merged level; see :func:`merge_same_labels`)."""
+        return {name: col.merged for name, col in self._cache.items() if col.merged}
 
     def column(self, name: str) -> Column:
         col = self._cache.get(name)

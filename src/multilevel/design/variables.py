@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from multilevel.design.contrasts import Contrast, contrast_for
-from multilevel.design.source import DataSource, column_not_found, level_label, take_rows
+from multilevel.design.source import (DataSource, column_not_found, level_label,
+                                      merge_same_labels, take_rows)
 from multilevel.errors import DataError, FormulaError, ModelSpecError
 from multilevel.formula import (Call, ModelTerms, Name, Node, NumericExpressions, Num, Paren, Str,
-                                deparse, format_r_number, is_logical)
+                                deparse, format_r_number, is_logical, names_in)
 from multilevel.formula._model import CONSTANTS
 
 __all__ = ["Variable", "Scope", "strip_parens", "drop_unused"]
@@ -90,6 +91,8 @@ class Scope:
         self.terms = terms
         self.text = text
         self.vars: dict[str, Variable] = {}
+        #: factor expressions whose values with the same text were merged (key -> levels)
+        self.merged: dict[str, list[str]] = {}
         # the normalized contrasts= argument (design/contrasts.py); only the fixed part has one
         self.contrasts: dict[str, Any] = dict(contrasts or {})
         expr_nodes: list[Node] = []
@@ -156,6 +159,10 @@ class Scope:
             if n.func == "relevel" and v.relevel_ref is None:
                 raise FormulaError("relevel() needs ref = \"level\"", self.text, n.pos)
             return v
+        if not any(nm.name in data for nm in names_in(node)):
+            # R: "variable lengths differ (found for 'pi')": one value is no column
+            raise FormulaError(f"'{key}' is a constant, not a variable of the data: it cannot "
+                               f"be a term of the model", self.text, node.pos)
         if is_logical(node):
             return Variable(key, node, "expr", expr=add_expr(node), is_factor=True, logical=True)
         return Variable(key, node, "expr", expr=add_expr(node))
@@ -249,6 +256,10 @@ class Scope:
             else:
                 codes, uniq = pd.factorize(vals, sort=True)
                 labels = [level_label(u) for u in uniq]
+                # factor(x / 10): values R prints the same are one level, as in R
+                codes, labels, merged = merge_same_labels(codes, labels, uniq.tolist())
+                if merged and fit:
+                    self.merged[v.key] = merged
         if fit:
             order = labels
             if v.explicit_levels is not None:

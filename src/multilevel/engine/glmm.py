@@ -264,22 +264,39 @@ def hessian_from_gradient(fg, x: np.ndarray, lower: np.ndarray, h: float = 1e-5,
     the ratio of third to second derivatives, ~1e-5 relative, well inside the
     finite-difference error of lme4's own Hessian; ``central`` for O(h^2) (2n gradients;
     forward for coordinates within h of a lower bound). lme4's ``deriv12`` needs 2 n^2
-    criterion values."""
+    criterion values.
+
+    Where the engine has no gradient at a stepped point (PIRLS failed there: a predictor in
+    units of 1e6 makes h a huge step in the linear predictor) the other one-sided difference
+    is used; a column with neither is NaN, which callers read as a Hessian that cannot be
+    used (not converged / ``hessian_not_pd``), never as a TypeError."""
     x = np.asarray(x, dtype=float)
     n = x.size
-    H = np.zeros((n, n))
-    if g0 is None:
-        g0 = fg(x, True)[1]
+    H = np.full((n, n), np.nan)
+
+    def grad(z: np.ndarray, jacobian: bool) -> np.ndarray | None:
+        g = fg(z, jacobian)[1]
+        return None if g is None or not np.all(np.isfinite(g)) else np.asarray(g, dtype=float)
+
+    if g0 is None or not np.all(np.isfinite(g0)):
+        g0 = grad(x, True)
+        if g0 is None:
+            return H
     for j in range(n):
         xp = x.copy()
         xp[j] += h
-        gp = fg(xp, False)[1]
+        gp = grad(xp, False)
+        gm = None
         if central and not (np.isfinite(lower[j]) and x[j] - h < lower[j]):
             xm = x.copy()
             xm[j] -= h
-            H[:, j] = (gp - fg(xm, False)[1]) / (2.0 * h)
-        else:
+            gm = grad(xm, False)
+        if gp is not None and gm is not None:
+            H[:, j] = (gp - gm) / (2.0 * h)
+        elif gp is not None:
             H[:, j] = (gp - g0) / h
+        elif gm is not None:
+            H[:, j] = (g0 - gm) / h
     return 0.5 * (H + H.T)
 
 
@@ -326,6 +343,8 @@ def newton_fd(fg, x0: np.ndarray, lower: np.ndarray, *, h: float = 1e-5, dec_tol
         if H is None:
             H = hessian_from_gradient(call, x, lower, h, g0=g)
             fresh = True
+            if not np.all(np.isfinite(H)):  # no gradient around x: leave it to BOBYQA
+                return NewtonResult(x, f, g, None, np.inf, nev[0], False, log)
         at_bound = np.isfinite(lower) & (x <= lower)
         free = ~(at_bound & (g > 0))
         step = np.zeros_like(x)

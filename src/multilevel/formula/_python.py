@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from multilevel.errors import DataError, FormulaError
+from multilevel.errors import DataError, FormulaError, MultilevelError
 from multilevel.formula._centering import CENTERING_TRANSFORMS
 from multilevel.formula._transforms import R_TRANSFORMS
 from multilevel.formula._rsyntax import BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse, names_in
@@ -51,11 +51,16 @@ def is_logical(node: Node) -> bool:
     return False
 
 
-def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") -> str:
+def to_python(node: Node, alias: Callable[[str], str | None], text: str = "",
+              strings: dict[str, str] | None = None) -> str:
     """Translate an R expression into Python code for formulaic.
 
     ``alias(name)`` gives the Python name of a data column (None if the name is no column, in
-    which case R's constants ``TRUE``, ``pi``... are recognised).
+    which case R's constants ``TRUE``, ``pi``... are recognised). ``strings``, if given,
+    receives the expression's string literals under placeholder names (``_ml_str0``, ...)
+    that the code uses instead of the literals: the text of a literal then never reaches
+    formulaic's or Python's parser (a backtick or ``))}`` inside it would end the code
+    early); the caller passes the dict to the evaluation as variables.
 
     >>> from multilevel.formula import parse_expression
     >>> to_python(parse_expression("I(age^2)"), lambda n: n)
@@ -76,7 +81,11 @@ def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") ->
             # R numbers are doubles: 2 ** -1 must not be integer arithmetic
             return repr(float(n.value))
         if isinstance(n, Str):
-            return repr(n.value)
+            if strings is None:
+                return repr(n.value)
+            name = f"_ml_str{len(strings)}"
+            strings[name] = n.value
+            return name
         if isinstance(n, Paren):
             return f"({tr(n.inner)})"
         if isinstance(n, Unary):
@@ -161,6 +170,14 @@ def to_python(node: Node, alias: Callable[[str], str | None], text: str = "") ->
             m = positional(n, ["test", "yes", "no"], {})
             if any(k not in m for k in ("test", "yes", "no")):
                 raise fail("ifelse() needs test, yes and no", n)
+            for k in ("yes", "no"):
+                v = m[k]
+                while isinstance(v, Paren):
+                    v = v.inner
+                if isinstance(v, Str):
+                    raise FormulaError(f"ifelse(): the {k} value {deparse(v)} is text; here "
+                                       f"ifelse() gives numbers (for a factor, add the column "
+                                       f"to the data)", text or None, v.pos if text else None)
             return f"np.where({tr(m['test'])}, {tr(m['yes'])}, {tr(m['no'])})"
         if f == "scale":
             m = positional(n, ["x", "center", "scale"], {"center": None, "scale": None})
@@ -289,6 +306,7 @@ class NumericExpressions:
         self.spec = None                        # formulaic ModelSpec after fit()
         self.suffixes: list[list[str]] = []
         self._codes: list[str] = []
+        self._strings: dict[str, str] = {}      # string literals by placeholder (to_python)
         self.direct = False                     # evaluated by _direct (no formulaic spec)
 
     def _frame(self, data: Mapping[str, np.ndarray], n: int) -> pd.DataFrame:
@@ -312,21 +330,23 @@ class NumericExpressions:
             return direct
         # a data column wins over R's constant of the same name (T, F, pi), as in R
         self.columns = {nm: f"_v{i}" for i, nm in enumerate(x for x in self.names if x in data)}
-        self._codes = [to_python(node, self.columns.get, self.text) for node in self.nodes]
+        strings: dict[str, str] = {}
+        self._codes = [to_python(node, self.columns.get, self.text, strings) for node in self.nodes]
+        self._strings = strings
         formula = Formula("0 + " + " + ".join("{" + c + "}" for c in self._codes),
                           _ordering="none")
         try:
             # NaN / Inf from log(0) and the like are handled by the caller (rows dropped or
             # an error naming the expression), so numpy's warnings would only be noise
             with np.errstate(all="ignore"):
-                mm = model_matrix(formula, self._frame(data, n), context=_CONTEXT,
+                mm = model_matrix(formula, self._frame(data, n), context=self._context(),
                                   na_action="ignore", ensure_full_rank=False, output="numpy")
+            self.spec = mm.model_spec
+            return self._split(np.asarray(mm, dtype=np.float64), first=True)
         except FormulaError:
             raise
         except Exception as e:  # formulaic / numpy errors: name the R expression
-            raise DataError(f"cannot evaluate {self._which(e)}: {e}") from e
-        self.spec = mm.model_spec
-        return self._split(np.asarray(mm, dtype=np.float64), first=True)
+            raise self._failure(data, e, "") from e
 
     def transform(self, data: Mapping[str, np.ndarray], n: int | None = None) -> list[np.ndarray]:
         """Evaluate on new data with the state learned by :meth:`fit`."""
@@ -342,15 +362,39 @@ class NumericExpressions:
             return direct
         try:
             with np.errstate(all="ignore"):
-                mm = self.spec.get_model_matrix(self._frame(data, n), context=_CONTEXT,
+                mm = self.spec.get_model_matrix(self._frame(data, n), context=self._context(),
                                                 na_action="ignore")
+            return self._split(np.asarray(mm, dtype=np.float64), first=False)
         except Exception as e:
-            # formulaic wraps our transforms' errors; the innermost message is the useful one
-            root = e
-            while root.__cause__ is not None:
-                root = root.__cause__
-            raise DataError(f"cannot evaluate {self._which(e)} on the new data: {root}") from e
-        return self._split(np.asarray(mm, dtype=np.float64), first=False)
+            raise self._failure(data, e, " on the new data") from e
+
+    def _failure(self, data: Mapping[str, np.ndarray], e: Exception, where: str) -> DataError:
+        """The error of an expression that could not be evaluated, in R's terms: text columns
+        in arithmetic are named; otherwise the innermost cause (formulaic wraps our
+        transforms' errors, and its own message quotes the translated code)."""
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, MultilevelError):  # our transforms' own errors say it best
+            return DataError(f"cannot evaluate {self._which(e)}{where}: {root}")
+        # numpy's complaints about text where numbers were expected
+        about_text = isinstance(root, TypeError) or "str" in str(root)
+        text = [c for c in self.columns if c in data and np.asarray(data[c]).dtype.kind in "OUS"]
+        if text and about_text:
+            cols = ", ".join(f"'{c}'" for c in text)
+            return DataError(f"cannot evaluate {self._which(e)}{where}: column{'s' * (len(text) > 1)} "
+                             f"{cols} {'are' if len(text) > 1 else 'is'} text (or a factor), not "
+                             f"numbers")
+        strings = getattr(self, "_strings", {})
+        if strings and isinstance(root, (TypeError, ValueError)):
+            lits = ", ".join(repr(v) for v in strings.values())
+            return DataError(f"cannot evaluate {self._which(e)}{where}: the text {lits} is used "
+                             f"where a number is needed")
+        return DataError(f"cannot evaluate {self._which(e)}{where}: {root}")
+
+    def _context(self) -> dict:
+        # built per evaluation, not stored: the module objects in it do not pickle
+        return {**_CONTEXT, **getattr(self, "_strings", {})}
 
     def _which(self, e: Exception) -> str:
         keys = [deparse(n) for n in self.nodes]

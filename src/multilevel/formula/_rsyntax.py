@@ -217,11 +217,23 @@ def _binary_power(tok: _Tok) -> tuple[int, int] | None:
     return _BINARY.get(tok.text)
 
 
+#: deepest nesting of operators, parentheses and calls a formula may have. Every later stage
+#: (term algebra, deparse, translation for formulaic) walks the tree recursively, so a deeper
+#: tree would end in Python's RecursionError; 400 leaves room below Python's default limit of
+#: 1000 frames for the caller's own stack (a notebook, pytest). A chain ``a + b + c + ...``
+#: is one level per operator: up to about 400 terms.
+MAX_DEPTH = 400
+#: deepest nesting of parentheses, calls and prefix operators (the parser recurses three
+#: frames per level of these)
+MAX_NESTING = 100
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.toks = _tokenize(text)
         self.i = 0
+        self.depth = 0  # open parentheses, calls and prefix operators around the current token
 
     def peek(self) -> _Tok:
         return self.toks[self.i]
@@ -237,7 +249,12 @@ class _Parser:
     def parse_all(self) -> Node:
         if self.peek().kind == "END":
             raise self.fail("empty formula", 0)
-        node = self.expr(0)
+        try:
+            node = self.expr(0)
+        except RecursionError:  # e.g. a chain of ^ (right-associative: the parser recurses)
+            raise self.fail(f"the formula is nested too deeply (more than {MAX_DEPTH} levels of "
+                            f"operators)", self.peek().pos) from None
+        _check_depth(node, self.text)
         tok = self.peek()
         if tok.kind != "END":
             if tok.kind == "RPAREN":
@@ -273,6 +290,18 @@ class _Parser:
 
     def prefix(self) -> Node:
         tok = self.take()
+        self.depth += 1
+        try:
+            return self._prefix(tok)
+        finally:
+            self.depth -= 1
+
+    def _prefix(self, tok: _Tok) -> Node:
+        opens = tok.kind == "LPAREN" or (tok.kind == "OP" and tok.text in _PREFIX) or \
+            (tok.kind == "NAME" and self.peek().kind == "LPAREN")
+        if opens and self.depth > MAX_NESTING:
+            raise self.fail(f"the formula is nested too deeply (more than {MAX_NESTING} levels of "
+                            f"parentheses, calls and prefix operators)", tok.pos)
         if tok.kind == "NUM":
             txt = tok.text
             is_int = txt.endswith("L")
@@ -314,7 +343,8 @@ class _Parser:
             return Call(name_tok.pos, close.end, func=name_tok.text, args=args)
         while True:
             argname = None
-            t0, t1 = self.peek(), self.toks[self.i + 1]
+            t0 = self.peek()
+            t1 = self.toks[self.i + 1] if t0.kind != "END" else t0
             if t0.kind in ("NAME", "QNAME", "STR") and t1.kind == "EQ":
                 argname = t0.text
                 self.take()
@@ -336,6 +366,28 @@ class _Parser:
                 raise self.fail("unexpected '='", tok.pos)
             raise self.fail(f"unexpected {self._describe(tok)} in arguments of {name_tok.text}()",
                             tok.pos)
+
+
+def _check_depth(root: Node, text: str) -> None:
+    """Refuse a tree deeper than :data:`MAX_DEPTH` (long operator chains are built without
+    recursion by the parser, but every later stage recurses over them); iterative, so that
+    the check itself cannot overflow the stack."""
+    stack: list[tuple[Node, int]] = [(root, 1)]
+    while stack:
+        node, d = stack.pop()
+        if d > MAX_DEPTH:
+            raise FormulaError(f"the formula is nested too deeply (more than {MAX_DEPTH} levels of "
+                               f"operators, parentheses and calls; e.g. more than {MAX_DEPTH} "
+                               f"terms joined by '+'): split it or build the variable in the data",
+                               text, node.pos)
+        if isinstance(node, BinOp):
+            stack += [(node.left, d + 1), (node.right, d + 1)]
+        elif isinstance(node, Unary):
+            stack.append((node.operand, d + 1))
+        elif isinstance(node, Paren):
+            stack.append((node.inner, d + 1))
+        elif isinstance(node, Call):
+            stack += [(a.value, d + 1) for a in node.args]
 
 
 def parse_expression(text: str) -> Node:

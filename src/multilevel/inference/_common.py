@@ -46,6 +46,10 @@ def lmm_problem(fit: AnyFit, what: str):
         raise ModelSpecError(f"{what} is available for linear mixed models (lmer) only, "
                              f"not for a {getattr(fit, 'family', '?')} GLMM")
     prob = (fit.getme("problem") if isinstance(fit, MixedFit) else None)
+    if prob is None and isinstance(fit, LmmFit) and fit.sigma == 0:
+        raise ModelSpecError(f"{what} is not available for a perfect fit: the fixed effects "
+                             f"reproduce the response exactly (sigma = 0), so there is no "
+                             f"uncertainty to describe")
     if prob is None:
         raise MultilevelError(f"{what} needs a fit made by multilevel.lmer (it keeps the engine "
                               f"problem); this object has none")

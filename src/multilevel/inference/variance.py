@@ -97,9 +97,11 @@ def icc(fit: AnyFit, by_group: bool = False) -> pd.Series:
     vc = variance_components(fit)
     if by_group:
         tot = sum(vc["intercepts"].values()) + vc["residual"]
-        return pd.Series({g: v / tot for g, v in vc["intercepts"].items()}, name="icc")
+        return pd.Series({g: _ratio(v, tot) for g, v in vc["intercepts"].items()}, name="icc")
     r, e, f = vc["random"], vc["residual"], vc["fixed"]
-    return pd.Series({"adjusted": r / (r + e), "conditional": r / (f + r + e)}, name="icc")
+    # a perfect fit has no variance left: 0 / 0 is NaN, not an error
+    return pd.Series({"adjusted": _ratio(r, r + e), "conditional": _ratio(r, f + r + e)},
+                     name="icc")
 
 
 def r2(fit: AnyFit) -> pd.Series:
@@ -108,7 +110,7 @@ def r2(fit: AnyFit) -> pd.Series:
     ``conditional`` = (var_fixed + var_random) / total (fixed and random effects)."""
     vc = variance_components(fit)
     tot = vc["fixed"] + vc["random"] + vc["residual"]
-    return pd.Series({"marginal": vc["fixed"] / tot, "conditional": (vc["fixed"] + vc["random"]) / tot},
+    return pd.Series({"marginal": _ratio(vc["fixed"], tot), "conditional": _ratio(vc["fixed"] + vc["random"], tot)},
                      name="r2")
 
 
@@ -166,3 +168,7 @@ def design_effect(fit: AnyFit) -> pd.DataFrame:
         deff = 1 + (m - 1) * rho
         rows.append((g, ng[g], m, rho, deff, fit.nobs / deff))
     return pd.DataFrame(rows, columns=["group", "groups", "mean_size", "icc", "deff", "n_effective"]).set_index("group")
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a) / float(b) if b != 0 else float("nan")

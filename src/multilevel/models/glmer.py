@@ -188,7 +188,7 @@ def glmer(
                              f"leaves its dispersion out); use nagq=1 (Laplace)")
     ctrl = GlmerControl.from_user(control)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family=fam.name,
-                              contrasts=contrasts)
+                              contrasts=contrasts, max_dense_gib=ctrl.max_dense_gib)
     cbind = _is_cbind(frame)
     # the family owns its response rules (design only reads the response)
     resp_warnings = fam.check_response(frame.y, frame.weights, frame.factor_levels.get(frame.response),
@@ -204,7 +204,8 @@ def glmer(
     if fam.name == "binomial" and cbind and frame.weights is not None:
         uw = _user_weights_at(data, weights, frame.rows)
         ntrials = frame.weights if uw is None else np.where(uw > 0, frame.weights / np.where(uw > 0, uw, 1), 0.0)
-    problem = GlmmProblem(engine_input(frame), fam, nagq, ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
+    problem = GlmmProblem(engine_input(frame, max_cov_params=ctrl.max_cov_params), fam, nagq,
+                          ntrials, ctrl.pirls_tol, ctrl.pirls_maxit)
     weights_name = weights if isinstance(weights, str) else ("(prior weights)" if weights is not None else None)
     return _fit_problem(problem, frame, ctrl, resp_warnings, ntrials, weights_name, t_start,
                         theta_start=_theta_start, stacklevel=3)
@@ -395,6 +396,8 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             # central differences (lme4's step 1e-4) of the exact gradient: 2n gradients
             # instead of deriv12's 2 n^2 criterion values, the same O(h^2) accuracy
             f0, g = problem.devfun_grad_c(xopt)
+            if g is None:  # no gradient at the optimum (PIRLS failed): NaN, never None
+                g = np.full(xopt.size, np.nan)
             H = hessian_from_gradient(problem.devfun_grad_c, xopt, lower, 1e-4, g0=g, central=True)
         else:
             g, H = deriv12(crit, xopt, fx=fval, lower=lower)
@@ -405,7 +408,13 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
             gi = g[free]
             # the predicted gain of a Newton step (damped where H is not positive definite)
             dec = newton_step(g, H, free)[0]
-            if not np.isfinite(dec) or dec > ctrl.conv_tol:
+            if not (np.all(np.isfinite(H)) and np.all(np.isfinite(g))):
+                warns.append(FitWarning("not_converged",
+                                        "Model may not have converged: the derivatives at the "
+                                        "optimum could not be computed (PIRLS fails at points "
+                                        "next to it); predictors on very different scales? "
+                                        "Consider rescaling them"))
+            elif not np.isfinite(dec) or dec > ctrl.conv_tol:
                 warns.append(FitWarning("not_converged",
                                         f"Model may not have converged: a Newton step from the optimum "
                                         f"would lower the deviance by {dec:.2g} "

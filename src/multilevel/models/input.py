@@ -20,7 +20,7 @@ from multilevel.design import ModelFrame
 from multilevel.engine.input import EngineInput, TermInput
 from multilevel.errors import ModelSpecError
 
-__all__ = ["engine_input", "term_structures"]
+__all__ = ["engine_input", "term_structures", "check_cov_params"]
 
 
 def _check_ar1(rt) -> None:
@@ -62,13 +62,33 @@ def term_structures(frame: ModelFrame) -> list[Covariance]:
     return out
 
 
-def engine_input(frame: ModelFrame, y: np.ndarray | None = None) -> EngineInput:
-    """The arrays of ``frame`` for an engine (``y`` replaces the response if given)."""
+def check_cov_params(frame: ModelFrame, structures: list[Covariance], limit: int) -> None:
+    """Refuse more covariance parameters than ``limit`` (control ``max_cov_params``) before
+    the optimiser allocates its model of them: ``(0 + factor(k) | g)`` with 150 levels of k
+    has 11,325, which BOBYQA cannot search (its work and memory grow with their square)."""
+    counts = [cov.npar for cov in structures]
+    total = sum(counts)
+    if total > limit:
+        worst = max(range(len(counts)), key=counts.__getitem__)
+        rt = frame.reterms[worst]
+        raise ModelSpecError(f"the model has {total:,} covariance parameters, above the limit of "
+                             f"{limit:,} (control max_cov_params): ({rt.label or rt.group}) alone "
+                             f"has {counts[worst]:,} ({rt.n_terms} correlated columns); "
+                             f"uncorrelated terms, diag(... | g), or cs(... | g) need fewer")
+
+
+def engine_input(frame: ModelFrame, y: np.ndarray | None = None,
+                 max_cov_params: int | None = None) -> EngineInput:
+    """The arrays of ``frame`` for an engine (``y`` replaces the response if given);
+    ``max_cov_params``: refuse more covariance parameters (see :func:`check_cov_params`)."""
     factors: dict[str, int] = {}
+    structures = term_structures(frame)
+    if max_cov_params is not None:
+        check_cov_params(frame, structures, max_cov_params)
     terms = tuple(
         TermInput(refs=np.ascontiguousarray(rt.refs, dtype=np.uint32), Z=np.asarray(rt.Z, dtype=float),
                   n_levels=rt.n_levels, factor=factors.setdefault(rt.group, len(factors)), structure=cov)
-        for rt, cov in zip(frame.reterms, term_structures(frame)))
+        for rt, cov in zip(frame.reterms, structures))
     names = list(frame.fixef_names)
     return EngineInput(
         y=np.asarray(frame.y if y is None else y, dtype=float),

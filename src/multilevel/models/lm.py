@@ -51,8 +51,8 @@ def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None,
     frame = build_fixed_frame(formula, data, weights=weights, contrasts=contrasts)
     for rec in frame.warnings:
         # R's lm() is silent about dropped rows but warns, from model.matrix, when the
-        # response was on the right-hand side
-        if rec.code == "response_on_rhs":
+        # response was on the right-hand side; merged factor levels are our own warning
+        if rec.code in ("response_on_rhs", "levels_merged"):
             warnings.warn(rec.message, rec.category, stacklevel=2)
     codes = None
     if cluster is not None:

@@ -10,7 +10,7 @@ from multilevel.covariance import is_singular_theta
 from multilevel.models.input import engine_input
 from multilevel.engine.lmm import LmmProblem, fit_theta
 from multilevel.models._arguments import r_arguments
-from multilevel.errors import FitError, ModelSpecError, singular_warning
+from multilevel.errors import FitError, FitWarning, ModelSpecError, singular_warning
 from multilevel.models._warn import issue
 from multilevel.results.lmm import LmmFit
 
@@ -78,10 +78,29 @@ def lmer(
         raise ModelSpecError(f"reml must be True (REML) or False (maximum likelihood), not {reml!r}")
     reml = bool(reml)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
-                              contrasts=contrasts)
-    problem = LmmProblem(engine_input(frame), reml)
+                              contrasts=contrasts, max_dense_gib=ctrl.max_dense_gib)
+    n, p = frame.X.shape
+    if reml and n <= p:
+        # lme4: "objective in x0 returns NA" (REML has n - p = 0 residual degrees of freedom)
+        raise ModelSpecError(f"REML needs more observations than fixed effects: {n} observations "
+                             f"and {p} estimable fixed-effect columns; fit by maximum likelihood "
+                             f"(reml=False) or with fewer fixed effects")
+    problem = LmmProblem(engine_input(frame, max_cov_params=ctrl.max_cov_params), reml)
+    # a response the fixed effects reproduce exactly (y in the span of X): the factorisation
+    # fails at every theta; the start's objective is the optimiser's first evaluation, which
+    # the engine keeps, so the check costs nothing
+    if not np.isfinite(problem.objective(problem.theta0)):
+        exact = _exact_beta(frame, np.inf)
+        if exact is None:
+            raise FitError("the fit failed: the mixed-model equations are singular at the start "
+                           "(the block of the fixed effects and the response is not positive "
+                           "definite)")
+        return _perfect_fit(frame, problem, exact, reml, ctrl, weights)
     theta, fval, optinfo, warns = fit_theta(problem, ctrl)
     sol = problem.solution(theta)
+    exact = _exact_beta(frame, sol["pwrss"])  # or the residuals are rounding noise
+    if exact is not None:
+        return _perfect_fit(frame, problem, exact, reml, ctrl, weights)
     if not np.isfinite(sol["objective"]):
         raise FitError("the fit failed: the objective is not finite at the estimate")
     sigma = sol["sigma"]
@@ -112,3 +131,63 @@ def lmer(
         singular_tol=ctrl.singular_tol,
     )
     return fit
+
+
+def _exact_beta(frame, pwrss: float) -> np.ndarray | None:
+    """The fixed effects when y lies in the span of X (a constant response, y = 2x + 1, as
+    many estimable columns as rows), else None. ``pwrss``: the engine's penalised RSS (inf
+    where its factorisation failed, as it does at every theta for an exact zero residual);
+    its cross products lose half the digits, so an exact fit shows as ~1e-16 of the sum of
+    squares, which least squares on X (QR, accurate to rounding) then confirms."""
+    y = frame.y if frame.offset is None else frame.y - frame.offset
+    w = frame.weights
+    if np.isfinite(pwrss):
+        yc = y - (np.average(y, weights=w) if frame.has_intercept else 0.0)
+        ss = float(np.dot(yc * (1.0 if w is None else w), yc))
+        if ss > 0 and pwrss > 1e-10 * ss:
+            return None
+    X = frame.X
+    sw = None if w is None else np.sqrt(w)
+    Xw, yw = (X, y) if sw is None else (X * sw[:, None], y * sw)
+    beta = np.linalg.lstsq(Xw, yw, rcond=None)[0] if X.shape[1] else np.zeros(0)
+    resid = float(np.linalg.norm(yw - Xw @ beta))
+    if resid > 1e-10 * max(float(np.linalg.norm(yw)), np.finfo(float).tiny):
+        return None
+    return beta
+
+
+def _perfect_fit(frame, problem: LmmProblem, beta: np.ndarray, reml: bool, ctrl: LmerControl,
+                 weights: Any) -> LmmFit:
+    """The fit of a response that the fixed effects reproduce exactly (zero residuals).
+
+    The likelihood is unbounded (sigma -> 0), so there is no optimum to search: the limit is
+    beta from least squares, sigma = 0, every random-effect variance 0 (theta = 0, a singular
+    fit), b = 0, standard errors 0 and log-likelihood +Inf. lme4 fits the same model and
+    reports rounding noise of that limit (sigma ~ 1e-16, a REML criterion of -4000, "Model
+    failed to converge"); here the numbers are exact and the warning names the cause."""
+    from multilevel.results.lmm import LmmFit
+
+    X = frame.X
+    y = frame.y if frame.offset is None else frame.y - frame.offset
+    what = ("the response is constant" if np.ptp(y) == 0 else
+            "the response is an exact linear function of the fixed effects")
+    records = list(frame.warnings) + [
+        FitWarning("perfect_fit", f"{what} (every residual is 0): sigma and every random-effect "
+                                  f"variance are 0 and the log-likelihood is infinite"),
+        singular_warning()]
+    messages = issue(records, ctrl, stacklevel=3)
+    rts = frame.reterms
+    p = X.shape[1]
+    return LmmFit(
+        frame=frame, reml=reml, theta=np.zeros_like(problem.theta0), beta=beta,
+        vcov=np.zeros((p, p)), sigma=0.0,
+        b=[np.zeros((rt.n_levels, rt.n_terms)) for rt in rts],
+        condvar=[np.zeros((rt.n_levels, rt.n_terms, rt.n_terms)) for rt in rts],
+        loglik=np.inf, deviance_ml=-np.inf, reml_criterion=-np.inf if reml else None,
+        fitted=X @ beta + (0.0 if frame.offset is None else frame.offset), converged=False,
+        warnings=messages,
+        optinfo={"optimizer": "none", "feval": 0, "code": 0,
+                 "message": "perfect fit: the likelihood is unbounded, nothing to optimise",
+                 "fit_log": [], "messages": list(messages), "time": 0.0},
+        weights_name=weights if isinstance(weights, str) else None,
+        problem=None, singular_tol=ctrl.singular_tol)

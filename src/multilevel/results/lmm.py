@@ -177,7 +177,8 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
         elif type != "response":
             raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
         if scaled:
-            r = r / self._sigma
+            with np.errstate(invalid="ignore"):  # 0 / 0 of a perfect fit (sigma = 0): NaN
+                r = r / self._sigma
         return pd.Series(r, index=self._row_index(), name="residuals")
 
     def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
