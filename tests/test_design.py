@@ -699,7 +699,7 @@ def test_design_modules_form_a_layered_dag():
             if len(parts) >= 2 and parts[1] == "design":
                 assert len(parts) == 3 and parts[2] in DESIGN_ORDER[:k], (name, mod)
             else:
-                assert len(parts) >= 2 and parts[1] in ("formula", "errors", "control"), \
+                assert len(parts) >= 2 and parts[1] in ("formula", "errors", "control", "_blas"), \
                     (name, mod)
 
 
@@ -778,3 +778,20 @@ def _timed(fn, time):
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def test_frame_sized_dense_algebra_runs_on_one_blas_thread():
+    """OpenBLAS threads cost multiples on a loaded machine for frame-sized QR (the
+    no-pooling lm of hsb: 0.2 s on one thread, up to 4 s on two): _blas keeps them at one,
+    and leaves big problems threaded."""
+    from threadpoolctl import threadpool_info
+
+    from multilevel._blas import one_thread
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with one_thread(7185, 322):
+        assert blas_threads() == {1}
+    with one_thread(10**8, 10**3):  # 1e14 flops: the library's own threading
+        assert blas_threads() == blas_threads()

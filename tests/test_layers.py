@@ -28,7 +28,7 @@ PKG = Path(multilevel.__file__).resolve().parent
 
 #: layer of each top-level name inside the package (the rank orders them, ties are one layer)
 LAYERS: dict[str, int] = {
-    "errors": 0, "control": 0, "_core": 0,
+    "errors": 0, "control": 0, "_core": 0, "_blas": 0,
     "formula": 1,
     "design": 2,
     "covariance": 3, "families": 3,

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from multilevel._blas import one_thread
+
 from multilevel.design.contrasts import Contrast
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError
@@ -142,6 +144,13 @@ def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
 
 
 def rank_keep(X: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Columns kept by R's LINPACK rule (see ``_rank_keep``), on one BLAS thread for a
+    frame-sized X (``multilevel._blas``)."""
+    with one_thread(*X.shape):
+        return _rank_keep(X, tol)
+
+
+def _rank_keep(X: np.ndarray, tol: float = 1e-7) -> list[int]:
     """Columns kept by R's LINPACK rule (``qr(X, tol = 1e-7, LAPACK = FALSE)``): left to
     right, a column is dropped when its residual norm after projection on the earlier
     columns is below ``tol`` times its own norm.

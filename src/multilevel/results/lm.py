@@ -30,6 +30,8 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from multilevel._blas import one_thread
 import pandas as pd
 
 from multilevel.design import ModelFrame, rank_keep
@@ -86,7 +88,9 @@ class LmFit(LmMethods, FitBase):
         self.weights_name = weights_name
         self.cluster = cluster
         self._warnings = [m for m in frame.warnings if getattr(m, "code", None) != "rank_deficient"]
-        self._fit(cluster_codes)
+        # (one BLAS thread for frame-sized dense algebra: multilevel._blas)
+        with one_thread(*self.frame.X.shape):
+            self._fit(cluster_codes)
 
     # -- estimation --------------------------------------------------------------------------
 
