@@ -795,3 +795,14 @@ def test_frame_sized_dense_algebra_runs_on_one_blas_thread():
         assert blas_threads() == {1}
     with one_thread(10**8, 10**3):  # 1e14 flops: the library's own threading
         assert blas_threads() == blas_threads()
+
+
+def test_small_fits_do_not_switch_blas_threads():
+    """Switching costs about a millisecond (more than a small fit): below 1e8 flops the
+    threads are left alone."""
+    import contextlib
+
+    from multilevel._blas import one_thread
+
+    assert isinstance(one_thread(180, 2), contextlib.nullcontext)
+    assert not isinstance(one_thread(7185, 322), contextlib.nullcontext)

@@ -65,10 +65,15 @@ def r_arguments(**aliases: str) -> Callable[[F], F]:
                                         f"spelling of {ours}, give one of them")
                 kwargs[ours] = kwargs.pop(key)
             try:
-                sig.bind(*args, **kwargs)
-            except TypeError as e:  # missing or repeated arguments: name them in our error
-                raise ArgumentError(f"{name}(): {e}") from None
-            return fn(*args, **kwargs)
+                return fn(*args, **kwargs)
+            except TypeError:
+                # missing or repeated arguments: name them in our error (bound only after a
+                # TypeError: binding every call costs more than a small fit can spare)
+                try:
+                    sig.bind(*args, **kwargs)
+                except TypeError as e:
+                    raise ArgumentError(f"{name}(): {e}") from None
+                raise
 
         return wrapper  # type: ignore[return-value]
 
