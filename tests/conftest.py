@@ -156,3 +156,21 @@ def isclose_none(a: float | None, b: float | None, tol: float) -> bool:
 
 def as_array(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=float)
+
+
+# -- shared fixtures -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sleep():
+    """The sleepstudy data (modules that need their own variant define their own)."""
+    from multilevel.datasets import load
+
+    return load("sleepstudy")
+
+
+@pytest.fixture(scope="module")
+def sleep_fit(sleep):
+    """lme4's classic ``Reaction ~ Days + (Days | Subject)`` (REML)."""
+    import multilevel as ml
+
+    return ml.lmer("Reaction ~ Days + (Days | Subject)", sleep)

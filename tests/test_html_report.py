@@ -73,7 +73,7 @@ def test_comparison_section(report):
 
 
 def test_missing_tools_and_failures_give_visible_notes(monkeypatch):
-    from multilevel import plots
+    from multilevel.report import plots  # the module the report draws with
 
     def boom(*a, **k):
         raise RuntimeError("kaput")

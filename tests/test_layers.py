@@ -38,6 +38,8 @@ LAYERS: dict[str, int] = {
     "inference": 7,
     "toolkit": 8,
     "report": 9,
+    # the public name of report.plots (multilevel/plots.py re-exports it)
+    "plots": 9,
     # bundled example data and simulators: imports only errors, so any layer may use it
     "datasets": 0,
     # the package's front (multilevel/__init__.py) re-exports the public names; the app (the

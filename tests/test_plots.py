@@ -488,3 +488,14 @@ def test_docstring_examples():
 
     result = doctest.testmod(plots, extraglobs={"ml": ml}, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_readme_import_of_plots_works():
+    """``from multilevel.plots import plot_pooling`` (the README's line) failed after the
+    layered rebuild moved the drawing code to report/plots.py; ml.plots is the same module."""
+    import multilevel as ml
+    from multilevel.plots import plot_caterpillar, plot_pooling
+    from multilevel.report import plots as report_plots
+
+    assert plot_pooling is report_plots.plot_pooling and plot_caterpillar is report_plots.plot_caterpillar
+    assert ml.plots.plot_pooling is report_plots.plot_pooling

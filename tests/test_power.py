@@ -20,15 +20,7 @@ from multilevel.datasets import load
 from multilevel.errors import ModelSpecError
 from multilevel.toolkit.extend import extend_input, extend_rows
 
-
-@pytest.fixture(scope="module")
-def sleep():
-    return load("sleepstudy")
-
-
-@pytest.fixture(scope="module")
-def sleep_fit(sleep):
-    return ml.lmer("Reaction ~ Days + (Days | Subject)", sleep)
+# sleep, sleep_fit: conftest.py
 
 
 def _balanced(beta_w: float, J: int = 20, n: int = 10, tau: float = 1.0, sigma: float = 2.0):

@@ -15,15 +15,7 @@ import pytest
 import multilevel as ml
 from multilevel.datasets import load
 
-
-@pytest.fixture(scope="module")
-def sleep():
-    return load("sleepstudy")
-
-
-@pytest.fixture(scope="module")
-def sleep_fit(sleep):
-    return ml.lmer("Reaction ~ Days + (Days | Subject)", sleep)
+# sleep, sleep_fit: conftest.py
 
 
 # --- 1. lmerTest's summary ----------------------------------------------------------------

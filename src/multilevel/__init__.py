@@ -111,7 +111,7 @@ _LAZY: dict[str, str] = {
     "GlmerControl": "multilevel.control",
 }
 #: attributes that are modules: ``ml.datasets.load``, ``ml.plots`` (matplotlib)
-_LAZY_MODULES: dict[str, str] = {"datasets": "multilevel.datasets", "plots": "multilevel.report.plots"}
+_LAZY_MODULES: dict[str, str] = {"datasets": "multilevel.datasets", "plots": "multilevel.plots"}
 
 
 def _wire_methods() -> None:
