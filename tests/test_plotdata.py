@@ -471,3 +471,26 @@ def test_profile_curves_and_limits(sleep_fit):
     assert len(given["limits"]) == 0 and given.meta["z"] == pytest.approx(norm.ppf(0.95))
     with pytest.raises(ml.MultilevelError, match="profile: must be"):
         profile_data(sleep_fit, profile=[1, 2])
+
+
+def test_profile_curve_limits_match_lme4_and_exact(sleep_fit):
+    # limits="curve" reads the interval ends off the traced ζ curves (as lme4's confint of a
+    # profile does); they must agree with lme4 and with the root-finding limits
+    ref = load_case("sleepstudy_slope_reml")["results"]["profile_ci_95"]
+    curve = profile_data(sleep_fit, limits="curve")["limits"].set_index("parameter")
+    exact = profile_data(sleep_fit)["limits"].set_index("parameter")
+    assert list(curve.index) == ["sd_(Intercept)|Subject", "sd_Days|Subject", "sigma"]
+    for nm in curve.index:
+        np.testing.assert_allclose(curve.loc[nm].to_numpy(float), ref[nm], rtol=2e-3)
+        np.testing.assert_allclose(curve.loc[nm].to_numpy(float), exact.loc[nm].to_numpy(float), rtol=2e-3)
+    with pytest.raises(ml.MultilevelError, match="limits"):
+        profile_data(sleep_fit, limits="spline")
+
+
+def test_profile_curve_limits_boundary():
+    # pastes: the batch SD's profile stays above -1.96 all the way down to 0 -> lower limit 0
+    fit = ml.lmer("strength ~ 1 + (1 | batch/cask)", load("pastes"))
+    ref = load_case("pastes_nested_reml")["results"]["profile_ci_95"]
+    lim = profile_data(fit, limits="curve")["limits"].set_index("parameter")
+    lo, hi = lim.loc["sd_(Intercept)|batch"]
+    assert lo == 0.0 and hi == pytest.approx(ref["sd_(Intercept)|batch"][1], rel=3e-3)

@@ -445,7 +445,8 @@ def _model_section(i: int, fit: AnyFit, df: pd.DataFrame, dpi: int, max_effects:
         else:
             prog.step(f"profiles of model {i}")
             parts.append(_call_section("profile", lambda: _figure_html(
-                plots.plot_profile(fit), "Likelihood profiles (ζ) of the parameters (ML, as lme4's profile); "
+                plots.plot_profile(fit, limits="curve"),
+                "Likelihood profiles (ζ) of the parameters (ML, as lme4's profile); "
                 "dotted lines at ±1.96 mark the 95% profile limits", dpi)))
     return "".join(parts)
 

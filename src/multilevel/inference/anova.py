@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+# scipy.special's chi-squared tail, not scipy.stats.chi2 (the same function, 0.4 s less to import)
+from scipy import special
 
 from multilevel.errors import MultilevelError, RemlComparisonWarning
 from multilevel.inference._common import is_lmm, ml_state
@@ -170,7 +171,7 @@ def anova(*fits: AnyFit, refit: bool = True, names: Sequence[str] | None = None)
             df = k - prev[1]
             row["Chisq"] = chisq
             row["Df"] = df
-            row["Pr(>Chisq)"] = float(stats.chi2.sf(chisq, df)) if df != 0 else np.nan
+            row["Pr(>Chisq)"] = float(special.chdtrc(df, chisq)) if df != 0 else np.nan
         rows.append(row)
         prev = (ll, k)
     table = AnovaTable(pd.DataFrame(rows, index=pd.Index([names[i] for i in order], name="model")))

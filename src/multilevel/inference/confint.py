@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import nlopt
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize, special
 
 from multilevel.results.mixed import MixedFit
 from multilevel.errors import ModelSpecError, MultilevelError
@@ -66,7 +66,7 @@ def _param_names(fit: AnyFit) -> tuple[list[str], list[str]]:
 def wald_intervals(fit: AnyFit, level: float = 0.95) -> pd.DataFrame:
     """lme4's ``confint(fit, method = "Wald")``: NaN for the variance parameters."""
     vnames, fnames = _param_names(fit)
-    z = stats.norm.ppf(0.5 + level / 2.0)
+    z = special.ndtri(0.5 + level / 2.0)
     beta = np.asarray(fit.fixef, float)
     se = np.asarray(fit.se, float)
     lo = np.concatenate([np.full(len(vnames), np.nan), beta - z * se])
@@ -323,7 +323,7 @@ def _lmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> ProfileR
         return sol["ldl2"] + sol["pwrss"] / s2 + n * math.log(two_pi * s2) - logw
 
     base = st.objective
-    z = stats.norm.ppf(0.5 + level / 2.0)
+    z = special.ndtri(0.5 + level / 2.0)
     rows: dict[str, tuple[float, float]] = {}
     nv = opt_v.size
     want = set(which) if which is not None else None
@@ -440,7 +440,7 @@ def _glmm_profile(fit: AnyFit, level: float, which: list[str] | None) -> Profile
         return prob.devfun(np.concatenate([th, pars[nv:]]))
 
     base = dd(opt)
-    z = stats.norm.ppf(0.5 + level / 2.0)
+    z = special.ndtri(0.5 + level / 2.0)
     se = np.asarray(fit.se, float)
     names = vnames + fnames
     want = set(which) if which is not None else None
@@ -625,7 +625,7 @@ def predict_interval(fit: AnyFit, newdata: Any, interval: str = "confidence", le
                         var = var + np.einsum("ij,jk,ik->i", Z, covs[k], Z)
         var = var + float(fit.getme("sigma")) ** 2
     se = np.sqrt(var)
-    zq = stats.norm.ppf(0.5 + level / 2.0)
+    zq = special.ndtri(0.5 + level / 2.0)
     index = newdata.index if isinstance(newdata, pd.DataFrame) and len(newdata.index) == len(pred) else None
     return pd.DataFrame({"fit": pred, "se": se, "lwr": pred - zq * se, "upr": pred + zq * se}, index=index)
 
@@ -663,8 +663,10 @@ def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, p
     res = bobyqa(prob.ml_deviance, np.asarray(fit.theta, dtype=float), lower, opts)
     theta_ml, dev_ml = res.x.copy(), float(res.fun)
 
+    core = prob.core  # the compiled solution alone: the profile needs only PWRSS and log|L|²
+
     def pieces(theta: np.ndarray) -> tuple[float, float]:
-        sol = prob.solution(np.asarray(theta, dtype=float))
+        sol = core.solution(np.ascontiguousarray(theta, dtype=float), False)
         return float(sol["pwrss"]), float(sol["ldl2"])
 
     def row_norm(theta: np.ndarray, k: int, j: int) -> float:
@@ -703,10 +705,12 @@ def profile_sd(fit: AnyFit, zmax: float = 2.6, npoints: int = 12) -> dict[str, p
                 rows.append((s, zeta))
                 if abs(zeta) >= zmax or s < 1e-3 * s_hat:
                     break
-                # aim for steps of about zmax / npoints in zeta
+                # aim for steps of about zmax / npoints in zeta; where the profile is flat
+                # (an SD whose deviance hardly changes on the way to 0) steps of up to a
+                # factor e^1.5 reach the boundary in a few fits instead of a dozen
                 slope = abs(zeta) / abs(logs - math.log(s_hat))
                 if slope > 0:
-                    h = float(np.clip((zmax / npoints) / slope, 0.02, 0.6))
+                    h = float(np.clip((zmax / npoints) / slope, 0.02, 1.5))
         rows.sort()
         out[name] = pd.DataFrame(rows, columns=["value", "zeta"])
     return out

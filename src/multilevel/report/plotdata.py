@@ -1098,13 +1098,49 @@ def _profile_table(pr: Any) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     return None
 
 
-def profile_data(fit: AnyFit, level: float = 0.95, profile: Any = None) -> PlotData:
+def _curve_limits(x: np.ndarray, zeta: np.ndarray, z: float, boundary: float = 0.0) -> tuple[float, float]:
+    """Where a traced profile crosses ζ = -z and +z, interpolated monotonically (PCHIP of the
+    parameter as a function of ζ, as lme4's ``confint`` of a profile interpolates a spline).
+
+    A trace that ends above -z near its boundary (an SD whose deviance stays below the cut
+    all the way down to 0) has the boundary as its lower limit; a trace that stops short of
+    ∓z elsewhere, NaN.
+
+    >>> x = np.array([1.0, 2.0, 3.0, 4.0]); _curve_limits(x, x - 2.5, 1.0)
+    (1.5, 3.5)
+    >>> _curve_limits(np.array([0.001, 1.0, 2.0]), np.array([-0.5, 0.0, 2.0]), 1.0)[0]
+    0.0
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    o = np.argsort(x)
+    x, zeta = np.asarray(x, dtype=float)[o], np.asarray(zeta, dtype=float)[o]
+    # keep the strictly increasing part of ζ (flat stretches near a boundary repeat values)
+    keep = np.concatenate([[True], np.diff(zeta) > 0])
+    x, zeta = x[keep], zeta[keep]
+    if x.size < 2:
+        return (np.nan, np.nan)
+    inv = PchipInterpolator(zeta, x, extrapolate=False)
+    x_hat = float(inv(0.0)) if zeta[0] <= 0.0 <= zeta[-1] else np.nan
+    if zeta[0] <= -z:
+        lo = float(inv(-z))
+    else:  # the boundary only if the trace went down to it (within 1% of the estimate)
+        lo = float(boundary) if x[0] - boundary <= 0.01 * abs(x_hat - boundary) else np.nan
+    hi = float(inv(z)) if zeta[-1] >= z else np.nan
+    return lo, hi
+
+
+def profile_data(fit: AnyFit, level: float = 0.95, profile: Any = None,
+                 limits: str = "exact") -> PlotData:
     """Data of :func:`~multilevel.report.plots.plot_profile`: profile ζ against each random
     effect SD and the residual SD, and the profile confidence limits.
 
     ζ is the signed square root of the increase in the ML deviance
     (:func:`multilevel.inference.profile_sd`); the limits at ``level`` are those of
     :func:`multilevel.inference.profile` (where ζ = ∓z), when it can profile the fit.
+    limits: ``"exact"`` (those root-finding limits, a cross-check of the curve) or ``"curve"``
+    (where the traced curve crosses ∓z, interpolated as lme4's ``confint`` of a profile does:
+    no second profiling, which halves the cost; the report uses it).
     profile: curves computed elsewhere instead, ``{name: (values, zeta)}`` or ``{name:
     DataFrame(value, zeta)}`` (then no limits).
 
@@ -1121,12 +1157,15 @@ def profile_data(fit: AnyFit, level: float = 0.95, profile: Any = None) -> PlotD
         table = _profile_table(profile)
         if table is None:
             raise DataError("profile: must be {name: (values, zeta)} or {name: DataFrame(value, zeta)}")
-        limits: dict[str, tuple[float, float]] = {}
+        ends: dict[str, tuple[float, float]] = {}
     else:
         from multilevel.inference.confint import profile_sd
 
+        if limits not in ("exact", "curve"):
+            raise DataError(f"limits: must be 'exact' or 'curve', not {limits!r}")
         table = {nm: (df["value"].to_numpy(), df["zeta"].to_numpy()) for nm, df in profile_sd(fit).items()}
-        limits = _inference_limits(fit, list(table), level)
+        ends = (_inference_limits(fit, list(table), level) if limits == "exact" else
+                {nm: _curve_limits(*table[nm], z) for nm in table})
     names = list(table)
     if not names:
         raise DataError("profile: nothing to profile")
@@ -1136,7 +1175,7 @@ def profile_data(fit: AnyFit, level: float = 0.95, profile: Any = None) -> PlotD
         o = np.argsort(x)
         parts.append(pd.DataFrame({"parameter": nm, "value": x[o], "zeta": zeta[o]}))
     curves = pd.concat(parts, ignore_index=True)
-    lim = pd.DataFrame([{"parameter": nm, "lower": limits[nm][0], "upper": limits[nm][1]}
-                        for nm in names if nm in limits], columns=["parameter", "lower", "upper"])
+    lim = pd.DataFrame([{"parameter": nm, "lower": ends[nm][0], "upper": ends[nm][1]}
+                        for nm in names if nm in ends], columns=["parameter", "lower", "upper"])
     meta = {"parameters": names, "conf_level": float(level), "z": z}
     return PlotData("profile", {"curves": curves, "limits": lim}, meta)

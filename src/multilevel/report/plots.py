@@ -144,6 +144,10 @@ def _one_ax(ax: Any, figsize: tuple[float, float]):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+#: the panels' titles sit at a fixed height above the axes: matplotlib's automatic title
+#: placement measures every tick label for axes that have none on top (10% of a render)
+_TITLE_Y = 1.0
+
 #: fixed margins of a grid of panels, in inches: (left, right, bottom, top, between
 #: columns, between rows), room for the tick labels, axis labels, panel titles and a title
 GRID_MARGINS = (0.7, 0.15, 0.6, 0.65, 0.8, 0.8)
@@ -281,7 +285,7 @@ def plot_fitted_lines(fit: AnyFit, x: str, ax: Any = None, groups: Any = None, *
     g, n_levels = meta["group"], meta["n_levels"]
     title = f"Fitted lines by {g}" + ("" if k == n_levels else f" ({k} of {n_levels})")
     note = _held_note(meta["held"], meta["held_how"], meta["others"], g)
-    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11 if not note else 10)
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11 if not note else 10, y=_TITLE_Y)
     if k <= 20:
         ax.legend(title=g, fontsize=8, title_fontsize=8, loc="upper left", ncols=1 if k <= 10 else 2,
                   bbox_to_anchor=(1.01, 1.0), frameon=False, handlelength=1.5, columnspacing=0.8)
@@ -332,7 +336,7 @@ def plot_pooling(pooling: Pooling, groups: Any = None, ncols: int = 4, *, axes: 
             color, ls, label = styles[kind]
             a.plot(ln["x"].to_numpy(), ln["y"].to_numpy(), color=color, ls=ls, lw=1.8, label=label,
                    gid=f"pooling:{kind}", zorder=3)
-        a.set_title(f"{_short(lv, 18)}  (n = {int(sizes[lv])})", fontsize=9)
+        a.set_title(f"{_short(lv, 18)}  (n = {int(sizes[lv])})", fontsize=9, y=_TITLE_Y)
         a.tick_params(labelsize=8)
         if not has_x:
             a.set_xticks([])
@@ -420,7 +424,7 @@ def plot_shrinkage(pooling: Pooling, coef: str = "(Intercept)", ax: Any = None):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(f"group size (observations per {g})")
     ax.set_ylabel(f"{coef} estimate")
-    ax.set_title(f"Shrinkage of {coef} by {g}", fontsize=11)
+    ax.set_title(f"Shrinkage of {coef} by {g}", fontsize=11, y=_TITLE_Y)
     ax.legend(fontsize=8, frameon=False, loc="best")
     return fig
 
@@ -520,7 +524,7 @@ def plot_coefficients(*fits: AnyFit, names: Sequence[str] | None = None, ax: Any
     ax.set_xlabel(f"estimate ({level:.0%} Wald interval)")
     ax.grid(axis="x", color="#eeeeee", lw=0.6)
     ax.set_axisbelow(True)
-    ax.set_title("Fixed effects", fontsize=11)
+    ax.set_title("Fixed effects", fontsize=11, y=_TITLE_Y)
     if k > 1 and own:
         fig.legend(fontsize=8, frameon=False, loc="outside lower center", ncols=1)
     elif k > 1:
@@ -590,7 +594,7 @@ def plot_effect(fit: AnyFit, x: str, data: Any = None, ax: Any = None, n: int = 
         note = " (" + ", ".join(f"{c} = {_fmt_value(v)}" for c, v in held.items()) + ")"
     else:
         note = f" ({len(held)} other variables at mean / reference level)"
-    ax.set_title(f"Effect of {x}{note}", fontsize=10)
+    ax.set_title(f"Effect of {x}{note}", fontsize=10, y=_TITLE_Y)
     return fig
 
 
@@ -600,7 +604,7 @@ def plot_effect(fit: AnyFit, x: str, data: Any = None, ax: Any = None, n: int = 
 def _qq(ax: Any, points: Any, line: Any, title: str, gid: str) -> None:
     """One normal QQ panel from its rows of ``qq`` and ``qqline`` (None: no values)."""
     if points is None or not len(points):
-        ax.set_title(title + " (none)", fontsize=10)
+        ax.set_title(title + " (none)", fontsize=10, y=_TITLE_Y)
         return
     q, v = points["theoretical"].to_numpy(), points["sample"].to_numpy()
     many = v.size > 2000
@@ -609,7 +613,7 @@ def _qq(ax: Any, points: Any, line: Any, title: str, gid: str) -> None:
     ax.axline((line["x0"], line["y0"]), slope=line["slope"], color="#d62728", lw=1.0)
     ax.set_xlabel("normal quantiles", fontsize=9)
     ax.set_ylabel("sample quantiles", fontsize=9)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, y=_TITLE_Y)
     ax.tick_params(labelsize=8)
 
 
@@ -630,7 +634,7 @@ def _binned_panel(a: Any, binned: Any) -> None:
     a.set_xlabel("expected probability (bin mean)", fontsize=9)
     a.set_ylabel("average residual", fontsize=9)
     share = f"{int(outside.sum())} of {len(b)} bins outside ±2 SE"
-    a.set_title(f"Binned residuals ({share})", fontsize=10)
+    a.set_title(f"Binned residuals ({share})", fontsize=10, y=_TITLE_Y)
     a.tick_params(labelsize=8)
 
 
@@ -670,7 +674,7 @@ def plot_diagnostics(fit: AnyFit, *, axes: Any = None, ncols: int | None = None)
             a.plot(trend["fitted"].to_numpy(), trend["residual"].to_numpy(), color="#d62728", lw=1.2, gid="trend")
         a.set_xlabel("fitted values" + ("" if gauss else " (response scale)"), fontsize=9)
         a.set_ylabel(rlabel, fontsize=9)
-        a.set_title(f"{rlabel.capitalize()} vs fitted", fontsize=10)
+        a.set_title(f"{rlabel.capitalize()} vs fitted", fontsize=10, y=_TITLE_Y)
         a.tick_params(labelsize=8)
     qq = _by(d["qq"], "panel")
     lines = {int(r["panel"]): r for _, r in d["qqline"].iterrows()}
@@ -689,7 +693,8 @@ def plot_diagnostics(fit: AnyFit, *, axes: Any = None, ncols: int | None = None)
 # --- profiles -------------------------------------------------------------------------------
 
 
-def plot_profile(fit: AnyFit, *, axes: Any = None, ncols: int = 3, level: float = 0.95, profile: Any = None):
+def plot_profile(fit: AnyFit, *, axes: Any = None, ncols: int = 3, level: float = 0.95, profile: Any = None,
+                 limits: str = "exact"):
     """Profile plots: ζ against each parameter (lme4's ``xyplot(profile(fit))``) for the
     standard deviations of the random effects and the residual SD.
 
@@ -699,9 +704,10 @@ def plot_profile(fit: AnyFit, *, axes: Any = None, ncols: int = 3, level: float 
     short vertical ticks from :func:`multilevel.inference.confint`'s profile when available
     (its intervals also cover correlations and fixed effects, which are not traced here).
     ``profile=``: curves computed elsewhere, {name: (values, zeta)} or {name: DataFrame(value,
-    zeta)}. The numbers: :func:`~multilevel.report.plotdata.profile_data`.
+    zeta)}. ``limits="curve"``: the ticks where the traced curves cross ±z instead (no second
+    profiling). The numbers: :func:`~multilevel.report.plotdata.profile_data`.
     """
-    d = profile_data(fit, level, profile)
+    d = profile_data(fit, level, profile, limits)
     meta = d.meta
     names, z = meta["parameters"], meta["z"]
     curves = _by(d["curves"], "parameter")
