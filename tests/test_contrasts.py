@@ -431,7 +431,7 @@ def test_coding_changes_neither_ml_loglik_nor_fitted_values(seed, k):
 def test_lm_summary_call_shows_the_contrasts_argument():
     sleep = ml.datasets.load("sleepstudy")
     text = str(ml.lm("Reaction ~ factor(Days)", sleep, contrasts={"factor(Days)": "sum"}).summary())
-    assert 'lm(formula = Reaction ~ factor(Days), contrasts = list(`factor(Days)` = "contr.sum"))' in text
+    assert 'lm(formula = Reaction ~ factor(Days), data = sleepstudy, contrasts = list(`factor(Days)` = "contr.sum"))' in text
     assert "factor(Days)1 " in text
 
 

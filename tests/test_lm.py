@@ -65,7 +65,8 @@ def test_sleepstudy_matches_r(sleep_fit):
 def test_summary_layout_is_r(sleep_fit):
     text = str(sleep_fit.summary())
     lines = text.splitlines()
-    assert lines[:2] == ["Call:", "lm(formula = Reaction ~ Days)"]
+    # the bundled data carry their name, printed in the call as R prints its data argument
+    assert lines[:2] == ["Call:", "lm(formula = Reaction ~ Days, data = sleepstudy)"]
     assert "Residuals:" in lines
     assert "            Estimate Std. Error t value Pr(>|t|)" in text
     assert "(Intercept)  251.405      6.610  38.033  < 2e-16 ***" in text

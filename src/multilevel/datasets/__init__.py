@@ -163,7 +163,9 @@ def load(name: str) -> pd.DataFrame:
 
     key = _key(name)
     if key in _SIMULATED_INFO:  # drawn with the default seed; a copy, so callers may modify it
-        return _simulated_frame(key).copy()
+        df = _simulated_frame(key).copy()
+        df.attrs["name"] = key
+        return df
     meta = _catalog()[key]
     cols = meta["columns"]
     factors = [c for c, m in cols.items() if "factor" in m["type"]]
@@ -179,4 +181,6 @@ def load(name: str) -> pd.DataFrame:
             df[c] = df[c].astype("int64")
         else:
             df[c] = df[c].astype("float64")
+    # its name, as R's data sets have theirs: fits print it on the Data: line
+    df.attrs["name"] = meta.get("r_name", key)
     return df

@@ -121,6 +121,7 @@ class ModelFrame:
     contrasts: dict[str, Contrast] = field(default_factory=dict)
     contrasts_arg: dict[str, Any] = field(default_factory=dict)
     row_labels: Any = None
+    data_name: str | None = None  # the data's name for the summaries' Data: line
 
     @property
     def nobs(self) -> int:
@@ -407,7 +408,16 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         contrasts=fixed_contrasts,
         contrasts_arg=contrasts_arg,
         row_labels=_row_labels(data, rows),
+        data_name=_data_name(data),
     )
+
+
+def _data_name(data: Any) -> str | None:
+    """The name a data frame carries in ``attrs["name"]`` (the bundled data sets do, as R's
+    data sets carry theirs), for the ``Data:`` line of summaries; None otherwise."""
+    attrs = getattr(data, "attrs", None)
+    name = attrs.get("name") if isinstance(attrs, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _row_labels(data: Any, rows: np.ndarray | None) -> pd.Index | None:

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from multilevel.formula._model import BarTerm, ModelTerms, ParsedFormula, Term, expand_terms, parse_formula
 from multilevel.formula._rsyntax import (Arg, BinOp, Call, Name, Node, Num, Paren, Str, Unary, deparse,
-                       format_r_number, names_in, parse_expression)
+                       deparse_lines, format_r_number, names_in, parse_expression)
 
 __all__ = [
     "parse_formula", "ParsedFormula", "ModelTerms", "Term", "BarTerm", "expand_terms",
     "NumericExpressions", "to_python", "is_logical",
-    "parse_expression", "deparse", "format_r_number", "names_in",
+    "parse_expression", "deparse", "deparse_lines", "format_r_number", "names_in",
     "Node", "Name", "Num", "Str", "Call", "Arg", "BinOp", "Unary", "Paren",
 ]
 

@@ -501,6 +501,91 @@ def deparse(node: Node) -> str:
     raise TypeError(f"cannot deparse {node!r}")
 
 
+class _LineWriter:
+    """R's deparse buffer: text, the current line's length and indentation (4 spaces a level)."""
+
+    def __init__(self, cutoff: int):
+        self.cutoff, self.lines, self.cur, self.indent, self.startline = cutoff, [], "", 0, True
+
+    def put(self, text: str) -> None:
+        if self.startline:
+            self.startline = False
+            self.cur += "    " * self.indent
+        self.cur += text
+
+    def linebreak(self, flag: list[bool]) -> None:
+        """R's ``linebreak()``: a new line once the current one is longer than the cutoff,
+        indented one level more until the construct that broke it ends."""
+        if len(self.cur) > self.cutoff:
+            if not flag[0]:
+                flag[0] = True
+                self.indent += 1
+            self.lines.append(self.cur)
+            self.cur, self.startline = "", True
+
+
+def _deparse_into(node: Node, w: _LineWriter) -> None:
+    if isinstance(node, Paren):
+        w.put("(")
+        _deparse_into(node.inner, w)
+        w.put(")")
+    elif isinstance(node, Call):
+        w.put(f"{_deparse_name(node.func)}(")
+        flag = [False]
+        for i, a in enumerate(node.args):
+            if a.name is not None:
+                w.put(f"{_deparse_name(a.name)} = ")
+            _deparse_into(a.value, w)
+            if i < len(node.args) - 1:
+                w.put(", ")
+                w.linebreak(flag)
+        if flag[0]:
+            w.indent -= 1
+        w.put(")")
+    elif isinstance(node, Unary):
+        w.put(node.op)
+        _deparse_into(node.operand, w)
+    elif isinstance(node, BinOp):
+        def side(child: Node, left: bool) -> None:
+            if _needs_parens(node.op, child, left):
+                w.put("(")
+                _deparse_into(child, w)
+                w.put(")")
+            else:
+                _deparse_into(child, w)
+
+        side(node.left, True)
+        if node.op in _NO_SPACE:  # R's PP_BINARY2: no spaces and never a line break
+            w.put(node.op)
+            side(node.right, False)
+        else:
+            w.put(f" {node.op} ")
+            flag = [False]
+            w.linebreak(flag)
+            side(node.right, False)
+            if flag[0]:
+                w.indent -= 1
+    else:
+        w.put(deparse(node))
+
+
+def deparse_lines(node: Node, cutoff: int = 60) -> list[str]:
+    """R's ``deparse(expr)`` with its line breaking: a new line after a binary operator or an
+    argument's comma once the line is longer than ``cutoff`` (R's ``width.cutoff``, 60),
+    continuation lines indented by four spaces. lme4's summaries print a formula this way.
+
+    >>> deparse_lines(parse_expression("y~x+(1|g)"))
+    ['y ~ x + (1 | g)']
+    >>> [len(s) for s in deparse_lines(parse_expression(" + ".join("x%d" % i for i in range(30))))]
+    [62, 62, 34]
+    """
+    w = _LineWriter(cutoff)
+    _deparse_into(node, w)
+    if w.cur or not w.lines:
+        w.lines.append(w.cur)
+    return w.lines
+
+
 def names_in(node: Node) -> list[Name]:
     """All :class:`Name` leaves (variables and constants, not function names), left to right."""
     out: list[Name] = []

@@ -24,11 +24,12 @@ lme4's ``deviance()``, the conditional deviance), and DIC = 2 deviance + 2 logLi
 computes them. GLMMs print a ``Residual`` SD as arm does (lme4's ``sigma()``: 1 for
 binomial and Poisson fits).
 
-The call line: R prints the call as typed, with the data's *name*. Python cannot know the
-name of the variable that held the data, so it is the fit's ``data_name`` (set by the
-command line and the HTML report; assign ``fit.data_name = "hsb"`` yourself, or pass
-``data_name=``); when it is unknown the ``data =`` argument is left out, as R prints a call
-made without one, rather than a made-up ``data = data``.
+The call line: R prints the call deparsed (R's spacing, a line break after 60 characters),
+with the data's *name*. Python cannot know the name of the variable that held the data, so
+it is the fit's ``data_name``: the name a bundled data set carries (``df.attrs["name"]``),
+or what the command line and the HTML report set (assign ``fit.data_name = "hsb"``
+yourself, or pass ``data_name=``); when it is unknown the ``data =`` argument is left out,
+as R prints a call made without one, rather than a made-up ``data = data``.
 
 >>> import multilevel as ml
 >>> hsb = ml.datasets.load("hsb")
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from multilevel.report.rformat import _r_round, format_num, format_real
+from multilevel.report.rformat import _r_round, call_lines, format_num, format_real
 from multilevel.results.lm import LmFit
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def _matrix_lines(rownames: Sequence[str], colnames: Sequence[str], cells: Seque
     return out
 
 
-def _call_line(fit: AnyFit, fn: str, data_name: str | None) -> str:
+def _call_lines(fit: AnyFit, fn: str, data_name: str | None) -> list[str]:
     args = [f"formula = {fit.formula}"]
     if data_name:
         args.append(f"data = {data_name}")
@@ -107,7 +108,7 @@ def _call_line(fit: AnyFit, fn: str, data_name: str | None) -> str:
         args.append(f"weights = {weights}")
     if fn == "lmer" and not fit.reml:
         args.append("REML = FALSE")
-    return f"{fn}({', '.join(args)})"
+    return call_lines(fn, args)
 
 
 def _coef_lines(names: list[str], cols: list[str], columns: list[np.ndarray], digits: int) -> list[str]:
@@ -145,7 +146,7 @@ def _mixed(fit: AnyFit, digits: int, detail: bool, data_name: str | None) -> Dis
     from multilevel.inference._common import is_glmm, ml_state
 
     glmm = is_glmm(fit)
-    lines = [_call_line(fit, "glmer" if glmm else "lmer", data_name)]
+    lines = _call_lines(fit, "glmer" if glmm else "lmer", data_name)
     names = list(fit.fixef.index)
     est, se = fit.fixef.to_numpy(float), fit.se.to_numpy(float)
     cols, columns = ["coef.est", "coef.se"], [est, se]
@@ -177,7 +178,7 @@ def _mixed(fit: AnyFit, digits: int, detail: bool, data_name: str | None) -> Dis
 
 
 def _lm(fit: AnyFit, digits: int, detail: bool, data_name: str | None) -> Display:
-    lines = [_call_line(fit, "lm", data_name)]
+    lines = _call_lines(fit, "lm", data_name)
     names = list(fit.fixef.index)
     cols, columns = ["coef.est", "coef.se"], [fit.fixef.to_numpy(float), fit.se.to_numpy(float)]
     if detail:
@@ -210,7 +211,7 @@ def display(fit: AnyFit, digits: int = 2, detail: bool = False, *, data_name: st
     >>> import multilevel as ml
     >>> fit = ml.lmer("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
     >>> ml.display(fit).splitlines()[0]
-    'lmer(formula = Reaction ~ Days + (Days | Subject))'
+    'lmer(formula = Reaction ~ Days + (Days | Subject), data = sleepstudy)'
     >>> round(ml.display(fit).dic, 1)
     1760.3
     """

@@ -34,7 +34,7 @@ from functools import cached_property
 from html import escape
 from typing import TYPE_CHECKING
 
-from multilevel.report.rformat import LINE_WIDTH, method_title_lines
+from multilevel.report.rformat import LINE_WIDTH, formula_line, method_title_lines
 from multilevel.report.summary import (
     Summary,
     convergence_lines,
@@ -70,7 +70,7 @@ def call_lines(fit: AnyFit) -> list[str]:
     """Family, Formula, Data and (user) Weights lines."""
     # R's family name: "Negative Binomial(3.3034)" for glmer.nb fits
     fam = fit.family_string if hasattr(fit, "family_string") else fit.family
-    out = [f" Family: {fam}  ( {fit.link} )", f"Formula: {fit.formula}"]
+    out = [f" Family: {fam}  ( {fit.link} )", *formula_line("Formula:", fit.formula)]
     if getattr(fit, "data_name", None):
         out.append(f"   Data: {fit.data_name}")
     if getattr(fit, "weights_name", None):

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from multilevel.report.rformat import coefmat_cells, coefmat_lines, format_num, format_pval, format_real, \
+from multilevel.report.rformat import call_lines, coefmat_cells, coefmat_lines, format_num, format_pval, format_real, \
     named_vector_lines, zapsmall
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def lm_coef_table(fit: AnyFit) -> pd.DataFrame:
     return tab.reindex(names)
 
 
-def _call_line(fit: AnyFit) -> str:
+def _call_lines(fit: AnyFit) -> list[str]:
     args = [f"formula = {fit.formula}"]
     if getattr(fit, "data_name", None):
         args.append(f"data = {fit.data_name}")
@@ -86,7 +86,7 @@ def _call_line(fit: AnyFit) -> str:
         items = [f'{name(k)} = "contr.{v}"' if isinstance(v, str) else f"{name(k)} = <matrix>"
                  for k, v in con.items()]
         args.append(f"contrasts = list({', '.join(items)})")
-    return f"lm({', '.join(args)})"
+    return call_lines("lm", args)
 
 
 def _residual_lines(fit: AnyFit) -> list[str]:
@@ -142,7 +142,7 @@ def _fit_lines(fit: AnyFit) -> list[str]:
 
 def lm_summary_lines(fit: AnyFit) -> list[str]:
     """The whole summary as a list of lines (see the module docstring)."""
-    lines = ["", "Call:", _call_line(fit), ""]
+    lines = ["", "Call:", *_call_lines(fit), ""]
     lines += _residual_lines(fit)
     lines.append("")
     coef_lines, _ = _coef_section(fit)
@@ -188,7 +188,7 @@ class LmSummary:
         fit = self.fit
         tab = self.coefficients
         parts = [_STYLE, '<div class="ml-summary">', "<b>Linear model fit by least squares</b>",
-                 f"<pre>{escape(_call_line(fit))}</pre>",
+                 f"<pre>{escape(chr(10).join(_call_lines(fit)))}</pre>",
                  "<pre>" + escape("\n".join(_residual_lines(fit))) + "</pre>"]
         if tab.shape[0]:
             values = [[None if pd.isna(v) else float(v) for v in row] for row in tab.to_numpy()]

@@ -441,6 +441,61 @@ def cat_fill_lines(items: Sequence[str], width: int = LINE_WIDTH) -> list[str]:
     return [ln.rstrip() for ln in lines]
 
 
+def cat_sep_fill_lines(items: Sequence[str], width: int = LINE_WIDTH) -> list[str]:
+    """R's ``cat(..., fill = TRUE)`` with its default separator " ": an item goes on a new
+    line when the width so far, the item and a separator would pass ``width`` (R counts a
+    separator after every item)."""
+    lines: list[str] = []
+    cur, used = "", 0
+    for k, item in enumerate(items):
+        if k > 0:
+            cur += " "
+        if used and used + len(item) + 1 > width:
+            lines.append(cur)
+            cur, used = "", 0
+        cur += item
+        used += len(item) + 1
+    lines.append(cur)
+    return [ln.rstrip() for ln in lines]
+
+
+def r_code_lines(text: str) -> list[str]:
+    """R's ``deparse()`` of an expression or a formula given as text: R's spacing
+    (``(Days | Subject)``, ``a:b``, ``I(x^2)``) and its line breaks after 60 characters;
+    the text itself when it does not parse.
+
+    >>> r_code_lines("Reaction~Days+(Days|Subject)")
+    ['Reaction ~ Days + (Days | Subject)']
+    """
+    from multilevel.errors import MultilevelError
+    from multilevel.formula import deparse_lines, parse_expression
+
+    try:
+        return deparse_lines(parse_expression(text))
+    except (MultilevelError, RecursionError, TypeError):
+        return [text]
+
+
+def formula_line(label: str, formula: str) -> list[str]:
+    """lme4's ``Formula:`` line (``cat("Formula:", deparse(formula), fill = TRUE)``): the
+    formula as R deparses it, its pieces filled to the line width.
+
+    >>> formula_line("Formula:", "y~x+(1|g)")
+    ['Formula: y ~ x + (1 | g)']
+    """
+    return cat_sep_fill_lines([label] + r_code_lines(formula))
+
+
+def call_lines(fn: str, args: Sequence[str]) -> list[str]:
+    """A call as R prints it (``deparse(call)``): ``lm(formula = y ~ x, data = d)``, broken
+    after 60 characters as R breaks it.
+
+    >>> call_lines("lmer", ["formula = y~x+(1|g)", "data = d"])
+    ['lmer(formula = y ~ x + (1 | g), data = d)']
+    """
+    return r_code_lines(f"{fn}({', '.join(args)})")
+
+
 def method_title_lines(mtit: str, cls: str, width: int = LINE_WIDTH) -> list[str]:
     """lme4's ``.prt.methTit``: ``title ['class']`` on one line when it fits in ``width``,
     else the title wrapped at ``width - 2`` (indent 2) followed by `` [class]`` as ``cat``

@@ -49,6 +49,7 @@ from html import escape
 
 from multilevel.report.html import _STYLE, _pre, table_html
 from multilevel.report.rformat import (
+    formula_line,
     LINE_WIDTH,
     _r_round,
     coefmat_cells,
@@ -165,7 +166,7 @@ def call_lines(fit: AnyFit) -> list[str]:
     out = []
     if _is_glmm(fit):
         out.append(f" Family: {fit.family}  ( {fit.link} )")
-    out.append(f"Formula: {fit.formula}")
+    out += formula_line("Formula:", fit.formula)
     if getattr(fit, "data_name", None):
         out.append(f"   Data: {fit.data_name}")
     if getattr(fit.frame, "weights", None) is not None:

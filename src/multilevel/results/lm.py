@@ -84,7 +84,7 @@ class LmFit(LmMethods, FitBase):
                  cluster: str | None = None, cluster_codes: np.ndarray | None = None,
                  data_name: str | None = None):
         self.frame = frame
-        self.data_name = data_name
+        self.data_name = data_name if data_name is not None else getattr(frame, "data_name", None)
         self.weights_name = weights_name
         self.cluster = cluster
         self._warnings = [m for m in frame.warnings if getattr(m, "code", None) != "rank_deficient"]

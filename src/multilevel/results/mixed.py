@@ -227,7 +227,8 @@ class MixedFit(FitBase):
         self._converged = bool(converged)
         self._warnings = list(warnings)
         self.optinfo = dict(optinfo)
-        self.data_name = data_name
+        # the name given, else the one the data carried (the bundled data sets carry theirs)
+        self.data_name = data_name if data_name is not None else getattr(frame, "data_name", None)
         self.weights_name = weights_name
         self._problem = problem  # for inference code (profiles, bootstrap), not part of the API
         #: the tolerance the fit was made with (control ``singular_tol``): ``is_singular``
