@@ -293,3 +293,35 @@ def test_crossing_gives_all_interactions(vars_):
     # expanding the written-out terms gives the same terms
     g = parse_formula("y ~ " + " + ".join(f.fixed.labels) + " + (1|g)")
     assert g.fixed.labels == f.fixed.labels
+
+
+def test_deparse_lines_match_r():
+    # R 4.2.2: deparse() of these expressions (width.cutoff = 60)
+    from multilevel.formula import deparse_lines, parse_expression
+
+    cases = {
+        "y~poly(x,2)+I(x^2)+a:b+a/b-1+(0+x||g)+scale(z, center=TRUE, scale=FALSE)+offset(log(n))": [
+            "y ~ poly(x, 2) + I(x^2) + a:b + a/b - 1 + (0 + x || g) + scale(z, ",
+            "    center = TRUE, scale = FALSE) + offset(log(n))"],
+        " + ".join(f"x{i}" for i in range(30)): [
+            "x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + x8 + x9 + x10 + x11 + ",
+            "    x12 + x13 + x14 + x15 + x16 + x17 + x18 + x19 + x20 + x21 + ",
+            "    x22 + x23 + x24 + x25 + x26 + x27 + x28 + x29"],
+        "lmer(formula = mAch ~ meanses * cses + sector * cses + (1 + cses | school), data = hsb)": [
+            "lmer(formula = mAch ~ meanses * cses + sector * cses + (1 + cses | ",
+            "    school), data = hsb)"],
+        "Reaction~Days+(Days|Subject)": ["Reaction ~ Days + (Days | Subject)"],
+    }
+    for text, r_lines in cases.items():
+        assert deparse_lines(parse_expression(text)) == r_lines
+
+
+def test_summary_formula_line_fills_like_lme4():
+    # lme4's cat("Formula:", deparse(f), fill = TRUE) for a formula R deparses in two pieces
+    from multilevel.report.rformat import formula_line
+
+    f = ("y ~ aaaaaaa + bbbbbbbbb + ccccccccc + ddddddddd + eeeeeeee + fffffffff + ggggggggg + "
+         "hhhhhhhhh + (1 | g) + (1|h)")
+    assert formula_line("Formula:", f) == [
+        "Formula: y ~ aaaaaaa + bbbbbbbbb + ccccccccc + ddddddddd + eeeeeeee +",
+        "    fffffffff + ggggggggg + hhhhhhhhh + (1 | g) + (1 | h)"]
