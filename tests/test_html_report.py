@@ -101,7 +101,8 @@ def test_one_model_no_comparison_and_progress_callback():
     assert "needs a model with one grouping factor" in html
     assert calls and calls[0][2].startswith("fitting model 1")
     assert [c[0] for c in calls] == list(range(1, len(calls) + 1)) and all(i <= n for i, n, _ in calls)
-    assert calls[-1][2] == "writing HTML"
+    # the page is laid out ("writing HTML"), then its figures are drawn together
+    assert [c[2] for c in calls[-2:]] == ["writing HTML", "drawing 4 figures"]
 
 
 def test_progress_on_terminals_only(monkeypatch):
@@ -218,3 +219,29 @@ def test_report_figures_are_drawn_once_with_a_frozen_layout():
     data = figure_png(fig, dpi=50)
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(draws) == 1
     assert fig.get_layout_engine() is None  # the layout is frozen
+
+
+def _without_timestamp(html: str) -> str:
+    return re.sub(r"· \d{4}-\d\d-\d\d \d\d:\d\d", "", html)
+
+
+def test_figures_drawn_in_two_processes_equal_drawn_in_one(monkeypatch):
+    from multilevel.app import figures
+
+    sleep = load("sleepstudy")
+    forms = ["Reaction ~ Days + (1 | Subject)", "Reaction ~ Days + (Days | Subject)"]
+    monkeypatch.setenv("MULTILEVEL_REPORT_PROCESSES", "1")
+    serial = build_report(forms, sleep, data_name="sleepstudy")
+    monkeypatch.delenv("MULTILEVEL_REPORT_PROCESSES")
+    if not figures.spare_core():
+        pytest.fail("this test needs Linux and two cores (CI has both)")
+    forks = []
+    real_fork = figures.os.fork
+    monkeypatch.setattr(figures.os, "fork", lambda: forks.append(1) or real_fork())
+    parallel = build_report(forms, sleep, data_name="sleepstudy")
+    assert forks == [1]
+    assert "\x00" not in parallel  # every placeholder filled
+    assert _without_timestamp(parallel) == _without_timestamp(serial)
+    # a child that fails leaves its figures to the parent: the same page again
+    monkeypatch.setattr(figures.pickle, "dumps", lambda *a, **k: 1 / 0)
+    assert _without_timestamp(build_report(forms, sleep, data_name="sleepstudy")) == _without_timestamp(serial)

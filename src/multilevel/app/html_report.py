@@ -32,6 +32,7 @@ sleepstudy -o report.html``.
 from __future__ import annotations
 
 import base64
+import contextvars
 import datetime as _dt
 import io
 import math
@@ -133,11 +134,21 @@ def _isatty(stream: Any) -> bool:
 # --- HTML pieces ----------------------------------------------------------------------------
 
 
-def _figure_html(fig: Any, caption: str, dpi: int = 100) -> str:
-    """A matplotlib figure as an embedded PNG (base64 data URI) with a caption."""
-    from multilevel.report.plots import figure_png
+#: the figures of the report being built: drawn together once the page is laid out
+#: (multilevel.app.figures: two processes where there is a spare core)
+_BATCH: contextvars.ContextVar[Any] = contextvars.ContextVar("multilevel_report_figures", default=None)
 
-    data = base64.b64encode(figure_png(fig, dpi)).decode("ascii")
+
+def _figure_html(fig: Any, caption: str, dpi: int = 100) -> str:
+    """A matplotlib figure as an embedded PNG (base64 data URI) with a caption; inside
+    ``build_report`` a placeholder for the PNG, filled in when the batch is drawn."""
+    batch = _BATCH.get()
+    if batch is not None:
+        data = batch.add(fig, dpi)
+    else:
+        from multilevel.report.plots import figure_png
+
+        data = base64.b64encode(figure_png(fig, dpi)).decode("ascii")
     w, h = fig.get_size_inches()
     width = int(round(w * dpi))
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(caption)}" '
@@ -577,11 +588,19 @@ def build_report(formulas: Sequence[str] | Mapping[str, str] | str, data: Any, d
     names = model_names(formulas, names)
     df = _to_pandas(data)
     k = len(formulas)
-    total = k + 1 + 1 + 2 * k + (1 if k > 1 else 0) + 1
+    total = k + 1 + 1 + 2 * k + (1 if k > 1 else 0) + 2
     prog = _Progress(progress, total)
+    from multilevel.app.figures import FigureBatch
+
+    batch = FigureBatch()
+    reset = _BATCH.set(batch)
     try:
-        return _build(formulas, df, data_name, prog, reml, family, title, max_effects, dpi, names)
+        page = _build(formulas, df, data_name, prog, reml, family, title, max_effects, dpi, names)
+        prog.step(f"drawing {len(batch.items)} figures")
+        batch.render()
+        return batch.fill(page, lambda i, png: base64.b64encode(png).decode("ascii"))
     finally:
+        _BATCH.reset(reset)
         prog.done()
 
 
