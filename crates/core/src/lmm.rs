@@ -575,6 +575,17 @@ impl Lmm {
         profiled(self.n, self.p, ldl2, ldrx2, pwrss, reml)
     }
 
+    /// Minimise the profiled deviance (ML) or the REML criterion over theta >= `lower` from
+    /// `theta0` with the analytic gradient (`optim::minimize`, projected BFGS): the whole
+    /// optimisation inside the core, no call out per evaluation. `lower` has one bound per
+    /// theta (0 for a diagonal of a Lambda, -inf otherwise).
+    pub fn optimize(&mut self, theta0: &[f64], lower: &[f64], reml: bool, opts: &crate::optim::Options) -> CoreResult<crate::optim::Outcome> {
+        let k = self.n_theta();
+        check_len("theta", theta0.len(), k)?;
+        check_len("lower bounds", lower.len(), k)?;
+        Ok(crate::optim::minimize(|th, g| self.objective_gradient(th, reml, g), theta0, lower, opts))
+    }
+
     /// Estimates at theta: beta, u, b = Lambda u, the pieces of the deviance and L_X.
     pub fn solution(&mut self, theta: &[f64], reml: bool) -> Option<Solution> {
         if !self.factor(theta) {
@@ -1371,5 +1382,45 @@ mod tests {
             Term { nlev: 14, s: 1, lambda: vec![(0, 0, 1)] },
         ];
         check_gradient(terms, 2, false, &[vec![0.8, 1.3], vec![0.0, 0.5]]);
+    }
+
+    #[test]
+    fn optimizer_reaches_a_verified_optimum_and_the_boundary_exactly() {
+        let terms = vec![Term { nlev: 12, s: 2, lambda: vec![(0, 0, 0), (1, 0, 1), (1, 1, 2)] }];
+        let (refs, z, x, y, _) = random_model(9, 120, 2, &terms, false);
+        let rows = Rows { refs: refs.iter().map(|v| v.as_slice()).collect(), z: z.iter().map(|v| v.as_slice()).collect(), x: &x, y: &y, w: None };
+        let mut m = Lmm::new(terms.clone(), 2, &rows).unwrap();
+        let lower = [0.0, f64::NEG_INFINITY, 0.0];
+        for reml in [false, true] {
+            let out = m.optimize(&[1.0, 0.0, 1.0], &lower, reml, &Default::default()).unwrap();
+            assert_eq!(out.stop, crate::optim::Stop::Converged);
+            assert!(out.decrement <= 1e-10);
+            // no point of a small grid around the optimum is better (brute force)
+            let mut g = Lcg(3);
+            for _ in 0..200 {
+                let t: Vec<f64> = out.x.iter().zip(&lower).map(|(v, lo)| (v + 0.02 * (g.next() - 0.5)).max(*lo)).collect();
+                assert!(m.objective(&t, reml) >= out.f - 1e-9, "{t:?} beats {:?}", out.x);
+            }
+            assert_eq!(out.log.len(), out.nfev);
+        }
+        // within-group contrasts only: the between-group variance is at its bound 0, exactly
+        let terms = vec![Term { nlev: 10, s: 1, lambda: vec![(0, 0, 0)] }];
+        let (refs, z, x, mut y, _) = random_model(4, 100, 1, &terms, false);
+        let mut sums = vec![(0.0, 0.0); 10];
+        for (i, &l) in refs[0].iter().enumerate() {
+            sums[l as usize].0 += y[i];
+            sums[l as usize].1 += 1.0;
+        }
+        for (i, &l) in refs[0].iter().enumerate() {
+            y[i] -= sums[l as usize].0 / sums[l as usize].1;
+        }
+        let rows = Rows { refs: refs.iter().map(|v| v.as_slice()).collect(), z: z.iter().map(|v| v.as_slice()).collect(), x: &x, y: &y, w: None };
+        let mut m = Lmm::new(terms, 1, &rows).unwrap();
+        let out = m.optimize(&[0.8], &[0.0], true, &Default::default()).unwrap();
+        // (the deviance is even in theta, so its slope at 0 is 0: the optimum is a minimum
+        // of the one-sided function, and the interior is worse)
+        assert_eq!(out.x, vec![0.0], "{out:?}");
+        assert!(m.objective(&[1e-3], true) > out.f && m.objective(&[0.3], true) > out.f);
+        assert!(m.optimize(&[0.8, 1.0], &[0.0], true, &Default::default()).is_err());
     }
 }
