@@ -31,6 +31,12 @@ class LmmCore:
         """Per term the level codes, Z columns, level count and Lambda pattern; X, y, weights."""
     def objective(self, theta: _F64, reml: bool) -> float:
         """Profiled deviance (reml=False) or REML criterion at theta, without the weights term."""
+    def objective_gradient(self, theta: _F64, reml: bool) -> tuple[float, _F64]:
+        """The criterion and its analytic gradient in theta (from the blocked factor)."""
+    def optimize(self, theta0: _F64, lower: _F64, reml: bool, maxeval: int = 10000,
+                 dec_tol: float = 1e-10) -> dict[str, Any]:
+        """Minimise over theta >= lower inside the core (projected BFGS on the gradient):
+        theta, fun, grad, hess, decrement, feval, stop, log_theta, log_fun."""
     def solution(self, theta: _F64, reml: bool) -> dict[str, Any]:
         """Estimates at theta: objective, beta, u, b, pwrss, ldl2, ldrx2, rx."""
     def condvar(self, theta: _F64) -> list[_F64]:

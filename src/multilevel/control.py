@@ -90,9 +90,15 @@ _DEFAULTS: dict[type, Any] = {}
 class LmerControl:
     """Settings of :func:`multilevel.lmer` (and of the optimiser wherever BOBYQA runs).
 
-    Optimiser (NLopt's BOBYQA): ``ftol_abs`` (1e-8), ``ftol_rel`` (0), ``xtol_abs`` (1e-8),
-    ``maxeval`` (100000), ``initial_step`` (None: in proportion to the starting values; a
-    number or one per parameter).
+    Optimiser: ``optimizer`` (``"auto"``: inside the compiled core, projected BFGS on the
+    analytic gradient of the profiled deviance, where the model's covariance parameters are
+    entries of Λ -- unstructured and diagonal terms -- else NLopt's BOBYQA; ``"bobyqa"``:
+    NLopt's BOBYQA always, the optimiser before the in-core one, kept for parity checks),
+    ``maxeval`` (100000, for either). BOBYQA's own settings: ``ftol_abs`` (1e-8),
+    ``ftol_rel`` (0), ``xtol_abs`` (1e-8), ``initial_step`` (None: in proportion to the
+    starting values; a number or one per parameter); the in-core optimiser stops instead when
+    a Newton step (on a Hessian from differences of the exact gradient) would lower the
+    criterion by less than 1e-10.
     Checks: ``check_conv`` (the Newton-decrement convergence check, tolerance ``conv_tol`` =
     1e-4 deviance units), ``check_singular`` (a diagonal of some Lambda below
     ``singular_tol`` = 1e-4, lme4's ``isSingular`` tolerance; the same tolerance decides
@@ -112,6 +118,7 @@ class LmerControl:
     multilevel.errors.ControlError: control setting maxeval='a' is not valid: it must be a positive integer
     """
 
+    optimizer: str = "auto"
     ftol_abs: float = 1e-8
     ftol_rel: float = 0.0
     xtol_abs: float = 1e-8
@@ -126,6 +133,9 @@ class LmerControl:
     max_dense_gib: float = 4.0
     max_cov_params: int = 2000
 
+    #: the values of ``optimizer``
+    _OPTIMIZERS: ClassVar[tuple[str, ...]] = ("auto", "bobyqa")
+
     #: which check decides the action on a warning code (codes not listed always warn)
     _CHECKS: ClassVar[dict[str, str]] = {
         "not_converged": "check_conv",
@@ -139,6 +149,10 @@ class LmerControl:
             object.__setattr__(self, f.name, self._validate(f.name, value))
 
     def _validate(self, name: str, value: Any) -> Any:
+        if name == "optimizer":
+            if isinstance(value, str) and value in self._OPTIMIZERS:
+                return value
+            raise ControlError(name, value, "one of " + ", ".join(f"'{o}'" for o in self._OPTIMIZERS))
         if name.startswith("check_"):
             return _action(name, value)
         if name in ("maxeval", "max_cov_params"):
@@ -163,7 +177,7 @@ class LmerControl:
         >>> LmerControl.from_user({"maxiter": 3})
         Traceback (most recent call last):
         ...
-        multilevel.errors.ControlError: unknown control setting 'maxiter'; known: check_conv, check_rank, check_singular, conv_tol, ftol_abs, ftol_rel, initial_step, max_cov_params, max_dense_gib, maxeval, singular_tol, xtol_abs
+        multilevel.errors.ControlError: unknown control setting 'maxiter'; known: check_conv, check_rank, check_singular, conv_tol, ftol_abs, ftol_rel, initial_step, max_cov_params, max_dense_gib, maxeval, optimizer, singular_tol, xtol_abs
         """
         if isinstance(control, cls):
             return control
@@ -270,10 +284,6 @@ class GlmerControl(LmerControl):
             if value is None or isinstance(value, (bool, np.bool_)):
                 return None if value is None else bool(value)
             raise ControlError(name, value, "None, True or False")
-        if name == "optimizer":
-            if isinstance(value, str) and value in self._OPTIMIZERS:
-                return value
-            raise ControlError(name, value, "one of 'auto', 'newton', 'bobyqa'")
         if name in ("pirls_tol", "newton_tol"):
             return _real(name, value, positive=True)
         return super()._validate(name, value)

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod glmm;
 pub mod lmm;
+pub mod optim;
 pub mod pattern;
 pub mod small;
 #[cfg(test)]

@@ -33,6 +33,8 @@ use faer::linalg::cholesky::llt::factor as llt;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{MatMut, MatRef, Par};
 
+mod gradient;
+
 /// One random-effect term as the engine sees it: a grouping factor with `nlev` levels, `s`
 /// model-matrix columns, and the pattern of its relative covariance factor Lambda (lower
 /// triangular s x s): the nonzeros as (row, column, index into theta). Terms that share a
@@ -102,6 +104,10 @@ pub struct Lmm {
     dense_update: bool,
     /// workspace of the dense update: r x (CHUNK * s0)
     chunk: Vec<f64>,
+    /// workspace of the gradient (`gradient.rs`): the inverse of the leading part of the
+    /// dense factor and P = (C C')^-1; allocated on the first gradient, reused after
+    gw_inv: Vec<f64>,
+    gw_p: Vec<f64>,
 }
 
 /// Levels of term 0 per dense update of the rest block.
@@ -195,6 +201,8 @@ impl Lmm {
             factored: None,
             dense_update,
             chunk: if dense_update { vec![0.0; r * CHUNK * s0] } else { Vec::new() },
+            gw_inv: Vec::new(),
+            gw_p: Vec::new(),
         };
         m.accumulate(rows, false);
         Ok(m)
@@ -567,6 +575,17 @@ impl Lmm {
         profiled(self.n, self.p, ldl2, ldrx2, pwrss, reml)
     }
 
+    /// Minimise the profiled deviance (ML) or the REML criterion over theta >= `lower` from
+    /// `theta0` with the analytic gradient (`optim::minimize`, projected BFGS): the whole
+    /// optimisation inside the core, no call out per evaluation. `lower` has one bound per
+    /// theta (0 for a diagonal of a Lambda, -inf otherwise).
+    pub fn optimize(&mut self, theta0: &[f64], lower: &[f64], reml: bool, opts: &crate::optim::Options) -> CoreResult<crate::optim::Outcome> {
+        let k = self.n_theta();
+        check_len("theta", theta0.len(), k)?;
+        check_len("lower bounds", lower.len(), k)?;
+        Ok(crate::optim::minimize(|th, g| self.objective_gradient(th, reml, g), theta0, lower, opts))
+    }
+
     /// Estimates at theta: beta, u, b = Lambda u, the pieces of the deviance and L_X.
     pub fn solution(&mut self, theta: &[f64], reml: bool) -> Option<Solution> {
         if !self.factor(theta) {
@@ -574,48 +593,9 @@ impl Lmm {
         }
         let (ldl2, ldrx2, pwrss) = self.logdets();
         let (r, qz, p) = (self.r, self.qz, self.p);
+        let (beta, u0, ur) = self.pls();
         let c = &self.c;
         let at = |i: usize, j: usize| c[i + j * r];
-        let yr = r - 1;
-        let mut beta = vec![0.0; p];
-        for i in (0..p).rev() {
-            let mut v = at(yr, qz + i);
-            for k in (i + 1)..p {
-                v -= at(qz + k, qz + i) * beta[k];
-            }
-            beta[i] = v / at(qz + i, qz + i);
-        }
-        let mut ur = vec![0.0; qz];
-        for i in 0..qz {
-            let mut v = at(yr, i);
-            for k in 0..p {
-                v -= at(qz + k, i) * beta[k];
-            }
-            ur[i] = v;
-        }
-        for i in (0..qz).rev() {
-            let mut v = ur[i];
-            for k in (i + 1)..qz {
-                v -= at(k, i) * ur[k];
-            }
-            ur[i] = v / at(i, i);
-        }
-        let s0 = self.terms[0].s;
-        let nl0 = self.terms[0].nlev;
-        let mut u0 = vec![0.0; nl0 * s0];
-        for l in 0..nl0 {
-            let (e0, e1) = (self.colptr[l], self.colptr[l + 1]);
-            let mut v: Vec<f64> = self.bmat[(e1 - 1) * s0..e1 * s0].to_vec();
-            for e in e0..e1 - 1 {
-                let ix = self.idx[e] as usize;
-                let coef = if ix < qz { ur[ix] } else { beta[ix - qz] };
-                for cc in 0..s0 {
-                    v[cc] -= self.bmat[e * s0 + cc] * coef;
-                }
-            }
-            small::solve_lower_t(&self.l11[l * s0 * s0..(l + 1) * s0 * s0], s0, &mut v);
-            u0[l * s0..(l + 1) * s0].copy_from_slice(&v);
-        }
         let mut u = vec![u0];
         for k in 1..self.terms.len() {
             let sz = self.terms[k].nlev * self.terms[k].s;
@@ -1308,5 +1288,139 @@ mod tests {
         let th = [0.8, 0.3];
         let (fa, fb) = (a.objective(&th, false), b.objective(&th, false));
         assert!((fa - fb).abs() < 1e-9 * fa.abs(), "{fa} vs {fb}");
+    }
+
+    /// A random model with `terms` (every level of term 0 seen), rows, X with an intercept.
+    fn random_model(seed: u64, n: usize, p: usize, terms: &[Term], weights: bool) -> (Vec<Vec<u32>>, Vec<Vec<f64>>, Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+        let mut g = Lcg(seed);
+        let refs: Vec<Vec<u32>> = terms
+            .iter()
+            .map(|t| (0..n).map(|i| if i < t.nlev { i as u32 } else { g.level(t.nlev) }).collect())
+            .collect();
+        let z: Vec<Vec<f64>> = terms
+            .iter()
+            .map(|t| (0..n * t.s).map(|i| if i % t.s == 0 { 1.0 } else { g.next() * 2.0 - 1.0 }).collect())
+            .collect();
+        let x: Vec<f64> = (0..n * p).map(|i| if i % p == 0 { 1.0 } else { g.next() * 3.0 }).collect();
+        let y: Vec<f64> = (0..n).map(|i| 2.0 * g.next() + (refs[0][i] % 3) as f64).collect();
+        let w = if weights { Some((0..n).map(|_| 0.5 + g.next()).collect()) } else { None };
+        (refs, z, x, y, w)
+    }
+
+    fn check_gradient(terms: Vec<Term>, p: usize, weights: bool, thetas: &[Vec<f64>]) {
+        let n = 90;
+        let (refs, z, x, y, w) = random_model(5, n, p, &terms, weights);
+        let rows = Rows {
+            refs: refs.iter().map(|v| v.as_slice()).collect(),
+            z: z.iter().map(|v| v.as_slice()).collect(),
+            x: &x,
+            y: &y,
+            w: w.as_deref(),
+        };
+        let mut m = Lmm::new(terms, p, &rows).unwrap();
+        let k = m.n_theta();
+        for theta in thetas {
+            for reml in [false, true] {
+                let mut g = vec![0.0; k];
+                let f = m.objective_gradient(theta, reml, &mut g);
+                assert!((f - m.objective(theta, reml)).abs() < 1e-12 * f.abs());
+                for i in 0..k {
+                    // central differences, Richardson-extrapolated: O(h^4)
+                    let fd = |h: f64, m: &mut Lmm| {
+                        let mut tp = theta.clone();
+                        let mut tm = theta.clone();
+                        tp[i] += h;
+                        tm[i] -= h;
+                        (m.objective(&tp, reml) - m.objective(&tm, reml)) / (2.0 * h)
+                    };
+                    let h = 1e-3;
+                    let want = (4.0 * fd(h / 2.0, &mut m) - fd(h, &mut m)) / 3.0;
+                    assert!(
+                        (g[i] - want).abs() < 1e-6 * (1.0 + want.abs()),
+                        "reml {reml} theta {theta:?} d/dtheta_{i}: {} vs {want}",
+                        g[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradient_of_one_vector_term_equals_finite_differences() {
+        let terms = vec![Term { nlev: 12, s: 2, lambda: vec![(0, 0, 0), (1, 0, 1), (1, 1, 2)] }];
+        let thetas = vec![vec![0.8, 0.3, 0.5], vec![1.2, -0.4, 0.0], vec![0.0, 0.0, 0.7]];
+        check_gradient(terms.clone(), 2, false, &thetas);
+        check_gradient(terms, 3, true, &thetas);
+    }
+
+    #[test]
+    fn gradient_of_crossed_vector_terms_equals_finite_differences() {
+        // term 0 vector-valued, term 1 vector-valued with a structural zero (diagonal
+        // Lambda), term 2 scalar: every branch of the selected inverse
+        let terms = vec![
+            Term { nlev: 10, s: 2, lambda: vec![(0, 0, 0), (1, 0, 1), (1, 1, 2)] },
+            Term { nlev: 6, s: 2, lambda: vec![(0, 0, 3), (1, 1, 4)] },
+            Term { nlev: 4, s: 1, lambda: vec![(0, 0, 5)] },
+        ];
+        let thetas = vec![vec![0.7, -0.3, 0.2, 1.5, 0.6, 0.4], vec![1.1, 0.5, 0.0, 0.3, 0.0, 0.9]];
+        check_gradient(terms.clone(), 2, true, &thetas);
+        check_gradient(terms, 1, false, &thetas);
+        // a vector-valued rest term with a full Lambda, scalar term 0
+        let terms = vec![
+            Term { nlev: 15, s: 1, lambda: vec![(0, 0, 0)] },
+            Term { nlev: 5, s: 3, lambda: vec![(0, 0, 1), (1, 0, 2), (2, 0, 3), (1, 1, 4), (2, 1, 5), (2, 2, 6)] },
+        ];
+        let thetas = vec![vec![0.6, 0.9, 0.2, -0.3, 0.5, 0.1, 0.4]];
+        check_gradient(terms, 2, true, &thetas);
+    }
+
+    #[test]
+    fn gradient_with_a_large_dense_block_uses_faer_and_agrees() {
+        // rest block beyond SMALL_DENSE: the faer route of the selected inverse
+        let terms = vec![
+            Term { nlev: 20, s: 1, lambda: vec![(0, 0, 0)] },
+            Term { nlev: 14, s: 1, lambda: vec![(0, 0, 1)] },
+        ];
+        check_gradient(terms, 2, false, &[vec![0.8, 1.3], vec![0.0, 0.5]]);
+    }
+
+    #[test]
+    fn optimizer_reaches_a_verified_optimum_and_the_boundary_exactly() {
+        let terms = vec![Term { nlev: 12, s: 2, lambda: vec![(0, 0, 0), (1, 0, 1), (1, 1, 2)] }];
+        let (refs, z, x, y, _) = random_model(9, 120, 2, &terms, false);
+        let rows = Rows { refs: refs.iter().map(|v| v.as_slice()).collect(), z: z.iter().map(|v| v.as_slice()).collect(), x: &x, y: &y, w: None };
+        let mut m = Lmm::new(terms.clone(), 2, &rows).unwrap();
+        let lower = [0.0, f64::NEG_INFINITY, 0.0];
+        for reml in [false, true] {
+            let out = m.optimize(&[1.0, 0.0, 1.0], &lower, reml, &Default::default()).unwrap();
+            assert_eq!(out.stop, crate::optim::Stop::Converged);
+            assert!(out.decrement <= 1e-10);
+            // no point of a small grid around the optimum is better (brute force)
+            let mut g = Lcg(3);
+            for _ in 0..200 {
+                let t: Vec<f64> = out.x.iter().zip(&lower).map(|(v, lo)| (v + 0.02 * (g.next() - 0.5)).max(*lo)).collect();
+                assert!(m.objective(&t, reml) >= out.f - 1e-9, "{t:?} beats {:?}", out.x);
+            }
+            assert_eq!(out.log.len(), out.nfev);
+        }
+        // within-group contrasts only: the between-group variance is at its bound 0, exactly
+        let terms = vec![Term { nlev: 10, s: 1, lambda: vec![(0, 0, 0)] }];
+        let (refs, z, x, mut y, _) = random_model(4, 100, 1, &terms, false);
+        let mut sums = vec![(0.0, 0.0); 10];
+        for (i, &l) in refs[0].iter().enumerate() {
+            sums[l as usize].0 += y[i];
+            sums[l as usize].1 += 1.0;
+        }
+        for (i, &l) in refs[0].iter().enumerate() {
+            y[i] -= sums[l as usize].0 / sums[l as usize].1;
+        }
+        let rows = Rows { refs: refs.iter().map(|v| v.as_slice()).collect(), z: z.iter().map(|v| v.as_slice()).collect(), x: &x, y: &y, w: None };
+        let mut m = Lmm::new(terms, 1, &rows).unwrap();
+        let out = m.optimize(&[0.8], &[0.0], true, &Default::default()).unwrap();
+        // (the deviance is even in theta, so its slope at 0 is 0: the optimum is a minimum
+        // of the one-sided function, and the interior is worse)
+        assert_eq!(out.x, vec![0.0], "{out:?}");
+        assert!(m.objective(&[1e-3], true) > out.f && m.objective(&[0.3], true) > out.f);
+        assert!(m.optimize(&[0.8, 1.0], &[0.0], true, &Default::default()).is_err());
     }
 }

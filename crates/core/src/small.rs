@@ -78,18 +78,20 @@ pub fn congruence_t(lam: &[f64], a: &[f64], s: usize, tmp: &mut [f64], out: &mut
     }
 }
 
-/// Inverse of a lower-triangular s x s matrix (column-major), result lower.
+/// Inverse of a lower-triangular s x s matrix (column-major), result lower. No allocation:
+/// column j of the inverse solves L x = e_j, whose first j entries are 0.
 pub fn invert_lower(l: &[f64], s: usize, out: &mut [f64]) {
     for v in out.iter_mut() {
         *v = 0.0;
     }
     for j in 0..s {
-        // column j of L^{-1}: solve L x = e_j
-        let mut col = vec![0.0; s];
-        col[j] = 1.0;
-        solve_lower(l, s, &mut col);
-        for i in 0..s {
-            out[i + j * s] = col[i];
+        out[j + j * s] = 1.0 / l[j + j * s];
+        for i in (j + 1)..s {
+            let mut v = 0.0;
+            for k in j..i {
+                v -= l[i + k * s] * out[k + j * s];
+            }
+            out[i + j * s] = v / l[i + i * s];
         }
     }
 }
@@ -116,6 +118,19 @@ mod tests {
         for i in 0..3 {
             let v: f64 = (0..3).map(|k| a[i + k * 3] * b[k]).sum();
             assert!((v - (i as f64 + 1.0)).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn lower_inverse_is_the_inverse() {
+        let l = [2.0, 0.5, -1.0, 0.0, 3.0, 0.25, 0.0, 0.0, 1.5];
+        let mut inv = [0.0; 9];
+        invert_lower(&l, 3, &mut inv);
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f64 = (0..3).map(|k| l[i + k * 3] * inv[k + j * 3]).sum();
+                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-14);
+            }
         }
     }
 

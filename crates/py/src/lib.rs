@@ -109,6 +109,60 @@ impl LmmCore {
         Ok(py.detach(|| inner.objective(&th, reml)))
     }
 
+    /// (objective, gradient in theta) at theta: the analytic gradient from the blocked factor.
+    fn objective_gradient<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>, reml: bool) -> PyResult<(f64, Bound<'py, PyArray1<f64>>)> {
+        let th = lmm_theta(&self.inner, &theta)?;
+        let k = self.inner.n_theta();
+        let inner = &mut self.inner;
+        let mut g = vec![0.0; k];
+        let f = py.detach(|| inner.objective_gradient(&th[..k], reml, &mut g));
+        Ok((f, PyArray1::from_vec(py, g)))
+    }
+
+    /// Minimise the criterion over theta >= lower from theta0 inside the core (projected
+    /// BFGS on the analytic gradient, difference-Hessian checks); a dict with theta, fun,
+    /// grad, hess (k * k, column-major), decrement, feval, stop ("converged", "maxeval",
+    /// "no_progress", "not_finite") and the log: log_theta (feval * k, row-major), log_fun.
+    #[pyo3(signature = (theta0, lower, reml, maxeval=10_000, dec_tol=1e-10))]
+    fn optimize<'py>(
+        &mut self,
+        py: Python<'py>,
+        theta0: PyReadonlyArray1<'_, f64>,
+        lower: PyReadonlyArray1<'_, f64>,
+        reml: bool,
+        maxeval: usize,
+        dec_tol: f64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let th0 = slice(&theta0, "theta0")?.to_vec();
+        let lo = slice(&lower, "lower")?.to_vec();
+        let opts = multilevel_core::optim::Options { maxeval, dec_tol, ..Default::default() };
+        let inner = &mut self.inner;
+        let out = py.detach(|| inner.optimize(&th0, &lo, reml, &opts)).map_err(core_err)?;
+        let stop = match out.stop {
+            multilevel_core::optim::Stop::Converged => "converged",
+            multilevel_core::optim::Stop::MaxEval => "maxeval",
+            multilevel_core::optim::Stop::NoProgress => "no_progress",
+            multilevel_core::optim::Stop::NotFinite => "not_finite",
+        };
+        let mut log_theta = Vec::with_capacity(out.log.len() * th0.len());
+        let mut log_fun = Vec::with_capacity(out.log.len());
+        for (t, v) in &out.log {
+            log_theta.extend_from_slice(t);
+            log_fun.push(*v);
+        }
+        let d = PyDict::new(py);
+        d.set_item("theta", PyArray1::from_vec(py, out.x))?;
+        d.set_item("fun", out.f)?;
+        d.set_item("grad", PyArray1::from_vec(py, out.grad))?;
+        d.set_item("hess", PyArray1::from_vec(py, out.hess))?;
+        d.set_item("decrement", out.decrement)?;
+        d.set_item("feval", out.nfev)?;
+        d.set_item("stop", stop)?;
+        d.set_item("log_theta", PyArray1::from_vec(py, log_theta))?;
+        d.set_item("log_fun", PyArray1::from_vec(py, log_fun))?;
+        Ok(d)
+    }
+
     /// Estimates at theta as a dict: objective, beta, u, b (lists per term), pwrss, ldl2,
     /// ldrx2, rx (p x p lower, column-major flattened).
     fn solution<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>, reml: bool) -> PyResult<Bound<'py, PyDict>> {

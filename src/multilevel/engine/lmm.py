@@ -1,9 +1,10 @@
 """The linear mixed model problem: the profiled deviance of an :class:`EngineInput`.
 
 :class:`LmmProblem` binds the arrays to the compiled engine (``multilevel._core.LmmCore``:
-blocked Cholesky, profiled deviance) and ``fit_theta`` optimises θ with BOBYQA
-(``engine.optimize``), snaps θ onto the boundary where that costs nothing and checks
-convergence. It knows nothing of formulas, data frames or column names; ``models.lmer``
+blocked Cholesky, profiled deviance and its analytic gradient) and ``fit_theta`` optimises θ
+inside the core (projected BFGS, ``LmmCore.optimize``) or with NLopt's BOBYQA
+(``engine.optimize``; ``optimizer="bobyqa"``, cs() / ar1() terms), snaps θ onto the boundary
+where that costs nothing and checks convergence. It knows nothing of formulas, data frames or column names; ``models.lmer``
 builds the input and packs the estimates into a fit.
 """
 from __future__ import annotations
@@ -22,9 +23,9 @@ from multilevel.covariance import BOUNDARY_SNAP_TOL, ParameterMap, diagonal_thet
 from multilevel.engine.centring import XCentring
 from multilevel.engine.compiled import CompiledProblem
 from multilevel.engine.input import EngineInput
-from multilevel.errors import FitWarning, ModelSpecError
-from multilevel.engine.optimize import (best_of_restarts, bobyqa, newton_decrement, newton_polish,
-                                       restart_if_boundary)
+from multilevel.errors import ControlError, FitWarning, ModelSpecError
+from multilevel.engine.optimize import (OptResult, best_of_restarts, bobyqa, interior_start,
+                                        newton_decrement, newton_polish, restart_if_boundary)
 
 
 @dataclass
@@ -226,13 +227,31 @@ def _polish_control(ctrl: LmerControl) -> LmerControl:
     return ctrl.with_(ftol_abs=_POLISH_FTOL)
 
 
+#: the in-core optimiser up to this many θ (a dense BFGS model: k^2 memory, k^3 per step;
+#: beyond it, BOBYQA's k^2 interpolation points are no cheaper but a known quantity)
+_CORE_MAX = 200
+#: the in-core optimiser stops when a Newton step would gain less than this (deviance units)
+_CORE_DEC_TOL = 1e-10
+_CORE_STOPS = {"converged": (0, "converged: a Newton step would lower the criterion by < 1e-10"),
+               "no_progress": (0, "converged: no step lowers the criterion (its rounding floor)"),
+               "maxeval": (5, "maxeval reached"),
+               "not_finite": (-1, "the criterion or its gradient is not finite at the start")}
+
+
 def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float, dict, list[FitWarning]]:
     """Optimise theta; snap diagonals that the data cannot tell from 0 onto the boundary;
-    check convergence. Returns (theta, objective, optinfo, warning records)."""
+    check convergence. Returns (theta, objective, optinfo, warning records).
+
+    By default (``ctrl.optimizer == "auto"``) the optimisation runs inside the compiled core
+    on the analytic gradient (``_fit_theta_core``); NLopt's BOBYQA with a Python callback per
+    evaluation serves ``optimizer="bobyqa"`` and the structures whose parameters are not
+    entries of Λ (cs, ar1)."""
     t0 = time.perf_counter()
     # Structured terms (cs, ar1): the optimiser moves the structures' own parameters, mapped
     # to the engine's θ (problem.pmap); otherwise it moves θ itself (pm.native).
     pm = getattr(problem, "pmap", None) or ParameterMap(problem.input.structures)
+    if ctrl.optimizer != "bobyqa" and pm.native and 0 < pm.npar <= _CORE_MAX:
+        return _fit_theta_core(problem, pm, ctrl, t0)
     objective = pm.wrap(problem.objective)
     x0, lower, step0 = pm.start(problem.theta0), pm.lower, pm.step(problem.step0)
     if not pm.native and np.ndim(ctrl.initial_step) and np.size(ctrl.initial_step) != pm.npar:
@@ -316,3 +335,81 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     return theta, fval, optinfo, warns
 
 
+
+
+def _core_run(problem: LmmProblem, start: np.ndarray, lower: np.ndarray, ctrl: LmerControl,
+              maxeval: int) -> tuple[OptResult, dict]:
+    """One in-core optimisation from ``start``: the result as BOBYQA's (weights term added,
+    every evaluation in the log) and the core's raw answer (gradient, decrement)."""
+    out = problem.core.optimize(np.ascontiguousarray(start, dtype=float), lower, problem.reml,
+                                maxeval, _CORE_DEC_TOL)
+    logw = problem.logw
+    k = start.size
+    thetas = out["log_theta"].reshape(-1, k)
+    funs = (out["log_fun"] - logw).tolist()
+    code, message = _CORE_STOPS[out["stop"]]
+    res = OptResult(x=out["theta"], fun=float(out["fun"]) - logw, feval=int(out["feval"]),
+                    code=code, message=message, log=list(zip(thetas, funs)))
+    if out["stop"] == "maxeval":
+        res.warnings.append(FitWarning("maxeval", f"optimizer (bfgs) reached maxeval = "
+                                                  f"{ctrl.maxeval} before converging"))
+    return res, out
+
+
+def _fit_theta_core(problem: LmmProblem, pm: ParameterMap, ctrl: LmerControl,
+                    t0: float) -> tuple[np.ndarray, float, dict, list[FitWarning]]:
+    """``fit_theta`` with the optimiser inside the core (θ native, k <= _CORE_MAX).
+
+    The same checks as on the BOBYQA path: lme4's ``restart_edge`` (an optimum with an SD at
+    0 is checked against a run from an interior point, ``interior_start``: at a zero
+    diagonal of Λ the deviance is even in that column, so its slope there is 0 and a
+    gradient method cannot leave the point by itself), the snap of diagonals below
+    BOUNDARY_SNAP_TOL onto 0 where that costs nothing, and the convergence check -- here
+    the core's own Newton decrement, on a Hessian from differences of the exact gradient at
+    the returned point, so no polish is needed and no evaluation runs in Python but the
+    snap's."""
+    step = ctrl.initial_step
+    if step is not None and np.ndim(step) and np.size(step) != pm.npar:
+        # BOBYQA's setting, unused here, but a wrong one is still the user's error
+        raise ControlError("initial_step", step, f"a number or {pm.npar} numbers (one per "
+                           f"parameter)")
+    lower = np.ascontiguousarray(pm.lower, dtype=float)
+    res, out = _core_run(problem, problem.theta0, lower, ctrl, ctrl.maxeval)
+    x1 = interior_start(res.x, problem.input.structures)
+    if x1 is not None and res.feval < ctrl.maxeval:
+        res2, out2 = _core_run(problem, x1, lower, ctrl, ctrl.maxeval - res.feval)
+        log = res.log + res2.log
+        if res2.fun < res.fun - 1e-10:
+            res, out = res2, out2
+        res.log, res.feval = log, len(log)
+    theta, fval = res.x.copy(), res.fun
+    warns = list(res.warnings)
+    for i in pm.diagonal:
+        if 0 < theta[i] < BOUNDARY_SNAP_TOL:
+            trial = theta.copy()
+            trial[i] = 0.0
+            ft = problem.objective(trial)
+            if ft <= fval + 1e-10:
+                theta, fval = trial, min(ft, fval)
+    dec, grad = float(out["decrement"]), out["grad"]
+    if ctrl.conv_check_on and dec > ctrl.conv_tol:
+        warns.append(FitWarning(
+            "not_converged",
+            f"Model may not have converged: a Newton step from the optimum would lower the "
+            f"{'REML criterion' if problem.reml else 'deviance'} by {dec:.2g} "
+            f"(max|grad| = {np.abs(grad).max():.3g})"
+        ))
+    optinfo = {
+        "optimizer": "bfgs",
+        "feval": len(res.log),
+        "feval_checks": 0,
+        "feval_polish": 0,
+        "code": res.code,
+        "message": res.message,
+        "fit_log": res.log,
+        "messages": list(warns),
+        "decrement": dec,
+        "grad": grad,
+        "time": time.perf_counter() - t0,
+    }
+    return theta, fval, optinfo, warns
