@@ -101,6 +101,9 @@ class ChunkedModelFrame(ModelFrame):
     n_rows: int = 0
     design: Any = None
     source: Any = None
+    #: (rows, sum of y, sum of y^2) of the rows used: stands for the response when two fits
+    #: are compared (anova) without their rows
+    fingerprint: tuple = ()
 
     @property
     def nobs(self) -> int:
@@ -118,6 +121,17 @@ class ChunkedModelFrame(ModelFrame):
     def __setstate__(self, st: dict) -> None:
         self.__dict__.update(st)
 
+    def row_series(self, beta: np.ndarray, b: list[np.ndarray], what: str = "fitted", *,
+                   kind: str = "response", sigma: float | None = None) -> pd.Series:
+        """Fitted values (``what="fitted"``) or residuals (``"residuals"``; ``kind``
+        ``"response"`` or ``"pearson"``, divided by ``sigma`` if given) of the rows used, in
+        the data's order, computed chunk by chunk (a lazy Dask Series for a Dask source)."""
+        if hasattr(self.source, "row_series"):
+            return self.source.row_series(self.design, beta, b, what, kind=kind, sigma=sigma)
+        parts = [row_result(v, what, kind, sigma) for v in self.row_chunks(beta, b)]
+        out = np.concatenate(parts) if parts else np.zeros(0)
+        return pd.Series(out, name=what)
+
     def row_chunks(self, beta: np.ndarray, b: list[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Per chunk of the data (in order), for its rows used in the fit: ``fitted``
         (X beta + Z b + offset), ``y`` and ``weights`` (or None)."""
@@ -126,6 +140,19 @@ class ChunkedModelFrame(ModelFrame):
                                   "not kept (a saved fit): refit, or predict on the data")
         for chunk in self.source.batches(self.design.columns):
             yield self.design.row_values(chunk.frame, beta, b, chunk.describe())
+
+
+def row_result(v: dict[str, np.ndarray], what: str, kind: str, sigma: float | None) -> np.ndarray:
+    """Fitted values or residuals from :meth:`ChunkedDesign.row_values`' output."""
+    if what == "fitted":
+        return v["fitted"]
+    r = v["y"] - v["fitted"]
+    if kind == "pearson" and v["weights"] is not None:
+        r = r * np.sqrt(v["weights"])
+    if sigma is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = r / sigma
+    return r
 
 
 @dataclass
@@ -141,11 +168,17 @@ class LevelSummary:
     n_all: int = 0
     n_complete: int = 0
 
+    _pending: list = field(default_factory=list, repr=False)
+
     def merge(self, other: LevelSummary) -> LevelSummary:
+        other.compact()
         if other.distinct is not None:
-            self.distinct = other.distinct if self.distinct is None else \
-                pd.concat([self.distinct, other.distinct], ignore_index=True).drop_duplicates(
-                    ignore_index=True)
+            # deduplicate only when the pending parts outgrow what is kept: linear, not
+            # quadratic, in the number of chunks
+            self._pending.append(other.distinct)
+            kept = 0 if self.distinct is None else len(self.distinct)
+            if sum(len(p) for p in self._pending) > max(50_000, kept):
+                self.compact()
         if self.example is None:
             self.example = other.example
         for c, cats in other.categories.items():
@@ -159,6 +192,18 @@ class LevelSummary:
         self.n_all += other.n_all
         self.n_complete += other.n_complete
         return self
+
+    def compact(self) -> LevelSummary:
+        """Merge the pending distinct rows into ``distinct``."""
+        if self._pending:
+            parts = ([] if self.distinct is None else [self.distinct]) + self._pending
+            self.distinct = pd.concat(parts, ignore_index=True).drop_duplicates(ignore_index=True)
+            self._pending = []
+        return self
+
+    def __getstate__(self) -> dict:
+        self.compact()
+        return self.__dict__.copy()
 
 
 def _nested_stateful(node: Node, inside: bool = False) -> bool:
@@ -255,6 +300,7 @@ class ChunkedDesign:
         self.fixed = Scope(fixed_terms, parsed.fixed.offsets, self.formula, src)
         self.bar_scopes = [Scope(b.lhs, (), self.formula, src) for b in parsed.bars]
         self.response = Response(parsed.response, self.formula, src, self.family)
+        self.response.data = None  # the chunk's source: not kept (the design is pickled)
         factor_cols: dict[str, None] = {}
         for sc in [self.fixed] + self.bar_scopes:
             for v in sc.vars.values():
@@ -387,6 +433,7 @@ class ChunkedDesign:
             summary = LevelSummary()
             for p in parts:
                 summary.merge(p)
+        summary.compact()
         self.summary = summary
         if summary.n_complete == 0:
             raise DataError(f"no rows left: all {summary.n_all} rows have a missing value in a "
@@ -398,7 +445,6 @@ class ChunkedDesign:
                                       offset=self.offset, family=self.family,
                                       contrasts=self.contrasts,
                                       max_dense_gib=self.max_dense_gib, _skeleton=True)
-        self.frame0 = frame
         spec = frame.spec
         # which template bar (formula order) each term (lme4's order) comes from
         self.bar_order = [next(i for i, b in enumerate(spec.parsed.bars) if b is bs.bar)
@@ -417,6 +463,12 @@ class ChunkedDesign:
             lut = np.full(int(space), -1, dtype=np.int64)
             lut[self.cell_keys] = np.arange(self.n_cells)
             self._lut = lut
+        # the skeleton's rows are not needed any more (the design travels to Dask workers)
+        self.frame0 = dataclasses.replace(
+            frame, y=np.zeros(0), X=np.zeros((0, 0)), weights=None, offset=None,
+            rows=np.zeros(0, dtype=np.int64),
+            reterms=[dataclasses.replace(rt, refs=np.zeros(0, dtype=np.int32), Z=np.zeros((0, 0)))
+                     for rt in frame.reterms])
         self._ready = True
 
     def _skeleton(self, s: LevelSummary) -> pd.DataFrame:

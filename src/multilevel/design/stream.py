@@ -162,7 +162,8 @@ def _file_parts(paths: list[Path]) -> list[tuple[str, Any]]:
 
 def _csv_batches(path: Path, cols: list[str], bs: int) -> Iterator[Any]:
     """A CSV file in batches: integer columns read as floats (a later block with a decimal
-    point must not fail the file), text as text; pyarrow infers the types once."""
+    point must not fail the file), text as text, empty fields (and NA, NaN, null) missing as
+    pandas reads them; pyarrow infers the types once."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -178,7 +179,8 @@ def _csv_batches(path: Path, cols: list[str], bs: int) -> Iterator[Any]:
     reader = pcsv.open_csv(path, parse_options=parse,
                            read_options=pcsv.ReadOptions(block_size=1 << 22),
                            convert_options=pcsv.ConvertOptions(include_columns=cols,
-                                                               column_types=types))
+                                                               column_types=types,
+                                                               strings_can_be_null=True))
     for rb in reader:
         for start in range(0, rb.num_rows, bs):
             yield rb.slice(start, bs)
@@ -290,14 +292,21 @@ def open_stream(data: Any, batch_size: int | None = None, what: str = "data") ->
         st.names = list(data.schema.names)
         return st
     if mod.startswith("polars"):
+        import polars as pl
+
         lf = data
+        schema = lf.collect_schema()
 
         def opener(cols, bs):
-            for df in lf.select(cols).collect_batches(chunk_size=bs):
+            # a polars Categorical has no meaningful order (as in memory: sorted levels, like
+            # text); an Enum keeps its categories' order
+            sel = [pl.col(c).cast(pl.String) if schema[c] == pl.Categorical else pl.col(c)
+                   for c in cols]
+            for df in lf.select(sel).collect_batches(chunk_size=bs):
                 for rb in df.to_arrow().to_batches(max_chunksize=bs):
                     yield rb
         st = BatchStream([("the polars LazyFrame", opener)], bs, what)
-        st.names = list(lf.collect_schema().names())
+        st.names = list(schema.names())
         return st
     if mod.startswith("duckdb"):
         rel = data

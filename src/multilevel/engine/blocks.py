@@ -280,8 +280,19 @@ class BlockLmmProblem(LmmProblem):
                               "are not in memory (fit the data in memory for this)")
 
     def fitted(self, beta: np.ndarray, b: list[np.ndarray]) -> np.ndarray:
-        raise RowsNeededError("fitted values need the rows, which were read in chunks: use "
-                              "fit.fitted(), which computes them in a pass over the data")
+        """X beta + Z b for the *pseudo* rows, in their coordinates (centred, weighted), so
+        that ``input.y - fitted`` are pseudo residuals whose squares sum to the real rows'
+        weighted residual sum of squares for any (beta, b): what inference code reads
+        (``pwrss_from_residuals``). The real rows' fitted values are the fit's ``fitted()``."""
+        bu = np.array(beta, dtype=float)
+        if self.intercept is not None:
+            bu[self.intercept] -= self.yshift
+        b_engine = []
+        for e in self.eterms:
+            blocks = [np.asarray(b[k], dtype=float) for k in e.blocks]
+            merged = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
+            b_engine.append(np.ascontiguousarray(merged).ravel())
+        return self.core.fitted(np.ascontiguousarray(self.xcentring.beta_in(bu)), b_engine)
 
     def _start(self) -> tuple[np.ndarray, np.ndarray]:
         theta0 = self.theta0.copy()

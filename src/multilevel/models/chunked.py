@@ -132,6 +132,8 @@ def fit_from_stats(design: ChunkedDesign, stats: CellStats, *, reml: bool, ctrl:
     if n == 0:
         raise DataError("no rows left after dropping rows with missing values")
     frame: ChunkedModelFrame = design.model_frame(stats.xtx, n, source=source)
+    # y without the offset: the response values themselves (the offset may differ by model)
+    frame.fingerprint = (float(n), float(stats.sum_y), float(stats.sumsq(np.zeros(design.dim))[-1]))
     keep = design.keep
     p = len(keep)
     if reml and n <= p:

@@ -170,6 +170,10 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
     def residuals(self, type: str = "response", scaled: bool = False) -> pd.Series:  # noqa: A002
         """Residuals: ``"response"`` y − fitted, or ``"pearson"`` √w (y − fitted).
         ``scaled=True`` divides by sigma (lme4's ``residuals(fit, scaled = TRUE)``)."""
+        if getattr(self.frame, "out_of_core", False):  # data read in chunks: a pass over them
+            if type not in ("response", "pearson"):
+                raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
+            return self._chunked_values("residuals", kind=type, scaled=scaled)
         r = self.frame.y - self._fitted
         if type == "pearson":
             if self.frame.weights is not None:
