@@ -157,9 +157,11 @@ def _row_means(x: np.ndarray, by: Any, state: dict) -> np.ndarray:
 def _streamed(x: np.ndarray, by: Any, state: dict) -> bool:
     """Data read in chunks (``_streaming``): accumulate this chunk (True) or take the merged
     state (fills ``state``)."""
-    from multilevel.formula._streaming import stream_hook
+    from multilevel.formula._streaming import active, stream_hook
 
-    return stream_hook("center", x, by, (), state)
+    if not active():
+        return False
+    return stream_hook("center", x, None if by is None else _labels(by), (), state)
 
 
 # Formulaic calls a stateful transform with ``_state``: empty at fit time (learn), filled for

@@ -123,8 +123,7 @@ class _CenterAcc(_Acc):
         self.has_by = False
 
     def add(self, x: np.ndarray, by: Any, params: tuple) -> None:
-        from multilevel.formula._centering import _labels
-
+        # by: the group labels as R's text (the caller converts, as the in-memory transform)
         ok = ~np.isnan(x)
         s, c = np.where(ok, x, 0.0).sum(axis=0), ok.sum(axis=0).astype(np.float64)
         self.sum = s if self.sum is None else self.sum + s
@@ -132,7 +131,7 @@ class _CenterAcc(_Acc):
         if by is None:
             return
         self.has_by = True
-        labels = _labels(by)
+        labels = by
         codes, uniq = pd.factorize(labels, use_na_sentinel=True)
         m = len(uniq)
         gs = np.empty((m, x.shape[1]))
@@ -301,6 +300,11 @@ def presetting(learner: TransformLearner, start: int = 0) -> Iterator[None]:
         yield
     finally:
         _MODE.reset(token)
+
+
+def active() -> bool:
+    """Whether a chunked learning or presetting mode is on (cheap; callers skip work else)."""
+    return _MODE.get() is not None
 
 
 def stream_hook(kind: str, x: np.ndarray, by: Any, params: tuple, state: dict) -> bool:
