@@ -206,6 +206,16 @@ class LevelSummary:
         return self.__dict__.copy()
 
 
+def _kind(src: DataSource, c: str) -> str:
+    """numeric / logical / text (categorical or string), "empty" for an all-missing column."""
+    col = src.column(c)
+    if col.kind in ("categorical", "string"):
+        if col.kind == "string" and len(col) and col.series.isna().all():
+            return "empty"
+        return "text"
+    return {"numeric": "numeric", "bool": "logical"}.get(col.kind, col.describe())
+
+
 def _nested_stateful(node: Node, inside: bool = False) -> bool:
     """A stateful transform inside another one (``scale(center(x))``)."""
     if isinstance(node, Call):
@@ -294,6 +304,8 @@ class ChunkedDesign:
     def start(self, first: pd.DataFrame) -> None:
         """Classify the variables on a first chunk (numbers, factors, expressions)."""
         src = DataSource(first)
+        #: each column's kind on the first chunk: every chunk must agree
+        self.kinds = {c: _kind(src, c) for c in self.columns}
         parsed = parse_formula(self.formula)
         self.parsed = parsed
         fixed_terms, _ = drop_response_terms(parsed)
@@ -351,12 +363,23 @@ class ChunkedDesign:
             bad = b3 if bad is None else bad | b3
         return fb, bbs, rb, bad
 
+    def _src(self, chunk: pd.DataFrame) -> DataSource:
+        """The chunk as a data source, its columns' kinds checked against the first chunk's."""
+        src = DataSource(chunk)
+        for c, k in self.kinds.items():
+            got = _kind(src, c)
+            if got != k and got != "empty":
+                raise DataError(f"column '{c}' is {got} here but {k} in the first chunk; every "
+                                f"chunk must give a column the same type")
+        return src
+
     # -- pass 1: stateful transforms ---------------------------------------------------------
     def transform_stats(self, chunk: pd.DataFrame) -> TransformLearner:
         """One chunk's sufficient statistics of the stateful transforms (all rows)."""
         learner = TransformLearner()
+        src = self._src(chunk)
         with accumulating(learner):
-            self._evaluate_all(DataSource(chunk))
+            self._evaluate_all(src)
         return learner
 
     def set_transforms(self, parts: Sequence[TransformLearner] | TransformLearner) -> None:
@@ -404,7 +427,7 @@ class ChunkedDesign:
 
     def level_summary(self, chunk: pd.DataFrame) -> LevelSummary:
         """One chunk's part of pass 2 (see :class:`LevelSummary`)."""
-        src = DataSource(chunk)
+        src = self._src(chunk)
         missing, _ = self._missing(src)
         ok = ~missing
         out = LevelSummary(n_all=len(chunk), n_complete=int(ok.sum()))
@@ -525,7 +548,7 @@ class ChunkedDesign:
 
     # -- pass 3: each chunk's arrays ----------------------------------------------------------
     def _rows(self, chunk: pd.DataFrame, where: str):
-        src = DataSource(chunk)
+        src = self._src(chunk)
         missing, (fb, bbs, rb) = self._missing(src)
         rows = np.flatnonzero(~missing)
         return src, rows, fb, bbs, rb

@@ -40,8 +40,9 @@ def chunked_runner(data: Any, batch_size: int | None = None) -> Any:
     """The runner for data read in chunks, or None for in-memory data."""
     from multilevel.design.stream import is_stream_source
 
-    mod = type(data).__module__ or ""
-    if mod.startswith("dask") and hasattr(data, "npartitions"):
+    from multilevel.design.dasksource import is_dask_frame
+
+    if is_dask_frame(data):
         from multilevel.models.dask import DaskRunner
 
         return DaskRunner(data)

@@ -208,6 +208,13 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
         [253.7, 303.7]
         """
         self._check_predict_type(type)
+        from multilevel.design.dasksource import map_new_data
+        lazy = None if interval is not None else map_new_data(
+            newdata, lambda part: self.predict(part, re_form=re_form,
+                                               allow_new_levels=allow_new_levels, type=type),
+            "predicted")
+        if lazy is not None:  # a Dask frame: a lazy Series, one partition at a time
+            return lazy
         if interval is not None:
             if newdata is None:
                 raise DataError("intervals need newdata (the fitting data works: fit.frame rows)")
