@@ -221,3 +221,22 @@ def test_a_level_new_in_the_second_pass_is_an_error_naming_the_column():
     changed["f"] = changed["f"].cat.add_categories("new").fillna("new")
     with pytest.raises(DataError, match=r"file y\.parquet.*'new'.*factor 'f'"):
         des.chunk_arrays(changed, "file y.parquet")
+
+
+def test_cli_fits_parquet_in_batches(tmp_path, capsys):
+    from multilevel.app.cli import main
+
+    sleep = ml.datasets.load("sleepstudy")
+    sleep.to_parquet(tmp_path / "s.parquet")
+    f = "Reaction ~ Days + (Days | Subject)"
+    assert main(["fit", f, "--data", str(tmp_path / "s.parquet"), "--batch-size", "40",
+                 "--json"]) == 0
+    import json
+
+    got = json.loads(capsys.readouterr().out)
+    ref = ml.lmer(f, sleep).to_dict()
+    assert _rel(got["results"]["logLik"], ref["results"]["logLik"]) < 1e-10
+    assert got["fixef_names"] == ref["fixef_names"]
+    assert main(["fit", f, "--data", str(tmp_path / "s.parquet"), "--batch-size", "40",
+                 "--family", "poisson"]) != 0
+    assert "lmer only" in capsys.readouterr().err

@@ -330,6 +330,3 @@ def category_union(prev: list | None, cats: Sequence[Any]) -> list:
     seen = set(prev)
     return prev + [c for c in cats if c not in seen]
 
-
-def take_numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
-    return frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
