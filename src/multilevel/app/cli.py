@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit a linear mixed model (lme4's lmer), or with --family a "
                                    "generalised one (glmer), and print lme4's summary.")
     f.add_argument("formula", help='lme4 formula, e.g. "Reaction ~ Days + (Days | Subject)"')
+    f.add_argument("--batch-size", type=int, default=None, metavar="ROWS",
+                   help="read Parquet/CSV data in batches of ROWS rows (out of core); files "
+                        f"above {CHUNKED_FILE_BYTES // 2**20} MB and directories are read so "
+                        "by default")
     f.add_argument("--json", action="store_true",
                    help="print the fit as JSON in the field names of lme4's reference fits")
     f.set_defaults(handler=_cmd_fit)
@@ -225,6 +229,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- data and models ----------------------------------------------------------------------
 
 
+#: Parquet / CSV files larger than this are fitted out of core (read in batches)
+CHUNKED_FILE_BYTES = 512 * 2**20
+
+
+def _chunked_path(spec: str, batch_size: int | None) -> bool:
+    """Whether ``multilevel fit`` reads the data in batches: a directory of Parquet/CSV files,
+    a Parquet/CSV file above :data:`CHUNKED_FILE_BYTES`, or any such file with --batch-size."""
+    low = spec.lower()
+    tabular = low.endswith((".parquet", ".pq", ".csv", ".csv.gz", ".tsv"))
+    if os.path.isdir(spec):
+        # a directory of Parquet/CSV files (an empty one, or a bundled name, is not data)
+        from pathlib import Path
+
+        return any(str(f).lower().endswith((".parquet", ".pq", ".csv", ".csv.gz", ".tsv"))
+                   for f in Path(spec).rglob("*") if f.is_file())
+    if not (tabular and os.path.isfile(spec)):
+        if batch_size is not None:
+            raise _InputError(f"--batch-size reads Parquet or CSV files (or a directory of "
+                              f"them), not {spec!r}")
+        return False
+    return batch_size is not None or os.path.getsize(spec) > CHUNKED_FILE_BYTES
+
+
 def _read_data(spec: str) -> tuple[pd.DataFrame, str]:
     """A data frame from a file path or a bundled data set name, and the name to show."""
     from multilevel.datasets import FORMATS, load, read_data
@@ -304,6 +331,8 @@ def _fit(args: argparse.Namespace, formula: str, df: pd.DataFrame) -> Any:
             fit = multilevel.glmer(formula, data=df, family=args.family, link=args.link,
                                    nagq=args.nagq, **kw)
         else:
+            if getattr(args, "_batch_size", None) is not None:
+                kw["batch_size"] = args._batch_size
             fit = multilevel.lmer(formula, data=df, reml=not args.ml, **kw)
     return fit
 
@@ -341,7 +370,16 @@ def _label(fit: Any, data_name: str, args: argparse.Namespace) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     _check_options(args)
     _check_formulas([args.formula])
-    df, name = _read_data(args.data)
+    if _chunked_path(args.data, args.batch_size):
+        # big data: the path itself, read in batches by lmer (peak memory: one batch + the
+        # blocks), never a whole data frame
+        if _is_glmm(args):
+            raise _InputError("data read in batches can be fitted by lmer only (GLMMs need the "
+                              "rows in memory); use a smaller file or a Dask frame from Python")
+        df, name = args.data, os.path.basename(os.path.normpath(args.data))
+        args._batch_size = args.batch_size
+    else:
+        df, name = _read_data(args.data)
     fit = _fit(args, args.formula, df)
     _label(fit, name, args)
     if args.json:

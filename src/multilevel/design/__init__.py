@@ -20,7 +20,13 @@ One module per concept; each imports only the ones before it (an acyclic graph):
 - ``newdata``: the specification learnt once and its re-application to new data
   (:class:`NewDesign`);
 - ``frame``: builds the :class:`ModelFrame` (y, X, the random-effect terms with their level
-  references, weights, offset) with :func:`build_model_frame` / :func:`build_fixed_frame`.
+  references, weights, offset) with :func:`build_model_frame` / :func:`build_fixed_frame`;
+- ``stream``: data read as a stream of Arrow batches (Parquet / CSV files and directories,
+  Arrow datasets and readers, polars LazyFrames, DuckDB relations);
+- ``chunked``: the specification learnt in passes over chunks (stateful transforms, then a
+  skeleton of the levels) and each chunk's rows of Z, X and y (:class:`ChunkedDesign`), and
+  the frame of such a fit (:class:`ChunkedModelFrame`);
+- ``dasksource``: Dask frames as chunks, each pass a Dask tree reduction.
 """
 from multilevel.design.frame import ModelFrame, build_fixed_frame, build_model_frame
 from multilevel.design.grouping import ReTerm

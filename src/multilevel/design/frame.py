@@ -181,7 +181,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
                       family: str = "gaussian", require_bars: bool = True,
                       contrasts: Mapping[str, Any] | None = None,
-                      max_dense_gib: float = MAX_DENSE_GIB) -> ModelFrame:
+                      max_dense_gib: float = MAX_DENSE_GIB, _skeleton: bool = False) -> ModelFrame:
     """Build the arrays of a mixed model from an lme4 formula and a data frame.
 
     data: a pandas DataFrame, a polars DataFrame (or anything narwhals reads), or a dict of
@@ -198,6 +198,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     max_dense_gib: the largest dense model matrix (X, or one term's Z) to build; a larger one
         (a fixed factor with 30,000 levels) is a ModelSpecError saying its size, raised
         before anything is allocated.
+    _skeleton: the data are a skeleton of data read in chunks (``design.chunked``): one row
+        per observed combination of the factors, so only the learnt specification counts;
+        the checks that need the real rows (number of levels against rows, rank of X) are
+        left to the chunked path, which makes them on the accumulated blocks.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"y": [1.0, 2.1, 2.9, 4.2, 5.1, 5.8],
@@ -323,7 +327,8 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     for rt, bs in built:
         rt.spec = bs
     reterms = [rt for rt, _ in built]
-    _check_reterms(reterms, n, family)
+    if not _skeleton:
+        _check_reterms(reterms, n, family)
 
     # ---- fixed effects -------------------------------------------------------------------
     plan = make_plan(fixed)
@@ -331,7 +336,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     X = fill_columns(plan, fixed_vals, n)
     _check_finite(X, plan.names, "fixed-effect model matrix")
     _check_scale(X, plan.names, "the fixed-effect column")
-    keep = rank_keep(X)
+    keep = list(range(X.shape[1])) if _skeleton else rank_keep(X)
     dropped: list[str] = []
     if len(keep) < X.shape[1]:
         dropped = [plan.names[j] for j in range(X.shape[1]) if j not in set(keep)]

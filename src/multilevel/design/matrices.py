@@ -24,7 +24,7 @@ from multilevel.design.contrasts import Contrast
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError
 
-__all__ = ["ColumnPlan", "make_plan", "fill_columns", "rank_keep"]
+__all__ = ["ColumnPlan", "make_plan", "fill_columns", "rank_keep", "rank_keep_gram"]
 
 
 @dataclass
@@ -186,4 +186,50 @@ def _rank_keep(X: np.ndarray, tol: float = 1e-7) -> list[int]:
         if rn >= tol * norms[j]:
             keep.append(j)
             Q = np.column_stack([Q, r / rn])
+    return keep
+
+
+def rank_keep_gram(G: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """R's LINPACK rule (:func:`rank_keep`) from the cross products ``G = X'X`` alone, for X
+    accumulated over row chunks: the same fast path (a Cholesky factor of the scaled G far
+    from singular keeps every column), else left to right a column is dropped when its
+    squared residual norm after projection on the kept columns, a Schur complement of G,
+    is below ``tol**2`` times its squared norm. Squaring costs digits only for columns near
+    the tolerance (residual norms of ~1e-7 of the column's norm); exactly aliased columns
+    (a missing combination of factor levels) come out as in :func:`rank_keep`.
+
+    >>> X = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    >>> rank_keep_gram(X.T @ X)
+    [0, 2]
+    """
+    G = np.asarray(G, dtype=np.float64)
+    p = G.shape[0]
+    if p == 0:
+        return []
+    d = np.sqrt(np.clip(np.diag(G), 0.0, None))
+    if np.all(d > 0) and np.all(np.isfinite(d)):
+        try:
+            L = np.linalg.cholesky(G / np.outer(d, d))
+            if np.all(np.abs(np.diag(L)) > 1e-4):
+                return list(range(p))
+        except np.linalg.LinAlgError:
+            pass
+    keep: list[int] = []
+    L = np.zeros((p, p))
+    for j in range(p):
+        gjj = G[j, j]
+        if not gjj > 0:
+            continue
+        k = len(keep)
+        if k:
+            from scipy.linalg import solve_triangular
+
+            lj = solve_triangular(L[:k, :k], G[keep, j], lower=True)
+            r2 = gjj - float(lj @ lj)
+        else:
+            lj, r2 = np.zeros(0), gjj
+        if r2 > 0 and r2 >= tol * tol * gjj:
+            L[k, :k] = lj
+            L[k, k] = np.sqrt(r2)
+            keep.append(j)
     return keep

@@ -154,12 +154,24 @@ def _row_means(x: np.ndarray, by: Any, state: dict) -> np.ndarray:
     return means[pos]
 
 
+def _streamed(x: np.ndarray, by: Any, state: dict) -> bool:
+    """Data read in chunks (``_streaming``): accumulate this chunk (True) or take the merged
+    state (fills ``state``)."""
+    from multilevel.formula._streaming import active, stream_hook
+
+    if not active():
+        return False
+    return stream_hook("center", x, None if by is None else _labels(by), (), state)
+
+
 # Formulaic calls a stateful transform with ``_state``: empty at fit time (learn), filled for
 # new data (re-apply). The mutable defaults are never used: formulaic always passes a state.
 @stateful_transform
 def ml_center(data: Any, by: Any = None, _state: dict = {}) -> np.ndarray:  # noqa: B006
     """``center(x)`` / ``center(x, by = g)``: x minus the (group) mean of the fitting data."""
     x, flat = _as_matrix(data)
+    if "grand" not in _state and _streamed(x, by, _state):
+        return np.zeros(x.shape[0]) if flat else np.zeros(x.shape)
     if "grand" not in _state:
         _learn(x, by, _state)
     out = x - _row_means(x, by, _state)
@@ -172,6 +184,8 @@ def ml_group_mean(data: Any, by: Any = None, _state: dict = {}) -> np.ndarray:  
     if by is None:
         raise ValueError("group_mean() needs by = <grouping column>")
     x, flat = _as_matrix(data)
+    if "grand" not in _state and _streamed(x, by, _state):
+        return np.zeros(x.shape[0]) if flat else np.zeros(x.shape)
     if "grand" not in _state:
         _learn(x, by, _state)
     out = np.array(_row_means(x, by, _state), dtype=np.float64)

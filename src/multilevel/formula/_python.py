@@ -308,6 +308,7 @@ class NumericExpressions:
         self._codes: list[str] = []
         self._strings: dict[str, str] = {}      # string literals by placeholder (to_python)
         self.direct = False                     # evaluated by _direct (no formulaic spec)
+        self.per_node = False                   # one formulaic spec per expression (chunks)
 
     def _frame(self, data: Mapping[str, np.ndarray], n: int) -> pd.DataFrame:
         return pd.DataFrame({a: data[c] for c, a in self.columns.items()},
@@ -333,6 +334,14 @@ class NumericExpressions:
         strings: dict[str, str] = {}
         self._codes = [to_python(node, self.columns.get, self.text, strings) for node in self.nodes]
         self._strings = strings
+        from multilevel.formula._streaming import active as _streaming
+
+        self.per_node = _streaming()
+        if self.per_node:
+            # data read in chunks: the transforms' call sites are numbered in call order, and
+            # formulaic's order of factors may differ between processes (string hashing), so
+            # each expression is evaluated on its own, in the expressions' order
+            return self._fit_nodes(data, n)
         formula = Formula("0 + " + " + ".join("{" + c + "}" for c in self._codes),
                           _ordering="none")
         try:
@@ -360,6 +369,14 @@ class NumericExpressions:
                 raise DataError(f"cannot evaluate {self._which(None)} on the new data: a "
                                 "column is missing or not numeric")
             return direct
+        if getattr(self, "per_node", False):
+            try:
+                with np.errstate(all="ignore"):
+                    return [np.ascontiguousarray(np.asarray(sp.get_model_matrix(
+                        self._frame(data, n), context=self._context(), na_action="ignore"),
+                        dtype=np.float64).reshape(n, -1)) for sp in self.spec]
+            except Exception as e:
+                raise self._failure(data, e, " on the new data") from e
         try:
             with np.errstate(all="ignore"):
                 mm = self.spec.get_model_matrix(self._frame(data, n), context=self._context(),
@@ -399,6 +416,31 @@ class NumericExpressions:
     def _which(self, e: Exception) -> str:
         keys = [deparse(n) for n in self.nodes]
         return ", ".join(keys) if len(keys) < 4 else f"{len(keys)} expressions"
+
+    def _fit_nodes(self, data: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """Each expression evaluated by a formulaic spec of its own (``self.spec`` a list)."""
+        from formulaic import Formula, model_matrix
+
+        frame = self._frame(data, n)
+        specs, out = [], []
+        self.suffixes = []
+        try:
+            for code in self._codes:
+                with np.errstate(all="ignore"):
+                    mm = model_matrix(Formula("0 + {" + code + "}", _ordering="none"), frame,
+                                      context=self._context(), na_action="ignore",
+                                      ensure_full_rank=False, output="numpy")
+                specs.append(mm.model_spec)
+                block = np.ascontiguousarray(np.asarray(mm, dtype=np.float64).reshape(n, -1))
+                out.append(block)
+                k = block.shape[1]
+                self.suffixes.append([""] if k == 1 else [str(i + 1) for i in range(k)])
+        except FormulaError:
+            raise
+        except Exception as e:
+            raise self._failure(data, e, "") from e
+        self.spec = specs
+        return out
 
     def _split(self, M: np.ndarray, first: bool) -> list[np.ndarray]:
         slices = list(self.spec.term_slices.values())

@@ -32,6 +32,7 @@ import numpy as np
 from formulaic.utils.stateful_transforms import stateful_transform
 
 from multilevel.formula._centering import _as_matrix
+from multilevel.formula._streaming import stream_hook
 
 __all__ = ["ml_scale", "ml_poly", "R_TRANSFORMS"]
 
@@ -45,6 +46,9 @@ def ml_scale(data: Any, center: bool = True, scale: bool = True,
              _state: dict = {}) -> np.ndarray:  # noqa: B006
     """R's ``scale(x, center, scale)`` ignoring missing values when learning."""
     x, flat = _as_matrix(data)
+    # data read in chunks: accumulate this chunk's moments, or take the merged state
+    if "center" not in _state and stream_hook("scale", x, None, (center, scale), _state):
+        return np.zeros(x.shape[0]) if flat else np.zeros(x.shape)
     if "center" not in _state:
         ok = ~np.isnan(x)
         cnt = ok.sum(axis=0)
@@ -93,6 +97,8 @@ def ml_poly(data: Any, degree: int = 1, raw: bool = False,
     degree = int(degree)
     if raw:
         return np.column_stack([x ** d for d in range(1, degree + 1)])
+    if "alpha" not in _state and stream_hook("poly", x, None, (degree,), _state):
+        return np.zeros((x.shape[0], degree))
     if "alpha" not in _state:
         alpha, norm2 = _poly_coefs(x, degree)
         _state["alpha"], _state["norm2"] = alpha, norm2

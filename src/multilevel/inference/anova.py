@@ -62,6 +62,10 @@ class AnovaTable(AnovaMethods, pd.DataFrame):
 def _response(fit: AnyFit) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(rows used, response, prior weights) of a fit, as far as the object tells."""
     frame = getattr(fit, "frame", None)
+    if frame is not None and getattr(frame, "out_of_core", False):
+        # data read in chunks: the rows are not in memory; their summary (number of rows,
+        # sum and sum of squares of the response) stands for them
+        return None, np.asarray(frame.fingerprint, dtype=float), None
     if frame is not None:
         rows = getattr(frame, "rows", None)
         rows = None if rows is None or len(rows) == 0 else np.asarray(rows)

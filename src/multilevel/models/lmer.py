@@ -24,6 +24,7 @@ def lmer(
     offset: Any = None,
     control: dict | LmerControl | None = None,
     contrasts: dict | None = None,
+    batch_size: int | None = None,
 ) -> LmmFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood.
 
@@ -33,7 +34,11 @@ def lmer(
         lme4 syntax: ``"Reaction ~ Days + (Days | Subject)"``, ``(1 | a/b)``, ``(x || g)``...
         and lme4 2.0's structured covariances ``diag(x | g)``, ``cs(x | g)`` (compound
         symmetry), ``ar1(0 + factor(t) | g)`` (AR(1) over the levels of t), as glmmTMB fits them.
-    data : pandas or polars DataFrame (or a dict of columns)
+    data : pandas or polars DataFrame (or a dict of columns); or data read in chunks: a path
+        or list of paths to Parquet / CSV files (or a directory of them), a
+        ``pyarrow.dataset.Dataset``, a ``pyarrow.RecordBatchReader``, a polars ``LazyFrame``,
+        a DuckDB relation (out of core: ``multilevel.models.chunked``), or a Dask DataFrame
+        (each pass a Dask computation). The fit equals the in-memory fit of the same rows.
     reml : bool
         REML (True, lme4's default) or ML (False). R's spelling ``REML=`` is accepted too.
     weights : column name or array, optional
@@ -55,6 +60,8 @@ def lmer(
         used are in ``fit.contrasts`` and ``fit.to_dict()["fixed_contrasts"]``; ``predict``
         re-applies them. A name that is not a factor of the fixed part, an unknown contrast or
         a matrix of the wrong shape raises :class:`~multilevel.errors.ModelSpecError`.
+    batch_size : int, optional
+        Rows per batch for data read in chunks (default 262,144); peak memory grows with it.
 
     Returns
     -------
@@ -77,6 +84,11 @@ def lmer(
     if not isinstance(reml, (bool, np.bool_)):
         raise ModelSpecError(f"reml must be True (REML) or False (maximum likelihood), not {reml!r}")
     reml = bool(reml)
+    from multilevel.models.chunked import chunked_runner, lmer_chunked
+    runner = chunked_runner(data, batch_size)
+    if runner is not None:  # data read in chunks: out of core or on Dask
+        return lmer_chunked(formula, data, reml=reml, weights=weights, offset=offset, ctrl=ctrl,
+                            contrasts=contrasts, runner=runner)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
                               contrasts=contrasts, max_dense_gib=ctrl.max_dense_gib)
     n, p = frame.X.shape

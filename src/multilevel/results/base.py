@@ -204,7 +204,16 @@ class FitBase(InformationCriteria):
         >>> list(f.fitted().index) == list(d.index)
         True
         """
+        if getattr(self.frame, "out_of_core", False):
+            return self._chunked_values("fitted")
         return pd.Series(self._fitted, index=self._row_index(), name="fitted")
+
+    def _chunked_values(self, what: str, kind: str = "response", scaled: bool = False) -> Any:
+        """Fitted values or residuals of a fit to data read in chunks, computed in a pass over
+        the data (the frame's ``row_series``: a pandas Series by position, or a lazy Dask
+        Series for a Dask frame)."""
+        sigma = getattr(self, "_sigma", None) if scaled else None
+        return self.frame.row_series(self._beta, self._b, what, kind=kind, sigma=sigma)
 
     def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
                 type: str = "link", interval: str | None = None,  # noqa: A002 - lme4's name

@@ -170,6 +170,10 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
     def residuals(self, type: str = "response", scaled: bool = False) -> pd.Series:  # noqa: A002
         """Residuals: ``"response"`` y − fitted, or ``"pearson"`` √w (y − fitted).
         ``scaled=True`` divides by sigma (lme4's ``residuals(fit, scaled = TRUE)``)."""
+        if getattr(self.frame, "out_of_core", False):  # data read in chunks: a pass over them
+            if type not in ("response", "pearson"):
+                raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
+            return self._chunked_values("residuals", kind=type, scaled=scaled)
         r = self.frame.y - self._fitted
         if type == "pearson":
             if self.frame.weights is not None:
@@ -204,6 +208,13 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
         [253.7, 303.7]
         """
         self._check_predict_type(type)
+        from multilevel.design.dasksource import map_new_data
+        lazy = None if interval is not None else map_new_data(
+            newdata, lambda part: self.predict(part, re_form=re_form,
+                                               allow_new_levels=allow_new_levels, type=type),
+            "predicted")
+        if lazy is not None:  # a Dask frame: a lazy Series, one partition at a time
+            return lazy
         if interval is not None:
             if newdata is None:
                 raise DataError("intervals need newdata (the fitting data works: fit.frame rows)")

@@ -1,0 +1,102 @@
+"""Dask frames as a source of row chunks: one chunk per partition, passes as Dask tasks.
+
+Layer: design. May import: formula, errors, control.
+
+Why a module of its own: a Dask DataFrame is data that the design layer reads (like the Arrow
+batches of :mod:`~multilevel.design.stream`), but it is read where its partitions live: each
+pass over the data maps a function over the partitions and merges the results with Dask's own
+tree reduction (``dask.bag.Bag.reduction``), on whatever scheduler is active (a
+``distributed.Client`` to a cluster, a ``LocalCluster``, or the local threads). Only the
+per-partition results travel: transform statistics, level summaries, cell moments. Row values
+after the fit (fitted values, residuals, predictions for new data) are lazy Dask Series, one
+partition at a time.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from multilevel.errors import DataError
+
+__all__ = ["DaskSource", "is_dask_frame", "map_new_data"]
+
+#: partitions merged per node of the reduction tree
+SPLIT_EVERY = 8
+
+
+def is_dask_frame(data: Any) -> bool:
+    mod = type(data).__module__ or ""
+    return mod.startswith("dask") and hasattr(data, "npartitions") and hasattr(data, "columns")
+
+
+def _tag(fn: Callable, where: str) -> Callable:
+    def run(df: pd.DataFrame, i: int) -> Any:
+        try:
+            return fn(df)
+        except DataError as e:
+            raise DataError(f"{where} {i}: {e}") from e
+    return run
+
+
+def _as_list(run: Callable, df: pd.DataFrame, i: int) -> list:
+    return [run(df, i)]
+
+
+class DaskSource:
+    """A Dask DataFrame read partition by partition (see the module docstring)."""
+
+    def __init__(self, ddf: Any):
+        self.ddf = ddf
+        self.names = [str(c) for c in ddf.columns]
+        self.what = "the Dask DataFrame"
+
+    def first(self, columns: list[str]) -> pd.DataFrame:
+        """Some rows of the first non-empty partition (to classify the variables)."""
+        sub = self.ddf[columns]
+        head = sub.partitions[0].head(1000, compute=True)
+        if len(head) == 0:
+            head = sub.head(1000, npartitions=-1)
+        if len(head) == 0:
+            raise DataError("the Dask DataFrame has no rows")
+        return head
+
+    def reduce(self, columns: list[str], chunk: Callable, merge: Callable) -> Any:
+        """``merge`` over ``chunk(partition)`` of every partition, as a Dask tree reduction."""
+        import dask
+        import dask.bag as db
+
+        parts = self.ddf[columns].to_delayed()
+        run = _tag(chunk, "Dask partition")
+        # pure=False: fresh task keys for every pass (the passes differ only by the function,
+        # whose token Dask might not tell apart, and must never share results)
+        items = [dask.delayed(_as_list, pure=False)(run, p, i) for i, p in enumerate(parts)]
+        bag = db.from_delayed(items)
+
+        def fold(xs: Any) -> Any:
+            out = None
+            for x in xs:
+                out = x if out is None else merge(out, x)
+            return out
+
+        return bag.reduction(fold, fold, split_every=SPLIT_EVERY).compute()
+
+    def row_series(self, design: Any, beta: np.ndarray, b: list[np.ndarray], what: str, *,
+                   kind: str = "response", sigma: float | None = None) -> Any:
+        """A lazy Dask Series of fitted values or residuals (rows used; the data's index)."""
+        from multilevel.design.chunked import row_result
+
+        def part(df: pd.DataFrame) -> pd.Series:
+            v = design.row_values(df, beta, b, "a Dask partition")
+            return pd.Series(row_result(v, what, kind, sigma), index=df.index[v["rows"]],
+                             name=what)
+
+        return self.ddf[design.columns].map_partitions(part, meta=(what, "f8"))
+
+
+def map_new_data(newdata: Any, fn: Callable[[pd.DataFrame], pd.Series], name: str) -> Any:
+    """``fn`` over the partitions of a Dask frame (a lazy Series), or None for other data."""
+    if not is_dask_frame(newdata):
+        return None
+    return newdata.map_partitions(fn, meta=(name, "f8"))
