@@ -92,7 +92,9 @@ class LmerControl:
 
     Optimiser: ``optimizer`` (``"auto"``: inside the compiled core, projected BFGS on the
     analytic gradient of the profiled deviance, where the model's covariance parameters are
-    entries of Λ -- unstructured and diagonal terms -- else NLopt's BOBYQA; ``"bobyqa"``:
+    entries of Λ -- unstructured and diagonal terms -- and it has at most 1000 random effects
+    (beyond, a gradient costs more than the evaluations it saves), else NLopt's BOBYQA;
+    ``"bfgs"``: the in-core optimiser wherever it applies; ``"bobyqa"``:
     NLopt's BOBYQA always, the optimiser before the in-core one, kept for parity checks),
     ``maxeval`` (100000, for either). BOBYQA's own settings: ``ftol_abs`` (1e-8),
     ``ftol_rel`` (0), ``xtol_abs`` (1e-8), ``initial_step`` (None: in proportion to the
@@ -134,7 +136,7 @@ class LmerControl:
     max_cov_params: int = 2000
 
     #: the values of ``optimizer``
-    _OPTIMIZERS: ClassVar[tuple[str, ...]] = ("auto", "bobyqa")
+    _OPTIMIZERS: ClassVar[tuple[str, ...]] = ("auto", "bfgs", "bobyqa")
 
     #: which check decides the action on a warning code (codes not listed always warn)
     _CHECKS: ClassVar[dict[str, str]] = {

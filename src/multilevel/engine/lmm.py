@@ -230,6 +230,12 @@ def _polish_control(ctrl: LmerControl) -> LmerControl:
 #: the in-core optimiser up to this many θ (a dense BFGS model: k^2 memory, k^3 per step;
 #: beyond it, BOBYQA's k^2 interpolation points are no cheaper but a known quantity)
 _CORE_MAX = 200
+#: ... and up to this many random effects q (levels x columns, all terms): one evaluation of
+#: the gradient costs 2.5-4 objectives in its per-level loop, which the 2-3x fewer
+#: evaluations repay only where BOBYQA's cost per evaluation is mostly the Python callback
+#: (measured interleaved: sleepstudy q=36 0.67x, hsb82 q=320 0.74x the BOBYQA fit's time;
+#: slopes_1e5 q=2000 2.1x, chem97 q=2541 1.8x); beyond it BOBYQA with its Newton polish
+_CORE_MAX_Q = 1000
 #: the in-core optimiser stops when a Newton step would gain less than this (deviance units)
 _CORE_DEC_TOL = 1e-10
 _CORE_STOPS = {"converged": (0, "converged: a Newton step would lower the criterion by < 1e-10"),
@@ -250,7 +256,9 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     # Structured terms (cs, ar1): the optimiser moves the structures' own parameters, mapped
     # to the engine's θ (problem.pmap); otherwise it moves θ itself (pm.native).
     pm = getattr(problem, "pmap", None) or ParameterMap(problem.input.structures)
-    if ctrl.optimizer != "bobyqa" and pm.native and 0 < pm.npar <= _CORE_MAX:
+    q = sum(e.nlev * e.Z.shape[1] for e in problem.eterms)
+    core_ok = pm.native and 0 < pm.npar <= _CORE_MAX
+    if core_ok and (ctrl.optimizer == "bfgs" or (ctrl.optimizer == "auto" and q <= _CORE_MAX_Q)):
         return _fit_theta_core(problem, pm, ctrl, t0)
     objective = pm.wrap(problem.objective)
     x0, lower, step0 = pm.start(problem.theta0), pm.lower, pm.step(problem.step0)
