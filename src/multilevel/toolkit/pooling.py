@@ -49,7 +49,7 @@ from multilevel.design import DataSource
 from multilevel.errors import DataError, ModelSpecError
 from multilevel.formula import parse_expression, parse_formula
 from multilevel.results.lm import LmFit
-from multilevel.models.lm import lm
+from multilevel.models.lm import lm, lm_by_group
 
 __all__ = ["pooling", "two_stage", "shrinkage_factors", "Pooling", "TwoStage"]
 
@@ -92,7 +92,27 @@ def _as_pandas(data: Any) -> pd.DataFrame:
     return pd.DataFrame({c: src.column(c).series for c in src.names})
 
 
-def _setup(formula: str, data: Any) -> _Setup:
+def _check_fit(fit: Any, formula: str, data: Any) -> None:
+    """``fit=`` of :func:`pooling`: the REML lmer fit of this formula on these data."""
+    from multilevel.results.lmm import LmmFit
+
+    if not isinstance(fit, LmmFit):
+        raise ModelSpecError(f"fit: expected the lmer fit of the model (an LmmFit), not "
+                             f"{type(fit).__name__}")
+    if str(fit.formula).strip() != formula.strip():
+        raise ModelSpecError(f"fit: it was fitted with the formula {fit.formula!r}, not "
+                             f"{formula!r}")
+    if not fit.reml:
+        raise ModelSpecError("fit: partial pooling is the REML fit; this one was fitted by "
+                             "ML (refit with reml=True, or leave fit out)")
+    nrows = DataSource(data).nrows
+    frame = fit.frame
+    if frame.nobs + frame.n_dropped != nrows or (len(frame.rows) and frame.rows[-1] >= nrows):
+        raise ModelSpecError(f"fit: it was fitted to {frame.nobs + frame.n_dropped} rows, the "
+                             f"data have {nrows}; pass the data it was fitted to")
+
+
+def _setup(formula: str, data: Any, fit: Any = None) -> _Setup:
     from multilevel.models.lmer import lmer
 
     parsed = parse_formula(formula)
@@ -106,7 +126,11 @@ def _setup(formula: str, data: Any) -> _Setup:
                              f"{parsed.bars[0].group}")
     g = bar_vars[0]
     pdf = _as_pandas(data)
-    partial = lmer(formula, data)
+    if fit is None:
+        partial = lmer(formula, data)
+    else:
+        _check_fit(fit, formula, data)
+        partial = fit
     frame = partial.frame
     rows = np.asarray(frame.rows)
     used = pdf.iloc[rows]
@@ -151,8 +175,9 @@ def _setup(formula: str, data: Any) -> _Setup:
         # treatment coding whatever the column's type: an ordered grouping factor (hsb's
         # school) would otherwise get contr.poly, which R refuses above 95 levels, while the
         # group coefficients need only indicator columns
-        none = lm(f"{parsed.response_text} ~ {' + '.join(parts)}", used,
-                  contrasts={gkey: "treatment"})
+        # (group by group: the same fit as lm() without the dense matrix of dummies)
+        none = lm_by_group(f"{parsed.response_text} ~ {' + '.join(parts)}", used, gkey,
+                           contrasts={gkey: "treatment"})
 
     coef = none.coef()
     none_full = np.full((len(levels), len(coef_names)), np.nan)
@@ -339,7 +364,7 @@ class Pooling(TextResult):
                          "absorbed": self.absorbed, "notes": self.notes})
 
 
-def pooling(formula: str, data: Any) -> Pooling:
+def pooling(formula: str, data: Any, fit: Any = None) -> Pooling:
     """Compare complete pooling, no pooling and partial pooling (the mixed model).
 
     The model must have exactly one grouping factor, a data column (``(1 | g)``,
@@ -350,7 +375,9 @@ def pooling(formula: str, data: Any) -> Pooling:
       the random-effects term, group slopes ``factor(g):x``, plus the formula's other terms
       as common coefficients (terms constant within groups, aliased with the group
       coefficients, are left out);
-    * partial pooling: ``lmer(formula, data)`` (REML).
+    * partial pooling: ``lmer(formula, data)`` (REML), or ``fit`` when given: the lmer fit
+      of this formula on these data (REML), which saves refitting it (it is checked to have
+      this formula, REML and the data's number of rows; a mismatch is a ModelSpecError).
 
     The per-group ``table`` puts the three on the scale of ``coef(fit)``: ``{c}_partial`` is
     exactly ``fit.coef()[g][c]``, ``{c}_complete`` the complete-pooling coefficient of c (0
@@ -375,7 +402,7 @@ def pooling(formula: str, data: Any) -> Pooling:
     >>> p.table[["group", "n", "(Intercept)_weight"]].round(3).head(2).values.tolist()
     [['A', 5, 0.783], ['B', 5, 0.783]]
     """
-    s = _setup(formula, data)
+    s = _setup(formula, data, fit)
     partial = s.partial
     coef_df = partial.coef()[s.group]
     beta = partial.fixef
