@@ -285,9 +285,11 @@ class LmFit(LmMethods, FitBase):
 
     def coef(self) -> pd.Series:
         """All coefficients in model-matrix order, NaN for aliased columns (R's ``coef(fit)``)."""
-        full = pd.Series(np.nan, index=self.frame.all_fixef_names, name="coef")
-        full.loc[self._names] = self._beta
-        return full
+        names = self.frame.all_fixef_names
+        values = np.full(len(names), np.nan)
+        # (by position: a label-based .loc assignment cost more than the fit of a small lm)
+        values[pd.Index(names).get_indexer(self._names)] = self._beta
+        return pd.Series(values, index=names, name="coef")
 
     @cached_property
     def vcov_classical(self) -> pd.DataFrame:

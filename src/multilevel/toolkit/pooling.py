@@ -180,11 +180,12 @@ def _setup(formula: str, data: Any, fit: Any = None) -> _Setup:
                            contrasts={gkey: "treatment"})
 
     coef = none.coef()
+    coef = dict(zip(coef.index, coef.to_numpy()))  # (a dict: J x q look-ups by name)
     none_full = np.full((len(levels), len(coef_names)), np.nan)
     for j, lv in enumerate(levels):
         for c, cn in enumerate(coef_names):
             name = f"{gkey}{lv}" if cn == "(Intercept)" else f"{gkey}{lv}:{cn}"
-            if name in coef.index:
+            if name in coef:
                 none_full[j, c] = coef[name]
     if np.isnan(none_full).any():
         bad = [f"{coef_names[c]} of {int(np.isnan(none_full[:, c]).sum())} group(s)"
@@ -408,33 +409,38 @@ def pooling(formula: str, data: Any, fit: Any = None) -> Pooling:
     beta = partial.fixef
     complete_coef = s.complete.coef()
 
-    table = pd.DataFrame({"group": s.levels, "n": _group_sizes(s).astype(np.int64)})
+    # the frames are built from whole columns (one DataFrame each), not column by column
+    columns: dict[str, Any] = {"group": s.levels, "n": _group_sizes(s).astype(np.int64)}
     net = s.none_full.copy()
     for name, load in s.absorbed.items():
         net -= float(beta[name]) * load  # remove the level-2 part, as coef(fit) leaves it out
     factors = shrinkage_factors(partial, s.group)
+    J = len(s.levels)
     for c, cn in enumerate(s.coef_names):
         comp = float(complete_coef[cn]) if cn in complete_coef.index else 0.0
         if np.isnan(comp):  # aliased in the complete-pooling fit
             comp = 0.0
-        part = coef_df[cn].to_numpy(dtype=float)
-        none = net[:, c]
-        weight = factors[cn].to_numpy(dtype=float)
-        table[f"{cn}_complete"] = comp
-        table[f"{cn}_none"] = none
-        table[f"{cn}_partial"] = part
-        table[f"{cn}_weight"] = weight
+        columns[f"{cn}_complete"] = np.full(J, comp)
+        columns[f"{cn}_none"] = net[:, c]
+        columns[f"{cn}_partial"] = coef_df[cn].to_numpy(dtype=float)
+        columns[f"{cn}_weight"] = factors[cn].to_numpy(dtype=float)
+    table = pd.DataFrame(columns)
 
     names = list(beta.index)
-    for nm in s.complete.coef().index:
+    for nm in complete_coef.index:
         if nm not in names:
             names.append(nm)
-    fixed = pd.DataFrame(index=pd.Index(names, name="term"))
-    for label, fit in (("complete", s.complete), ("none", s.none)):
-        fixed[label] = fit.fixef.reindex(names)
-        fixed[f"{label}_se"] = fit.se.reindex(names)
-    fixed["partial"] = beta.reindex(names)
-    fixed["partial_se"] = partial.se.reindex(names)
+
+    def aligned(values: pd.Series) -> np.ndarray:
+        # Series.reindex(names): NaN where the fit has no such coefficient
+        d = dict(zip(values.index, values.to_numpy(dtype=float)))
+        return np.array([d.get(nm, np.nan) for nm in names], dtype=float)
+
+    fixed = pd.DataFrame({"complete": aligned(s.complete.fixef),
+                          "complete_se": aligned(s.complete.se),
+                          "none": aligned(s.none.fixef), "none_se": aligned(s.none.se),
+                          "partial": aligned(beta), "partial_se": aligned(partial.se)},
+                         index=pd.Index(names, name="term"))
 
     x_name = s.slope_labels[0] if s.slope_labels else None
     return Pooling(formula=formula, table=table, fixed=fixed,
