@@ -556,7 +556,7 @@ def _pooling_rows(pooling: Pooling) -> tuple[np.ndarray, np.ndarray | None, np.n
     return np.asarray(fr.y, dtype=float), xv, levels, np.asarray(rt.refs), fr.response
 
 
-def _line_values(table_row: pd.Series, icpt: str | None, slope: str | None, kind: str,
+def _line_values(table_row: Mapping[str, Any], icpt: str | None, slope: str | None, kind: str,
                  xs: np.ndarray) -> np.ndarray | None:
     a = float(table_row[f"{icpt}_{kind}"]) if icpt else 0.0
     b = float(table_row[f"{slope}_{kind}"]) if slope else 0.0
@@ -576,7 +576,7 @@ def _pooling_offsets(pooling: Pooling, tab: pd.DataFrame, levels: np.ndarray, co
     out: dict[str, dict[str, float]] = {}
     # rows by group code (the table's row of each level), so that the per-row coefficients
     # are one gather and the group means one bincount rather than pandas look-ups by label
-    row_of = pd.Index(tab["group"]).get_indexer(levels)
+    row_of = pd.Index(tab["group"].astype(str)).get_indexer(levels)
     for kind in ("complete", "none", "partial"):
         out[kind] = {}
         fit = pooling.fits.get(kind) if isinstance(pooling.fits, dict) else None
@@ -629,9 +629,9 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
     >>> d["lines"].groupby("pooling", sort=False).size().to_dict()
     {'complete': 50, 'none': 50, 'partial': 50}
     """
-    tab = pooling.table.copy()
-    tab["group"] = tab["group"].astype(str)
-    chosen = _select_levels(tab["group"].tolist(), tab["n"].to_numpy(), groups, 8)
+    tab = pooling.table
+    labels = tab["group"].astype(str).tolist()
+    chosen = _select_levels(labels, tab["n"].to_numpy(), groups, 8)
     y, xv, levels, code, response = _pooling_rows(pooling)
     level_code = {str(lv): k for k, lv in enumerate(levels)}
     icpt, slope = _pooling_coefs(pooling)
@@ -641,7 +641,11 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
         xs = np.linspace(lo - pad, hi + pad, 50)
     else:
         xs = np.array([-0.5, 0.5])
-    by_group = tab.set_index("group")
+    # the chosen groups' table rows as plain dicts (pandas row look-ups cost more than
+    # drawing the lines)
+    at = {g: i for i, g in enumerate(labels)}
+    wanted = ["n"] + [f"{c}_{kind}" for c in (icpt, slope) if c for kind in POOLING_KINDS]
+    arrays = {c: tab[c].to_numpy() for c in wanted}
     offsets = _pooling_offsets(pooling, tab, levels, code, xv, icpt, slope)
     pg, px, py = [], [], []
     lg, lk, lx, ly = [], [], [], []
@@ -651,7 +655,7 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
         pg.append(np.full(int(m.sum()), lv, dtype=object))
         px.append(xv[m] if xv is not None else np.full(int(m.sum()), np.nan))
         py.append(y[m])
-        row = by_group.loc[lv]
+        row = {c: a[at[lv]] for c, a in arrays.items()}
         ns.append(int(row["n"]))
         for kind in POOLING_KINDS:
             vals = _line_values(row, icpt, slope, kind, xs)
@@ -704,12 +708,13 @@ def shrinkage_data(pooling: Pooling, coef: str = "(Intercept)") -> PlotData:
     ok = np.isfinite(none) & np.isfinite(part)
     rank = np.empty(n.size, dtype=int)
     rank[np.argsort(np.where(ok, none, np.inf), kind="stable")] = np.arange(n.size)
-    frame = pd.DataFrame({"group": tab["group"].astype(str).to_numpy(dtype=object), "n": n,
-                          "no_pooling": none, "partial_pooling": part, "complete_pooling": comp})
+    columns = {"group": tab["group"].astype(str).to_numpy(dtype=object), "n": n,
+               "no_pooling": none, "partial_pooling": part, "complete_pooling": comp}
     if f"{coef}_weight" in tab.columns:
-        frame["weight"] = tab[f"{coef}_weight"].to_numpy(dtype=float)
-    frame["estimable"] = ok
-    frame["rank"] = rank
+        columns["weight"] = tab[f"{coef}_weight"].to_numpy(dtype=float)
+    columns["estimable"] = ok
+    columns["rank"] = rank
+    frame = pd.DataFrame(columns)  # at once: adding columns one by one cost more than the rest
     c = float(np.nanmean(comp)) if comp.size and np.isfinite(comp).any() else float("nan")
     meta = {"coef": coef, "group": pooling.group_name, "complete_pooling": c}
     return PlotData("shrinkage", {"groups": frame}, meta)
