@@ -15,8 +15,10 @@ squares fit is a small QR per group plus one over the global columns
 The rank rule stays R's (:func:`~multilevel.design.matrices.rank_keep`: left to right, a
 column whose residual after the kept columns before it is below 1e-7 of its norm is
 dropped). :func:`rank_keep_grouped` certifies full rank cheaply from the blocks; a matrix it
-cannot certify (a group with too few rows, or without variation in x) is checked by
-``rank_keep`` itself on the dense matrix, so the columns dropped are exactly those R drops.
+cannot certify (a group with too few rows, or without variation in x) is checked by the same
+rule group by group when all its columns are local (then a column's residual involves only
+its own group's columns), else by ``rank_keep`` itself on the dense matrix, so the columns
+dropped are exactly those R drops.
 
 >>> import numpy as np
 >>> from multilevel.design.matrices import ColumnPlan
@@ -39,7 +41,7 @@ import numpy as np
 
 from multilevel.design.matrices import ColumnPlan, fill_columns, rank_keep
 
-__all__ = ["GroupedColumns", "grouped_columns", "rank_keep_grouped"]
+__all__ = ["GroupedColumns", "grouped_columns", "rank_keep_grouped", "size_buckets", "padded_rows"]
 
 #: the full-rank certificate: the column-scaled Gram matrix minus this times I must be
 #: positive definite, i.e. the smallest singular value of the column-scaled matrix is above
@@ -182,7 +184,72 @@ def rank_keep_grouped(gc: GroupedColumns, tol: float = 1e-7) -> list[int]:
     nz = ss > 0
     if _certified(gc, ss, nz):
         return [k for k in range(P) if nz[k]]
+    if not any(nz[c] for c in gc.glob_cols):
+        local = _rank_keep_local(gc, ss, tol)
+        if local is not None:
+            return local
     return rank_keep(gc.dense(), tol)
+
+
+def size_buckets(sizes: np.ndarray) -> list[np.ndarray]:
+    """Groups (indices) in batches of similar size (the largest at most twice the smallest,
+    or 8 rows more), so that zero-padding each batch to its largest group costs at most
+    about as much again as the rows themselves."""
+    order = np.argsort(sizes, kind="stable")
+    out, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or sizes[order[i]] > max(2 * sizes[order[start]], sizes[order[start]] + 8):
+            out.append(order[start:i])
+            start = i
+    return out
+
+
+def padded_rows(gc: GroupedColumns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, sizes): the rows sorted by level (stable), where each level's rows
+    start in that order, and how many it has."""
+    order = np.argsort(gc.refs, kind="stable")
+    sizes = np.bincount(gc.refs, minlength=gc.nlev)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return order, starts, sizes
+
+
+def _rank_keep_local(gc: GroupedColumns, ss: np.ndarray, tol: float) -> list[int] | None:
+    """R's rule when every non-zero column is local: columns of different levels have
+    disjoint rows, so a column's residual after the kept columns before it is its residual
+    after its own level's kept columns before it, and the rule runs level by level (all
+    levels at once, Gram-Schmidt twice as ``rank_keep``). None when the levels do not visit
+    their bases in one common order (then the dense rule decides)."""
+    J, m = gc.nlev, gc.bases.shape[1]
+    loc = np.flatnonzero((gc.group >= 0) & (ss > 0))
+    pidx = np.full((J, m), -1, dtype=np.int64)
+    pidx[gc.group[loc], gc.slot[loc]] = loc
+    # each level must meet its bases in slot order (slots are numbered by first appearance
+    # in the plan; R's plans have one run of columns per base)
+    for s in range(1, m):
+        both = (pidx[:, s] >= 0) & (pidx[:, :s] >= 0).any(axis=1)
+        if both.any() and (pidx[both, s] < pidx[both, :s].max(axis=1)).any():
+            return None
+    norm = np.zeros((J, m))
+    norm[gc.group[loc], gc.slot[loc]] = np.sqrt(ss[loc])
+    kept = np.zeros((J, m), dtype=bool)
+    order, starts, sizes = padded_rows(gc)
+    for gi in size_buckets(sizes):
+        nb = int(sizes[gi].max())
+        ar = np.arange(nb)
+        valid = ar[None, :] < sizes[gi][:, None]
+        ridx = order[np.where(valid, starts[gi][:, None] + ar[None, :], 0)]
+        A = np.where(valid[..., None], gc.bases[ridx], 0.0)       # (B, nb, m)
+        Q = np.zeros_like(A)
+        for s in range(m):
+            x = A[:, :, s]
+            r = x - np.einsum("bnk,bk->bn", Q, np.einsum("bnk,bn->bk", Q, x))
+            r = r - np.einsum("bnk,bk->bn", Q, np.einsum("bnk,bn->bk", Q, r))
+            rn = np.sqrt(np.einsum("bn,bn->b", r, r))
+            ok = (pidx[gi, s] >= 0) & (rn >= tol * norm[gi, s])
+            kept[gi, s] = ok
+            with np.errstate(invalid="ignore", divide="ignore"):
+                Q[:, :, s] = np.where(ok[:, None], r / rn[:, None], 0.0)
+    return sorted(int(pidx[j, s]) for j, s in zip(*np.nonzero(kept)))
 
 
 def _certified(gc: GroupedColumns, ss: np.ndarray, nz: np.ndarray) -> bool:

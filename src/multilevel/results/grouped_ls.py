@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from multilevel.design.grouped import GroupedColumns
+from multilevel.design.grouped import GroupedColumns, padded_rows, size_buckets
 
 __all__ = ["GroupedSolution", "grouped_least_squares"]
 
@@ -55,19 +55,6 @@ class GroupedSolution:
     xtx_inv: np.ndarray
     logdet_r: float
     eta: np.ndarray
-
-
-def _buckets(sizes: np.ndarray) -> list[np.ndarray]:
-    """Groups in batches of similar size (the largest at most twice the smallest, or 8 rows
-    more), so that zero-padding to the batch's largest group costs at most about as much
-    again as the rows themselves."""
-    order = np.argsort(sizes, kind="stable")
-    out, start = [], 0
-    for i in range(1, len(order) + 1):
-        if i == len(order) or sizes[order[i]] > max(2 * sizes[order[start]], sizes[order[start]] + 8):
-            out.append(order[start:i])
-            start = i
-    return out
 
 
 def _solve_upper(R: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -101,14 +88,12 @@ def grouped_least_squares(gc: GroupedColumns, keep: Sequence[int], z: np.ndarray
     rhs = np.column_stack([C, z])
 
     refs = gc.refs
-    order = np.argsort(refs, kind="stable")
-    sizes = np.bincount(refs, minlength=J)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    order, starts, sizes = padded_rows(gc)
     Rb = np.zeros((J, m, m))
     QtY = np.zeros((J, m, pg + 1))
     resid = np.empty((n, pg + 1))
     diag = np.arange(m)
-    for gi in _buckets(sizes):
+    for gi in size_buckets(sizes):
         nb = int(sizes[gi].max())
         ar = np.arange(nb)
         valid = ar[None, :] < sizes[gi][:, None]
