@@ -288,7 +288,8 @@ class LmFit(LmMethods, FitBase):
         names = self.frame.all_fixef_names
         values = np.full(len(names), np.nan)
         # (by position: a label-based .loc assignment cost more than the fit of a small lm)
-        values[pd.Index(names).get_indexer(self._names)] = self._beta
+        at = {nm: i for i, nm in enumerate(names)}
+        values[[at[nm] for nm in self._names]] = self._beta
         return pd.Series(values, index=names, name="coef")
 
     @cached_property
