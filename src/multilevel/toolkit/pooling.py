@@ -15,7 +15,10 @@ no pooling
     coefficients. (One regression rather than a fit per group, so the level-1 covariates and
     the residual variance are shared.) Terms that are constant within groups (level-2
     predictors and cross-level interactions) are absorbed by the group coefficients: they
-    would be aliased (R's ``lm`` reports them as NA), so they are left out.
+    would be aliased (R's ``lm`` reports them as NA), so they are left out. The fit is
+    ``lm()``'s, solved group by group (:func:`multilevel.models.lm.lm_by_group`: a small QR
+    per group instead of one over the dense matrix of dummies), which the explorer refits
+    on every change.
 partial pooling
     the mixed model (:func:`multilevel.lmer`, REML): the groups' coefficients are
     ``coef(fit)``, fixed effects plus conditional modes, shrunk towards the fixed effects.
@@ -402,6 +405,10 @@ def pooling(formula: str, data: Any, fit: Any = None) -> Pooling:
     >>> p = ml.pooling("Yield ~ 1 + (1 | Batch)", ml.datasets.load("dyestuff"))
     >>> p.table[["group", "n", "(Intercept)_weight"]].round(3).head(2).values.tolist()
     [['A', 5, 0.783], ['B', 5, 0.783]]
+    >>> d = ml.datasets.load("dyestuff")
+    >>> fit = ml.lmer("Yield ~ 1 + (1 | Batch)", d)
+    >>> ml.pooling("Yield ~ 1 + (1 | Batch)", d, fit=fit).fits["partial"] is fit
+    True
     """
     s = _setup(formula, data, fit)
     partial = s.partial
