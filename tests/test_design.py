@@ -673,7 +673,7 @@ def test_pickled_frame_rebuilds_identical_design(formula):
         np.testing.assert_array_equal(zb, za)
 
 
-DESIGN_ORDER = ["contrasts", "source", "variables", "matrices", "grouping", "response", "newdata", "frame",
+DESIGN_ORDER = ["contrasts", "source", "variables", "matrices", "grouped", "grouping", "response", "newdata", "frame",
                 "stream", "chunked", "dasksource"]
 
 

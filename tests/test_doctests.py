@@ -22,7 +22,9 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
            "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson",
            "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata",
-           "multilevel.report.display", "multilevel.report.anova_table", "multilevel.results.storage"]
+           "multilevel.report.display", "multilevel.report.anova_table", "multilevel.results.storage",
+           "multilevel.design.grouped", "multilevel.results.grouped_ls", "multilevel.models.lm",
+           "multilevel._blas"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -15,6 +15,9 @@ One module per concept; each imports only the ones before it (an acyclic graph):
   transforms on all rows (as R's model frame);
 - ``matrices``: R's ``model.matrix`` (the column plan, :func:`fill_columns`) and its
   rank-deficiency rule (:func:`rank_keep`);
+- ``grouped``: a model matrix of group intercepts and slopes kept as its blocks (group codes,
+  shared base columns, the other columns), its cross products and rank rule without the
+  dense matrix (``build_model_frame(..., group_key=)`` makes a :class:`GroupedFrame`);
 - ``grouping``: grouping factors and the random-effect terms (:class:`ReTerm`);
 - ``response``: the response as each family reads it;
 - ``newdata``: the specification learnt once and its re-application to new data
@@ -28,11 +31,11 @@ One module per concept; each imports only the ones before it (an acyclic graph):
   the frame of such a fit (:class:`ChunkedModelFrame`);
 - ``dasksource``: Dask frames as chunks, each pass a Dask tree reduction.
 """
-from multilevel.design.frame import ModelFrame, build_fixed_frame, build_model_frame
+from multilevel.design.frame import GroupedFrame, ModelFrame, build_fixed_frame, build_model_frame
 from multilevel.design.grouping import ReTerm
 from multilevel.design.matrices import fill_columns, rank_keep
 from multilevel.design.newdata import NewDesign
 from multilevel.design.source import DataSource, take_rows
 
-__all__ = ["ReTerm", "NewDesign", "ModelFrame", "build_model_frame", "build_fixed_frame",
+__all__ = ["ReTerm", "NewDesign", "ModelFrame", "GroupedFrame", "build_model_frame", "build_fixed_frame",
            "DataSource", "take_rows", "fill_columns", "rank_keep"]

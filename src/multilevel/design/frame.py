@@ -48,6 +48,7 @@ import pandas as pd
 
 from multilevel.design.contrasts import Contrast, normalize_contrasts
 from multilevel.design.grouping import BarSpec, GroupSpec, ReTerm
+from multilevel.design.grouped import GroupedColumns, grouped_columns, rank_keep_grouped
 from multilevel.design.matrices import fill_columns, make_plan, rank_keep
 from multilevel.design.newdata import FrameSpec, NewDesign
 from multilevel.design.response import Response
@@ -58,7 +59,7 @@ from multilevel.formula import Call, ModelTerms, Node, ParsedFormula, Paren, dep
 from multilevel.formula._centering import allow_new_groups
 from multilevel.formula._model import CONSTANTS
 
-__all__ = ["ModelFrame", "build_model_frame", "build_fixed_frame"]
+__all__ = ["ModelFrame", "GroupedFrame", "build_model_frame", "build_fixed_frame"]
 
 
 @dataclass
@@ -169,6 +170,30 @@ class ModelFrame:
         return list(plan.names) if plan is not None else list(self.fixef_names)
 
 
+class GroupedFrame(ModelFrame):
+    """A :class:`ModelFrame` whose X is kept as blocks (``grouped``, a
+    :class:`~multilevel.design.grouped.GroupedColumns`) and filled on first access.
+
+    Built by :func:`build_model_frame` with ``group_key=``. Least-squares code that knows
+    the blocks (``multilevel.results.lm``) never fills X; everything else sees an ordinary
+    frame. Pickles and copies as one (the blocks, and X once filled, are plain arrays).
+    """
+
+    grouped: GroupedColumns
+
+    @property  # type: ignore[override]
+    def X(self) -> np.ndarray:
+        X = self.__dict__.get("_X")
+        if X is None:
+            X = np.ascontiguousarray(self.grouped.dense(list(self.spec.keep)))
+            self.__dict__["_X"] = X
+        return X
+
+    @X.setter
+    def X(self, value: np.ndarray | None) -> None:
+        self.__dict__["_X"] = value
+
+
 _KNOWN_FAMILIES = {"gaussian", "binomial", "poisson", "gamma", "inverse.gaussian"}
 
 
@@ -181,7 +206,8 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
                       family: str = "gaussian", require_bars: bool = True,
                       contrasts: Mapping[str, Any] | None = None,
-                      max_dense_gib: float = MAX_DENSE_GIB, _skeleton: bool = False) -> ModelFrame:
+                      max_dense_gib: float = MAX_DENSE_GIB, _skeleton: bool = False,
+                      group_key: str | None = None) -> ModelFrame:
     """Build the arrays of a mixed model from an lme4 formula and a data frame.
 
     data: a pandas DataFrame, a polars DataFrame (or anything narwhals reads), or a dict of
@@ -202,6 +228,11 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         per observed combination of the factors, so only the learnt specification counts;
         the checks that need the real rows (number of levels against rows, rank of X) are
         left to the chunked path, which makes them on the accumulated blocks.
+    group_key: a factor variable of the fixed part (``"factor(g)"``) whose indicator columns
+        make X block-structured (one intercept and slope per group): X is then kept as its
+        blocks (:mod:`~multilevel.design.grouped`) and the frame is a :class:`GroupedFrame`
+        that fills X only when asked for. Same columns, rank rule and checks; without that
+        shape an ordinary frame.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"y": [1.0, 2.1, 2.9, 4.2, 5.1, 5.8],
@@ -333,19 +364,30 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     # ---- fixed effects -------------------------------------------------------------------
     plan = make_plan(fixed)
     _check_dense_size(n, plan.names, "the fixed-effect model matrix", max_dense_gib)
-    X = fill_columns(plan, fixed_vals, n)
-    _check_finite(X, plan.names, "fixed-effect model matrix")
-    _check_scale(X, plan.names, "the fixed-effect column")
-    keep = list(range(X.shape[1])) if _skeleton else rank_keep(X)
+    grouped = None
+    if group_key is not None and not _skeleton:
+        grouped = grouped_columns(plan, fixed_vals, n, group_key)
+        if grouped is not None and not _scale_ok(grouped):
+            grouped = None  # the dense checks below say which column and why
+    if grouped is None:
+        X = fill_columns(plan, fixed_vals, n)
+        _check_finite(X, plan.names, "fixed-effect model matrix")
+        _check_scale(X, plan.names, "the fixed-effect column")
+        keep = list(range(X.shape[1])) if _skeleton else rank_keep(X)
+    else:
+        X = None  # filled from the blocks when asked for (GroupedFrame.X)
+        keep = rank_keep_grouped(grouped)
+    P = len(plan.names)
     dropped: list[str] = []
-    if len(keep) < X.shape[1]:
-        dropped = [plan.names[j] for j in range(X.shape[1]) if j not in set(keep)]
+    if len(keep) < P:
+        dropped = [plan.names[j] for j in range(P) if j not in set(keep)]
         k = len(dropped)
         warnings.append(FitWarning("rank_deficient",
                                    f"fixed-effect model matrix is rank deficient so dropping {k} "
                                    f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}: "
                                    f"{', '.join(dropped)}"))
-        X = np.ascontiguousarray(X[:, keep])
+        if X is not None:
+            X = np.ascontiguousarray(X[:, keep])
     fixef_names = [plan.names[j] for j in keep]
     assign = np.asarray([plan.assign[j] for j in keep], dtype=np.int64)
 
@@ -392,11 +434,11 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         factor_levels = {response.name: list(response.levels), **factor_levels}
     spec = FrameSpec(parsed, fixed, plan, list(keep), [rt.spec for rt in reterms],
                       offset_name, offset_arr is not None and offset_name is None)
-    return ModelFrame(
+    frame = (ModelFrame if grouped is None else GroupedFrame)(
         formula=formula,
         response=response.name,
         y=y,
-        X=np.ascontiguousarray(X),
+        X=None if X is None else np.ascontiguousarray(X),
         fixef_names=fixef_names,
         reterms=reterms,
         weights=w,
@@ -415,6 +457,20 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         row_labels=_row_labels(data, rows),
         data_name=_data_name(data),
     )
+    if grouped is not None:
+        frame.grouped = grouped
+    return frame
+
+
+def _scale_ok(gc: GroupedColumns) -> bool:
+    """Whether every column of the blocks passes :func:`_check_scale` (else the dense
+    check runs, for its message)."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        ss = gc.sumsq()
+    lo, hi = _SUMSQ_RANGE
+    if not (ss <= hi).all():
+        return False
+    return not ((ss < lo) & (gc.nonzeros() > 0)).any()
 
 
 def _data_name(data: Any) -> str | None:
@@ -435,7 +491,8 @@ def _row_labels(data: Any, rows: np.ndarray | None) -> pd.Index | None:
 def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float] | np.ndarray
                       | None = None, offset: str | Sequence[float] | np.ndarray | None = None,
                       contrasts: Mapping[str, Any] | None = None,
-                      max_dense_gib: float = MAX_DENSE_GIB) -> ModelFrame:
+                      max_dense_gib: float = MAX_DENSE_GIB,
+                      group_key: str | None = None) -> ModelFrame:
     """The model frame of a fixed-effects-only model (``multilevel.lm``).
 
     Same formula language, missing-value rule, factor coding, stateful transforms and
@@ -443,6 +500,7 @@ def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     is an error. ``frame.y``, ``frame.X`` (estimable columns), ``frame.fixef_names``,
     ``frame.all_fixef_names`` (with the dropped ones), ``frame.dropped_columns`` and
     ``frame.new_design(newdata).X`` (for predictions) are what a least-squares fit needs.
+    ``group_key``: see :func:`build_model_frame`.
 
     >>> mf = build_fixed_frame("y ~ x + factor(g)", {"y": [1., 2, 3, 5], "x": [0., 1, 2, 3],
     ...                        "g": ["a", "a", "b", "b"]})
@@ -455,7 +513,8 @@ def build_fixed_frame(formula: str, data: Any, *, weights: str | Sequence[float]
                            "factor(g) for one coefficient per group), or fit it with lmer",
                            formula, parsed.bars[0].pos)
     return build_model_frame(formula, data, weights=weights, offset=offset, family="gaussian",
-                             require_bars=False, contrasts=contrasts, max_dense_gib=max_dense_gib)
+                             require_bars=False, contrasts=contrasts, max_dense_gib=max_dense_gib,
+                             group_key=group_key)
 
 
 def drop_response_terms(parsed: ParsedFormula) -> tuple[ModelTerms, list[FitWarning]]:

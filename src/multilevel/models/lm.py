@@ -49,11 +49,7 @@ def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None,
     (-950.147, 3, 71.46)
     """
     frame = build_fixed_frame(formula, data, weights=weights, contrasts=contrasts)
-    for rec in frame.warnings:
-        # R's lm() is silent about dropped rows but warns, from model.matrix, when the
-        # response was on the right-hand side; merged factor levels are our own warning
-        if rec.code in ("response_on_rhs", "levels_merged"):
-            warnings.warn(rec.message, rec.category, stacklevel=2)
+    _warn(frame)
     codes = None
     if cluster is not None:
         if not isinstance(cluster, str):
@@ -68,3 +64,31 @@ def lm(formula: str, data: Any, weights: Any = None, cluster: str | None = None,
         codes = np.asarray(c, dtype=np.int64)
     return LmFit(frame, weights_name=weights if isinstance(weights, str) else None,
                  cluster=cluster, cluster_codes=codes)
+
+
+def _warn(frame: Any) -> None:
+    for rec in frame.warnings:
+        # R's lm() is silent about dropped rows but warns, from model.matrix, when the
+        # response was on the right-hand side; merged factor levels are our own warning
+        if rec.code in ("response_on_rhs", "levels_merged"):
+            warnings.warn(rec.message, rec.category, stacklevel=3)
+
+
+def lm_by_group(formula: str, data: Any, group_key: str, contrasts: dict | None = None) -> LmFit:
+    """``lm(formula, data, contrasts=contrasts)`` for a formula with one coefficient per
+    group, e.g. ``y ~ 0 + factor(g) + factor(g):x + z``: the same fit (same columns, same
+    aliased ones, same numbers up to rounding), computed group by group without forming
+    the dense matrix of group dummies (:mod:`multilevel.design.grouped`,
+    :mod:`multilevel.results.grouped_ls`). ``group_key`` is the factor's variable as the
+    formula writes it (``"factor(g)"``). The fast path of :func:`multilevel.pooling`.
+
+    >>> import multilevel as ml
+    >>> f = "Reaction ~ 0 + factor(Subject) + factor(Subject):Days"
+    >>> a = lm_by_group(f, ml.datasets.load("sleepstudy"), "factor(Subject)")
+    >>> b = ml.lm(f, ml.datasets.load("sleepstudy"))
+    >>> bool(np.allclose(a.coef(), b.coef(), rtol=1e-12)), round(a.sigma, 4) == round(b.sigma, 4)
+    (True, True)
+    """
+    frame = build_fixed_frame(formula, data, contrasts=contrasts, group_key=group_key)
+    _warn(frame)
+    return LmFit(frame)

@@ -543,18 +543,20 @@ def _pooling_coefs(pooling: Pooling) -> tuple[str | None, str | None]:
     return icpt, slope
 
 
-def _pooling_rows(pooling: Pooling) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str]:
-    """(y, x or None, group label per row, response name) of the rows the fits used."""
+def _pooling_rows(pooling: Pooling) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
+                                             np.ndarray, str]:
+    """(y, x or None, group labels, group code per row (into the labels), response name) of
+    the rows the fits used."""
     fit = pooling.fits["partial"]
     fr = fit.frame
     rt = _reterm(fit, pooling.group_name)
-    labels = np.asarray([str(v) for v in rt.levels], dtype=object)[np.asarray(rt.refs)]
+    levels = np.asarray([str(v) for v in rt.levels], dtype=object)
     x = pooling.x_name
     xv = None if x is None else np.asarray(_row_values(fit, x, pooling.data), dtype=float)
-    return np.asarray(fr.y, dtype=float), xv, labels, fr.response
+    return np.asarray(fr.y, dtype=float), xv, levels, np.asarray(rt.refs), fr.response
 
 
-def _line_values(table_row: pd.Series, icpt: str | None, slope: str | None, kind: str,
+def _line_values(table_row: Mapping[str, Any], icpt: str | None, slope: str | None, kind: str,
                  xs: np.ndarray) -> np.ndarray | None:
     a = float(table_row[f"{icpt}_{kind}"]) if icpt else 0.0
     b = float(table_row[f"{slope}_{kind}"]) if slope else 0.0
@@ -563,13 +565,18 @@ def _line_values(table_row: pd.Series, icpt: str | None, slope: str | None, kind
     return a + b * xs
 
 
-def _pooling_offsets(pooling: Pooling, tab: pd.DataFrame, labels: np.ndarray, xv: np.ndarray | None,
-                     icpt: str | None, slope: str | None) -> dict[str, dict[str, float]]:
+def _pooling_offsets(pooling: Pooling, tab: pd.DataFrame, levels: np.ndarray, code: np.ndarray,
+                     xv: np.ndarray | None, icpt: str | None, slope: str | None
+                     ) -> dict[str, dict[str, float]]:
     """Per approach and group, the mean contribution of the model's other terms (level-2
     predictors, other covariates) to the fitted values: the table's coefficients leave them
     out, so a line a + b·x alone would miss the group's data by that much. 0 when the
-    model has no other terms, or when a fit has no fitted values."""
+    model has no other terms, or when a fit has no fitted values. ``levels[code]`` are the
+    rows' group labels."""
     out: dict[str, dict[str, float]] = {}
+    # rows by group code (the table's row of each level), so that the per-row coefficients
+    # are one gather and the group means one bincount rather than pandas look-ups by label
+    row_of = pd.Index(tab["group"].astype(str)).get_indexer(levels)
     for kind in ("complete", "none", "partial"):
         out[kind] = {}
         fit = pooling.fits.get(kind) if isinstance(pooling.fits, dict) else None
@@ -577,16 +584,22 @@ def _pooling_offsets(pooling: Pooling, tab: pd.DataFrame, labels: np.ndarray, xv
             f = np.asarray(fit.fitted(), dtype=float)
         except Exception:
             continue
-        if f.shape != labels.shape:
+        if f.shape != code.shape:
             continue
-        a_map = tab.set_index("group")[f"{icpt}_{kind}"] if icpt else None
-        b_map = tab.set_index("group")[f"{slope}_{kind}"] if slope else None
-        a = a_map.reindex(labels).to_numpy(dtype=float) if a_map is not None else 0.0
-        b = b_map.reindex(labels).to_numpy(dtype=float) if b_map is not None else 0.0
-        rest = f - (a + (b * xv if xv is not None else 0.0))
-        frame = pd.DataFrame({"g": labels, "r": rest})
-        means = frame.groupby("g", sort=False)["r"].mean()
-        out[kind] = {str(k): float(v) for k, v in means.items() if np.isfinite(v)}
+
+        def per_row(col: str | None) -> np.ndarray | float:
+            if col is None:
+                return 0.0
+            vals = np.append(tab[f"{col}_{kind}"].to_numpy(dtype=float), np.nan)
+            return vals[row_of][code]  # a label not in the table: NaN (index -1)
+
+        rest = f - (per_row(icpt) + (per_row(slope) * xv if xv is not None else 0.0))
+        ok = ~np.isnan(rest)  # pandas' mean skips NaN
+        cnt = np.bincount(code[ok], minlength=len(levels))
+        tot = np.bincount(code[ok], weights=rest[ok], minlength=len(levels))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = tot / cnt
+        out[kind] = {str(levels[i]): float(means[i]) for i in np.flatnonzero(np.isfinite(means))}
     return out
 
 
@@ -616,10 +629,11 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
     >>> d["lines"].groupby("pooling", sort=False).size().to_dict()
     {'complete': 50, 'none': 50, 'partial': 50}
     """
-    tab = pooling.table.copy()
-    tab["group"] = tab["group"].astype(str)
-    chosen = _select_levels(tab["group"].tolist(), tab["n"].to_numpy(), groups, 8)
-    y, xv, labels, response = _pooling_rows(pooling)
+    tab = pooling.table
+    labels = tab["group"].astype(str).tolist()
+    chosen = _select_levels(labels, tab["n"].to_numpy(), groups, 8)
+    y, xv, levels, code, response = _pooling_rows(pooling)
+    level_code = {str(lv): k for k, lv in enumerate(levels)}
     icpt, slope = _pooling_coefs(pooling)
     if xv is not None:
         lo, hi = float(np.nanmin(xv)), float(np.nanmax(xv))
@@ -627,17 +641,21 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
         xs = np.linspace(lo - pad, hi + pad, 50)
     else:
         xs = np.array([-0.5, 0.5])
-    by_group = tab.set_index("group")
-    offsets = _pooling_offsets(pooling, tab, labels, xv, icpt, slope)
+    # the chosen groups' table rows as plain dicts (pandas row look-ups cost more than
+    # drawing the lines)
+    at = {g: i for i, g in enumerate(labels)}
+    wanted = ["n"] + [f"{c}_{kind}" for c in (icpt, slope) if c for kind in POOLING_KINDS]
+    arrays = {c: tab[c].to_numpy() for c in wanted}
+    offsets = _pooling_offsets(pooling, tab, levels, code, xv, icpt, slope)
     pg, px, py = [], [], []
     lg, lk, lx, ly = [], [], [], []
     ns = []
     for lv in chosen:
-        m = labels == lv
+        m = code == level_code.get(lv, -1)
         pg.append(np.full(int(m.sum()), lv, dtype=object))
         px.append(xv[m] if xv is not None else np.full(int(m.sum()), np.nan))
         py.append(y[m])
-        row = by_group.loc[lv]
+        row = {c: a[at[lv]] for c, a in arrays.items()}
         ns.append(int(row["n"]))
         for kind in POOLING_KINDS:
             vals = _line_values(row, icpt, slope, kind, xs)
@@ -690,12 +708,13 @@ def shrinkage_data(pooling: Pooling, coef: str = "(Intercept)") -> PlotData:
     ok = np.isfinite(none) & np.isfinite(part)
     rank = np.empty(n.size, dtype=int)
     rank[np.argsort(np.where(ok, none, np.inf), kind="stable")] = np.arange(n.size)
-    frame = pd.DataFrame({"group": tab["group"].astype(str).to_numpy(dtype=object), "n": n,
-                          "no_pooling": none, "partial_pooling": part, "complete_pooling": comp})
+    columns = {"group": tab["group"].astype(str).to_numpy(dtype=object), "n": n,
+               "no_pooling": none, "partial_pooling": part, "complete_pooling": comp}
     if f"{coef}_weight" in tab.columns:
-        frame["weight"] = tab[f"{coef}_weight"].to_numpy(dtype=float)
-    frame["estimable"] = ok
-    frame["rank"] = rank
+        columns["weight"] = tab[f"{coef}_weight"].to_numpy(dtype=float)
+    columns["estimable"] = ok
+    columns["rank"] = rank
+    frame = pd.DataFrame(columns)  # at once: adding columns one by one cost more than the rest
     c = float(np.nanmean(comp)) if comp.size and np.isfinite(comp).any() else float("nan")
     meta = {"coef": coef, "group": pooling.group_name, "complete_pooling": c}
     return PlotData("shrinkage", {"groups": frame}, meta)

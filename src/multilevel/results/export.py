@@ -37,6 +37,20 @@ def jsonable(x: Any) -> Any:
     >>> jsonable({"a": np.float64(1.5), "b": [np.nan, np.int64(2)], "c": np.array([[1.0, np.inf]])})
     {'a': 1.5, 'b': [None, 2], 'c': [[1.0, None]]}
     """
+    # exact-type checks first: the explorer converts tens of thousands of plain floats per
+    # refit, for which the isinstance chain below cost more than the numbers (a float f is
+    # finite exactly when f - f == 0: NaN and the infinities give NaN)
+    t = type(x)
+    if t is float:
+        return x if x - x == 0.0 else None
+    if t is list or t is tuple:
+        return [(v if v - v == 0.0 else None) if type(v) is float
+                else v if (v is None or type(v) is str or type(v) is int or type(v) is bool)
+                else jsonable(v) for v in x]
+    if t is str or t is int or t is bool or x is None:
+        return x
+    if t is dict:
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

@@ -88,18 +88,28 @@ class LmFit(LmMethods, FitBase):
         self.weights_name = weights_name
         self.cluster = cluster
         self._warnings = [m for m in frame.warnings if getattr(m, "code", None) != "rank_deficient"]
-        # (one BLAS thread for frame-sized dense algebra: multilevel._blas)
-        with one_thread(*self.frame.X.shape):
+        # (one BLAS thread for frame-sized dense algebra: multilevel._blas); a GroupedFrame
+        # is fitted group by group, with no such dense step (and no X to look at)
+        if getattr(frame, "grouped", None) is not None and frame.weights is None \
+                and cluster_codes is None:
             self._fit(cluster_codes)
+        else:
+            with one_thread(*self.frame.X.shape):
+                self._fit(cluster_codes)
 
     # -- estimation --------------------------------------------------------------------------
 
     def _fit(self, cluster_codes: np.ndarray | None) -> None:
         fr = self.frame
-        y, X = fr.y, fr.X
+        y = fr.y
         n_all = y.shape[0]
         w = fr.weights
         z = y - fr.offset if fr.offset is not None else y
+        grouped = getattr(fr, "grouped", None)
+        if grouped is not None and w is None and cluster_codes is None:
+            self._fit_grouped(grouped, z)
+            return
+        X = fr.X
         # R's lm.wfit fits on the rows with nonzero weight only (they alone count for df,
         # logLik and nobs); residuals and fitted values are still given for every row
         nz = np.ones(n_all, dtype=bool) if w is None else (w != 0)
@@ -115,11 +125,10 @@ class LmFit(LmMethods, FitBase):
         all_names = fr.all_fixef_names
         kept = [fr.fixef_names[j] for j in cols]
         self._names = kept
-        self._aliased = [nm for nm in all_names if nm not in set(kept)]
+        kept_set = set(kept)
+        self._aliased = [nm for nm in all_names if nm not in kept_set]
         if self._aliased:
-            self._warnings.append(FitWarning("rank_deficient", f"{len(self._aliased)} coefficient"
-                                             f"{'s' if len(self._aliased) != 1 else ''} not defined "
-                                             f"because of singularities: {', '.join(self._aliased)}"))
+            self._warnings.append(self._aliased_warning())
         Xk = Xw[:, cols]
         n = int(nz.sum())
         p = len(cols)
@@ -141,11 +150,52 @@ class LmFit(LmMethods, FitBase):
             xtx_inv = np.zeros((0, 0))
             self._logdet_r = 0.0
         eta = X[:, cols] @ beta
+        rw = self._store(beta, xtx_inv, eta, w, nz, sw)
+        if cluster_codes is not None:
+            self._vcov = self._cluster_vcov(Xk, rw, cluster_codes[nz])
+
+    def _fit_grouped(self, grouped: Any, z: np.ndarray) -> None:
+        """The fit of a block-structured X (a GroupedFrame: group intercepts and slopes),
+        without forming X: :mod:`multilevel.results.grouped_ls`. No weights, no clusters
+        (those frames take the dense path); the columns were chosen by the frame."""
+        from multilevel.results.grouped_ls import grouped_least_squares
+
+        fr = self.frame
+        n = fr.nobs
+        if n <= 0:
+            raise DataError("no observations with a nonzero weight")
+        self._cols = list(range(len(fr.fixef_names)))
+        self._names = list(fr.fixef_names)
+        kept = set(self._names)
+        self._aliased = [nm for nm in fr.all_fixef_names if nm not in kept]
+        if self._aliased:
+            self._warnings.append(self._aliased_warning())
+        if self._cols:
+            sol = grouped_least_squares(grouped, fr.spec.keep, z)
+            beta, xtx_inv, eta = sol.beta, sol.xtx_inv, sol.eta
+            self._logdet_r = sol.logdet_r
+        else:
+            beta, xtx_inv, eta = np.zeros(0), np.zeros((0, 0)), np.zeros(n)
+            self._logdet_r = 0.0
+        self._store(beta, xtx_inv, eta, None, np.ones(n, dtype=bool), np.ones(n))
+
+    def _aliased_warning(self) -> FitWarning:
+        k = len(self._aliased)
+        return FitWarning("rank_deficient", f"{k} coefficient{'s' if k != 1 else ''} not defined "
+                          f"because of singularities: {', '.join(self._aliased)}")
+
+    def _store(self, beta: np.ndarray, xtx_inv: np.ndarray, eta: np.ndarray,
+               w: np.ndarray | None, nz: np.ndarray, sw: np.ndarray) -> np.ndarray:
+        """Keep the solution and what follows from it (fitted values without the offset
+        in ``eta``); returns the weighted residuals of the nonzero-weight rows."""
+        fr = self.frame
         if fr.offset is not None:
             eta = eta + fr.offset
+        n = int(nz.sum())
+        p = len(beta)
         self._beta = beta
         self._fitted = eta
-        self._resid = y - eta
+        self._resid = fr.y - eta
         self._w = w
         self._nz = nz
         self._n = n
@@ -157,10 +207,8 @@ class LmFit(LmMethods, FitBase):
         self._xtx_inv = xtx_inv
         self._vcov_ols = self._sigma ** 2 * xtx_inv
         self._n_clusters: int | None = None
-        if cluster_codes is not None:
-            self._vcov = self._cluster_vcov(Xk, rw, cluster_codes[nz])
-        else:
-            self._vcov = self._vcov_ols
+        self._vcov = self._vcov_ols
+        return rw
 
     def _cluster_vcov(self, Xk: np.ndarray, score_w: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """CR1: bread (X'WX)^-1, meat sum_g s_g s_g' with s_g = sum_{i in g} x_i w_i e_i,
@@ -237,9 +285,12 @@ class LmFit(LmMethods, FitBase):
 
     def coef(self) -> pd.Series:
         """All coefficients in model-matrix order, NaN for aliased columns (R's ``coef(fit)``)."""
-        full = pd.Series(np.nan, index=self.frame.all_fixef_names, name="coef")
-        full.loc[self._names] = self._beta
-        return full
+        names = self.frame.all_fixef_names
+        values = np.full(len(names), np.nan)
+        # (by position: a label-based .loc assignment cost more than the fit of a small lm)
+        at = {nm: i for i, nm in enumerate(names)}
+        values[[at[nm] for nm in self._names]] = self._beta
+        return pd.Series(values, index=names, name="coef")
 
     @cached_property
     def vcov_classical(self) -> pd.DataFrame:

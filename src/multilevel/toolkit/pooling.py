@@ -15,7 +15,10 @@ no pooling
     coefficients. (One regression rather than a fit per group, so the level-1 covariates and
     the residual variance are shared.) Terms that are constant within groups (level-2
     predictors and cross-level interactions) are absorbed by the group coefficients: they
-    would be aliased (R's ``lm`` reports them as NA), so they are left out.
+    would be aliased (R's ``lm`` reports them as NA), so they are left out. The fit is
+    ``lm()``'s, solved group by group (:func:`multilevel.models.lm.lm_by_group`: a small QR
+    per group instead of one over the dense matrix of dummies), which the explorer refits
+    on every change.
 partial pooling
     the mixed model (:func:`multilevel.lmer`, REML): the groups' coefficients are
     ``coef(fit)``, fixed effects plus conditional modes, shrunk towards the fixed effects.
@@ -49,7 +52,7 @@ from multilevel.design import DataSource
 from multilevel.errors import DataError, ModelSpecError
 from multilevel.formula import parse_expression, parse_formula
 from multilevel.results.lm import LmFit
-from multilevel.models.lm import lm
+from multilevel.models.lm import lm, lm_by_group
 
 __all__ = ["pooling", "two_stage", "shrinkage_factors", "Pooling", "TwoStage"]
 
@@ -92,7 +95,27 @@ def _as_pandas(data: Any) -> pd.DataFrame:
     return pd.DataFrame({c: src.column(c).series for c in src.names})
 
 
-def _setup(formula: str, data: Any) -> _Setup:
+def _check_fit(fit: Any, formula: str, data: Any) -> None:
+    """``fit=`` of :func:`pooling`: the REML lmer fit of this formula on these data."""
+    from multilevel.results.lmm import LmmFit
+
+    if not isinstance(fit, LmmFit):
+        raise ModelSpecError(f"fit: expected the lmer fit of the model (an LmmFit), not "
+                             f"{type(fit).__name__}")
+    if str(fit.formula).strip() != formula.strip():
+        raise ModelSpecError(f"fit: it was fitted with the formula {fit.formula!r}, not "
+                             f"{formula!r}")
+    if not fit.reml:
+        raise ModelSpecError("fit: partial pooling is the REML fit; this one was fitted by "
+                             "ML (refit with reml=True, or leave fit out)")
+    nrows = DataSource(data).nrows
+    frame = fit.frame
+    if frame.nobs + frame.n_dropped != nrows or (len(frame.rows) and frame.rows[-1] >= nrows):
+        raise ModelSpecError(f"fit: it was fitted to {frame.nobs + frame.n_dropped} rows, the "
+                             f"data have {nrows}; pass the data it was fitted to")
+
+
+def _setup(formula: str, data: Any, fit: Any = None) -> _Setup:
     from multilevel.models.lmer import lmer
 
     parsed = parse_formula(formula)
@@ -106,7 +129,11 @@ def _setup(formula: str, data: Any) -> _Setup:
                              f"{parsed.bars[0].group}")
     g = bar_vars[0]
     pdf = _as_pandas(data)
-    partial = lmer(formula, data)
+    if fit is None:
+        partial = lmer(formula, data)
+    else:
+        _check_fit(fit, formula, data)
+        partial = fit
     frame = partial.frame
     rows = np.asarray(frame.rows)
     used = pdf.iloc[rows]
@@ -151,15 +178,17 @@ def _setup(formula: str, data: Any) -> _Setup:
         # treatment coding whatever the column's type: an ordered grouping factor (hsb's
         # school) would otherwise get contr.poly, which R refuses above 95 levels, while the
         # group coefficients need only indicator columns
-        none = lm(f"{parsed.response_text} ~ {' + '.join(parts)}", used,
-                  contrasts={gkey: "treatment"})
+        # (group by group: the same fit as lm() without the dense matrix of dummies)
+        none = lm_by_group(f"{parsed.response_text} ~ {' + '.join(parts)}", used, gkey,
+                           contrasts={gkey: "treatment"})
 
     coef = none.coef()
+    coef = dict(zip(coef.index, coef.to_numpy()))  # (a dict: J x q look-ups by name)
     none_full = np.full((len(levels), len(coef_names)), np.nan)
     for j, lv in enumerate(levels):
         for c, cn in enumerate(coef_names):
             name = f"{gkey}{lv}" if cn == "(Intercept)" else f"{gkey}{lv}:{cn}"
-            if name in coef.index:
+            if name in coef:
                 none_full[j, c] = coef[name]
     if np.isnan(none_full).any():
         bad = [f"{coef_names[c]} of {int(np.isnan(none_full[:, c]).sum())} group(s)"
@@ -237,7 +266,7 @@ def shrinkage_factors(fit: Any, group: str) -> pd.DataFrame:
     if not blocks:
         raise DataError(f"group: the fit has no grouping factor {group!r}")
     levels = [str(lv) for lv in blocks[0][0].levels]
-    out = pd.DataFrame(index=pd.Index(levels, name=group))
+    out: dict[str, np.ndarray] = {}  # the frame is made once at the end (cheaper)
     sigma2 = float(fit.sigma) ** 2
     condvar = None
     for k, (rt, vc) in enumerate(blocks):
@@ -259,7 +288,7 @@ def shrinkage_factors(fit: Any, group: str) -> pd.DataFrame:
             with np.errstate(divide="ignore", invalid="ignore"):
                 lam = 1.0 - cv[:, c, c] / tau[c] if tau[c] > 0 else np.zeros(len(levels))
             out[term] = np.clip(lam, 0.0, 1.0)
-    return out
+    return pd.DataFrame(out, index=pd.Index(levels, name=group))
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +368,7 @@ class Pooling(TextResult):
                          "absorbed": self.absorbed, "notes": self.notes})
 
 
-def pooling(formula: str, data: Any) -> Pooling:
+def pooling(formula: str, data: Any, fit: Any = None) -> Pooling:
     """Compare complete pooling, no pooling and partial pooling (the mixed model).
 
     The model must have exactly one grouping factor, a data column (``(1 | g)``,
@@ -350,7 +379,9 @@ def pooling(formula: str, data: Any) -> Pooling:
       the random-effects term, group slopes ``factor(g):x``, plus the formula's other terms
       as common coefficients (terms constant within groups, aliased with the group
       coefficients, are left out);
-    * partial pooling: ``lmer(formula, data)`` (REML).
+    * partial pooling: ``lmer(formula, data)`` (REML), or ``fit`` when given: the lmer fit
+      of this formula on these data (REML), which saves refitting it (it is checked to have
+      this formula, REML and the data's number of rows; a mismatch is a ModelSpecError).
 
     The per-group ``table`` puts the three on the scale of ``coef(fit)``: ``{c}_partial`` is
     exactly ``fit.coef()[g][c]``, ``{c}_complete`` the complete-pooling coefficient of c (0
@@ -374,40 +405,49 @@ def pooling(formula: str, data: Any) -> Pooling:
     >>> p = ml.pooling("Yield ~ 1 + (1 | Batch)", ml.datasets.load("dyestuff"))
     >>> p.table[["group", "n", "(Intercept)_weight"]].round(3).head(2).values.tolist()
     [['A', 5, 0.783], ['B', 5, 0.783]]
+    >>> d = ml.datasets.load("dyestuff")
+    >>> fit = ml.lmer("Yield ~ 1 + (1 | Batch)", d)
+    >>> ml.pooling("Yield ~ 1 + (1 | Batch)", d, fit=fit).fits["partial"] is fit
+    True
     """
-    s = _setup(formula, data)
+    s = _setup(formula, data, fit)
     partial = s.partial
     coef_df = partial.coef()[s.group]
     beta = partial.fixef
     complete_coef = s.complete.coef()
 
-    table = pd.DataFrame({"group": s.levels, "n": _group_sizes(s).astype(np.int64)})
+    # the frames are built from whole columns (one DataFrame each), not column by column
+    columns: dict[str, Any] = {"group": s.levels, "n": _group_sizes(s).astype(np.int64)}
     net = s.none_full.copy()
     for name, load in s.absorbed.items():
         net -= float(beta[name]) * load  # remove the level-2 part, as coef(fit) leaves it out
     factors = shrinkage_factors(partial, s.group)
+    J = len(s.levels)
     for c, cn in enumerate(s.coef_names):
         comp = float(complete_coef[cn]) if cn in complete_coef.index else 0.0
         if np.isnan(comp):  # aliased in the complete-pooling fit
             comp = 0.0
-        part = coef_df[cn].to_numpy(dtype=float)
-        none = net[:, c]
-        weight = factors[cn].to_numpy(dtype=float)
-        table[f"{cn}_complete"] = comp
-        table[f"{cn}_none"] = none
-        table[f"{cn}_partial"] = part
-        table[f"{cn}_weight"] = weight
+        columns[f"{cn}_complete"] = np.full(J, comp)
+        columns[f"{cn}_none"] = net[:, c]
+        columns[f"{cn}_partial"] = coef_df[cn].to_numpy(dtype=float)
+        columns[f"{cn}_weight"] = factors[cn].to_numpy(dtype=float)
+    table = pd.DataFrame(columns)
 
     names = list(beta.index)
-    for nm in s.complete.coef().index:
+    for nm in complete_coef.index:
         if nm not in names:
             names.append(nm)
-    fixed = pd.DataFrame(index=pd.Index(names, name="term"))
-    for label, fit in (("complete", s.complete), ("none", s.none)):
-        fixed[label] = fit.fixef.reindex(names)
-        fixed[f"{label}_se"] = fit.se.reindex(names)
-    fixed["partial"] = beta.reindex(names)
-    fixed["partial_se"] = partial.se.reindex(names)
+
+    def aligned(values: pd.Series) -> np.ndarray:
+        # Series.reindex(names): NaN where the fit has no such coefficient
+        d = dict(zip(values.index, values.to_numpy(dtype=float)))
+        return np.array([d.get(nm, np.nan) for nm in names], dtype=float)
+
+    fixed = pd.DataFrame({"complete": aligned(s.complete.fixef),
+                          "complete_se": aligned(s.complete.se),
+                          "none": aligned(s.none.fixef), "none_se": aligned(s.none.se),
+                          "partial": aligned(beta), "partial_se": aligned(partial.se)},
+                         index=pd.Index(names, name="term"))
 
     x_name = s.slope_labels[0] if s.slope_labels else None
     return Pooling(formula=formula, table=table, fixed=fixed,
