@@ -224,6 +224,10 @@ class BlockLmmProblem(LmmProblem):
     yshift, xshift: the shifts removed from y and from X's columns (0 at the intercept).
     """
 
+    #: the compiled optimiser minimises the core's own criterion, whose n is the number of
+    #: pseudo rows: these problems are optimised through ``objective`` (BOBYQA) instead
+    in_core_optimizer = False
+
     def __init__(self, inp: EngineInput, reml: bool, n: int, logw: float, yshift: float,
                  xshift: np.ndarray):
         self.input = inp

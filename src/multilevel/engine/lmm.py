@@ -257,7 +257,7 @@ def fit_theta(problem: LmmProblem, ctrl: LmerControl) -> tuple[np.ndarray, float
     # to the engine's θ (problem.pmap); otherwise it moves θ itself (pm.native).
     pm = getattr(problem, "pmap", None) or ParameterMap(problem.input.structures)
     q = sum(e.nlev * e.Z.shape[1] for e in problem.eterms)
-    core_ok = pm.native and 0 < pm.npar <= _CORE_MAX
+    core_ok = pm.native and 0 < pm.npar <= _CORE_MAX and getattr(problem, "in_core_optimizer", True)
     if core_ok and (ctrl.optimizer == "bfgs" or (ctrl.optimizer == "auto" and q <= _CORE_MAX_Q)):
         return _fit_theta_core(problem, pm, ctrl, t0)
     objective = pm.wrap(problem.objective)
