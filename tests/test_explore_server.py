@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 import multilevel as ml
 from multilevel.app.explore import views
-from multilevel.app.explore.data import SIM_PARAMS, DataStore, describe
+from multilevel.app.explore.data import SIM_PARAMS, SIM_UNEQUAL, DataStore, describe
 from multilevel.app.explore.server import create_app, serve
 from multilevel.datasets.simulate import simulate_two_level
 
@@ -30,6 +30,8 @@ from conftest import load_case
 
 STATIC = Path(ml.__file__).resolve().parent / "app" / "explore" / "static"
 SLEEP = {"kind": "bundled", "name": "sleepstudy"}
+#: the simulator's slider defaults, as the server fills a spec in
+SIM_DEFAULTS = {**{k: v[4] for k, v in SIM_PARAMS.items()}, "unequal": SIM_UNEQUAL}
 HSB = {"kind": "bundled", "name": "hsb"}
 
 
@@ -120,7 +122,7 @@ def test_datasets_lists_bundled_sources_and_sliders(client, csv_file):
     sliders = {p["name"]: p for p in d["simulate"]}
     assert list(sliders) == list(SIM_PARAMS)
     assert sliders["n_groups"]["value"] == 20 and sliders["corr"]["min"] == -1
-    assert d["initial"]["data"] == {"kind": "simulate"}
+    assert d["initial"]["data"] == {"kind": "simulate"} and d["simulate_unequal"] is SIM_UNEQUAL
 
 
 def test_data_bundled_file_frame_and_simulated(client, frame):
@@ -207,7 +209,7 @@ def test_fit_simulated_data_has_the_true_values(client):
     s = _post(client, "/api/fit", {"data": spec, "formula": "y ~ x + (x | group)", "groups": 5}).json()
     assert s["ok"] and s["truth"]["x"] == -0.5 and s["truth"]["sd (Intercept) | group"] == 2.0
     assert len(s["pooling"]["meta"]["levels"]) == 5
-    d = simulate_two_level(n_groups=30, group_size=10, tau0=2.0, beta1=-0.5, seed=3, tau1=0.5)
+    d = simulate_two_level(**{**SIM_DEFAULTS, **{k: v for k, v in spec.items() if k != "kind"}})
     fit = _fit("y ~ x + (x | group)", d)
     assert s["fit"]["fixef"]["x"] == pytest.approx(fit.fixef["x"], rel=1e-12)
     picked = _post(client, "/api/fit", {"data": spec, "formula": "y ~ x + (x | group)",
@@ -327,7 +329,8 @@ def test_compare_errors(client):
 
 
 def test_power_of_the_simulated_design_equals_ml_power(client):
-    spec = {"kind": "simulate", "n_groups": 10, "group_size": 5, "gamma": 0.8, "tau1": 0.0, "seed": 4}
+    spec = {"kind": "simulate", "n_groups": 10, "group_size": 5, "gamma": 0.8, "tau1": 0.0, "sigma": 1.0,
+            "seed": 4, "unequal": False}
     r = _post(client, "/api/power", {"data": spec, "test": "w", "nsim": 30, "along": "n_groups",
                                      "values": [12, 6]}).json()
     assert r["ok"] and r["values"] == [6, 12] and len(r["designs"]) == 2
@@ -338,7 +341,7 @@ def test_power_of_the_simulated_design_equals_ml_power(client):
         want = ml.power(design, "w", nsim=30, along="n_groups", values=[6, 12], seed=4, progress=False)
     assert [d["power"] for d in r["designs"]] == pytest.approx(list(want.power))
     assert r["design_formula"] == "y ~ x + w + (1 | group)"
-    single = _post(client, "/api/power", {"data": {**spec, "corr": 0.5}, "test": "x", "nsim": 10}).json()
+    single = _post(client, "/api/power", {"data": {**spec, "corr": 0.5, "unequal": True}, "test": "x", "nsim": 10}).json()
     assert single["ok"] and len(single["designs"]) == 1 and any("correlation" in n for n in single["notes"])
 
 
@@ -380,7 +383,7 @@ def test_export_is_the_data_as_csv(client):
     r = _post(client, "/api/export", {"data": spec})
     assert r.headers["content-disposition"] == 'attachment; filename="simulated.csv"'
     got = pd.read_csv(io.StringIO(r.text))
-    want = simulate_two_level(n_groups=4, group_size=3, seed=9, tau1=SIM_PARAMS["tau1"][4])
+    want = simulate_two_level(**{**SIM_DEFAULTS, "n_groups": 4, "group_size": 3, "seed": 9})
     np.testing.assert_array_equal(got["y"].to_numpy(), want["y"].to_numpy())
     assert list(got["group"]) == list(want["group"].astype(str))
 

@@ -22,8 +22,8 @@ Example
 -------
 >>> store = DataStore()
 >>> frame, label, spec = store.get({"kind": "simulate", "n_groups": 5, "group_size": 4})
->>> frame.shape, label, spec["tau0"]
-((20, 4), 'simulated', 1.0)
+>>> frame.shape, label, spec["tau0"], spec["unequal"]
+((20, 4), 'simulated', 1.0, True)
 >>> describe(frame, label)["suggestion"]["formula"]
 'y ~ x + (x | group)'
 """
@@ -42,7 +42,7 @@ from multilevel.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SIM_PARAMS", "DEFAULT_FORMULAS", "DataStore", "describe", "data_code",
+__all__ = ["SIM_PARAMS", "SIM_UNEQUAL", "DEFAULT_FORMULAS", "DataStore", "describe", "data_code",
            "simulation_truth"]
 
 #: the simulator's sliders: name -> (label, min, max, step, default). The page builds its
@@ -50,17 +50,20 @@ __all__ = ["SIM_PARAMS", "DEFAULT_FORMULAS", "DataStore", "describe", "data_code
 #: it, so the ranges live in one place. The maxima keep a refit under a few hundred ms.
 SIM_PARAMS: dict[str, tuple[str, float, float, float, float]] = {
     "n_groups": ("groups J", 2, 200, 1, 20),
-    "group_size": ("rows per group n", 1, 200, 1, 20),
+    "group_size": ("rows per group n", 1, 200, 1, 10),
     "tau0": ("intercept SD τ₀", 0.0, 5.0, 0.05, 1.0),
     "tau1": ("slope SD τ₁", 0.0, 3.0, 0.05, 0.5),
     "corr": ("correlation ρ", -1.0, 1.0, 0.05, 0.0),
-    "sigma": ("residual SD σ", 0.1, 5.0, 0.05, 1.0),
+    "sigma": ("residual SD σ", 0.1, 5.0, 0.05, 1.5),
     "beta0": ("intercept β₀", -5.0, 5.0, 0.1, 0.0),
     "beta1": ("slope of x β₁", -3.0, 3.0, 0.05, 0.5),
     "gamma": ("effect of w γ", -3.0, 3.0, 0.05, 0.0),
     "seed": ("seed", 0, 99999, 1, 1),
 }
 _SIM_INTEGER = {"n_groups", "group_size", "seed"}
+#: unequal group sizes by default: small groups shrink more, which the shrinkage view shows
+#: against group size (the defaults above give groups of about 5 to 15 rows)
+SIM_UNEQUAL = True
 #: more rows than this are refused: the sliders would no longer refit at once
 SIM_MAX_ROWS = 20_000
 
@@ -124,7 +127,7 @@ def _sim_spec(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             value = float(value)
         out[name] = value
-    unequal = spec.get("unequal", False)
+    unequal = spec.get("unequal", SIM_UNEQUAL)
     if not isinstance(unequal, bool):
         raise DataError(f"simulate: unequal must be true or false, got {unequal!r}")
     out["unequal"] = unequal

@@ -52,7 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from multilevel.app.explore.data import SIM_PARAMS, DataStore
+from multilevel.app.explore.data import SIM_PARAMS, SIM_UNEQUAL, DataStore
 from multilevel.errors import FormulaError, MultilevelError
 
 __all__ = ["create_app", "serve", "Explorer", "DEFAULT_PORT"]
@@ -143,6 +143,7 @@ def _datasets(store: DataStore, initial: dict[str, Any]) -> dict[str, Any]:
             "sources": store.sources(),
             "simulate": [{"name": k, "label": v[0], "min": v[1], "max": v[2], "step": v[3],
                           "value": v[4]} for k, v in SIM_PARAMS.items()],
+            "simulate_unequal": SIM_UNEQUAL,
             "initial": initial}
 
 

@@ -197,7 +197,7 @@ async function init() {
   if (!meta.ok) { setStatus(meta.error, "bad"); return; }
   S.simParams = meta.simulate;
   for (const p of meta.simulate) S.sim[p.name] = p.value;
-  S.sim.unequal = false;
+  S.sim.unequal = !!meta.simulate_unequal;
   buildSimSliders();
   const sel = $("data-select");
   sel.append(el("option", { value: JSON.stringify({ kind: "simulate" }), text: "simulated (sliders)" }));
@@ -275,6 +275,8 @@ function simGuard() {
 }
 
 async function setData(spec, formula, t0) {
+  // pinned models name this data set's columns: a new data set starts a new comparison
+  if (S.data && JSON.stringify(S.data) !== JSON.stringify(spec)) { S.pins = []; refreshCompare(); }
   S.data = spec;
   $("sim-controls").hidden = spec.kind !== "simulate";
   $("power-on").hidden = spec.kind !== "simulate";
@@ -457,7 +459,7 @@ function render(st) {
     ["code-python", (s) => { $("code-python").textContent = s.code.python; $("code-r").textContent = s.code.r; }]];
   for (const [id, fn] of views) {
     try { fn(st); } catch (e) {
-      console.error(`explorer: the view ${id} failed:`, e);
+      console.error(`explorer: the view ${id} failed: ${e && e.stack ? e.stack : e}`);
       $(id).replaceChildren(el("p", { class: "error", text: `This view could not be drawn (${e.message}).` }));
     }
   }
@@ -497,7 +499,7 @@ function renderEstimates(st) {
   table.append(tb);
   const ngroups = Object.entries(f.ngroups).map(([g, n]) => `${g}: ${n}`).join(", ");
   const side = el("dl", { class: "fitstats" },
-    el("dt", { text: "observations" }), el("dd", { "data-param": "nobs", text: String(f.nobs) }),
+    el("dt", { text: "observations" }), el("dd", { "data-param": "nobs", "data-value": String(f.nobs), text: String(f.nobs) }),
     el("dt", { text: "groups" }), el("dd", { text: ngroups }),
     el("dt", { text: "ICC (adjusted)" }), el("dd", { "data-param": "icc", "data-value": st.icc ? String(st.icc.adjusted) : "", text: st.icc ? fmt(st.icc.adjusted, 3) : "–" }),
     el("dt", { text: S.reml ? "REML log-lik." : "log-likelihood" }), el("dd", { "data-param": "loglik", "data-value": String(f.loglik), text: fmt(f.loglik, 6) }),
@@ -608,10 +610,10 @@ function renderGroupPicker(st) {
   const range = $("groups-count");
   if (!all) { list.replaceChildren(); range.disabled = true; return; }
   range.disabled = false;
+  // the wish (S.groupsCount) is kept when there are fewer groups: back to more groups, more lines
   range.max = Math.min(all.length, 30);
-  if (S.groupsCount > all.length) S.groupsCount = all.length;
-  range.value = S.groupsCount;
-  $("groups-count-out").textContent = S.picked.length ? `${S.picked.length} picked` : String(S.groupsCount);
+  range.value = Math.min(S.groupsCount, all.length);
+  $("groups-count-out").textContent = S.picked.length ? `${S.picked.length} picked` : String(Math.min(S.groupsCount, all.length));
   const shown = new Set(st.pooling.meta.levels);
   list.replaceChildren(
     el("div", { class: "picker-actions" },
@@ -785,7 +787,8 @@ function renderVariance(st) {
   const tb = el("tbody");
   for (const b of f.varcorr) {
     b.terms.forEach((term, i) => {
-      const corr = i === 0 ? "" : b.corr[i].slice(0, i).map((v) => v.toFixed(2)).join(" ");
+      // an undefined correlation (a zero SD) is NaN, as lme4 prints it
+      const corr = i === 0 ? "" : b.corr[i].slice(0, i).map((v) => (v === null ? "NaN" : v.toFixed(2))).join(" ");
       tb.append(el("tr", {}, el("td", { text: i === 0 ? b.group : "" }), el("td", { text: term }),
         el("td", { class: "num", text: fmt(b.sd[i] ** 2) }), el("td", { class: "num", text: fmt(b.sd[i]) }), el("td", { class: "num", text: corr })));
     });
@@ -804,12 +807,13 @@ function renderVariance(st) {
     const rs = f.sigma ** 2 / total;
     bar.append(el("div", { class: "resid", style: `width:${(100 * rs).toFixed(2)}%`, title: `residual: ${fmt(100 * rs, 3)}%` }, rs > 0.12 ? `residual ${fmt(100 * rs, 3)}%` : ""));
     const slopes = f.varcorr.some((b) => b.terms.length > 1);
-    parts.push(el("h3", { text: "Share of the variance" + (slopes ? " (intercepts and residual, at x = 0)" : "") }), bar);
+    const xname = st.pooling && st.pooling.meta.x ? st.pooling.meta.x : "the slope variables";
+    parts.push(el("h3", { text: "Share of the variance" + (slopes ? ` (intercepts and residual, at ${xname} = 0)` : "") }), bar);
   }
   if (st.icc) {
     parts.push(el("dl", { class: "icc" },
       el("dt", { text: "adjusted ICC" }), el("dd", { class: "num", text: fmt(st.icc.adjusted, 3) }),
-      el("dd", { class: "sub", text: "random-effect variance / (random-effect + residual variance): the correlation of two observations of one group" }),
+      el("dd", { class: "sub", text: "random-effect variance / (random-effect + residual variance); in a random-intercept model, the correlation of two observations of one group" }),
       el("dt", { text: "conditional ICC" }), el("dd", { class: "num", text: fmt(st.icc.conditional, 3) }),
       el("dd", { class: "sub", text: "the same share of the total variance, fixed effects' variance included" })));
   } else parts.push(el("p", { class: "sub", text: "ICC: " + (st.notes.find((n) => n.startsWith("ICC")) || "not available") }));
@@ -838,8 +842,10 @@ function renderPins() {
 async function refreshCompare() {
   renderPins();
   const box = $("compare");
+  const seq = S.compareSeq = (S.compareSeq || 0) + 1;
   if (!S.pins.length) { box.replaceChildren(); return; }
   const res = await api("/api/compare", { data: dataSpec(), models: S.pins });
+  if (seq !== S.compareSeq) return; // a newer comparison (another pin, another refit) is coming
   if (!res.ok) { box.replaceChildren(el("pre", { class: "error", text: res.error })); return; }
   const head = el("tr", {}, el("th"), ...res.names.map((n) => el("th", { text: n })));
   const body = el("tbody");
