@@ -138,6 +138,18 @@ def _not_blank(path: Path) -> None:
     assert colors is not None and len(colors) > 100, path
 
 
+def _report_latency(capsys, what: str, times: list[dict], target_ms: float) -> None:
+    """Print the slider-release-to-redraw times (the first one, which may still warm caches,
+    left out): measured and reported, not asserted tightly; only a hang fails."""
+    assert all(t["ok"] for t in times)
+    total, server, render = ([t[k] for t in times[1:]] for k in ("total_ms", "server_ms", "render_ms"))
+    with capsys.disabled():  # the figures belong in the test output
+        print(f"\n[explore] {what}: slider release -> redrawn view median {statistics.median(total):.0f} ms "
+              f"(min {min(total):.0f}, max {max(total):.0f}; server {statistics.median(server):.0f} ms, "
+              f"drawing {statistics.median(render):.0f} ms; target {target_ms:.0f} ms)")
+    assert max(total) < 20_000
+
+
 def _problems(events: list[dict]) -> list:
     out = []
     for ev in events:
@@ -216,16 +228,7 @@ def test_latency_simulated_20x20(page, capsys):
     slide(page, "sim-group_size", 20)
     assert shown(page)["nobs"] == 400
     times = [slide(page, "sim-tau0", v) for v in (1.5, 0.5, 2.0, 1.2, 1.0, 0.8, 1.0)]
-    assert all(t["ok"] for t in times)
-    total = [t["total_ms"] for t in times[1:]]  # the first one may still warm caches
-    server = [t["server_ms"] for t in times[1:]]
-    render = [t["render_ms"] for t in times[1:]]
-    with capsys.disabled():  # the figures belong in the test output
-        print(f"\n[explore] simulated 20 x 20, y ~ x + (x | group): slider release -> redrawn view "
-              f"median {statistics.median(total):.0f} ms (min {min(total):.0f}, max {max(total):.0f}; "
-              f"server {statistics.median(server):.0f} ms, drawing {statistics.median(render):.0f} ms; "
-              f"target 50 ms)")
-    assert max(total) < 10_000  # reported, not asserted tightly: only a hang fails
+    _report_latency(capsys, "simulated 20 x 20, y ~ x + (x | group)", times, target_ms=50)
 
 
 def test_save_as_report_downloads_the_html_report(page, downloads):
@@ -319,17 +322,8 @@ def test_numbers_on_the_page_equal_lmer_for_hsb(page):
 
 def test_latency_hsb_random_slopes(page, capsys):
     times = [slide(page, "groups-count", v) for v in (6, 7, 9, 10, 8, 7)]
-    assert all(t["ok"] for t in times)
     assert count(page, "#plot-pooling path[data-kind=partial]") == 7
-    total = [t["total_ms"] for t in times[1:]]
-    server = [t["server_ms"] for t in times[1:]]
-    render = [t["render_ms"] for t in times[1:]]
-    with capsys.disabled():  # the figures belong in the test output
-        print(f"\n[explore] hsb (7,185 rows), mAch ~ cses + (1 + cses | school): slider release -> "
-              f"redrawn view median {statistics.median(total):.0f} ms (min {min(total):.0f}, max "
-              f"{max(total):.0f}; server {statistics.median(server):.0f} ms, drawing "
-              f"{statistics.median(render):.0f} ms; target 150 ms)")
-    assert max(total) < 20_000  # reported, not asserted tightly: only a hang fails
+    _report_latency(capsys, "hsb (7,185 rows), mAch ~ cses + (1 + cses | school)", times, target_ms=150)
 
 
 def test_no_errors_and_no_foreign_request_in_the_whole_session(page, explorer):

@@ -50,7 +50,7 @@ __all__ = ["SIM_PARAMS", "SIM_UNEQUAL", "DEFAULT_FORMULAS", "DataStore", "descri
 #: it, so the ranges live in one place. The maxima keep a refit under a few hundred ms.
 SIM_PARAMS: dict[str, tuple[str, float, float, float, float]] = {
     "n_groups": ("groups J", 2, 200, 1, 20),
-    "group_size": ("rows per group n", 1, 200, 1, 10),
+    "group_size": ("group size n", 1, 200, 1, 10),
     "tau0": ("intercept SD τ₀", 0.0, 5.0, 0.05, 1.0),
     "tau1": ("slope SD τ₁", 0.0, 3.0, 0.05, 0.5),
     "corr": ("correlation ρ", -1.0, 1.0, 0.05, 0.0),

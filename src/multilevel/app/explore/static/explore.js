@@ -674,7 +674,11 @@ function renderShrinkage(st) {
     xticks = [];
     for (const v of [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]) if (Math.log10(v) >= xdom[0] && Math.log10(v) <= xdom[1]) xticks.push([Math.log10(v), String(v)]);
   } else if (distinct.length === 1) xticks = [[tr(nmin), String(nmin)]];
-  const fr = frame(svg, { x: left, y: top, w: pw, h: ph, xdom, ydom, xticks, xlab: `group size n${logx ? " (log scale)" : ""}`, ylab: S.shrinkCoef });
+  // all groups of one size: the arrows stand side by side, ordered by the groups' own estimates
+  const xlab = distinct.length === 1 ? `groups, all of size n = ${nmin}, ordered by their own estimate`
+    : `group size n${logx ? " (log scale)" : ""}; groups of one size side by side`;
+  if (distinct.length === 1) xticks = [];
+  const fr = frame(svg, { x: left, y: top, w: pw, h: ph, xdom, ydom, xticks, xlab, ylab: S.shrinkCoef });
   const defs = sv("defs");
   defs.append(Object.assign(sv("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" })));
   defs.lastChild.append(sv("path", { d: "M0,0L10,5L0,10z", fill: COLORS.partial }));
