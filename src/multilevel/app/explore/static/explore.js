@@ -594,7 +594,7 @@ function renderPooling(st) {
         for (const kind of kinds) {
           const L = byGroup[lv].lines[kind];
           if (!L) continue;
-          fr.g.append(sv("path", { d: `M${fr.sx(i - 0.4)},${fr.sy(L.y[0])}H${fr.sx(i + 0.4)}`, class: `line ${kind}`, "data-kind": kind, "data-group": lv, stroke: COLORS[kind], "stroke-dasharray": kind === "complete" ? "6 4" : null }));
+          fr.g.append(sv("path", { d: `M${fr.sx(i - 0.4)},${fr.sy(L.y[0])}H${fr.sx(i + 0.4)}`, class: `line ${kind}`, "data-kind": kind, "data-group": lv, stroke: COLORS[kind], style: "stroke-width: 2.6px", "stroke-dasharray": kind === "complete" ? "6 4" : null }));
         }
       });
     }
