@@ -505,3 +505,11 @@ def test_serve_in_a_thread_and_stop():
     ex.stop()
     with pytest.raises(OSError):
         _get(ex.url)
+
+
+def test_an_alias_starts_on_the_listed_data_set():
+    ex = ml.explore("Hsb82", open_browser=False, port=0, block=False)
+    try:
+        assert json.loads(_get(ex.url + "api/datasets")[1])["initial"]["data"] == HSB
+    finally:
+        ex.stop()

@@ -68,7 +68,8 @@ def _frame_of_fit(fit: Any) -> Any:
 
     from multilevel.report.plotdata import _model_columns, _model_data
 
-    frame = _model_data(fit, [c for c in _model_columns(fit)])
+    # the report layer's readers of a fit's model frame (private there, shared with plotdata)
+    frame = _model_data(fit, _model_columns(fit))
     response = fit.frame.response
     if not isinstance(response, str) or not response.isidentifier():
         raise DataError(f"data: the response {response!r} is a transformation; pass the data the "
@@ -127,7 +128,9 @@ def explore(data: Any = None, fit: Any = None, *, formula: str | None = None,
             raise DataError(f"data: expected a data frame, a data set name or a file path, got "
                             f"{type(data).__name__}") from e
         store, spec = DataStore(frames={"data": frame}), {"kind": "frame", "id": 0}
-    store.get(spec)  # a bad name or an unreadable file fails here, not in the page
+    # a bad name or an unreadable file fails here, not in the page; the canonical spec names
+    # the data set as the page's list does (hsb82 -> hsb)
+    spec = store.get(spec)[2]
     return serve(store, initial={"data": spec, "formula": formula, "reml": reml}, host=host,
                  port=port, open_browser=open_browser,
                  block=(not _interactive()) if block is None else block)

@@ -24,6 +24,7 @@ Example
 """
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -31,7 +32,7 @@ import warnings
 from collections import OrderedDict
 from typing import Any
 
-from multilevel.app.explore.data import DataStore, data_code, simulation_truth
+from multilevel.app.explore.data import DataStore, data_code, simulation_truth, variable
 from multilevel.errors import DataError, MultilevelError
 
 __all__ = ["fit_view", "compare_view", "power_view", "report_html", "export_csv", "model_code"]
@@ -115,8 +116,6 @@ _FITS = _Fits()
 
 
 def _fit(frame: Any, spec: dict[str, Any], label: str, formula: str, reml: bool) -> Any:
-    import json
-
     import multilevel as ml
 
     def make() -> Any:
@@ -180,14 +179,11 @@ def _models(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _number(v: Any) -> Any:
-    """A table cell as JSON: floats (NaN -> None), ints and text as they are."""
-    try:
-        import numpy as np
+    """A table cell as JSON: floats (NaN -> None: strict JSON), ints and text as they are."""
+    import numpy as np
 
-        if isinstance(v, np.generic):
-            v = v.item()
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
+    if isinstance(v, np.generic):
+        v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
@@ -314,14 +310,10 @@ def report_html(store: DataStore, body: dict[str, Any]) -> tuple[str, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         html = build_report(formulas, frame, data_name=label, progress=False, reml=reml, names=names)
-    from multilevel.app.explore.data import variable
-
     return html, f"multilevel-report-{variable(label)}.html"
 
 
 def export_csv(store: DataStore, body: dict[str, Any]) -> tuple[str, str]:
     """(CSV text, file name) of the current data set."""
-    from multilevel.app.explore.data import variable
-
     frame, label, _spec = store.get(body.get("data"))
     return frame.to_csv(index=False), f"{variable(label)}.csv"

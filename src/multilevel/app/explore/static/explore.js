@@ -156,7 +156,6 @@ const S = {
   show: { complete: true, none: true, partial: true },
   layout: "facet",
   shrinkCoef: null,
-  catGroup: null,
   pins: [],
   pinCount: 0,
   last: null,          // the last state that could be fitted
@@ -209,14 +208,15 @@ async function init() {
   const og = el("optgroup", { label: "bundled" });
   for (const d of meta.datasets) og.append(el("option", { value: JSON.stringify({ kind: "bundled", name: d.name }), text: `${d.name} (${d.rows} rows)`, title: d.description }));
   sel.append(og);
-  const init = meta.initial || { data: { kind: "simulate" } };
-  S.reml = init.reml !== false;
+  const start = meta.initial || { data: { kind: "simulate" } };
+  S.reml = start.reml !== false;
   document.querySelector(`input[name=reml][value=${S.reml ? "reml" : "ml"}]`).checked = true;
-  if (init.data.kind === "simulate") Object.assign(S.sim, init.data);
-  const key = init.data.kind === "simulate" ? JSON.stringify({ kind: "simulate" }) : JSON.stringify(init.data.kind === "bundled" ? { kind: "bundled", name: init.data.name } : { kind: init.data.kind, id: init.data.id });
-  sel.value = key;
+  if (start.data.kind === "simulate") Object.assign(S.sim, start.data);
+  const d = start.data;
+  sel.value = JSON.stringify(d.kind === "simulate" ? { kind: "simulate" } : d.kind === "bundled" ? { kind: "bundled", name: d.name } : { kind: d.kind, id: d.id });
+  if (sel.selectedIndex < 0) sel.selectedIndex = 0; // not in the list: the simulator
   sel.addEventListener("change", () => setData(JSON.parse(sel.value), null, performance.now()));
-  await setData(JSON.parse(sel.value), init.formula, performance.now());
+  await setData(JSON.parse(sel.value), start.formula, performance.now());
 }
 
 function dataSpec() {
