@@ -1,5 +1,5 @@
-"""Run the examples in the docstrings of the design, presentation, results, datasets and CLI
-modules.
+"""Run the examples in the docstrings of the design, presentation, results, datasets, CLI and
+explorer modules.
 
 Examples in methods' docstrings use the names ``ml``, ``load``, ``pd`` and ``fit`` (the
 sleepstudy model of the results module's docstring), as a reader would have them.
@@ -22,7 +22,8 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.control", "multilevel.errors", "multilevel.covariance", "multilevel.families.links",
            "multilevel.families.base", "multilevel.families.binomial", "multilevel.families.poisson",
            "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata",
-           "multilevel.report.display", "multilevel.report.anova_table", "multilevel.results.storage"]
+           "multilevel.report.display", "multilevel.report.anova_table", "multilevel.results.storage",
+           "multilevel.app.explore.data", "multilevel.app.explore.views", "multilevel.app.explore.server"]
 
 
 @pytest.mark.parametrize("name", MODULES)
