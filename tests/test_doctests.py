@@ -1,5 +1,5 @@
-"""Run the examples in the docstrings of the design, presentation, results, datasets and CLI
-modules.
+"""Run the examples in the docstrings of the design, presentation, results, datasets, CLI and
+explorer modules.
 
 Examples in methods' docstrings use the names ``ml``, ``load``, ``pd`` and ``fit`` (the
 sleepstudy model of the results module's docstring), as a reader would have them.
@@ -24,7 +24,8 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.engine.input", "multilevel.models.input", "multilevel.report.plotdata",
            "multilevel.report.display", "multilevel.report.anova_table", "multilevel.results.storage",
            "multilevel.design.grouped", "multilevel.results.grouped_ls", "multilevel.models.lm",
-           "multilevel._blas"]
+           "multilevel._blas", "multilevel.app.explore.data", "multilevel.app.explore.views",
+           "multilevel.app.explore.server"]
 
 
 @pytest.mark.parametrize("name", MODULES)

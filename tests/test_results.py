@@ -261,3 +261,36 @@ def test_ngroups_keeps_lme4_order_for_interaction_groups():
 def test_reference_tolerance_helper():
     assert rel_diff(1.0, 1.0) == 0 and rel_diff(1.0, 0.0) == 1.0
     assert as_array([1, 2]).dtype == float
+
+
+def test_first_use_loader_runs_once_when_threads_race():
+    """Two threads calling a fit method for the first time at once (the explorer's server
+    fits in a thread pool): the loader runs once and both find the name."""
+    import threading
+    import time
+
+    from multilevel.results import methods
+
+    calls = []
+
+    def slow_loader():
+        calls.append(1)
+        time.sleep(0.05)  # long enough for the second thread to arrive meanwhile
+        methods.provide(_race_test=lambda: "ok")
+
+    methods.provide_loader(slow_loader)
+    errors, got = [], []
+
+    def use():
+        try:
+            got.append(methods._impl("_race_test")())
+        except Exception as e:  # noqa: BLE001 -- collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    methods._IMPL.pop("_race_test", None)
+    assert errors == [] and got == ["ok"] * 4 and calls == [1]

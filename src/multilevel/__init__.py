@@ -83,6 +83,7 @@ __all__ = [
     "RankDeficientWarning",
     "LmerControl",
     "GlmerControl",
+    "explore",
 ]
 
 __version__ = "0.1.0"
@@ -109,6 +110,10 @@ _LAZY: dict[str, str] = {
     "compare": "multilevel.report.tables",
     "LmerControl": "multilevel.control",
     "GlmerControl": "multilevel.control",
+    # the one name of the app layer the front offers (the explorer, a local web app): the
+    # only entry above the front, resolved on first access, never by `import multilevel`
+    # (tests/test_layers.py checks that no other entry points up)
+    "explore": "multilevel.app.explore",
 }
 #: attributes that are modules: ``ml.datasets.load``, ``ml.plots`` (matplotlib)
 _LAZY_MODULES: dict[str, str] = {"datasets": "multilevel.datasets", "plots": "multilevel.plots"}

@@ -8,6 +8,7 @@
     multilevel report "Reaction ~ Days + (1 | Subject)" "Reaction ~ Days + (Days | Subject)" --data sleepstudy \\
         --name intercepts --name slopes
     multilevel power "Reaction ~ Days + (Days | Subject)" --data sleepstudy --test Days --fixef Days=3
+    multilevel explore --data hsb
     multilevel datasets
 
 ``fit`` prints lme4's summary of the model (with ``--ddf``, lmerTest's df and p columns; with
@@ -16,6 +17,10 @@ likelihood-ratio tests of nested models (lme4's ``anova(m0, m1)``), ``compare`` 
 table (text, Markdown, LaTeX or HTML), ``report`` writes one self-contained HTML report.
 ``--data`` is a CSV, TSV, Parquet, Feather, SPSS (.sav) or Stata (.dta) file, or the name of a
 bundled data set (``multilevel datasets`` lists them); see ``multilevel.datasets.read_data``.
+
+``explore`` starts the explorer, a local web page (127.0.0.1; needs the ``explore`` extra)
+that refits and redraws pooling, shrinkage, caterpillar, variance components, the summary,
+pinned-model comparisons, code and power after every change; it serves until Ctrl-C.
 
 ``power`` fits the model, simulates from it (``--fixef`` sets the effect sizes to plan for)
 and prints the power of the test with its interval (``--along n_groups --values 10,20,40``: a
@@ -184,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--json", action="store_true", help="print the result as JSON")
     pw.add_argument("--plot", metavar="FILE", help="also save the power curve as an image (PNG, SVG, PDF)")
     pw.set_defaults(handler=_cmd_power)
+
+    ex = sub.add_parser("explore", help="open the explorer: pooling, shrinkage and models live, in the browser",
+                        description="Start a local web app (on 127.0.0.1; no network) and open it in "
+                                    "the browser: bundled, file or simulated data (sliders set the "
+                                    "generating model), a model from lists or an lme4 formula, and "
+                                    "every view refitted after each change. Needs the explore extra: "
+                                    'pip install "multilevel[explore]".')
+    ex.add_argument("--data", metavar="PATH_OR_NAME",
+                    help=DATA_HELP + "; default: a simulated data set")
+    ex.add_argument("--formula", help="the model to start with (default: a suggestion for the data)")
+    ex.add_argument("--port", type=int, default=None, metavar="N",
+                    help="port to serve on (default 8765, or a free one when it is taken; 0: any free port)")
+    ex.add_argument("--host", default="127.0.0.1",
+                    help="address to serve on (default 127.0.0.1: this computer only)")
+    ex.add_argument("--no-browser", action="store_true", help="do not open the browser")
+    ex.set_defaults(handler=_cmd_explore)
 
     d = sub.add_parser("datasets", help="list the bundled data sets",
                        description="List the data sets bundled with multilevel.")
@@ -494,6 +515,27 @@ def _takes_keyword(fn: Any, name: str) -> bool:
 
     params = inspect.signature(fn).parameters.values()
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+# --- explore ------------------------------------------------------------------------------
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise _InputError(f"--port: a port number from 0 to 65535, got {args.port}")
+    if args.formula:
+        _check_formulas([args.formula])
+    # lazily: the server (Starlette, uvicorn) is loaded only by this command
+    from multilevel.app.explore import explore, require_server
+
+    require_server()
+    try:
+        explore(args.data, formula=args.formula, host=args.host, port=args.port,
+                open_browser=not args.no_browser, block=True)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
+        pass
+    print("multilevel explore: stopped", file=sys.stderr)
+    return EXIT_OK
 
 
 # --- datasets -----------------------------------------------------------------------------

@@ -46,6 +46,7 @@ Example
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,9 @@ __all__ = ["LmmMethods", "GlmmMethods", "LmMethods", "MixedMethods", "VarCorrMet
 _IMPL: dict[str, Callable[..., Any]] = {}
 #: steps that fill _IMPL, run once when a method first finds its name missing
 _LOADERS: list[Callable[[], None]] = []
+#: the first methods may be called from several threads at once (the explorer's server fits
+#: in a thread pool): one thread runs the loaders, the others wait for it
+_LOADING = threading.RLock()
 
 
 def provide(**impls: Callable[..., Any]) -> None:
@@ -73,10 +77,12 @@ def provide_loader(loader: Callable[[], None]) -> None:
 
 
 def _impl(name: str) -> Callable[..., Any]:
-    while name not in _IMPL and _LOADERS:
-        loader = _LOADERS[0]
-        loader()  # if it raises, it stays registered and the next call tries again
-        _LOADERS.remove(loader)
+    if name not in _IMPL:
+        with _LOADING:
+            while name not in _IMPL and _LOADERS:
+                loader = _LOADERS[0]
+                loader()  # if it raises, it stays registered and the next call tries again
+                _LOADERS.remove(loader)
     try:
         return _IMPL[name]
     except KeyError:  # only if multilevel/__init__.py did not run: a packaging error
