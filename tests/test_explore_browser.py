@@ -206,6 +206,8 @@ def test_moving_a_slider_refits_and_redraws(page):
     after = shown(page)
     assert after["fixef:x"] != before["fixef:x"] and after["nobs"] == 6 * 10
     assert page.evaluate("document.querySelector('[data-param=nobs]').textContent") == "60"
+    # the data view follows the sliders too (it said the first design's size before)
+    assert page.evaluate("document.getElementById('data-info').textContent").startswith("60 rows")
     # the pooling view's own slider: how many groups are drawn
     slide(page, "groups-count", 3)
     assert count(page, "#plot-pooling path[data-kind=partial]") == 3

@@ -209,6 +209,8 @@ def test_fit_simulated_data_has_the_true_values(client):
     s = _post(client, "/api/fit", {"data": spec, "formula": "y ~ x + (x | group)", "groups": 5}).json()
     assert s["ok"] and s["truth"]["x"] == -0.5 and s["truth"]["sd (Intercept) | group"] == 2.0
     assert len(s["pooling"]["meta"]["levels"]) == 5
+    # the size of the simulated data comes with the fit (the sliders change it)
+    assert s["data_size"]["nrows"] == 300 and s["data_size"]["groups"] == [{"name": "group", "levels": 30}]
     d = simulate_two_level(**{**SIM_DEFAULTS, **{k: v for k, v in spec.items() if k != "kind"}})
     fit = _fit("y ~ x + (x | group)", d)
     assert s["fit"]["fixef"]["x"] == pytest.approx(fit.fixef["x"], rel=1e-12)

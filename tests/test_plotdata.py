@@ -494,3 +494,25 @@ def test_profile_curve_limits_boundary():
     lim = profile_data(fit, limits="curve")["limits"].set_index("parameter")
     lo, hi = lim.loc["sd_(Intercept)|batch"]
     assert lo == 0.0 and hi == pytest.approx(ref["sd_(Intercept)|batch"][1], rel=3e-3)
+
+
+def test_pooling_lines_of_a_random_intercept_model_have_each_fits_common_slope():
+    # y ~ x + (1 | g): no random slope, but x varies within groups: the lines are drawn
+    # against x, each with its approach's coefficient of x (not flat at the group's mean)
+    d = load("hsb")
+    p = ml.pooling("mAch ~ ses + (1 | school)", d)
+    pdat = pooling_data(p, groups=3)
+    assert pdat.meta["x"] == "ses" and pdat.meta["common_slope"]
+    assert pdat["points"]["x"].notna().all()
+    for (g, kind), ln in pdat["lines"].groupby(["group", "pooling"]):
+        slope = np.polyfit(ln["x"], ln["y"], 1)[0]
+        assert slope == pytest.approx(p.fixed.loc["ses", kind], rel=1e-9)
+    # the partial-pooling line of a group is its coef(fit) intercept + the fixed slope
+    fit = p.fits["partial"]
+    g0 = pdat.meta["levels"][0]
+    ln = pdat["lines"].query("group == @g0 and pooling == 'partial'")
+    cf = fit.coef()["school"].loc[g0]
+    np.testing.assert_allclose(ln["y"], cf["(Intercept)"] + cf["ses"] * ln["x"], rtol=1e-10)
+    # a level-2 predictor alone (constant within groups) keeps the horizontal lines
+    q = ml.pooling("mAch ~ meanses + (1 | school)", d)
+    assert pooling_data(q, groups=2).meta["x"] is None

@@ -532,26 +532,69 @@ def fitted_lines_data(fit: AnyFit, x: str, data: Any = None, groups: Any = None,
 # --- pooling --------------------------------------------------------------------------------
 
 
-def _pooling_coefs(pooling: Pooling) -> tuple[str | None, str | None]:
-    """(intercept name, slope name) among the pooling's coefficients."""
+def _pooling_coefs(pooling: Pooling, common: str | None = None) -> tuple[str | None, str | None]:
+    """(intercept name, slope name) among the pooling's coefficients; ``common``: a
+    fixed-only slope variable (:func:`_common_slope_variable`) when the term has none."""
     names = list(pooling.coef_names)
     icpt = "(Intercept)" if "(Intercept)" in names else None
     x = getattr(pooling, "x_name", None)
+    if x is None and common is not None:
+        return icpt, common
     slope = None
     if x is not None:
         slope = x if x in names else next((c for c in names if c != icpt), None)
     return icpt, slope
 
 
-def _pooling_rows(pooling: Pooling) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
-                                             np.ndarray, str]:
+def _common_slope_variable(pooling: Pooling) -> str | None:
+    """For a model whose random-effects term has no slope (``y ~ x + (1 | g)``): the first
+    fixed-effect predictor that is a numeric column varying within groups, drawn as the x
+    of the pooling lines (every approach's line then has that approach's common slope of x:
+    the complete-pooling, no-pooling and mixed-model coefficient); None if there is none."""
+    if pooling.x_name is not None or pooling.data is None:
+        return None
+    fit = pooling.fits["partial"]
+    df = _to_pandas(pooling.data)
+    fixed = pooling.fixed
+    rt = _reterm(fit, pooling.group_name)
+    for name in fit.frame.fixef_names:
+        if name == "(Intercept)" or name not in df.columns or name not in fixed.index:
+            continue
+        col = df[name]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            continue
+        if not np.isfinite(fixed.loc[name, ["complete", "none", "partial"]].to_numpy(float)).all():
+            continue  # aliased in one of the fits (e.g. a level-2 predictor in no pooling)
+        xv = np.asarray(_used_rows(fit, df)[name].to_numpy(), dtype=float)
+        codes = np.asarray(rt.refs)
+        cnt = np.bincount(codes, minlength=rt.n_levels)
+        mean = np.bincount(codes, weights=xv, minlength=rt.n_levels) / np.maximum(cnt, 1)
+        if np.any(np.abs(xv - mean[codes]) > 1e-12 * (1.0 + np.abs(xv))):
+            return name  # varies within some group: a level-1 predictor
+    return None
+
+
+def _pooling_line_table(pooling: Pooling, x: str | None) -> pd.DataFrame:
+    """The pooling table, with the common slope of ``x`` of each approach as the columns
+    ``{x}_complete``, ``{x}_none``, ``{x}_partial`` when ``x`` is a fixed-only slope."""
+    tab = pooling.table
+    if x is None or x == pooling.x_name:
+        return tab
+    out = tab.copy()
+    for kind in POOLING_KINDS:
+        out[f"{x}_{kind}"] = float(pooling.fixed.loc[x, kind])
+    return out
+
+
+def _pooling_rows(pooling: Pooling, x: str | None = None) -> tuple[np.ndarray, np.ndarray | None,
+                                                                 np.ndarray, np.ndarray, str]:
     """(y, x or None, group labels, group code per row (into the labels), response name) of
-    the rows the fits used."""
+    the rows the fits used; x: the slope variable (default the pooling's)."""
     fit = pooling.fits["partial"]
     fr = fit.frame
     rt = _reterm(fit, pooling.group_name)
     levels = np.asarray([str(v) for v in rt.levels], dtype=object)
-    x = pooling.x_name
+    x = pooling.x_name if x is None else x
     xv = None if x is None else np.asarray(_row_values(fit, x, pooling.data), dtype=float)
     return np.asarray(fr.y, dtype=float), xv, levels, np.asarray(rt.refs), fr.response
 
@@ -621,7 +664,11 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
     Each line is the approach's intercept + slope·x plus the group's average contribution of
     the model's other terms to that approach's fitted values, so that lines and points are
     on the same footing. An approach with no estimate for a group has no rows.
-    meta: ``response``, ``x`` (the slope variable or None), ``group``, ``levels``.
+    A model without a random slope but with a level-1 predictor (``y ~ x + (1 | g)``) draws
+    its lines against that predictor, each approach with its common slope (complete pooling's,
+    no pooling's and the mixed model's coefficient of x; ``common_slope`` in meta).
+    meta: ``response``, ``x`` (the slope variable or None), ``group``, ``levels``,
+    ``common_slope``.
 
     >>> import multilevel as ml
     >>> p = ml.pooling("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
@@ -629,12 +676,13 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
     >>> d["lines"].groupby("pooling", sort=False).size().to_dict()
     {'complete': 50, 'none': 50, 'partial': 50}
     """
-    tab = pooling.table
+    common = _common_slope_variable(pooling)
+    tab = _pooling_line_table(pooling, common)
     labels = tab["group"].astype(str).tolist()
     chosen = _select_levels(labels, tab["n"].to_numpy(), groups, 8)
-    y, xv, levels, code, response = _pooling_rows(pooling)
+    y, xv, levels, code, response = _pooling_rows(pooling, common)
     level_code = {str(lv): k for k, lv in enumerate(levels)}
-    icpt, slope = _pooling_coefs(pooling)
+    icpt, slope = _pooling_coefs(pooling, common)
     if xv is not None:
         lo, hi = float(np.nanmin(xv)), float(np.nanmax(xv))
         pad = 0.03 * (hi - lo or 1.0)
@@ -674,7 +722,8 @@ def pooling_data(pooling: Pooling, groups: Any = None) -> PlotData:
         "lines": pd.DataFrame({"group": cat(lg, object), "pooling": cat(lk, object), "x": cat(lx),
                                "y": cat(ly)}),
     }
-    meta = {"response": response, "x": pooling.x_name, "group": pooling.group_name, "levels": chosen}
+    meta = {"response": response, "x": pooling.x_name or common, "group": pooling.group_name,
+            "levels": chosen, "common_slope": common is not None}
     return PlotData("pooling", frames, meta)
 
 

@@ -143,6 +143,11 @@ def fit_view(store: DataStore, body: dict[str, Any]) -> dict[str, Any]:
     state["data_label"] = label
     state["truth"] = simulation_truth(spec) if spec["kind"] == "simulate" else None
     if state.get("ok"):
+        # the data's size for the data view: the simulation sliders change it without a new
+        # /api/data request (the groups are the model's grouping factors)
+        state["data_size"] = {"nrows": int(frame.shape[0]), "ncols": int(frame.shape[1]),
+                              "groups": [{"name": str(k), "levels": int(v)}
+                                         for k, v in state["fit"]["ngroups"].items()]}
         state["code"] = model_code(formula, reml, spec, store)
         state["groups_all"] = _all_groups(state)
     state["server_ms"] = round(1000 * (time.perf_counter() - t0), 1)

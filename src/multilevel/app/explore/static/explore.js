@@ -286,8 +286,7 @@ async function setData(spec, formula, t0) {
   const info = await api("/api/data", { data: dataSpec() });
   if (!info.ok) { showError(info); setStatus("data could not be loaded", "bad"); return; }
   S.info = info;
-  $("data-info").textContent = `${info.nrows.toLocaleString("en")} rows, ${info.ncols} columns` +
-    (info.groups.length ? ` · groups: ${info.groups.map((g) => `${g.name} (${g.levels})`).join(", ")}` : "");
+  showDataInfo(info.nrows, info.ncols, info.groups);
   fillBuilder(info);
   const f = formula || info.suggestion.formula || "";
   S.formula = f;
@@ -381,6 +380,11 @@ function onBuilderChange(ev) {
 // refit and render
 // ---------------------------------------------------------------------------------------------
 
+function showDataInfo(nrows, ncols, groups) {
+  $("data-info").textContent = `${nrows.toLocaleString("en")} rows, ${ncols} columns` +
+    (groups.length ? ` · groups: ${groups.map((g) => `${g.name} (${g.levels})`).join(", ")}` : "");
+}
+
 async function refit(t0, trigger) {
   const seq = ++S.seq;
   if (S.controller) S.controller.abort(); // only the newest request matters
@@ -404,6 +408,8 @@ async function refit(t0, trigger) {
   }
   clearError();
   S.last = st;
+  // a simulation slider changes the data without a new /api/data: its size comes with the fit
+  if (st.data_size) showDataInfo(st.data_size.nrows, st.data_size.ncols, st.data_size.groups);
   render(st);
   recordTiming(seq, trigger, t0, tFetch, st);
   if (S.pins.length) refreshCompare();
