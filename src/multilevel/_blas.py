@@ -18,7 +18,8 @@ unconditionally, for latency-bound callers (the explorer).
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+import threading
+from typing import ContextManager, Iterator
 
 #: n * p^2 above which the BLAS keeps its own threads
 _FLOPS_MIN_THREADED = 2e10
@@ -36,9 +37,12 @@ def one_thread(n: int, p: int) -> ContextManager[object]:
 
 
 _CONTROLLER: list = []
+_LOCK = threading.Lock()
+_ACTIVE: list = []   # [limiter, depth] while some single_threaded() block runs
 
 
-def single_threaded() -> ContextManager[object]:
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
     """A context in which every BLAS call runs on one thread, whatever its size.
 
     For a sequence of small steps that must answer quickly, such as the explorer's refit
@@ -46,7 +50,13 @@ def single_threaded() -> ContextManager[object]:
     took 20-30 ms on two OpenBLAS threads (the second waiting for a core) and 0.04 ms on
     one. The threadpoolctl controller is made once (inspecting the loaded libraries costs
     0.2 ms; switching with it then costs ~10 us), after scipy's BLAS is loaded so that it is
-    among the libraries switched.
+    among the libraries switched. The limit is process-wide, so nested blocks and blocks
+    in several threads share one: set by the first to enter, restored when the last leaves
+    (each restoring what it found would leave the BLAS on one thread when two overlapped).
+    Measured with the OpenBLAS 0.3.30/0.3.31 of the numpy and scipy wheels: a limit set from
+    the main thread holds in every thread, one set from another thread did not take effect,
+    so a server should call this from its main thread (an async endpoint) or limit the BLAS
+    once at start-up.
 
     >>> import numpy as np
     >>> with single_threaded():
@@ -58,6 +68,21 @@ def single_threaded() -> ContextManager[object]:
             import scipy.linalg  # noqa: F401 - load scipy's BLAS before the inspection
             from threadpoolctl import ThreadpoolController
         except ImportError:  # pragma: no cover - dependencies; kept working without them
-            return contextlib.nullcontext()
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+            yield
+            return
+        with _LOCK:
+            if not _CONTROLLER:
+                _CONTROLLER.append(ThreadpoolController())
+    with _LOCK:
+        if _ACTIVE:
+            _ACTIVE[1] += 1
+        else:
+            _ACTIVE[:] = [_CONTROLLER[0].limit(limits=1, user_api="blas"), 1]
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _ACTIVE[1] -= 1
+            if _ACTIVE[1] == 0:
+                _ACTIVE[0].restore_original_limits()
+                _ACTIVE.clear()

@@ -380,7 +380,8 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     P = len(plan.names)
     dropped: list[str] = []
     if len(keep) < P:
-        dropped = [plan.names[j] for j in range(P) if j not in set(keep)]
+        kept = set(keep)
+        dropped = [plan.names[j] for j in range(P) if j not in kept]
         k = len(dropped)
         warnings.append(FitWarning("rank_deficient",
                                    f"fixed-effect model matrix is rank deficient so dropping {k} "

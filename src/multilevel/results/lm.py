@@ -90,9 +90,10 @@ class LmFit(LmMethods, FitBase):
         self._warnings = [m for m in frame.warnings if getattr(m, "code", None) != "rank_deficient"]
         # (one BLAS thread for frame-sized dense algebra: multilevel._blas); a GroupedFrame
         # is fitted group by group, with no such dense step (and no X to look at)
-        if getattr(frame, "grouped", None) is not None and frame.weights is None \
-                and cluster_codes is None:
-            self._fit(cluster_codes)
+        blocks = getattr(frame, "grouped", None) if frame.weights is None \
+            and cluster_codes is None else None
+        if blocks is not None:
+            self._fit_grouped(blocks)
         else:
             with one_thread(*self.frame.X.shape):
                 self._fit(cluster_codes)
@@ -105,10 +106,6 @@ class LmFit(LmMethods, FitBase):
         n_all = y.shape[0]
         w = fr.weights
         z = y - fr.offset if fr.offset is not None else y
-        grouped = getattr(fr, "grouped", None)
-        if grouped is not None and w is None and cluster_codes is None:
-            self._fit_grouped(grouped, z)
-            return
         X = fr.X
         # R's lm.wfit fits on the rows with nonzero weight only (they alone count for df,
         # logLik and nobs); residuals and fitted values are still given for every row
@@ -154,7 +151,7 @@ class LmFit(LmMethods, FitBase):
         if cluster_codes is not None:
             self._vcov = self._cluster_vcov(Xk, rw, cluster_codes[nz])
 
-    def _fit_grouped(self, grouped: Any, z: np.ndarray) -> None:
+    def _fit_grouped(self, grouped: Any) -> None:
         """The fit of a block-structured X (a GroupedFrame: group intercepts and slopes),
         without forming X: :mod:`multilevel.results.grouped_ls`. No weights, no clusters
         (those frames take the dense path); the columns were chosen by the frame."""
@@ -164,6 +161,7 @@ class LmFit(LmMethods, FitBase):
         n = fr.nobs
         if n <= 0:
             raise DataError("no observations with a nonzero weight")
+        z = fr.y - fr.offset if fr.offset is not None else fr.y
         self._cols = list(range(len(fr.fixef_names)))
         self._names = list(fr.fixef_names)
         kept = set(self._names)
