@@ -92,3 +92,13 @@ def test_data_frame_not_modified_and_code():
     assert s["ok"] and s["pooling"] is not None  # hsb's ordered school with 160 levels
     assert "ml.lmer('mAch ~ cses + (cses | school)', hsb)" in s["code"]["python"]
     assert code_snippets("y ~ (1|g)", "d")["r"].startswith("library(lme4)\nfit <- lmer(y ~ (1|g), data = d)")
+
+
+def test_a_factor_slope_is_drawn_on_its_indicator_not_refused():
+    # (1 + sector | school): sector is text; the pooling lines run over its 0/1 column
+    from multilevel.app.explore.state import model_state
+
+    s = model_state(ml.datasets.load("hsb"), "mAch ~ sector + (1 + sector | school)")
+    assert s["ok"] and s["pooling"] is not None
+    xs = s["pooling"]["frames"]["points"]["x"]
+    assert set(xs) <= {0.0, 1.0}

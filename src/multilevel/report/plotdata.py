@@ -595,7 +595,15 @@ def _pooling_rows(pooling: Pooling, x: str | None = None) -> tuple[np.ndarray, n
     rt = _reterm(fit, pooling.group_name)
     levels = np.asarray([str(v) for v in rt.levels], dtype=object)
     x = pooling.x_name if x is None else x
-    xv = None if x is None else np.asarray(_row_values(fit, x, pooling.data), dtype=float)
+    xv = None
+    if x is not None:
+        vals = _row_values(fit, x, pooling.data)
+        if not (pd.api.types.is_numeric_dtype(np.asarray(vals).dtype)
+                and not pd.api.types.is_bool_dtype(np.asarray(vals).dtype)):
+            # a factor slope, (1 + sector | school): x is its coefficient's 0/1 column of Z
+            _, coef = _pooling_coefs(pooling)
+            vals = _row_values(fit, coef, None) if coef is not None else None
+        xv = None if vals is None else np.asarray(vals, dtype=float)
     return np.asarray(fr.y, dtype=float), xv, levels, np.asarray(rt.refs), fr.response
 
 

@@ -299,6 +299,15 @@ def serve(store: DataStore | None = None, *, initial: dict[str, Any] | None = No
             webbrowser.open(url)
 
     if block:
+        # the command line's server process does only refits: one BLAS thread for all of them,
+        # set here in the main thread (a limit set in the endpoints' worker threads does not
+        # take effect with OpenBLAS; on a busy 2-core machine a second BLAS thread waiting for
+        # a core made a refit's small products 500x slower); a notebook's (block=False) BLAS
+        # is the user's and is left alone
+        import scipy.linalg  # noqa: F401 -- loaded first, so that its BLAS is limited too
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
         threading.Thread(target=announce, name="explore-announce", daemon=True).start()
         server.run(sockets=[sock])
         return Explorer(server, None, url)
