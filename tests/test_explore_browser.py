@@ -16,8 +16,13 @@ Needs Chromium: without it these tests fail (``find_chromium``), they are not sk
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -26,8 +31,6 @@ from urllib.parse import urlsplit
 import pytest
 
 import multilevel as ml
-from multilevel.app.explore.data import DataStore
-from multilevel.app.explore.server import serve
 
 from _cdp import chromium_page
 from conftest import load_case
@@ -36,9 +39,42 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 WIDTH, HEIGHT = 1400, 900
 
 
+class _Cli:
+    """``multilevel explore --no-browser --port 0`` in a process of its own, as a user runs it
+    (the latencies measured are the command line's, with its one-BLAS-thread setting)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "multilevel.app.cli", "explore", "--no-browser", "--port", "0"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            env={**os.environ, "MULTILEVEL_NO_BROWSER": "1"})
+        deadline = time.monotonic() + 60
+        self.url = None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            m = re.search(r"multilevel explore: (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+            if not line and self.proc.poll() is not None:
+                break
+        if self.url is None:
+            self.stop()
+            pytest.fail("multilevel explore did not announce its address")
+        # keep reading its stderr, so that a full pipe never blocks the server
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 @pytest.fixture(scope="module")
 def explorer():
-    ex = serve(DataStore(), port=0, open_browser=False, block=False, quiet=True)
+    ex = _Cli()
     yield ex
     ex.stop()
 
