@@ -102,3 +102,31 @@ def test_a_factor_slope_is_drawn_on_its_indicator_not_refused():
     assert s["ok"] and s["pooling"] is not None
     xs = s["pooling"]["frames"]["points"]["x"]
     assert set(xs) <= {0.0, 1.0}
+
+
+def test_the_state_cache_refits_only_for_a_new_model():
+    from multilevel.app.explore import state as st
+
+    d = ml.datasets.load("sleepstudy")
+    f = "Reaction ~ Days + (Days | Subject)"
+    cache = st.StateCache(maxsize=2)
+    calls = []
+    real = st._fitted_state
+
+    def counted(*a, **k):
+        calls.append(a[1])
+        return real(*a, **k)
+
+    st._fitted_state = counted
+    try:
+        a = st.model_state(d, f, groups=3, cache=cache)
+        b = st.model_state(d, f, groups=["308", "309"], cache=cache)  # other groups: no refit
+        assert len(calls) == 1 and b["pooling"]["meta"]["levels"] == ["308", "309"]
+        assert len(a["pooling"]["meta"]["levels"]) == 3  # the first answer is not changed
+        # the same answer as without a cache (which fits: call 2)
+        assert b["fit"] == a["fit"] and b == st.model_state(d, f, groups=["308", "309"])
+        st.model_state(d.copy(), f, cache=cache)  # other data (an equal copy): a refit
+        st.model_state(d, f, reml=False, cache=cache)  # ML: a refit
+        assert len(calls) == 4
+    finally:
+        st._fitted_state = real

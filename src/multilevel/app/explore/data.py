@@ -176,6 +176,11 @@ class DataStore:
         }
         self._cache: OrderedDict[str, tuple[pd.DataFrame, str]] = OrderedDict()
         self._lock = threading.Lock()  # the server answers requests from a thread pool
+        # fitted models of the cached frames: choosing other groups for the pooling view
+        # redraws without a refit
+        from multilevel.app.explore.state import StateCache
+
+        self.states = StateCache()
 
     def sources(self) -> list[dict[str, Any]]:
         """The sources given at start, as the page lists them: {kind, id, label}."""

@@ -139,7 +139,7 @@ def fit_view(store: DataStore, body: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     frame, label, spec = store.get(body.get("data"))
     formula, reml, groups = _formula(body), _reml(body), _groups(body)
-    state = model_state(frame, formula, reml=reml, groups=groups, data_name=label)
+    state = model_state(frame, formula, reml=reml, groups=groups, data_name=label, cache=store.states)
     state["data_label"] = label
     state["truth"] = simulation_truth(spec) if spec["kind"] == "simulate" else None
     if state.get("ok"):

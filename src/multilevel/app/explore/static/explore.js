@@ -410,7 +410,8 @@ async function refit(t0, trigger) {
   S.last = st;
   // a simulation slider changes the data without a new /api/data: its size comes with the fit
   if (st.data_size) showDataInfo(st.data_size.nrows, st.data_size.ncols, st.data_size.groups);
-  render(st);
+  // a new choice of groups changes the pooling view alone: the other views stay as drawn
+  render(st, trigger === "slider groups" || trigger === "groups" ? ["plot-pooling"] : null);
   recordTiming(seq, trigger, t0, tFetch, st);
   if (S.pins.length) refreshCompare();
   if (S.data.kind === "simulate") markPowerStale();
@@ -458,12 +459,13 @@ function clearError() {
 
 // each view draws on its own: a bug in one shows in that card (and the console), not as a
 // blank page
-function render(st) {
+function render(st, only = null) {
   const views = [["estimates", renderEstimates], ["plot-pooling", renderPooling], ["plot-shrinkage", renderShrinkage],
     ["plot-caterpillar", renderCaterpillar], ["variance", renderVariance],
     ["summary", (s) => { $("summary").textContent = s.summary; }],
     ["code-python", (s) => { $("code-python").textContent = s.code.python; $("code-r").textContent = s.code.r; }]];
   for (const [id, fn] of views) {
+    if (only && !only.includes(id)) continue;
     try { fn(st); } catch (e) {
       console.error(`explorer: the view ${id} failed: ${e && e.stack ? e.stack : e}`);
       $(id).replaceChildren(el("p", { class: "error", text: `This view could not be drawn (${e.message}).` }));
