@@ -49,7 +49,7 @@ import pandas as pd
 from multilevel.design.contrasts import Contrast, normalize_contrasts
 from multilevel.design.grouping import BarSpec, GroupSpec, ReTerm
 from multilevel.design.grouped import GroupedColumns, grouped_columns, rank_keep_grouped
-from multilevel.design.matrices import fill_columns, make_plan, rank_keep
+from multilevel.design.matrices import fill_columns, gram, make_plan, rank_keep
 from multilevel.design.newdata import FrameSpec, NewDesign
 from multilevel.design.response import Response
 from multilevel.design.source import DataSource, as_array, column_not_found, take_rows
@@ -279,28 +279,23 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     for b, sc in zip(parsed.bars, bar_scopes):
         for c in sc.columns() + list(b.group_vars):
             used_cols.setdefault(c, None)
-    missing = np.zeros(n_all, dtype=bool)
-    any_missing = False
-    for c in used_cols:
-        if c in src:
-            m = src.column(c).na_mask()
-            if m is not None:
-                missing |= m
-                any_missing = True
+    # the masks of every source of missing rows, combined once at the end
+    masks: list[np.ndarray] = []
+    m = src.missing(used_cols)
+    if m is not None:
+        masks.append(m)
     for arr in (weights_arr, offset_arr):
         if arr is not None:
             m = np.isnan(arr)
             if m.any():
-                missing |= m
-                any_missing = True
+                masks.append(m)
     for v in list(fixed.vars.values()) + [v for sc in bar_scopes for v in sc.vars.values()]:
         if v.is_factor and v.source == "column" and v.explicit_levels is not None:
             codes, labels = src.column(v.column).factor()
             outside = np.isin(codes, [i for i, lab in enumerate(labels)
                                       if lab not in set(v.explicit_levels)])
             if outside.any():  # factor(x, levels=) turns other values into NA
-                missing |= outside
-                any_missing = True
+                masks.append(outside)
 
     # evaluate every expression on all rows first, as R's model frame does before na.omit:
     # stateful transforms (scale(), poly(), center()) learn from all rows, and rows where an
@@ -310,13 +305,11 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         blocks, bad = sc.learn_expressions(src)
         learnt.append(blocks)
         if bad is not None:
-            missing |= bad
-            any_missing = True
+            masks.append(bad)
     resp_blocks, resp_bad = response.learn(src)
     if resp_bad is not None:
-        missing |= resp_bad
-        any_missing = True
-    rows = np.flatnonzero(~missing) if any_missing else None
+        masks.append(resp_bad)
+    rows = np.flatnonzero(~np.logical_or.reduce(masks)) if masks else None
     n = n_all if rows is None else len(rows)
     if n == 0:
         raise DataError(f"no rows left: all {n_all} rows have a missing value in a "
@@ -371,9 +364,11 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
             grouped = None  # the dense checks below say which column and why
     if grouped is None:
         X = fill_columns(plan, fixed_vals, n)
-        _check_finite(X, plan.names, "fixed-effect model matrix")
-        _check_scale(X, plan.names, "the fixed-effect column")
-        keep = list(range(X.shape[1])) if _skeleton else rank_keep(X)
+        # X'X serves both the range check of its diagonal and the rank rule's certificate
+        xtx = gram(X)
+        _check_columns(X, plan.names, "fixed-effect model matrix", "the fixed-effect column",
+                       sumsq=np.diag(xtx))
+        keep = list(range(X.shape[1])) if _skeleton else rank_keep(X, xtx=xtx)
     else:
         X = None  # filled from the blocks when asked for (GroupedFrame.X)
         keep = rank_keep_grouped(grouped)
@@ -410,11 +405,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         off = o.astype(np.float64, copy=True) if off is None else off + o
     if off is not None:
         _check_finite(off[:, None], ["offset"], "offset")
-    _check_finite(y[:, None], [response.name], "response")
-    _check_scale(y[:, None], [response.name], "the response", w)
+    _check_columns(y[:, None], [response.name], "response", "the response", w)
     for rt in reterms:
-        _check_finite(rt.Z, rt.terms, f"random-effects term ({rt.label})")
-        _check_scale(rt.Z, rt.terms, f"the column of random-effects term ({rt.label})")
+        _check_columns(rt.Z, rt.terms, f"random-effects term ({rt.label})",
+                       f"the column of random-effects term ({rt.label})")
 
     merged = {**src.merged_levels()}
     for sc in [fixed] + bar_scopes:
@@ -610,6 +604,36 @@ def _check_dense_size(n: int, names: Sequence[str], what: str, max_gib: float) -
 #: ends at 1.8e308 (overflow) and 2.2e-308 (loss of digits); lme4 returns an infinite
 #: criterion or a wrong fit outside it
 _SUMSQ_RANGE = (1e-290, 1e300)
+
+
+def _check_columns(M: np.ndarray, names: Sequence[str], finite_what: str, scale_what: str,
+                   weights: np.ndarray | None = None, *, sumsq: np.ndarray | None = None) -> None:
+    """:func:`_check_finite` then :func:`_check_scale`, in one pass over M when every
+    column's (weighted) sum of squares is inside :data:`_SUMSQ_RANGE` (a NaN or infinite
+    entry makes its column's sum NaN or infinite, which fails that test): then neither can
+    fail. Otherwise both run, in that order, and say what is wrong. ``sumsq``: the column
+    sums of squares if the caller has them (the diagonal of X'X)."""
+    if M.size == 0:
+        return
+    ss = _sumsq(M, weights) if sumsq is None else sumsq.tolist()
+    lo, hi = _SUMSQ_RANGE
+    if all(lo <= v <= hi for v in ss):  # (Python floats: a few columns; NaN fails)
+        return
+    _check_finite(M, names, finite_what)
+    _check_scale(M, names, scale_what, weights)
+
+
+def _sumsq(M: np.ndarray, weights: np.ndarray | None) -> list[float]:
+    """Column sums of squares (weighted: sum w m^2) of a tall matrix, by one dot product per
+    column (a strided reduction over the rows of a C-ordered matrix is much slower)."""
+    p = M.shape[1]
+    # an overflow is an infinite sum, which the caller's test catches: no numpy warning
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        if weights is None and p <= 16:
+            return [float(np.dot(M[:, j], M[:, j])) for j in range(p)]
+        ss = np.einsum("ij,ij->j", M, M) if weights is None else \
+            np.einsum("i,ij,ij->j", weights, M, M)
+    return ss.tolist()
 
 
 def _check_scale(M: np.ndarray, names: Sequence[str], what: str,
