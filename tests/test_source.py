@@ -129,3 +129,23 @@ def test_non_text_and_duplicate_column_labels():
         DataSource(pd.DataFrame([[1, 2]], columns=["x", "x"]))
     src = DataSource(pd.DataFrame({"y": [1.0], "g": ["a"]}))
     assert src.names == ["y", "g"] and "g" in src and "z" not in src
+
+
+def test_category_labels_follow_the_categories():
+    """Labels are cached per categories Index; a new Index (even at a reused address) is
+    read anew, and a frame whose categories change gives the new labels."""
+    import gc
+
+    for k in range(50):
+        cats = [f"l{k}_{j}" for j in range(3)]
+        df = pd.DataFrame({"g": pd.Categorical(cats * 2, categories=cats)})
+        assert DataSource(df).column("g").factor()[1] == cats
+        del df
+        gc.collect()
+    df = pd.DataFrame({"g": pd.Categorical(["b", "a"])})
+    assert DataSource(df).column("g").factor()[1] == ["a", "b"]
+    df["g"] = df["g"].cat.rename_categories({"a": "z"})
+    assert DataSource(df).column("g").factor()[1] == ["z", "b"]
+    labels = DataSource(df).column("g").factor()[1]
+    labels.append("mutated")  # a caller's list is its own
+    assert DataSource(df).column("g").factor()[1] == ["z", "b"]

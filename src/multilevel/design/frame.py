@@ -77,7 +77,8 @@ class ModelFrame:
                     then come out in reverse order of appearance).
     weights:        prior weights (n,) or None; for ``cbind(s, f)`` responses the trials s + f.
     offset:         (n,) or None (sum of ``offset()`` terms and the ``offset=`` argument).
-    rows:           int64 positions (0-based) in the user's frame of the rows used.
+    rows:           int64 positions (0-based) in the user's frame of the rows used (given
+                    as None when every row was used: then made on first access).
     n_dropped:      number of rows dropped for missing values.
     warnings:       records (:class:`~multilevel.errors.FitWarning`) for the fit's warnings
                     (codes ``rows_dropped``, ``rank_deficient``).
@@ -110,7 +111,7 @@ class ModelFrame:
     reterms: list[ReTerm]
     weights: np.ndarray | None = None
     offset: np.ndarray | None = None
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rows: np.ndarray | None = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_dropped: int = 0
     dropped_columns: list[str] = field(default_factory=list)
     warnings: list[FitWarning] = field(default_factory=list)
@@ -168,6 +169,28 @@ class ModelFrame:
         spec = self.spec
         plan = getattr(spec, "plan", None)
         return list(plan.names) if plan is not None else list(self.fixef_names)
+
+
+def _frame_rows(self: ModelFrame) -> np.ndarray:
+    rows = self.__dict__.get("_rows")
+    if rows is None:
+        # None: every row of the data was used; a frame pickled before rows were made on
+        # first use has them under their own name
+        rows = self.__dict__.get("rows")
+        if rows is None:
+            rows = np.arange(self.nobs, dtype=np.int64)
+        self.__dict__["_rows"] = rows
+    return rows
+
+
+def _set_frame_rows(self: ModelFrame, value: np.ndarray | None) -> None:
+    self.__dict__["_rows"] = value
+
+
+# ``rows`` is made on first use when every row was used (given as None): an arange of the
+# rows is as large as the response, and most fits never ask for it
+ModelFrame.rows = property(_frame_rows, _set_frame_rows,  # type: ignore[assignment]
+                           doc="int64 positions (0-based) in the user's frame of the rows used")
 
 
 class GroupedFrame(ModelFrame):
@@ -437,7 +460,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         reterms=reterms,
         weights=w,
         offset=off,
-        rows=np.arange(n_all, dtype=np.int64) if rows is None else rows.astype(np.int64),
+        rows=None if rows is None else rows.astype(np.int64),  # None: all, made when asked
         n_dropped=n_dropped,
         dropped_columns=dropped,
         warnings=warnings,

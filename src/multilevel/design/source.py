@@ -16,6 +16,7 @@ variables -> matrices, grouping, response -> newdata -> frame).
 from __future__ import annotations
 
 import difflib
+import weakref
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -89,6 +90,35 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
     view = arr.view()
     view.flags.writeable = False
     return view
+
+
+#: the labels of categories read lately: id of the (immutable) categories Index -> (a weak
+#: reference to it, its labels, whether two of them are the same text); an entry leaves with
+#: its Index, and one is used only while its reference still points at that Index
+_CATEGORY_LABELS: dict[int, tuple[weakref.ref, tuple[str, ...], bool]] = {}
+
+
+def _category_labels(cats: pd.Index) -> tuple[list[str], bool]:
+    """The labels of a Categorical's categories (R's ``levels``) and whether two of them are
+    the same text (to be merged). Cached per categories Index: refitting the same frame, as
+    an explorer or a bootstrap does, reads them once (converting them cost as much as the
+    rest of a small frame's categorical column)."""
+    key = id(cats)
+    hit = _CATEGORY_LABELS.get(key)
+    if hit is not None and hit[0]() is cats:
+        return list(hit[1]), hit[2]
+    if cats.dtype == object or isinstance(cats.dtype, pd.StringDtype) \
+            or pd.api.types.is_string_dtype(cats.dtype):
+        labels = _text_labels(cats)  # text categories are their own labels
+    else:
+        labels = [level_label(c) for c in cats]
+    dup = len(set(labels)) != len(labels)
+    try:
+        ref = weakref.ref(cats, lambda _, key=key: _CATEGORY_LABELS.pop(key, None))
+    except TypeError:  # not weakly referable: not cached
+        return labels, dup
+    _CATEGORY_LABELS[key] = (ref, tuple(labels), dup)
+    return labels, dup
 
 
 def _text_labels(cats: pd.Index) -> list[str]:
@@ -267,12 +297,8 @@ class Column:
                 cat = self._ext
                 codes = cat.codes
                 cats = cat.categories
-                if cats.dtype == object or isinstance(cats.dtype, pd.StringDtype) \
-                        or pd.api.types.is_string_dtype(cats.dtype):
-                    labels = _text_labels(cats)  # text categories are their own labels
-                else:
-                    labels = [level_label(c) for c in cats]
-                originals = cats
+                labels, dup = _category_labels(cats)
+                originals = cats if dup else None
             elif self.kind == "bool":
                 if self._array is not None:
                     codes = self._array.astype(np.int8)
@@ -353,6 +379,7 @@ class DataSource:
 
     def __init__(self, data: Any, what: str = "data"):
         self._cache: dict[str, Column] = {}
+        self._asked: dict[str, bool] = {}
         self._names: list[str] | None = None
         if isinstance(data, pd.DataFrame):
             cols = data.columns
@@ -410,7 +437,12 @@ class DataSource:
         return self._names
 
     def __contains__(self, name: str) -> bool:
-        return name in self._known
+        # remembered: a fit asks about each of its names a dozen times, and a pandas Index
+        # answers more slowly than a dict
+        known = self._asked.get(name)
+        if known is None:
+            known = self._asked[name] = name in self._known
+        return known
 
     def missing(self, names: Iterable[str]) -> np.ndarray | None:
         """A new boolean array, True for the rows with a missing value in any of the columns
@@ -421,8 +453,7 @@ class DataSource:
         >>> DataSource({"x": [1.0, None, 3.0], "g": ["a", "b", None]}).missing(["x", "g", "pi"]).tolist()
         [False, True, True]
         """
-        masks = [m for c in names if c in self._known
-                 and (m := self.column(c).na_mask()) is not None]
+        masks = [m for c in names if c in self and (m := self.column(c).na_mask()) is not None]
         if not masks:
             return None
         out = masks[0].copy()  # never the column's cached mask: callers add to it
@@ -438,7 +469,7 @@ class DataSource:
     def column(self, name: str) -> Column:
         col = self._cache.get(name)
         if col is None:
-            if name not in self._known:
+            if name not in self:
                 raise column_not_found(name, self.names)
             col = Column(name, self._get(name))
             if len(col) != self.nrows:

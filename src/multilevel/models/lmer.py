@@ -155,7 +155,7 @@ def _exact_beta(frame, pwrss: float) -> np.ndarray | None:
     w = frame.weights
     if np.isfinite(pwrss):
         yc = y - (np.average(y, weights=w) if frame.has_intercept else 0.0)
-        ss = float(np.dot(yc * (1.0 if w is None else w), yc))
+        ss = float(np.dot(yc if w is None else yc * w, yc))  # (no product with 1.0: a copy of y)
         if ss > 0 and pwrss > 1e-10 * ss:
             return None
     X = frame.X
