@@ -55,7 +55,7 @@ from multilevel.design.response import Response
 from multilevel.design.source import DataSource, as_array, column_not_found, take_rows
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError, FitWarning, FormulaError, ModelSpecError
-from multilevel.formula import Call, ModelTerms, Node, ParsedFormula, Paren, deparse, parse_formula
+from multilevel.formula import Call, ModelTerms, Node, ParsedFormula, Paren, parse_formula
 from multilevel.formula._centering import allow_new_groups
 from multilevel.formula._model import CONSTANTS
 
@@ -546,10 +546,11 @@ def drop_response_terms(parsed: ParsedFormula) -> tuple[ModelTerms, list[FitWarn
     """
     if parsed.response is None:
         return parsed.fixed, []
-    target = deparse(_strip_identity(parsed.response))
+    # (a node's key is its deparsed text, computed once per parsed formula)
+    target = _strip_identity(parsed.response).key
     kept, warns = [], []
     for k, t in enumerate(parsed.fixed.terms, start=1):
-        if len(t.variables) == 1 and deparse(_strip_identity(t.variables[0])) == target:
+        if len(t.variables) == 1 and _strip_identity(t.variables[0]).key == target:
             warns.append(FitWarning("response_on_rhs",
                                     f"the response appeared on the right-hand side and was "
                                     f"dropped: term '{t.label}' (problem with term {k} in "
