@@ -149,3 +149,24 @@ def test_category_labels_follow_the_categories():
     labels = DataSource(df).column("g").factor()[1]
     labels.append("mutated")  # a caller's list is its own
     assert DataSource(df).column("g").factor()[1] == ["z", "b"]
+
+
+@pytest.mark.parametrize("dtype", ["str", "string[python]", "string[pyarrow]"])
+def test_long_text_columns_coded_as_short_ones(dtype):
+    """From _ARRAY_FACTORIZE_MIN rows text is coded by pandas' own array (Arrow's hashing),
+    below it through Python strings: the same levels (code-point order) and codes."""
+    from multilevel.design import source
+
+    rng = np.random.default_rng(3)
+    words = np.array(["é", "b", "B", "a", "z", "ä", "Z", "aa", "", "\u00ff", "\u0100"], dtype=object)
+    values = words[rng.integers(0, len(words), source._ARRAY_FACTORIZE_MIN + 10)]
+    values[::97] = None
+    long = pd.Series(values, dtype=dtype)
+    col = Column("g", long)
+    codes, labels = col.factor()
+    assert labels == sorted(set(words))
+    short = Column("g", long.iloc[:100].reset_index(drop=True))
+    assert short.factor()[1] == sorted({v for v in values[:100] if v is not None})
+    expected = [None if v is None else v for v in values]
+    np.testing.assert_array_equal(np.asarray(labels + [None], dtype=object)[codes], expected)
+    np.testing.assert_array_equal(col.na_mask(), [v is None for v in values])
