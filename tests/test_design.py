@@ -807,3 +807,22 @@ def test_small_fits_do_not_switch_blas_threads():
 
     assert isinstance(one_thread(180, 2), contextlib.nullcontext)
     assert not isinstance(one_thread(7185, 322), contextlib.nullcontext)
+
+
+def test_frame_sized_cross_products_run_on_one_blas_thread(monkeypatch):
+    """X'X of the model frame (shared by its range check and rank rule) is a frame-sized
+    product: it runs inside multilevel._blas.one_thread, as the rank rule always did."""
+    from multilevel.design import matrices
+
+    sizes = []
+    real = matrices.one_thread
+
+    def spy(n, p):
+        sizes.append((n, p))
+        return real(n, p)
+
+    monkeypatch.setattr(matrices, "one_thread", spy)
+    X = np.random.default_rng(0).normal(size=(300, 12))
+    G = matrices.gram(X)
+    np.testing.assert_allclose(G, X.T @ X)
+    assert (300, 12) in sizes

@@ -162,7 +162,8 @@ def gram(M: np.ndarray) -> np.ndarray:
     # an overflow gives inf, left to the caller's checks (no numpy warning on the way)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         if p > _GRAM_PAIRWISE_COLS or n < _GRAM_PAIRWISE_ROWS:
-            return M.T @ M
+            with one_thread(n, p):  # a frame-sized product: see multilevel._blas
+                return M.T @ M
         G = np.empty((p, p))
         for j in range(p):
             mj = M[:, j]

@@ -333,9 +333,10 @@ class Column:
         return self._factor
 
     def _string_factor(self) -> tuple[np.ndarray, list[str]]:
-        """Codes and sorted labels of a text column. A pandas string column is coded by its
-        own array (Arrow's hashing for the default pyarrow storage), not through a million
-        Python strings; an object column of text by hashing its objects."""
+        """Codes and sorted labels of a text column. A long pandas string column is coded by
+        its own array (Arrow's hashing for the default pyarrow storage), not through a
+        million Python strings (see ``_ARRAY_FACTORIZE_MIN``); a short one and an object
+        column of text by hashing Python strings."""
         if self._ext is not None:
             if len(self._ext) >= _ARRAY_FACTORIZE_MIN:
                 # code point order: Arrow sorts UTF-8 bytes, which order as the code points do
