@@ -9,6 +9,13 @@ beyond R's printing of numbers (``format_r_number``, for factor labels of numeri
 It imports no other design module (the bottom of the design layer's graph: source ->
 variables -> matrices, grouping, response -> newdata -> frame).
 
+Lean by design, because a small fit's model frame is a large share of its time: a column is
+classified from its dtype (no type inference for numbers, logicals and Categoricals), a
+pandas frame's column is read as its array rather than a new Series (``_pandas_column``), a
+Categorical is coded by its codes (its labels cached per categories Index), long text by
+pandas' own (Arrow) factorize, and :meth:`DataSource.missing` gives the missing rows of all
+the columns of a model at once. Values handed out of the user's arrays are read-only views.
+
 >>> src = DataSource({"g": ["b", "a", "b"], "x": [1.0, 2.0, None]})
 >>> src.nrows, src.column("g").factor()[1], src.column("x").na_mask().tolist()
 (3, ['a', 'b'], [False, False, True])
