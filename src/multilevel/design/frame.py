@@ -49,7 +49,7 @@ import pandas as pd
 from multilevel.design.contrasts import Contrast, normalize_contrasts
 from multilevel.design.grouping import BarSpec, GroupSpec, ReTerm
 from multilevel.design.grouped import GroupedColumns, grouped_columns, rank_keep_grouped
-from multilevel.design.matrices import fill_columns, gram, make_plan, rank_keep
+from multilevel.design.matrices import column_sumsq, fill_columns, gram, make_plan, rank_keep
 from multilevel.design.newdata import FrameSpec, NewDesign
 from multilevel.design.response import Response
 from multilevel.design.source import DataSource, as_array, column_not_found, take_rows
@@ -648,16 +648,12 @@ def _check_columns(M: np.ndarray, names: Sequence[str], finite_what: str, scale_
 
 
 def _sumsq(M: np.ndarray, weights: np.ndarray | None) -> list[float]:
-    """Column sums of squares (weighted: sum w m^2) of a tall matrix, by one dot product per
-    column (a strided reduction over the rows of a C-ordered matrix is much slower)."""
-    p = M.shape[1]
-    # an overflow is an infinite sum, which the caller's test catches: no numpy warning
+    """Column sums of squares (weighted: sum w m^2); an overflow is an infinite sum, which
+    the caller's test catches, without numpy's warning."""
+    if weights is None:
+        return column_sumsq(M)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        if weights is None and p <= 16:
-            return [float(np.dot(M[:, j], M[:, j])) for j in range(p)]
-        ss = np.einsum("ij,ij->j", M, M) if weights is None else \
-            np.einsum("i,ij,ij->j", weights, M, M)
-    return ss.tolist()
+        return np.einsum("i,ij,ij->j", weights, M, M).tolist()
 
 
 def _check_scale(M: np.ndarray, names: Sequence[str], what: str,

@@ -19,13 +19,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from multilevel._blas import one_thread
+from multilevel._blas import dot_thread, one_thread
 
 from multilevel.design.contrasts import Contrast
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError
 
-__all__ = ["ColumnPlan", "make_plan", "fill_columns", "gram", "rank_keep", "rank_keep_gram"]
+__all__ = ["ColumnPlan", "make_plan", "fill_columns", "gram", "column_sumsq", "rank_keep",
+           "rank_keep_gram"]
 
 
 @dataclass
@@ -165,11 +166,28 @@ def gram(M: np.ndarray) -> np.ndarray:
             with one_thread(n, p):  # a frame-sized product: see multilevel._blas
                 return M.T @ M
         G = np.empty((p, p))
-        for j in range(p):
-            mj = M[:, j]
-            for k in range(j + 1):
-                G[j, k] = G[k, j] = np.dot(mj, M[:, k])
+        with dot_thread(n):
+            for j in range(p):
+                mj = M[:, j]
+                for k in range(j + 1):
+                    G[j, k] = G[k, j] = np.dot(mj, M[:, k])
     return G
+
+
+def column_sumsq(M: np.ndarray) -> list[float]:
+    """Each column's sum of squares of a tall (n, p) matrix, by one dot product per column
+    (a strided reduction over the rows of a C-ordered matrix is much slower); an overflow is
+    an infinite sum, without numpy's warning.
+
+    >>> column_sumsq(np.array([[1.0, 2.0], [1.0, 3.0]]))
+    [2.0, 13.0]
+    """
+    p = M.shape[1]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        if p > 16:
+            return np.einsum("ij,ij->j", M, M).tolist()
+        with dot_thread(M.shape[0]):
+            return [float(np.dot(M[:, j], M[:, j])) for j in range(p)]
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from multilevel._blas import dot_thread
 from multilevel.control import LmerControl
 from multilevel.covariance import is_singular_theta
 from multilevel.models.input import engine_input
@@ -159,7 +160,8 @@ def _exact_beta(frame, pwrss: float) -> np.ndarray | None:
         centre = (float(np.add.reduce(y)) / len(y) if w is None else np.average(y, weights=w)) \
             if frame.has_intercept else 0.0
         yc = y - centre
-        ss = float(np.dot(yc if w is None else yc * w, yc))  # (no product with 1.0: a copy of y)
+        with dot_thread(len(yc)):  # (no product with 1.0: a copy of y)
+            ss = float(np.dot(yc if w is None else yc * w, yc))
         if ss > 0 and pwrss > 1e-10 * ss:
             return None
     X = frame.X
