@@ -807,3 +807,45 @@ def test_small_fits_do_not_switch_blas_threads():
 
     assert isinstance(one_thread(180, 2), contextlib.nullcontext)
     assert not isinstance(one_thread(7185, 322), contextlib.nullcontext)
+
+
+def test_frame_sized_cross_products_run_on_one_blas_thread(monkeypatch):
+    """X'X of the model frame (shared by its range check and rank rule) is a frame-sized
+    product: it runs inside multilevel._blas.one_thread, as the rank rule always did."""
+    from multilevel.design import matrices
+
+    sizes = []
+    real = matrices.one_thread
+
+    def spy(n, p):
+        sizes.append((n, p))
+        return real(n, p)
+
+    monkeypatch.setattr(matrices, "one_thread", spy)
+    X = np.random.default_rng(0).normal(size=(300, 12))
+    G = matrices.gram(X)
+    np.testing.assert_allclose(G, X.T @ X)
+    assert (300, 12) in sizes
+
+
+def test_long_dot_products_run_on_one_blas_thread(monkeypatch):
+    """OpenBLAS threads a dot product of more than 10,000 entries, whose start-up on a busy
+    2-core machine cost the 1e5-row frame ~5 ms (median) for X'X: the frame's dot products
+    over that many rows run on one thread (_blas.dot_thread), shorter ones switch nothing."""
+    import contextlib
+
+    from threadpoolctl import threadpool_info
+
+    from multilevel import _blas
+    from multilevel.design import matrices
+
+    assert isinstance(_blas.dot_thread(10_000), contextlib.nullcontext)
+    with _blas.dot_thread(10_001):
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+    seen = []
+    real = matrices.dot_thread
+    monkeypatch.setattr(matrices, "dot_thread", lambda n: seen.append(n) or real(n))
+    X = np.random.default_rng(1).normal(size=(20_000, 3))
+    np.testing.assert_allclose(matrices.gram(X), X.T @ X)
+    np.testing.assert_allclose(matrices.column_sumsq(X), (X ** 2).sum(axis=0))
+    assert seen == [20_000, 20_000]

@@ -442,8 +442,7 @@ class ParameterMap:
         self.par_slices = out
         self.npar = i
         self.ntheta = self.theta_slices[-1].stop if self.covs else 0
-        self.lower = (np.concatenate([cv.par_lower() for cv in self.covs]) if self.covs
-                      else np.zeros(0))
+        self.lower = _joined([cv.par_lower() for cv in self.covs])
         self.diagonal = np.array([sl.start + k for cv, sl in zip(self.covs, self.par_slices)
                                   for k in cv.par_diagonal()], dtype=int)
 
@@ -602,9 +601,15 @@ def theta_layout(blocks: Sequence[Block]) -> tuple[list[slice], np.ndarray, np.n
     ([slice(0, 3, None), slice(3, 4, None)], [1.0, 0.0, 1.0, 1.0])
     """
     covs = structures(blocks)
-    start = np.concatenate([cv.start() for cv in covs]) if covs else np.zeros(0)
-    lower = np.concatenate([cv.lower() for cv in covs]) if covs else np.zeros(0)
-    return _slices(covs), start, lower
+    return _slices(covs), _joined([cv.start() for cv in covs]), _joined([cv.lower() for cv in covs])
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The blocks' vectors end to end (one block's own fresh array as it is: a small fit has
+    one term, and numpy's concatenate costs more than the rest of the layout)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def diagonal_theta(blocks: Sequence[Block]) -> np.ndarray:
@@ -687,6 +692,9 @@ def is_singular_theta(theta: np.ndarray, sizes: Sequence[Block], tol: float = SI
     True
     """
     pos = _diag_positions(sizes)
-    return bool(np.any(np.asarray(theta, dtype=float)[pos] < tol)) if pos else False
+    if not pos:
+        return False
+    th = np.asarray(theta, dtype=float).tolist()  # a few values: Python floats are quicker
+    return any(th[i] < tol for i in pos)
 
 

@@ -400,12 +400,9 @@ class ChunkedDesign:
         """Rows with a missing value in a variable of the model (R's na.omit, as
         ``build_model_frame``) and the expressions evaluated on every row."""
         n = src.nrows
-        missing = np.zeros(n, dtype=bool)
-        for c in self.used_cols:
-            if c in src:
-                m = src.column(c).na_mask()
-                if m is not None:
-                    missing |= m
+        missing = src.missing(self.used_cols)
+        if missing is None:
+            missing = np.zeros(n, dtype=bool)
         for what, c in (("weights", self.weights), ("offset", self.offset)):
             if c is not None:
                 col = src.column(c)

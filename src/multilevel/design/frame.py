@@ -49,13 +49,13 @@ import pandas as pd
 from multilevel.design.contrasts import Contrast, normalize_contrasts
 from multilevel.design.grouping import BarSpec, GroupSpec, ReTerm
 from multilevel.design.grouped import GroupedColumns, grouped_columns, rank_keep_grouped
-from multilevel.design.matrices import fill_columns, make_plan, rank_keep
+from multilevel.design.matrices import column_sumsq, fill_columns, gram, make_plan, rank_keep
 from multilevel.design.newdata import FrameSpec, NewDesign
 from multilevel.design.response import Response
 from multilevel.design.source import DataSource, as_array, column_not_found, take_rows
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError, FitWarning, FormulaError, ModelSpecError
-from multilevel.formula import Call, ModelTerms, Node, ParsedFormula, Paren, deparse, parse_formula
+from multilevel.formula import Call, ModelTerms, Node, ParsedFormula, Paren, parse_formula
 from multilevel.formula._centering import allow_new_groups
 from multilevel.formula._model import CONSTANTS
 
@@ -77,7 +77,8 @@ class ModelFrame:
                     then come out in reverse order of appearance).
     weights:        prior weights (n,) or None; for ``cbind(s, f)`` responses the trials s + f.
     offset:         (n,) or None (sum of ``offset()`` terms and the ``offset=`` argument).
-    rows:           int64 positions (0-based) in the user's frame of the rows used.
+    rows:           int64 positions (0-based) in the user's frame of the rows used (given
+                    as None when every row was used: then made on first access).
     n_dropped:      number of rows dropped for missing values.
     warnings:       records (:class:`~multilevel.errors.FitWarning`) for the fit's warnings
                     (codes ``rows_dropped``, ``rank_deficient``).
@@ -110,7 +111,7 @@ class ModelFrame:
     reterms: list[ReTerm]
     weights: np.ndarray | None = None
     offset: np.ndarray | None = None
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rows: np.ndarray | None = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_dropped: int = 0
     dropped_columns: list[str] = field(default_factory=list)
     warnings: list[FitWarning] = field(default_factory=list)
@@ -168,6 +169,28 @@ class ModelFrame:
         spec = self.spec
         plan = getattr(spec, "plan", None)
         return list(plan.names) if plan is not None else list(self.fixef_names)
+
+
+def _frame_rows(self: ModelFrame) -> np.ndarray:
+    rows = self.__dict__.get("_rows")
+    if rows is None:
+        # None: every row of the data was used; a frame pickled before rows were made on
+        # first use has them under their own name
+        rows = self.__dict__.get("rows")
+        if rows is None:
+            rows = np.arange(self.nobs, dtype=np.int64)
+        self.__dict__["_rows"] = rows
+    return rows
+
+
+def _set_frame_rows(self: ModelFrame, value: np.ndarray | None) -> None:
+    self.__dict__["_rows"] = value
+
+
+# ``rows`` is made on first use when every row was used (given as None): an arange of the
+# rows is as large as the response, and most fits never ask for it
+ModelFrame.rows = property(_frame_rows, _set_frame_rows,  # type: ignore[assignment]
+                           doc="int64 positions (0-based) in the user's frame of the rows used")
 
 
 class GroupedFrame(ModelFrame):
@@ -279,28 +302,23 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
     for b, sc in zip(parsed.bars, bar_scopes):
         for c in sc.columns() + list(b.group_vars):
             used_cols.setdefault(c, None)
-    missing = np.zeros(n_all, dtype=bool)
-    any_missing = False
-    for c in used_cols:
-        if c in src:
-            m = src.column(c).na_mask()
-            if m is not None:
-                missing |= m
-                any_missing = True
+    # the masks of every source of missing rows, combined once at the end
+    masks: list[np.ndarray] = []
+    m = src.missing(used_cols)
+    if m is not None:
+        masks.append(m)
     for arr in (weights_arr, offset_arr):
         if arr is not None:
             m = np.isnan(arr)
             if m.any():
-                missing |= m
-                any_missing = True
+                masks.append(m)
     for v in list(fixed.vars.values()) + [v for sc in bar_scopes for v in sc.vars.values()]:
         if v.is_factor and v.source == "column" and v.explicit_levels is not None:
             codes, labels = src.column(v.column).factor()
             outside = np.isin(codes, [i for i, lab in enumerate(labels)
                                       if lab not in set(v.explicit_levels)])
             if outside.any():  # factor(x, levels=) turns other values into NA
-                missing |= outside
-                any_missing = True
+                masks.append(outside)
 
     # evaluate every expression on all rows first, as R's model frame does before na.omit:
     # stateful transforms (scale(), poly(), center()) learn from all rows, and rows where an
@@ -310,13 +328,11 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         blocks, bad = sc.learn_expressions(src)
         learnt.append(blocks)
         if bad is not None:
-            missing |= bad
-            any_missing = True
+            masks.append(bad)
     resp_blocks, resp_bad = response.learn(src)
     if resp_bad is not None:
-        missing |= resp_bad
-        any_missing = True
-    rows = np.flatnonzero(~missing) if any_missing else None
+        masks.append(resp_bad)
+    rows = np.flatnonzero(~np.logical_or.reduce(masks)) if masks else None
     n = n_all if rows is None else len(rows)
     if n == 0:
         raise DataError(f"no rows left: all {n_all} rows have a missing value in a "
@@ -371,9 +387,11 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
             grouped = None  # the dense checks below say which column and why
     if grouped is None:
         X = fill_columns(plan, fixed_vals, n)
-        _check_finite(X, plan.names, "fixed-effect model matrix")
-        _check_scale(X, plan.names, "the fixed-effect column")
-        keep = list(range(X.shape[1])) if _skeleton else rank_keep(X)
+        # X'X serves both the range check of its diagonal and the rank rule's certificate
+        xtx = gram(X)
+        _check_columns(X, plan.names, "fixed-effect model matrix", "the fixed-effect column",
+                       sumsq=np.diag(xtx))
+        keep = list(range(X.shape[1])) if _skeleton else rank_keep(X, xtx=xtx)
     else:
         X = None  # filled from the blocks when asked for (GroupedFrame.X)
         keep = rank_keep_grouped(grouped)
@@ -411,11 +429,10 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         off = o.astype(np.float64, copy=True) if off is None else off + o
     if off is not None:
         _check_finite(off[:, None], ["offset"], "offset")
-    _check_finite(y[:, None], [response.name], "response")
-    _check_scale(y[:, None], [response.name], "the response", w)
+    _check_columns(y[:, None], [response.name], "response", "the response", w)
     for rt in reterms:
-        _check_finite(rt.Z, rt.terms, f"random-effects term ({rt.label})")
-        _check_scale(rt.Z, rt.terms, f"the column of random-effects term ({rt.label})")
+        _check_columns(rt.Z, rt.terms, f"random-effects term ({rt.label})",
+                       f"the column of random-effects term ({rt.label})")
 
     merged = {**src.merged_levels()}
     for sc in [fixed] + bar_scopes:
@@ -444,7 +461,7 @@ def build_model_frame(formula: str, data: Any, *, weights: str | Sequence[float]
         reterms=reterms,
         weights=w,
         offset=off,
-        rows=np.arange(n_all, dtype=np.int64) if rows is None else rows.astype(np.int64),
+        rows=None if rows is None else rows.astype(np.int64),  # None: all, made when asked
         n_dropped=n_dropped,
         dropped_columns=dropped,
         warnings=warnings,
@@ -530,10 +547,11 @@ def drop_response_terms(parsed: ParsedFormula) -> tuple[ModelTerms, list[FitWarn
     """
     if parsed.response is None:
         return parsed.fixed, []
-    target = deparse(_strip_identity(parsed.response))
+    # (a node's key is its deparsed text, computed once per parsed formula)
+    target = _strip_identity(parsed.response).key
     kept, warns = [], []
     for k, t in enumerate(parsed.fixed.terms, start=1):
-        if len(t.variables) == 1 and deparse(_strip_identity(t.variables[0])) == target:
+        if len(t.variables) == 1 and _strip_identity(t.variables[0]).key == target:
             warns.append(FitWarning("response_on_rhs",
                                     f"the response appeared on the right-hand side and was "
                                     f"dropped: term '{t.label}' (problem with term {k} in "
@@ -611,6 +629,32 @@ def _check_dense_size(n: int, names: Sequence[str], what: str, max_gib: float) -
 #: ends at 1.8e308 (overflow) and 2.2e-308 (loss of digits); lme4 returns an infinite
 #: criterion or a wrong fit outside it
 _SUMSQ_RANGE = (1e-290, 1e300)
+
+
+def _check_columns(M: np.ndarray, names: Sequence[str], finite_what: str, scale_what: str,
+                   weights: np.ndarray | None = None, *, sumsq: np.ndarray | None = None) -> None:
+    """:func:`_check_finite` then :func:`_check_scale`, in one pass over M when every
+    column's (weighted) sum of squares is inside :data:`_SUMSQ_RANGE` (a NaN or infinite
+    entry makes its column's sum NaN or infinite, which fails that test): then neither can
+    fail. Otherwise both run, in that order, and say what is wrong. ``sumsq``: the column
+    sums of squares if the caller has them (the diagonal of X'X)."""
+    if M.size == 0:
+        return
+    ss = _sumsq(M, weights) if sumsq is None else sumsq.tolist()
+    lo, hi = _SUMSQ_RANGE
+    if all(lo <= v <= hi for v in ss):  # (Python floats: a few columns; NaN fails)
+        return
+    _check_finite(M, names, finite_what)
+    _check_scale(M, names, scale_what, weights)
+
+
+def _sumsq(M: np.ndarray, weights: np.ndarray | None) -> list[float]:
+    """Column sums of squares (weighted: sum w m^2); an overflow is an infinite sum, which
+    the caller's test catches, without numpy's warning."""
+    if weights is None:
+        return column_sumsq(M)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        return np.einsum("i,ij,ij->j", weights, M, M).tolist()
 
 
 def _check_scale(M: np.ndarray, names: Sequence[str], what: str,

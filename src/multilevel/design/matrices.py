@@ -12,19 +12,21 @@ of a plan's contrasts) among the design modules.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from multilevel._blas import one_thread
+from multilevel._blas import dot_thread, one_thread
 
 from multilevel.design.contrasts import Contrast
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError
 
-__all__ = ["ColumnPlan", "make_plan", "fill_columns", "rank_keep", "rank_keep_gram"]
+__all__ = ["ColumnPlan", "make_plan", "fill_columns", "gram", "column_sumsq", "rank_keep",
+           "rank_keep_gram"]
 
 
 @dataclass
@@ -143,14 +145,69 @@ def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
     return M
 
 
-def rank_keep(X: np.ndarray, tol: float = 1e-7) -> list[int]:
+#: at most this many columns, and at least _GRAM_PAIRWISE_ROWS rows: :func:`gram` takes one
+#: dot product per pair of columns; a general matrix product over a tall matrix of a few
+#: columns is slow (measured: 0.6 ms for 1e5 x 3 against 0.11 ms for its 6 dot products)
+_GRAM_PAIRWISE_COLS = 8
+_GRAM_PAIRWISE_ROWS = 2000
+
+
+def gram(M: np.ndarray) -> np.ndarray:
+    """The cross products ``M'M`` (p x p) of an (n, p) model matrix, by the quicker of one
+    dot product per pair of columns (tall, few columns) and a matrix product.
+
+    >>> gram(np.array([[1.0, 2.0], [1.0, 3.0]])).tolist()
+    [[2.0, 5.0], [5.0, 13.0]]
+    """
+    n, p = M.shape
+    # an overflow gives inf, left to the caller's checks (no numpy warning on the way)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        if p > _GRAM_PAIRWISE_COLS or n < _GRAM_PAIRWISE_ROWS:
+            with one_thread(n, p):  # a frame-sized product: see multilevel._blas
+                return M.T @ M
+        G = np.empty((p, p))
+        with dot_thread(n):
+            for j in range(p):
+                mj = M[:, j]
+                for k in range(j + 1):
+                    G[j, k] = G[k, j] = np.dot(mj, M[:, k])
+    return G
+
+
+def column_sumsq(M: np.ndarray) -> list[float]:
+    """Each column's sum of squares of a tall (n, p) matrix, by one dot product per column
+    (a strided reduction over the rows of a C-ordered matrix is much slower); an overflow is
+    an infinite sum, without numpy's warning.
+
+    >>> column_sumsq(np.array([[1.0, 2.0], [1.0, 3.0]]))
+    [2.0, 13.0]
+    """
+    p = M.shape[1]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        if p > 16:
+            return np.einsum("ij,ij->j", M, M).tolist()
+        with dot_thread(M.shape[0]):
+            return [float(np.dot(M[:, j], M[:, j])) for j in range(p)]
+
+
+@functools.cache
+def _dpotrf() -> Any:
+    """LAPACK's dpotrf from scipy (imported on first use: scipy is not loaded with the
+    package)."""
+    from scipy.linalg.lapack import dpotrf
+
+    return dpotrf
+
+
+def rank_keep(X: np.ndarray, tol: float = 1e-7, *, xtx: np.ndarray | None = None) -> list[int]:
     """Columns kept by R's LINPACK rule (see ``_rank_keep``), on one BLAS thread for a
-    frame-sized X (``multilevel._blas``)."""
+    frame-sized X (``multilevel._blas``). ``xtx``: ``X'X`` if the caller has it (see
+    :func:`gram`), for the full-rank certificate."""
     with one_thread(*X.shape):
-        return _rank_keep(X, tol)
+        return _rank_keep(X, tol, xtx)
 
 
-def _rank_keep(X: np.ndarray, tol: float = 1e-7) -> list[int]:
+def _rank_keep(X: np.ndarray, tol: float = 1e-7, G: np.ndarray | None = None) -> list[int]:
     """Columns kept by R's LINPACK rule (``qr(X, tol = 1e-7, LAPACK = FALSE)``): left to
     right, a column is dropped when its residual norm after projection on the earlier
     columns is below ``tol`` times its own norm.
@@ -164,15 +221,19 @@ def _rank_keep(X: np.ndarray, tol: float = 1e-7) -> list[int]:
     # fast path: a Cholesky factor of X'X gives the residual norms; when every one is far
     # above the tolerance (squaring X costs precision only near it), X has full rank
     if n >= p:
-        G = X.T @ X
-        d = np.sqrt(np.diag(G))
-        if np.all(d > 0) and np.all(np.isfinite(d)):
-            try:
-                L = np.linalg.cholesky(G / np.outer(d, d))
-                if np.all(np.abs(np.diag(L)) > 1e-4):
-                    return list(range(p))
-            except np.linalg.LinAlgError:
-                pass
+        if G is None:
+            G = X.T @ X
+        d = np.sqrt(G.diagonal())
+        # (the tests on Python floats: numpy's reductions cost more for a few columns; a NaN
+        # fails them)
+        if all(0 < v < np.inf for v in d.tolist()):
+            if p == 1:  # one non-zero column is its own residual
+                return [0]
+            # LAPACK's Cholesky without numpy.linalg's wrapping (which was a third of a small
+            # fit's rank check); info > 0: not positive definite
+            L, info = _dpotrf()(G / np.multiply.outer(d, d), lower=1, clean=0)
+            if info == 0 and min(L.diagonal().tolist()) > 1e-4:
+                return list(range(p))
     norms = np.sqrt(np.einsum("ij,ij->j", X, X)) if n else np.zeros(p)
     keep: list[int] = []
     Q = np.zeros((n, 0))

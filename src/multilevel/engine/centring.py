@@ -44,15 +44,16 @@ class XCentring:
         weighted). Only where column ``intercept`` is all ones."""
         X = np.asarray(X, dtype=float)
         p = X.shape[1]
-        if intercept is None or X.shape[0] == 0 or not np.all(X[:, intercept] == 1.0):
+        # (array methods rather than np.all / np.any: a small fit pays their wrapping)
+        if intercept is None or X.shape[0] == 0 or not (X[:, intercept] == 1.0).all():
             return cls(None, np.zeros(p))
         if weights is not None and np.sum(weights) > 0:
             m = np.asarray(weights, float) @ X / float(np.sum(weights))
         else:  # a matrix-vector product: much faster than a strided mean over the rows
             m = np.ones(X.shape[0]) @ X / float(X.shape[0])
-        m = np.asarray(m, dtype=float).copy()
+        m = np.asarray(m, dtype=float)  # the quotient is a new array: no copy needed
         m[intercept] = 0.0
-        if not np.any(m):  # intercept only, or columns already at mean 0: nothing to undo
+        if not m.any():  # intercept only, or columns already at mean 0: nothing to undo
             return cls(None, np.zeros(p))
         return cls(int(intercept), m)
 

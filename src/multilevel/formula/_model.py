@@ -19,6 +19,7 @@ gives it meaning. Anywhere else these names are errors (``CovarianceStructureErr
 from __future__ import annotations
 
 import functools
+from functools import cached_property
 
 from dataclasses import dataclass
 
@@ -138,6 +139,11 @@ class ParsedFormula:
     @property
     def columns(self) -> list[str]:
         """Names of the data columns the formula uses, in order of appearance."""
+        return list(self._columns)
+
+    @cached_property
+    def _columns(self) -> tuple[str, ...]:
+        # computed once per parsed formula (parse_formula caches those): every fit asks
         seen: dict[str, None] = {}
         nodes: list[Node] = []
         if self.response is not None:
@@ -152,7 +158,7 @@ class ParsedFormula:
         for b in self.bars:
             for g in b.group_vars:
                 seen.setdefault(g, None)
-        return list(seen)
+        return tuple(seen)
 
 
 # --------------------------------------------------------------------------------------------

@@ -316,8 +316,6 @@ class NumericExpressions:
 
     def fit(self, data: Mapping[str, np.ndarray], n: int | None = None) -> list[np.ndarray]:
         """Evaluate on the fitting data; ``data`` maps column names to arrays (rows used)."""
-        from formulaic import Formula, model_matrix
-
         if not self.nodes:
             self.spec = None
             return []
@@ -329,6 +327,7 @@ class NumericExpressions:
             self.spec = None
             self.suffixes = [[""] for _ in direct]
             return direct
+        from formulaic import Formula, model_matrix  # (not needed above: imported late)
         # a data column wins over R's constant of the same name (T, F, pi), as in R
         self.columns = {nm: f"_v{i}" for i, nm in enumerate(x for x in self.names if x in data)}
         strings: dict[str, str] = {}

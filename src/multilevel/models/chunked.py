@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pandas as pd
 
 from multilevel.control import LmerControl
 from multilevel.covariance import is_singular_theta
@@ -38,6 +39,8 @@ __all__ = ["lmer_chunked", "StreamRunner", "fit_from_stats", "chunked_runner"]
 
 def chunked_runner(data: Any, batch_size: int | None = None) -> Any:
     """The runner for data read in chunks, or None for in-memory data."""
+    if batch_size is None and isinstance(data, (pd.DataFrame, dict)):
+        return None  # in memory (the usual case, answered before the imports below)
     from multilevel.design.stream import is_stream_source
 
     from multilevel.design.dasksource import is_dask_frame

@@ -77,6 +77,15 @@ def check_cov_params(frame: ModelFrame, structures: list[Covariance], limit: int
                              f"uncorrelated terms, diag(... | g), or cs(... | g) need fewer")
 
 
+def _as_uint32(refs: np.ndarray) -> np.ndarray:
+    """The level codes as the engine's uint32: a view of the frame's int32 codes (the same
+    bits a cast gives; a fit's codes are >= 0), without a copy as large as a column."""
+    refs = np.asarray(refs)
+    if refs.dtype == np.int32 and refs.flags.c_contiguous:
+        return refs.view(np.uint32)
+    return np.ascontiguousarray(refs, dtype=np.uint32)
+
+
 def engine_input(frame: ModelFrame, y: np.ndarray | None = None,
                  max_cov_params: int | None = None) -> EngineInput:
     """The arrays of ``frame`` for an engine (``y`` replaces the response if given);
@@ -86,7 +95,7 @@ def engine_input(frame: ModelFrame, y: np.ndarray | None = None,
     if max_cov_params is not None:
         check_cov_params(frame, structures, max_cov_params)
     terms = tuple(
-        TermInput(refs=np.ascontiguousarray(rt.refs, dtype=np.uint32), Z=np.asarray(rt.Z, dtype=float),
+        TermInput(refs=_as_uint32(rt.refs), Z=np.asarray(rt.Z, dtype=float),
                   n_levels=rt.n_levels, factor=factors.setdefault(rt.group, len(factors)), structure=cov)
         for rt, cov in zip(frame.reterms, structures))
     names = list(frame.fixef_names)

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from multilevel._blas import dot_thread
 from multilevel.control import LmerControl
 from multilevel.covariance import is_singular_theta
 from multilevel.models.input import engine_input
@@ -154,8 +155,13 @@ def _exact_beta(frame, pwrss: float) -> np.ndarray | None:
     y = frame.y if frame.offset is None else frame.y - frame.offset
     w = frame.weights
     if np.isfinite(pwrss):
-        yc = y - (np.average(y, weights=w) if frame.has_intercept else 0.0)
-        ss = float(np.dot(yc * (1.0 if w is None else w), yc))
+        # (np.average without weights is the mean: the same sum and division, without its
+        # argument checks, which cost as much as the rest of this test for a small fit)
+        centre = (float(np.add.reduce(y)) / len(y) if w is None else np.average(y, weights=w)) \
+            if frame.has_intercept else 0.0
+        yc = y - centre
+        with dot_thread(len(yc)):  # (no product with 1.0: a copy of y)
+            ss = float(np.dot(yc if w is None else yc * w, yc))
         if ss > 0 and pwrss > 1e-10 * ss:
             return None
     X = frame.X
