@@ -130,6 +130,10 @@ impl Glmm {
 
     pub(in crate::glmm) fn joint_inner(&mut self, theta: &[f64]) -> CoreResult<f64> {
         self.check_theta(theta)?;
+        if self.warm && self.theta_last.len() == theta.len() && self.theta_last != theta {
+            let old = std::mem::take(&mut self.theta_last);
+            self.keep_b(&old, theta);
+        }
         self.theta_last = theta.to_vec();
         self.run_joint(theta)?;
         Ok(self.info.objective)
