@@ -86,8 +86,12 @@ impl Glmm {
                     // assumes the score in u is zero, and its error is the score left times
                     // du/d(theta, beta), i.e. d2 times the step not taken. With counts of 1e7
                     // d2 ~ 1e9, and a step of 1e-13 left would move the gradient by 1e-4,
-                    // as much as a finite-difference Hessian step of 1e-5 changes it
-                    ul += step;
+                    // as much as a finite-difference Hessian step of 1e-5 changes it. A step
+                    // of a few ulps is rounding: leaving u alone then keeps a repeated
+                    // evaluation at the same point (warm-started at its own mode) bit for bit
+                    if rel > 4.0 * f64::EPSILON {
+                        ul += step;
+                    }
                     break;
                 }
                 prev = rel;
