@@ -102,6 +102,12 @@ impl Glmm {
         self.laplace_inner(theta, beta)
     }
 
+    /// The same as [`laplace_joint`](Self::laplace_joint) but reporting why it failed (the
+    /// warm start is kept, as the optimiser's next evaluation would see it).
+    pub fn try_laplace_joint(&mut self, theta: &[f64]) -> CoreResult<f64> {
+        self.joint_inner(theta)
+    }
+
     pub(in crate::glmm) fn laplace_inner(&mut self, theta: &[f64], beta: &[f64]) -> CoreResult<f64> {
         self.check_theta(theta)?;
         self.theta_last = theta.to_vec();
