@@ -191,3 +191,15 @@ def test_glmm_pirls_failure_is_a_fit_error():
     with pytest.raises(DataError) as e:
         m.try_laplace(np.array([1.0, 1.0]), np.zeros(4))
     _check(e, DataError, "beta has 4 values", "expected 1")
+
+
+def test_glmm_joint_pirls_failure_is_a_fit_error():
+    """try_laplace_joint (nAGQ = 0) reports why PIRLS failed where laplace_joint says inf."""
+    m = _glmm()
+    m.set_control(maxit=1)
+    assert np.isinf(m.laplace_joint(np.array([3.0, 3.0])))
+    with pytest.raises(FitError) as e:
+        m.try_laplace_joint(np.array([3.0, 3.0]))
+    _check(e, FitError, "PIRLS did not converge in 1 iterations")
+    m.set_control(maxit=200)
+    assert np.isfinite(m.try_laplace_joint(np.array([3.0, 3.0])))

@@ -83,6 +83,8 @@ class GlmmCore:
         """Adaptive Gauss-Hermite deviance (one scalar term) with the given rule."""
     def laplace_joint(self, theta: _F64) -> float:
         """lme4's nAGQ = 0 criterion at theta (PIRLS over u and beta)."""
+    def try_laplace_joint(self, theta: _F64) -> float:
+        """Like laplace_joint, but raises the PIRLS error (FitError) instead of returning inf."""
     def info(self) -> dict[str, Any]:
         """Pieces of the last evaluation: objective, aic, dev, usq, ldl2, iterations."""
     @property

@@ -367,6 +367,13 @@ impl GlmmCore {
         Ok(py.detach(|| inner.agq(&th, &be, &zn, &wn)))
     }
 
+    /// Like laplace_joint, but raises the PIRLS error instead of returning inf.
+    fn try_laplace_joint(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
+        let th = slice(&theta, "theta")?.to_vec();
+        let inner = &mut self.inner;
+        py.detach(|| inner.try_laplace_joint(&th)).map_err(core_err)
+    }
+
     /// lme4's nAGQ = 0 criterion at theta (PIRLS over u and beta); beta is then `beta`.
     fn laplace_joint(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
         let th = slice(&theta, "theta")?.to_vec();

@@ -300,6 +300,14 @@ def hessian_from_gradient(fg, x: np.ndarray, lower: np.ndarray, h: float = 1e-5,
     return 0.5 * (H + H.T)
 
 
+def rounding_level(f: float) -> float:
+    """The rounding level of a GLMM criterion of value ``f``: a sum of n terms of its own
+    size (-2 log p, |u|^2, log det), evaluated at modes found to that precision: some 10 ulps
+    of it. 2e-12 for a deviance of 1e3, 1.5e-5 for the 7e9 of counts of 1e7, where a
+    predicted gain of a Newton step below it says nothing about convergence."""
+    return 10.0 * np.finfo(float).eps * abs(float(f))
+
+
 @dataclass
 class NewtonResult:
     x: np.ndarray
@@ -321,7 +329,16 @@ def newton_fd(fg, x0: np.ndarray, lower: np.ndarray, *, h: float = 1e-5, dec_tol
     convergence at a rate of the Hessian's relative change) until a step fails to give the
     predicted decrease; coordinates on their bound with the gradient pointing outwards are
     held there; each step is backtracked along the projected path. Converged when the
-    Newton decrement g' H^-1 g / 2 (the predicted decrease of f) is below ``dec_tol``."""
+    Newton decrement g' H^-1 g / 2 (the predicted decrease of f) is below ``dec_tol``; when
+    no step from a fresh Hessian can be backtracked to a decrease (f's rounding hides it),
+    converged if the decrement is below 1e-6 or the criterion's rounding level
+    (``rounding_level``), whichever is larger.
+
+    A fresh Hessian that is not positive definite, or whose step cannot be backtracked to a
+    decrease, is taken again by central differences with step 1e-4 (lme4's derivative step)
+    for the rest of the run: the gradient carries rounding errors that forward differences
+    with step h amplify by 1 / h, ~1e-5 at counts of 1e7 (the criterion ~7e9) and so errors
+    of order 1 in the Hessian, against 0.05 centrally at 1e-4."""
     x = np.asarray(x0, dtype=float).copy()
     lower = np.asarray(lower, dtype=float)
     nev = [0]
@@ -338,10 +355,12 @@ def newton_fd(fg, x0: np.ndarray, lower: np.ndarray, *, h: float = 1e-5, dec_tol
         return NewtonResult(x, f, g, None, np.inf, nev[0], False, log)
     H = None
     fresh = False
+    central = False
     dec = np.inf
     for _ in range(maxit):
         if H is None:
-            H = hessian_from_gradient(call, x, lower, h, g0=g)
+            H = (hessian_from_gradient(call, x, lower, 1e-4, g0=g, central=True) if central
+                 else hessian_from_gradient(call, x, lower, h, g0=g))
             fresh = True
             if not np.all(np.isfinite(H)):  # no gradient around x: leave it to BOBYQA
                 return NewtonResult(x, f, g, None, np.inf, nev[0], False, log)
@@ -352,8 +371,8 @@ def newton_fd(fg, x0: np.ndarray, lower: np.ndarray, *, h: float = 1e-5, dec_tol
         try:
             c = np.linalg.cholesky(Hf)
         except np.linalg.LinAlgError:
-            if not fresh:
-                H = None
+            if not fresh or not central:
+                H, central = None, central or fresh
                 continue
             # not convex here: shift the spectrum (a trust-region-like damped step)
             ev = np.linalg.eigvalsh(Hf)
@@ -371,9 +390,10 @@ def newton_fd(fg, x0: np.ndarray, lower: np.ndarray, *, h: float = 1e-5, dec_tol
                 break
             alpha *= 0.5
             if alpha < 1e-10:
-                if not fresh:
+                if not fresh or not central:
+                    central = central or fresh
                     break
-                return NewtonResult(x, f, g, H, dec / 2.0, nev[0], dec / 2.0 < 1e-6, log)
+                return NewtonResult(x, f, g, H, dec / 2.0, nev[0], dec / 2.0 < max(1e-6, rounding_level(f)), log)
         if alpha < 1e-10:  # the chord step failed: a fresh Hessian
             H = None
             continue

@@ -13,7 +13,7 @@ from multilevel.covariance import BOUNDARY_SNAP_TOL, is_singular_theta
 from multilevel.design import ModelFrame
 from multilevel.models.input import engine_input
 from multilevel.engine.glmm import (_NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, glm_start,
-                                    hessian_from_gradient, newton_fd)
+                                    hessian_from_gradient, newton_fd, rounding_level)
 from multilevel.engine.optimize import (best_of_restarts, bobyqa, interior_start, newton_polish, newton_step,
                                        restart_if_boundary)
 from multilevel.models._arguments import r_arguments
@@ -414,16 +414,18 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
                                         "optimum could not be computed (PIRLS fails at points "
                                         "next to it); predictors on very different scales? "
                                         "Consider rescaling them"))
-            elif not np.isfinite(dec) or dec > ctrl.conv_tol:
+            # (below the criterion's rounding level a predicted gain means nothing: counts
+            # of 1e7 give a deviance of 7e9, known to 1e-5)
+            elif not np.isfinite(dec) or dec > max(ctrl.conv_tol, rounding_level(fval)):
                 warns.append(FitWarning("not_converged",
                                         f"Model may not have converged: a Newton step from the optimum "
                                         f"would lower the deviance by {dec:.2g} "
                                         f"(max|grad| = {np.abs(gi).max():.3g})"))
-    elif polished is not None and ctrl.conv_check_on and pol.decrement > ctrl.conv_tol:
+    elif polished is not None and ctrl.conv_check_on and pol.decrement > max(ctrl.conv_tol, rounding_level(fval)):
         warns.append(FitWarning("not_converged",
                                 f"Model may not have converged: a Newton step from the optimum would "
                                 f"lower the deviance by {pol.decrement:.2g}"))
-    elif newton is not None and ctrl.conv_check_on and newton.decrement > ctrl.conv_tol:
+    elif newton is not None and ctrl.conv_check_on and newton.decrement > max(ctrl.conv_tol, rounding_level(fval)):
         warns.append(FitWarning("not_converged",
                                 f"Model may not have converged: a Newton step from the optimum would "
                                 f"lower the deviance by {newton.decrement:.2g}"))

@@ -102,6 +102,12 @@ impl Glmm {
         self.laplace_inner(theta, beta)
     }
 
+    /// The same as [`laplace_joint`](Self::laplace_joint) but reporting why it failed (the
+    /// warm start is kept, as the optimiser's next evaluation would see it).
+    pub fn try_laplace_joint(&mut self, theta: &[f64]) -> CoreResult<f64> {
+        self.joint_inner(theta)
+    }
+
     pub(in crate::glmm) fn laplace_inner(&mut self, theta: &[f64], beta: &[f64]) -> CoreResult<f64> {
         self.check_theta(theta)?;
         self.theta_last = theta.to_vec();
@@ -130,6 +136,10 @@ impl Glmm {
 
     pub(in crate::glmm) fn joint_inner(&mut self, theta: &[f64]) -> CoreResult<f64> {
         self.check_theta(theta)?;
+        if self.warm && self.theta_last.len() == theta.len() && self.theta_last != theta {
+            let old = std::mem::take(&mut self.theta_last);
+            self.keep_b(&old, theta);
+        }
         self.theta_last = theta.to_vec();
         self.run_joint(theta)?;
         Ok(self.info.objective)

@@ -155,6 +155,10 @@ pub struct Glmm {
     /// sum of dc per level of term 0, and in all
     dcsum: Vec<f64>,
     dc_total: f64,
+    /// sum of |dc| per level of term 0, and in all: part of the size of the terms a
+    /// deviance is summed from (`pirls::pdev_noise`)
+    dcabs: Vec<f64>,
+    dc_abs: f64,
     /// sum(w) and sum(w log y): the dispersion families' aic (`kernel::dispersion_aic`)
     sumw: f64,
     sumwlogy: f64,
@@ -180,7 +184,11 @@ pub struct PirlsControl {
     pub tol: f64,
     /// ... or when the next step is below `floor` and no smaller than half the previous one:
     /// the steps have reached the rounding noise of the sums (Newton steps otherwise shrink
-    /// quadratically)
+    /// quadratically). Also (not a setting), at any size, when the next step is no smaller
+    /// than the previous one and the decrease of the penalised deviance it promises is below
+    /// that deviance's rounding level (`pirls::pdev_noise`): the noise floor of data whose
+    /// deviance is a small difference of large terms (counts of 1e5 and more), where the
+    /// steps cannot shrink below ~1e-7 and no comparison of deviances could tell them apart.
     pub floor: f64,
     pub maxit: usize,
     pub max_halvings: usize,
@@ -296,11 +304,14 @@ impl Glmm {
         let aic_from_dev = (0..n).all(|i| close(ay[i], dy[i]) && close(an[i], dn[i]));
         let mut sat_grp = vec![0.0; nl0];
         let mut dcsum = vec![0.0; nl0];
+        let mut dcabs = vec![0.0; nl0];
         for l in 0..nl0 {
             sat_grp[l] = (gstart[l]..gstart[l + 1]).map(|i| ac[i] - dc[i]).sum();
             dcsum[l] = dc[gstart[l]..gstart[l + 1]].iter().sum();
+            dcabs[l] = dc[gstart[l]..gstart[l + 1]].iter().map(|v| v.abs()).sum();
         }
         let dc_total: f64 = dcsum.iter().sum();
+        let dc_abs: f64 = dcabs.iter().sum();
         let sumw: f64 = wt.iter().sum();
         let sumwlogy: f64 = if dist.has_dispersion() {
             y.iter().zip(&wt).map(|(a, w)| if *w > 0.0 { w * a.ln() } else { 0.0 }).sum()
@@ -348,6 +359,8 @@ impl Glmm {
             theta_last: Vec::new(),
             dcsum,
             dc_total,
+            dcabs,
+            dc_abs,
             sumw,
             sumwlogy,
             avx2: have_avx2(),
@@ -376,9 +389,11 @@ impl Glmm {
         for l in 0..nl0 {
             let r = self.gstart[l]..self.gstart[l + 1];
             self.sat_grp[l] = r.clone().map(|i| ac[i] - dc[i]).sum();
-            self.dcsum[l] = dc[r].iter().sum();
+            self.dcsum[l] = dc[r.clone()].iter().sum();
+            self.dcabs[l] = dc[r].iter().map(|v| v.abs()).sum();
         }
         self.dc_total = self.dcsum.iter().sum();
+        self.dc_abs = self.dcabs.iter().sum();
         (self.dy, self.dn, self.ac, self.ay, self.an) = (dy, dn, ac, ay, an);
         self.dist = dist;
         self.state_ok = false;
@@ -489,6 +504,36 @@ impl Glmm {
     pub fn weights(&mut self) -> Vec<f64> {
         self.refresh_state();
         self.unsort(&self.w)
+    }
+
+    /// The warm start of the (u, beta) PIRLS at a new theta: the u with the same
+    /// b = Lambda(theta) u as the last modes (u = 0 where Lambda(new) has a zero diagonal).
+    /// Keeping u instead multiplies b, and so eta, by theta(new) / theta(old): a step of
+    /// the outer optimiser from theta 1 to 7 then starts PIRLS from means e^30 times too
+    /// large for a group with b = 5. From the same eta, PIRLS only has to undo the
+    /// shrinkage that changed with theta; where theta(new) is tiny, the first step takes
+    /// the large u back to about theta times the score (the penalty dominates).
+    pub(in crate::glmm) fn keep_b(&mut self, old: &[f64], new: &[f64]) {
+        let (lo, ln) = (self.lambdas(old), self.lambdas(new));
+        for (kk, t) in self.terms.iter().enumerate() {
+            let s = t.s;
+            let (a, c) = (&lo[kk], &ln[kk]);
+            for lv in 0..t.nlev {
+                let u = &mut self.u[self.uoff[kk] + lv * s..self.uoff[kk] + (lv + 1) * s];
+                let b: Vec<f64> = (0..s).map(|i| (0..=i).map(|j| a[i + j * s] * u[j]).sum()).collect();
+                // Lambda(new) u = b by forward substitution
+                for i in 0..s {
+                    let mut v = b[i];
+                    for j in 0..i {
+                        v -= c[i + j * s] * u[j];
+                    }
+                    let d = c[i + i * s];
+                    u[i] = if d != 0.0 && (v / d).is_finite() { v / d } else { 0.0 };
+                }
+            }
+        }
+        self.state_ok = false;
+        self.pred = None;
     }
 
     pub(in crate::glmm) fn lambdas(&self, theta: &[f64]) -> Vec<Vec<f64>> {

@@ -109,7 +109,9 @@ impl Crossed {
     /// Accumulate the weighted cross products, scale by theta, factor; then solve for the
     /// modes of the working response `yw` (and beta, when the system has X: `x` row-major
     /// n x p). Returns (u: term 0 levels then the rest; beta) or None when the dense block is
-    /// not positive definite.
+    /// not positive definite. With `shift` (u in the same layout) the right-hand side is
+    /// [Lambda' Z' W yw - u; X' W yw]: with the working residual as `yw` that is the
+    /// score, and the solution the PIRLS step (du, dbeta).
     #[allow(clippy::too_many_arguments)]
     pub fn factor_solve(
         &mut self,
@@ -119,6 +121,7 @@ impl Crossed {
         x: &[f64],
         w: &[f64],
         yw: &[f64],
+        shift: Option<&[f64]>,
     ) -> Option<(Vec<f64>, Vec<f64>)> {
         let (k, qr, qd, p) = (self.k, self.qr, self.qd, self.p);
         self.a0.iter_mut().for_each(|v| *v = 0.0);
@@ -167,12 +170,20 @@ impl Crossed {
         self.factor(th)?;
         // right-hand side [Lambda' Z' W yw; X' W yw]
         let th0 = th[0];
-        let c0: Vec<f64> = self.g0.iter().map(|v| th0 * v).collect();
+        let mut c0: Vec<f64> = self.g0.iter().map(|v| th0 * v).collect();
         let mut cr = self.gr.clone();
         for t in 1..k {
             let (a, e) = (self.roff[t], if t + 1 < k { self.roff[t + 1] } else { qr });
             for v in &mut cr[a..e] {
                 *v *= th[t];
+            }
+        }
+        if let Some(u) = shift {
+            for (c, v) in c0.iter_mut().zip(&u[..self.n0]) {
+                *c -= v;
+            }
+            for (c, v) in cr[..qr].iter_mut().zip(&u[self.n0..]) {
+                *c -= v;
             }
         }
         let mut sol = self.solve(&c0, &cr);
@@ -411,8 +422,15 @@ impl Glmm {
         }
     }
 
-    /// Factor at the stored weights and solve for the modes of the response `yw`.
-    fn crossed_factor_solve(&mut self, theta: &[f64], joint: bool, yw: Option<&[f64]>) -> CoreResult<(&mut Crossed, Vec<f64>, Vec<f64>)> {
+    /// Factor at the stored weights and solve for the modes of the response `yw` (the stored
+    /// working response by default), or with `shift` for the step (see `Crossed::factor_solve`).
+    fn crossed_factor_solve(
+        &mut self,
+        theta: &[f64],
+        joint: bool,
+        yw: Option<&[f64]>,
+        shift: bool,
+    ) -> CoreResult<(&mut Crossed, Vec<f64>, Vec<f64>)> {
         let th = self.term_thetas(theta);
         self.ensure_crossed_x(joint);
         let Solver::Crossed { u, ub } = &mut self.solver else {
@@ -421,20 +439,24 @@ impl Glmm {
         let cr = if joint { ub.as_mut().expect("ensure_crossed_x built it") } else { u };
         let x: &[f64] = if joint { &self.x } else { &[] };
         let (uu, b) = cr
-            .factor_solve(&th, &self.refs, &self.z, x, &self.w, yw.unwrap_or(&self.wresp))
+            .factor_solve(&th, &self.refs, &self.z, x, &self.w, yw.unwrap_or(&self.wresp), shift.then_some(&self.u[..]))
             .ok_or_else(|| E::Numerical("PIRLS: the penalised least-squares system is not positive definite".into()))?;
         Ok((cr, uu, b))
     }
 
+    /// The PIRLS step (du, dbeta) and log|L|^2, from the working residual r in `wresp`
+    /// (`pirls_general` keeps r there for this representation): the right-hand side is the
+    /// score, small near the mode, where the equations of the new mode itself carry the
+    /// rounding of W |Z Lambda u| (see `solver/scalar.rs`, `scalar_joint`).
     pub(in crate::glmm) fn crossed_solve(&mut self, theta: &[f64], joint: bool) -> CoreResult<(Vec<f64>, Vec<f64>, f64)> {
-        let (cr, u, b) = self.crossed_factor_solve(theta, joint, None)?;
-        Ok((u, b, cr.logdet))
+        let (cr, du, db) = self.crossed_factor_solve(theta, joint, None, true)?;
+        Ok((du, db, cr.logdet))
     }
 
     pub(in crate::glmm) fn crossed_condvar(&mut self, theta: &[f64]) -> CoreResult<Vec<Vec<f64>>> {
         self.refresh_state();
         let th = self.term_thetas(theta);
-        let (cr, _, _) = self.crossed_factor_solve(theta, false, None).map_err(|_| E::Numerical("factorisation failed".into()))?;
+        let (cr, _, _) = self.crossed_factor_solve(theta, false, None, false).map_err(|_| E::Numerical("factorisation failed".into()))?;
         let d = cr.inverse_diagonal();
         Ok((0..self.terms.len())
             .map(|t| (self.uoff[t]..self.uoff[t + 1]).map(|j| th[t] * th[t] * d[j]).collect())
@@ -445,7 +467,7 @@ impl Glmm {
         self.refresh_state();
         let yt: Vec<f64> = (0..self.n).map(|i| self.wresp[i] + self.offb[i] - self.off[i]).collect();
         let (cr, _, _) = self
-            .crossed_factor_solve(theta, true, Some(&yt))
+            .crossed_factor_solve(theta, true, Some(&yt), false)
             .map_err(|_| E::Numerical("the fixed-effects block is not positive definite".into()))?;
         Ok(cr.rx())
     }

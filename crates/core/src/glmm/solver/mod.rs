@@ -117,13 +117,20 @@ impl Glmm {
     }
 
     /// One penalised weighted least-squares solve at the stored weights and working
-    /// response: the next modes (u, and beta when `joint`) and log|L|^2.
+    /// response: the step to the next modes (du, and dbeta when `joint`; for the LMM engine,
+    /// which solves for the modes of a response, u itself: see `steps_in_u`) and log|L|^2.
     pub(super) fn pls_solve(&mut self, theta: &[f64], joint: bool) -> CoreResult<(Vec<f64>, Vec<f64>, f64)> {
         match self.solver {
             Solver::Scalar { .. } => Err(E::ModelSpec("the scalar engine solves group by group, not by pls_solve".into())),
             Solver::Crossed { .. } => self.crossed_solve(theta, joint),
             Solver::General { .. } => self.general_solve(theta, joint),
         }
+    }
+
+    /// Whether `pls_solve` gives du (from the working residual r, kept in `wresp` during
+    /// PIRLS) rather than the new u (from the working response eta - offb + r).
+    pub(super) fn steps_in_u(&self) -> bool {
+        matches!(self.solver, Solver::Crossed { .. })
     }
 
     /// Conditional covariance of b = Lambda u given the data at the current weights (the

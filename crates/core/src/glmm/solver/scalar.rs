@@ -2,40 +2,49 @@
 //! `Lambda' Z' W Z Lambda + I` is diagonal. PIRLS runs group by group on rows sorted by
 //! group with no matrix at all (and the group's rows stay in cache while it converges);
 //! AGQ integrates each group's u_j on the same passes. nAGQ = 0 couples the groups through
-//! beta: a p x p Schur complement (`JointSystem`).
+//! beta: a p x p Schur complement (`JointSystem`), solved for the change of beta (see
+//! `pirls.rs` on why).
 
 use super::super::kernel::{fill, group_pass, Kernel};
-use super::super::pirls::PirlsIter;
+use super::super::pirls::{no_increase, pdev_noise, PirlsIter};
 use super::super::{EvalInfo, Glmm, E};
 use crate::error::CoreResult;
 use crate::small;
 
-/// Normal equations of the joint (u, beta) PIRLS step with one scalar term.
+/// Normal equations of the joint (u, beta) PIRLS step with one scalar term: per group l
+/// h = sum w z^2, g = sum z w r, c = sum w z x; X' W r; and `within`.
 pub(in crate::glmm) struct JointSystem {
     h: Vec<f64>,
     g: Vec<f64>,
     c: Vec<f64>,
-    xwx: Vec<f64>,
+    /// sum over groups of sum w (x - z c / h)(x - z c / h)' (lower, column-major). The Schur
+    /// complement of the fixed effects is `within + sum_l c c' / (h (theta^2 h + 1))`, the
+    /// same as X' W X - sum_l theta^2 c c' / (theta^2 h + 1) but a sum of positive
+    /// semi-definite parts: the difference loses eps X' W X, which for large weights (counts
+    /// of 1e7, or eta far out in a warm start) exceeds the ~n_groups / theta^2 that is left
+    /// of the columns constant within groups, and then is not even positive definite.
+    within: Vec<f64>,
     xwy: Vec<f64>,
 }
 
 impl JointSystem {
     fn new(nl: usize, p: usize) -> Self {
-        JointSystem { h: vec![0.0; nl], g: vec![0.0; nl], c: vec![0.0; nl * p], xwx: vec![0.0; p * p], xwy: vec![0.0; p] }
+        JointSystem { h: vec![0.0; nl], g: vec![0.0; nl], c: vec![0.0; nl * p], within: vec![0.0; p * p], xwy: vec![0.0; p] }
     }
     fn clear(&mut self) {
-        for v in [&mut self.h, &mut self.g, &mut self.c, &mut self.xwx, &mut self.xwy] {
+        for v in [&mut self.h, &mut self.g, &mut self.c, &mut self.within, &mut self.xwy] {
             v.iter_mut().for_each(|a| *a = 0.0);
         }
     }
 }
 
 impl Glmm {
-    /// One pass over group l's rows at u_l: (sum of deviance residuals, sum W r z, sum W z^2).
+    /// One pass over group l's rows at u_l: (sum of deviance residuals, sum W r z, sum W z^2,
+    /// the size of the terms the deviance is summed from).
     #[inline(always)]
-    pub(in crate::glmm) fn group_pass<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64) -> (f64, f64, f64) {
+    pub(in crate::glmm) fn group_pass<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64) -> (f64, f64, f64, f64) {
         let r = self.gstart[l]..self.gstart[l + 1];
-        let [d, s, h] = group_pass(
+        let [d, s, h, m] = group_pass(
             self.avx2,
             &k,
             &self.z[0][r.clone()],
@@ -46,7 +55,7 @@ impl Glmm {
             &self.dn[r],
             th * ul,
         );
-        (self.dcsum[l] + d, s, h)
+        (self.dcsum[l] + d, s, h, self.dcabs[l] + m)
     }
 
     /// u-only PIRLS group by group; then Laplace, or AGQ with `quad`.
@@ -57,8 +66,10 @@ impl Glmm {
         let mut maxit = 0;
         for l in 0..nl {
             let mut ul = if self.warm { self.u[l] } else { 0.0 };
-            let (mut dv, mut s, mut h) = self.group_pass(k, l, th, ul);
+            let nrows = self.gstart[l + 1] - self.gstart[l];
+            let (mut dv, mut s, mut h, mg) = self.group_pass(k, l, th, ul);
             let mut pdev = dv + ul * ul;
+            let mut noise = pdev_noise(mg + ul * ul, nrows);
             let mut it = 0;
             let mut prev = f64::INFINITY;
             loop {
@@ -68,7 +79,19 @@ impl Glmm {
                     return Err(E::Numerical(format!("PIRLS: non-finite deviance in group {l}")));
                 }
                 let rel = step.abs() / (1.0 + ul.abs());
-                if ctl.converged(rel, prev) {
+                // d2 step^2: the decrease the step promises (see `PirlsControl::floor`)
+                if ctl.converged(rel, prev) || (rel >= prev && d2 * step * step <= noise) {
+                    // take the last Newton step too (the weights stay those of the last
+                    // pass, a change of second order in the criterion): the Laplace gradient
+                    // assumes the score in u is zero, and its error is the score left times
+                    // du/d(theta, beta), i.e. d2 times the step not taken. With counts of 1e7
+                    // d2 ~ 1e9, and a step of 1e-13 left would move the gradient by 1e-4,
+                    // as much as a finite-difference Hessian step of 1e-5 changes it. A step
+                    // of a few ulps is rounding: leaving u alone then keeps a repeated
+                    // evaluation at the same point (warm-started at its own mode) bit for bit
+                    if rel > 4.0 * f64::EPSILON {
+                        ul += step;
+                    }
                     break;
                 }
                 prev = rel;
@@ -80,14 +103,16 @@ impl Glmm {
                 let mut halvings = 0;
                 loop {
                     let un = ul + st;
-                    let (dn, sn, hn) = self.group_pass(k, l, th, un);
+                    let (dn, sn, hn, mn) = self.group_pass(k, l, th, un);
                     let pn = dn + un * un;
-                    if pn <= pdev + 1e-12 * (1.0 + pdev.abs()) {
+                    let noise_n = pdev_noise(mn + un * un, nrows);
+                    if no_increase(pn, pdev, noise.max(noise_n)) {
                         ul = un;
                         dv = dn;
                         s = sn;
                         h = hn;
                         pdev = pn;
+                        noise = noise_n;
                         break;
                     }
                     halvings += 1;
@@ -125,7 +150,7 @@ impl Glmm {
                         continue;
                     }
                     let uk = ul + zk * sd;
-                    let (dk, _, _) = self.group_pass(k, l, th, uk);
+                    let (dk, _, _, _) = self.group_pass(k, l, th, uk);
                     let devc = dk + uk * uk;
                     mult += wk * (0.5 * zk * zk - 0.5 * (devc - devc0)).exp();
                 }
@@ -147,6 +172,14 @@ impl Glmm {
 
     /// nAGQ = 0 with one scalar term: Fisher scoring over (u, beta); the fixed effects couple
     /// the groups, so every step is a pass over all rows and a p x p Schur complement.
+    ///
+    /// The normal equations are those of the step (du, dbeta), whose right-hand side is the
+    /// score (Lambda Z' W r - u, X' W r) with r the working residual: near the mode it is
+    /// small and so is its rounding error. The equations of the new mode itself, with the
+    /// working response eta - offset + r, carry rounding errors of eps W |eta| (or eps W
+    /// |Z Lambda u|, relative to offset + X beta), which the weakly determined directions
+    /// (beta against the mean of u) amplify by 1 / their curvature: 1e-4 in beta at counts
+    /// of 1e7, against 1e-6 here.
     pub(in crate::glmm) fn scalar_joint<K: Kernel>(&mut self, k: K, th: f64) -> CoreResult<()> {
         let (p, nl) = (self.p, self.terms[0].nlev);
         let mut sys = JointSystem::new(nl, p);
@@ -154,35 +187,39 @@ impl Glmm {
         let mut bnew = vec![0.0; p];
         let fresh = !self.warm;
         let usq = |u: &[f64]| u.iter().map(|v| v * v).sum::<f64>();
-        let dev;
-        let pdev;
+        let (dev, pdev, noise);
         if fresh {
+            // from the family's starting means and beta = 0 (the solve gives the change of beta)
             self.u.iter_mut().for_each(|v| *v = 0.0);
+            self.beta.iter_mut().for_each(|v| *v = 0.0);
             self.scalar_joint_pass(k, th, true, &mut sys);
-            dev = f64::INFINITY;
-            pdev = f64::INFINITY;
+            (dev, pdev, noise) = (f64::INFINITY, f64::INFINITY, 0.0);
         } else {
-            dev = self.scalar_joint_pass(k, th, false, &mut sys);
-            pdev = dev + usq(&self.u);
+            let [d, mag] = self.scalar_joint_pass(k, th, false, &mut sys);
+            let us = usq(&self.u);
+            (dev, pdev, noise) = (d, d + us, pdev_noise(mag + us, self.n));
         }
-        let mut st = PirlsIter { it: 0, prev: f64::INFINITY, fresh, dev, pdev };
+        let mut st = PirlsIter { it: 0, prev: f64::INFINITY, fresh, dev, pdev, noise };
         let mut s = vec![0.0; p * p];
         let mut rb = vec![0.0; p];
         loop {
             // the penalised normal equations: block diagonal in u, a p x p Schur complement
-            s.copy_from_slice(&sys.xwx);
+            s.copy_from_slice(&sys.within);
             rb.copy_from_slice(&sys.xwy);
             for l in 0..nl {
-                let d = th * th * sys.h[l] + 1.0;
+                let hl = sys.h[l];
+                let d = th * th * hl + 1.0;
                 let c = &sys.c[l * p..(l + 1) * p];
-                let g = th * sys.g[l];
+                let g = th * sys.g[l] - self.u[l];
+                let f = if hl > 0.0 { 1.0 / (hl * d) } else { 0.0 };
                 for a in 0..p {
                     rb[a] -= th * c[a] * g / d;
                     for b in 0..=a {
-                        s[a + b * p] -= th * th * c[a] * c[b] / d;
+                        s[a + b * p] += c[a] * c[b] * f;
                     }
                 }
             }
+            // bnew and unew are first the changes, then the new values
             if p > 0 {
                 if !small::chol_lower(&mut s, p) {
                     return Err(E::Numerical("PIRLS: the fixed-effects block is not positive definite".into()));
@@ -194,11 +231,14 @@ impl Glmm {
             for l in 0..nl {
                 let d = th * th * sys.h[l] + 1.0;
                 let c = &sys.c[l * p..(l + 1) * p];
-                let mut v = th * sys.g[l];
+                let mut v = th * sys.g[l] - self.u[l];
                 for a in 0..p {
                     v -= th * c[a] * bnew[a];
                 }
-                unew[l] = v / d;
+                unew[l] = self.u[l] + v / d;
+            }
+            for (b, v) in bnew.iter_mut().zip(&self.beta) {
+                *b += v;
             }
             if self.pirls_advance(&unew, &bnew, true, &mut st, |me| me.scalar_joint_pass(k, th, false, &mut sys))? {
                 break;
@@ -211,11 +251,12 @@ impl Glmm {
             self.d2[l] = d;
             ldl2 += d.ln();
         }
+        // the last pass (never the fresh one) was at the converged (u, beta) and left the
+        // working residual r in wresp: keep the u-only working response eta - offb + r
         let b = self.beta.clone();
         self.set_offb(&b)?;
-        // keep the u-only working response (eta - offset - X beta + r)
         for i in 0..self.n {
-            self.wresp[i] -= self.offb[i] - self.off[i];
+            self.wresp[i] += self.eta[i] - self.offb[i];
         }
         let (dev, it) = (st.dev, st.it);
         let aic = self.total_aic(dev);
@@ -227,28 +268,28 @@ impl Glmm {
     }
 
     /// One pass of the joint scalar PIRLS at the current (u, beta), or at the family's
-    /// starting means when `fresh`: stores eta, mu, W and the working response
-    /// eta - offset + r, accumulates the normal equations, returns the deviance.
-    pub(in crate::glmm) fn scalar_joint_pass<K: Kernel>(&mut self, k: K, th: f64, fresh: bool, sys: &mut JointSystem) -> f64 {
+    /// starting means when `fresh` (u = 0, beta = 0): stores offb = offset + X beta, eta, mu,
+    /// W and in `wresp` the working residual r (fresh: the working response eta - offset + r,
+    /// the step from 0 being the new mode itself); accumulates the sums of the normal
+    /// equations of the step; returns [the deviance, the size of its terms].
+    pub(in crate::glmm) fn scalar_joint_pass<K: Kernel>(&mut self, k: K, th: f64, fresh: bool, sys: &mut JointSystem) -> [f64; 2] {
         let (p, nl) = (self.p, self.terms[0].nlev);
         sys.clear();
         for l in 0..nl {
             let bu = th * self.u[l];
             for i in self.gstart[l]..self.gstart[l + 1] {
-                self.eta[i] = if fresh {
-                    self.link.linkfun(self.dist.mustart(self.y[i], self.wt[i]))
-                } else {
-                    let xi = &self.x[i * p..(i + 1) * p];
-                    let mut e = self.off[i] + self.z[0][i] * bu;
-                    for a in 0..p {
-                        e += xi[a] * self.beta[a];
-                    }
-                    e
-                };
+                let xi = &self.x[i * p..(i + 1) * p];
+                let mut e = self.off[i];
+                for a in 0..p {
+                    e += xi[a] * self.beta[a];
+                }
+                self.offb[i] = e;
+                self.eta[i] = if fresh { self.link.linkfun(self.dist.mustart(self.y[i], self.wt[i])) } else { e + self.z[0][i] * bu };
             }
         }
-        let dev = self.dc_total
-            + fill(self.avx2, &k, &self.eta, &self.off, &self.y, &self.wt, &self.dy, &self.dn, &mut self.mu, &mut self.w, &mut self.wresp);
+        // eta - base is exactly 0 with base = eta
+        let base = if fresh { &self.off } else { &self.eta };
+        let [d, mag] = fill(self.avx2, &k, &self.eta, base, &self.y, &self.wt, &self.dy, &self.dn, &mut self.mu, &mut self.w, &mut self.wresp);
         for l in 0..nl {
             let (mut hl, mut gl) = (0.0, 0.0);
             let cl = &mut sys.c[l * p..(l + 1) * p];
@@ -261,16 +302,25 @@ impl Glmm {
                 gl += wz * yt;
                 for a in 0..p {
                     cl[a] += wz * xi[a];
-                    let wx = w * xi[a];
-                    sys.xwy[a] += wx * yt;
+                    sys.xwy[a] += w * xi[a] * yt;
+                }
+            }
+            // the within-group part of X' W X: the scatter of x about its regression on z
+            // in the group (see `JointSystem::within`)
+            let m: Vec<f64> = cl.iter().map(|c| if hl > 0.0 { c / hl } else { 0.0 }).collect();
+            for i in self.gstart[l]..self.gstart[l + 1] {
+                let xi = &self.x[i * p..(i + 1) * p];
+                let (w, zi) = (self.w[i], self.z[0][i]);
+                for a in 0..p {
+                    let wa = w * (xi[a] - zi * m[a]);
                     for b in 0..=a {
-                        sys.xwx[a + b * p] += wx * xi[b];
+                        sys.within[a + b * p] += wa * (xi[b] - zi * m[b]);
                     }
                 }
             }
             sys.h[l] = hl;
             sys.g[l] = gl;
         }
-        dev
+        [self.dc_total + d, self.dc_abs + mag]
     }
 }
