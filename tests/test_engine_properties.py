@@ -18,8 +18,13 @@ from multilevel.models import engine_input
 
 from dense_reference import dense_z, profiled_objective
 
-# (kind, structure): random intercepts, correlated slopes, nested, crossed
-DESIGNS = ["intercept", "slopes", "nested", "crossed", "crossed_slopes", "same_group_split"]
+# (kind, structure): random intercepts, correlated slopes, nested, crossed, and the designs of
+# the sparse rest block: three nested levels, and students crossed with teachers nested in
+# schools (a few students change school)
+DESIGNS = ["intercept", "slopes", "nested", "crossed", "crossed_slopes", "same_group_split",
+           "three_level", "partially_crossed"]
+#: how the engine holds the block of the later terms, X and y
+LAYOUTS = ["auto", "dense", "sparse"]
 
 
 def _design(kind: str, n: int, rng: np.random.Generator):
@@ -48,6 +53,24 @@ def _design(kind: str, n: int, rng: np.random.Generator):
     if kind == "same_group_split":  # (1|g) + (0+x|g) merged: structural zero in Lambda
         g = rng.integers(0, 6, n)
         return [(g, np.c_[ones, x], 6, [(0, 0, 0), (1, 1, 1)])]
+    if kind == "three_level":  # pupils' classes (slopes) in schools in districts (slopes)
+        cls = rng.integers(0, 12, n)
+        cls[:12] = np.arange(12)
+        sch = cls // 3
+        dis = sch // 2
+        return [(cls, np.c_[ones, x], 12, [(0, 0, 0), (1, 0, 1), (1, 1, 2)]),
+                (sch, ones, 4, [(0, 0, 3)]),
+                (dis, np.c_[ones, x], 2, [(0, 0, 4), (1, 0, 5), (1, 1, 6)])]
+    if kind == "partially_crossed":  # students x teachers (in schools, slopes)
+        nst, nsch, tper = 10, 3, 3
+        stud = np.arange(n) % nst
+        home = rng.integers(0, nsch, nst)
+        moved = rng.random(n) < 0.15
+        sch = np.where(moved, rng.integers(0, nsch, n), home[stud])
+        tch = sch * tper + rng.integers(0, tper, n)
+        return [(stud, np.c_[ones, x], nst, [(0, 0, 0), (1, 0, 1), (1, 1, 2)]),
+                (tch, ones, nsch * tper, [(0, 0, 3)]),
+                (sch, np.c_[ones, x], nsch, [(0, 0, 4), (1, 0, 5), (1, 1, 6)])]
     raise ValueError(kind)
 
 
@@ -68,21 +91,8 @@ def _dense_lambda(terms, theta):
     return out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    kind=st.sampled_from(DESIGNS),
-    seed=st.integers(0, 2**31 - 1),
-    weighted=st.booleans(),
-    reml=st.booleans(),
-)
-def test_blocked_objective_equals_dense(kind, seed, weighted, reml):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(40, 90))
-    terms = _design(kind, n, rng)
-    X = np.c_[np.ones(n), rng.normal(size=n)]
-    y = rng.normal(size=n) * 3 + X @ [1.0, 0.5]
-    w = rng.uniform(0.3, 3.0, n) if weighted else None
-    core = LmmCore(
+def _core(terms, X, y, w, layout="auto"):
+    return LmmCore(
         [np.ascontiguousarray(t[0], dtype=np.uint32) for t in terms],
         [np.ascontiguousarray(t[1], dtype=float) for t in terms],
         [t[2] for t in terms],
@@ -90,7 +100,28 @@ def test_blocked_objective_equals_dense(kind, seed, weighted, reml):
         np.ascontiguousarray(X),
         y,
         w,
+        layout,
     )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(DESIGNS),
+    seed=st.integers(0, 2**31 - 1),
+    weighted=st.booleans(),
+    reml=st.booleans(),
+    layout=st.sampled_from(LAYOUTS),
+)
+def test_blocked_objective_equals_dense(kind, seed, weighted, reml, layout):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(40, 90))
+    terms = _design(kind, n, rng)
+    X = np.c_[np.ones(n), rng.normal(size=n)]
+    y = rng.normal(size=n) * 3 + X @ [1.0, 0.5]
+    w = rng.uniform(0.3, 3.0, n) if weighted else None
+    core = _core(terms, X, y, w, layout)
+    # the sparse layout where it was asked for and there are random effects after term 0
+    assert core.layout == ("sparse" if layout == "sparse" and len(terms) > 1 else "dense")
     ntheta = 1 + max(i for t in terms for _, _, i in t[3])
     theta = rng.uniform(0.0, 1.5, ntheta)
     Zfull = np.hstack([dense_z(t[0], t[1], t[2]) for t in terms])
@@ -105,6 +136,53 @@ def test_blocked_objective_equals_dense(kind, seed, weighted, reml):
     Vi = np.linalg.inv(V0)
     beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ y)
     np.testing.assert_allclose(sol["beta"], beta, rtol=1e-7, atol=1e-9)
+    # the conditional modes and variances of b: E(b | y) = Lam Lam' Z' V^-1 (y - X beta),
+    # Var(b | y) / sigma^2 = Lam (Lam' Z' W Z Lam + I)^-1 Lam'
+    Lam = _dense_lambda(terms, theta)
+    G = Lam @ Lam.T
+    bhat = G @ Zfull.T @ Vi @ (y - X @ beta)
+    np.testing.assert_allclose(np.concatenate(sol["b"]), bhat, rtol=1e-6, atol=1e-8)
+    W = np.diag(np.ones(n) if w is None else w)
+    M = Lam.T @ Zfull.T @ W @ Zfull @ Lam + np.eye(Lam.shape[0])
+    V = Lam @ np.linalg.solve(M, Lam.T)
+    o = 0
+    for t, cv in zip(terms, core.condvar(theta)):
+        s = t[1].shape[1]
+        for lv, blk in enumerate(np.asarray(cv).reshape(t[2], s, s)):
+            want_blk = V[o + lv * s:o + (lv + 1) * s, o + lv * s:o + (lv + 1) * s]
+            np.testing.assert_allclose(blk, want_blk, rtol=1e-6, atol=1e-10)
+        o += t[2] * s
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["nested", "crossed", "crossed_slopes", "three_level", "partially_crossed"]),
+    seed=st.integers(0, 2**31 - 1),
+    weighted=st.booleans(),
+    reml=st.booleans(),
+)
+def test_sparse_layout_gradient_equals_dense_and_finite_differences(kind, seed, weighted, reml):
+    """The analytic gradient on the sparse rest block: as the dense layout's, and as central
+    differences of the objective."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(40, 90))
+    terms = _design(kind, n, rng)
+    X = np.c_[np.ones(n), rng.normal(size=n)]
+    y = rng.normal(size=n) * 3 + X @ [1.0, 0.5]
+    w = rng.uniform(0.3, 3.0, n) if weighted else None
+    sparse, dense = _core(terms, X, y, w, "sparse"), _core(terms, X, y, w, "dense")
+    ntheta = 1 + max(i for t in terms for _, _, i in t[3])
+    theta = rng.uniform(0.2, 1.5, ntheta)
+    f, g = sparse.objective_gradient(theta, reml)
+    fd, gd = dense.objective_gradient(theta, reml)
+    assert f == pytest.approx(fd, rel=1e-10)
+    np.testing.assert_allclose(g, gd, rtol=1e-7, atol=1e-7 * max(1.0, abs(f)) * 1e-3)
+    h = 1e-5
+    for i in range(ntheta):
+        e = np.zeros(ntheta)
+        e[i] = h
+        num = (sparse.objective(theta + e, reml) - sparse.objective(theta - e, reml)) / (2 * h)
+        assert g[i] == pytest.approx(num, rel=1e-4, abs=1e-4)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -72,8 +72,24 @@ def test_warnings_on_result_and_summary():
 
 
 def test_too_large_dense_block_is_a_clear_error():
+    # 13,000 levels of a, each meeting 12 of b's 12,500 at random: the b effects are linked
+    # so densely that a sparse factor fills in as much as a dense block of 12,502 rows
+    rng = np.random.default_rng(1)
+    n = 156_000
+    rows = np.arange(n)
+    df = pd.DataFrame({"y": rng.normal(size=n), "a": rows // 12, "b": rng.integers(0, 12_500, n)})
+    with pytest.raises(ml.ModelSpecError, match="too large for the engine.*fills in too much.*dense"):
+        ml.lmer("y ~ 1 + (1 | a) + (1 | b)", df)
+
+
+def test_many_upper_levels_of_a_sparse_design_are_fitted():
+    # 12,500 levels of b after term 0 (beyond a dense block's limit), but each level of a
+    # meets two neighbouring levels of b: the sparse rest block factors without fill
     n = 26_000
     rows = np.arange(n)
-    df = pd.DataFrame({"y": np.sin(rows), "a": rows // 2, "b": rows % 12_500})
-    with pytest.raises(ml.ModelSpecError, match="too large for the engine.*dense"):
-        ml.lmer("y ~ 1 + (1 | a) + (1 | b)", df)
+    df = pd.DataFrame({"y": np.sin(rows) + (rows % 12_500 // 2 % 7), "a": rows // 2, "b": rows % 12_500})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.lmer("y ~ 1 + (1 | a) + (1 | b)", df)
+    assert fit._problem.core.layout == "sparse" and fit._problem.core.rest_size == 12_502
+    assert np.isfinite(fit.loglik) and fit.theta.size == 2

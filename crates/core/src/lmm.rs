@@ -34,6 +34,29 @@ use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{MatMut, MatRef, Par};
 
 mod gradient;
+mod sparse;
+
+use sparse::{RestShape, SpPat, SparseRest};
+pub use sparse::MAX_SPARSE_NNZ;
+
+/// How the rest block (the terms after term 0, X and y) is held and factored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// chosen from the pattern before the optimiser starts (`Lmm::new`)
+    Auto,
+    /// one dense block and faer's dense Cholesky
+    Dense,
+    /// faer's sparse Cholesky with a fill-reducing order (nested and partially crossed
+    /// designs); falls back to dense when there is no random effect after term 0
+    Sparse,
+}
+
+/// Below this many random effects after term 0 the dense block is kept: its Cholesky costs
+/// microseconds and the sparse one's set-up would not pay.
+const SPARSE_MIN_QZ: usize = 48;
+/// Most pairs of levels the pattern analysis may visit (sum over the levels of term 0 of the
+/// square of the levels they meet): beyond it the analysis alone would cost seconds.
+const SPARSE_MAX_PAIRS: f64 = 2e9;
 
 /// One random-effect term as the engine sees it: a grouping factor with `nlev` levels, `s`
 /// model-matrix columns, and the pattern of its relative covariance factor Lambda (lower
@@ -100,6 +123,8 @@ pub struct Lmm {
     par: Par,
     /// the theta the factor in the workspace belongs to
     factored: Option<Vec<f64>>,
+    /// the sparse representation of the rest block; None: `arr` and `c` are dense r x r
+    sp: Option<Box<SparseRest>>,
     /// update the dense block with dense products of chunks of B (true) or entry by entry
     dense_update: bool,
     /// workspace of the dense update: r x (CHUNK * s0)
@@ -120,8 +145,20 @@ fn check_len(what: &str, got: usize, want: usize) -> CoreResult<()> {
 }
 
 impl Lmm {
-    /// Build the pattern and the cross products from the rows.
+    /// Build the pattern and the cross products from the rows; the layout of the rest block
+    /// is chosen from the pattern (`Layout::Auto`).
     pub fn new(terms: Vec<Term>, p: usize, rows: &Rows) -> CoreResult<Lmm> {
+        Lmm::with_layout(terms, p, rows, Layout::Auto)
+    }
+
+    /// As `new`, with the layout of the rest block given (the tests compare the layouts).
+    pub fn with_layout(terms: Vec<Term>, p: usize, rows: &Rows, layout: Layout) -> CoreResult<Lmm> {
+        Lmm::build(terms, p, rows, layout, None)
+    }
+
+    /// As `with_layout`; `supernodal` forces faer's choice between its simplicial and
+    /// supernodal sparse factorisations (None: faer's own, by its flop count).
+    fn build(terms: Vec<Term>, p: usize, rows: &Rows, layout: Layout, supernodal: Option<bool>) -> CoreResult<Lmm> {
         if terms.is_empty() {
             return Err(E::ModelSpec("no random-effect terms".into()));
         }
@@ -144,15 +181,20 @@ impl Lmm {
                 }
             }
         }
-        // the size of the dense block before anything is allocated
+        // the size of the rest block before anything is allocated
         let qz: usize = terms[1..].iter().map(|t| t.nlev * t.s).sum();
         let r = qz + p + 1;
-        E::check_dense(r, || {
-            format!(
-                "the random-effect terms after the first (the one with most levels) have {qz} \
-                 coefficients together, with the {p} fixed effects and the response"
-            )
-        })?;
+        let too_dense = |why: &str| {
+            E::check_dense(r, || {
+                format!(
+                    "the random-effect terms after the first (the one with most levels) have {qz} \
+                     coefficients together, with the {p} fixed effects and the response{why}"
+                )
+            })
+        };
+        if layout == Layout::Dense || qz == 0 {
+            too_dense("")?;
+        }
         let s0 = terms[0].s;
         let nl0 = terms[0].nlev;
 
@@ -164,7 +206,6 @@ impl Lmm {
         let LevelPattern { off, qz, colptr, idx, slot } = LevelPattern::new(&nlev, &svec, &rows.refs, &groups, p + 1);
         let nent = idx.len();
 
-        let par = if r >= 256 { Par::rayon(0) } else { Par::Seq };
         // The update of the dense block by B B' costs sum_l m_l^2 / 2 scattered operations
         // entry by entry, or r^2 nl0 / 2 as dense matrix products, which run some 20 times
         // faster per operation: take the dense route when B is dense enough (crossed factors
@@ -178,14 +219,51 @@ impl Lmm {
             * s0 as f64;
         let dense_cost = (r as f64) * (r as f64) * (nl0 * s0) as f64 / 2.0;
         let dense_update = r >= 64 && sparse_cost * 20.0 > dense_cost;
-        let mem = MemBuffer::new(llt::cholesky_in_place_scratch::<f64>(r, par, Default::default()));
+
+        // The rest block: sparse where the pattern keeps the factor sparse, decided here from
+        // the grouping codes alone (deterministic, before the optimiser starts). Designs whose
+        // levels of term 0 meet many levels of the others (dense_update) fill in to a dense
+        // factor, so the analysis is skipped for them unless the dense block is too large.
+        let sp = {
+            let shape = RestShape { nlev: &nlev, s: &svec, off: &off, qz, trailing: p + 1 };
+            let lpat = sparse::LevelRef { colptr: &colptr, idx: &idx };
+            let attempt = match layout {
+                Layout::Dense => false,
+                Layout::Sparse => qz > 0 && SparseRest::pair_bound(&shape, n, lpat).is_some(),
+                Layout::Auto => {
+                    qz >= SPARSE_MIN_QZ
+                        && (!dense_update || r > MAX_DENSE)
+                        && SparseRest::pair_bound(&shape, n, lpat).is_some_and(|b| b <= SPARSE_MAX_PAIRS)
+                }
+            };
+            if attempt {
+                match SparseRest::build(&shape, &rows.refs, lpat, supernodal) {
+                    Some((sp, cost)) if layout == Layout::Sparse || r > MAX_DENSE || sparse_pays(&cost, r) => Some(Box::new(sp)),
+                    _ => None,
+                }
+            } else {
+                None
+            }
+        };
+        if sp.is_none() {
+            too_dense(if qz > 0 && layout != Layout::Dense { " (and their pattern fills in too much for a sparse factor)" } else { "" })?;
+        }
+        let dense = sp.is_none();
+        let par = if dense && r >= 256 { Par::rayon(0) } else { Par::Seq };
+        let nval = sp.as_ref().map(|s| s.nnz()).unwrap_or(r * r);
+        let mem = if dense {
+            MemBuffer::new(llt::cholesky_in_place_scratch::<f64>(r, par, Default::default()))
+        } else {
+            MemBuffer::new(faer::dyn_stack::StackReq::EMPTY)
+        };
+        let dense_update = dense && dense_update;
         let mut m = Lmm {
             lam: terms.iter().map(|t| vec![0.0; t.s * t.s]).collect(),
             l11: vec![0.0; nl0 * s0 * s0],
             bmat: vec![0.0; nent * s0],
-            c: vec![0.0; r * r],
+            c: vec![0.0; nval],
             a11: vec![0.0; nl0 * s0 * s0],
-            arr: vec![0.0; r * r],
+            arr: vec![0.0; nval],
             ar1: vec![0.0; nent * s0],
             terms,
             n,
@@ -199,6 +277,7 @@ impl Lmm {
             mem,
             par,
             factored: None,
+            sp,
             dense_update,
             chunk: if dense_update { vec![0.0; r * CHUNK * s0] } else { Vec::new() },
             gw_inv: Vec::new(),
@@ -217,9 +296,14 @@ impl Lmm {
     pub fn terms(&self) -> &[Term] {
         &self.terms
     }
-    /// Size of the dense block (other terms, X and y).
+    /// Size of the rest block (other terms, X and y).
     pub fn rest_size(&self) -> usize {
         self.r
+    }
+
+    /// Whether the rest block is held sparse (`Layout::Sparse`, or chosen so by `Auto`).
+    pub fn is_sparse(&self) -> bool {
+        self.sp.is_some()
     }
 
     /// Replace the response (and keep weights, X and Z): only the y row of the blocks is
@@ -275,7 +359,16 @@ impl Lmm {
     }
 
     fn pattern(&self) -> Pattern<'_> {
-        Pattern { terms: &self.terms, p: self.p, r: self.r, qz: self.qz, off: &self.off, colptr: &self.colptr, slot: &self.slot }
+        Pattern {
+            terms: &self.terms,
+            p: self.p,
+            r: self.r,
+            qz: self.qz,
+            off: &self.off,
+            colptr: &self.colptr,
+            slot: &self.slot,
+            sp: self.sp.as_ref().map(|s| s.pat()),
+        }
     }
 
     /// Accumulate the cross products from chunks of rows (out of core, or data arriving in
@@ -316,9 +409,15 @@ impl Lmm {
                     self.ar1[e * s0 + c] = 0.0;
                 }
             }
-            for j in 0..r {
-                self.arr[yi + j * r] = 0.0;
-                self.arr[j + yi * r] = 0.0;
+            if let Some(sp) = &self.sp {
+                for j in 0..r {
+                    self.arr[sp.pos(yi, j)] = 0.0;
+                }
+            } else {
+                for j in 0..r {
+                    self.arr[yi + j * r] = 0.0;
+                    self.arr[j + yi * r] = 0.0;
+                }
             }
         } else {
             self.a11.iter_mut().for_each(|v| *v = 0.0);
@@ -341,6 +440,9 @@ impl Lmm {
     }
 
     fn finish(&mut self) {
+        if self.sp.is_some() {
+            return; // the sparse pattern holds the lower triangle only
+        }
         let r = self.r;
         // mirror the lower triangle (the scaling by Lambda works on full rows and columns)
         for j in 0..r {
@@ -405,6 +507,17 @@ impl Lmm {
             if !ok {
                 return false;
             }
+        }
+        if let Some(sp) = self.sp.as_mut() {
+            // 3.-4. the sparse rest block: form, update, factor
+            let svec: Vec<usize> = self.terms.iter().map(|t| t.s).collect();
+            sp.form(&self.arr, &mut self.c, &self.lam, &svec);
+            sp.rank_update(&mut self.c, &self.colptr, &self.idx, &self.bmat, s0);
+            if !sp.factor(&self.c) {
+                return false;
+            }
+            self.factored = Some(theta.to_vec());
+            return true;
         }
         // 3. the dense block: Lambda_rest' A_rest Lambda_rest + I_z - sum B_l B_l'
         if self.terms[1..].iter().all(|t| t.s == 1) {
@@ -554,14 +667,18 @@ impl Lmm {
                 ldl2 += self.l11[l * s0 * s0 + j + j * s0].ln();
             }
         }
+        let diag = |j: usize| match &self.sp {
+            Some(sp) => sp.ldiag(j),
+            None => self.c[j + j * r],
+        };
         for j in 0..qz {
-            ldl2 += self.c[j + j * r].ln();
+            ldl2 += diag(j).ln();
         }
         let mut ldrx2 = 0.0;
         for j in qz..qz + p {
-            ldrx2 += self.c[j + j * r].ln();
+            ldrx2 += diag(j).ln();
         }
-        let last = self.c[(r - 1) + (r - 1) * r];
+        let last = diag(r - 1);
         (2.0 * ldl2, 2.0 * ldrx2, last * last)
     }
 
@@ -594,8 +711,10 @@ impl Lmm {
         let (ldl2, ldrx2, pwrss) = self.logdets();
         let (r, qz, p) = (self.r, self.qz, self.p);
         let (beta, u0, ur) = self.pls();
-        let c = &self.c;
-        let at = |i: usize, j: usize| c[i + j * r];
+        let at = |i: usize, j: usize| match &self.sp {
+            Some(sp) => sp.l_trailing(i, j),
+            None => self.c[i + j * r],
+        };
         let mut u = vec![u0];
         for k in 1..self.terms.len() {
             let sz = self.terms[k].nlev * self.terms[k].s;
@@ -648,7 +767,10 @@ impl Lmm {
         let fallback: Vec<Vec<f64>> = self.terms.iter().map(|t| vec![1.0; t.s]).collect();
         let (p, r, qz) = (self.p, self.r, self.qz);
         let yi = r - 1;
-        let at = |i: usize, j: usize| self.arr[i + j * r];
+        let at = |i: usize, j: usize| match &self.sp {
+            Some(sp) => self.arr[if i >= j { sp.pos(i, j) } else { sp.pos(j, i) }],
+            None => self.arr[i + j * r],
+        };
         let mut xtx = vec![0.0; p * p];
         let mut beta = vec![0.0; p];
         for j in 0..p {
@@ -745,8 +867,11 @@ impl Lmm {
             return None;
         }
         let (r, qz) = (self.r, self.qz);
-        let mut pm = vec![0.0; qz * qz];
-        if qz > 0 {
+        let mut pm = Vec::new();
+        if let Some(sp) = self.sp.as_mut() {
+            sp.selected_inverse(qz);
+        } else if qz > 0 {
+            pm = vec![0.0; qz * qz];
             let mut cz = vec![0.0; qz * qz];
             for j in 0..qz {
                 for i in j..qz {
@@ -783,23 +908,21 @@ impl Lmm {
         let mut dinv = vec![0.0; s0 * s0];
         let mut h = vec![0.0; s0 * s0];
         let mut tmp = vec![0.0; s0 * s0];
+        let ps = self.psel(&pm, qz);
+        let maxz = (0..nl0).map(|l| self.colptr[l + 1] - self.colptr[l]).max().unwrap_or(0);
+        let mut pl = vec![0.0; maxz * maxz];
         for l in 0..nl0 {
             g.iter_mut().for_each(|v| *v = 0.0);
             for j in 0..s0 {
                 g[j + j * s0] = 1.0;
             }
             let (e0, e1) = (self.colptr[l], self.colptr[l + 1]);
-            for e in e0..e1 {
-                let ie = self.idx[e] as usize;
-                if ie >= qz {
-                    break;
-                }
-                for f in e0..e1 {
-                    let jf = self.idx[f] as usize;
-                    if jf >= qz {
-                        break;
-                    }
-                    let pv = pm[ie + jf * qz];
+            // the random-effect entries of the level (X and y come last)
+            let nz = e1 - e0 - (self.p + 1);
+            self.level_p(&ps, l, nz, &mut pl);
+            for e in e0..e0 + nz {
+                for f in e0..e0 + nz {
+                    let pv = pl[(e - e0) + (f - e0) * nz];
                     for a in 0..s0 {
                         for bb in 0..s0 {
                             g[a + bb * s0] += self.bmat[e * s0 + a] * pv * self.bmat[f * s0 + bb];
@@ -822,7 +945,7 @@ impl Lmm {
                 let mut blk = vec![0.0; sk * sk];
                 for j in 0..sk {
                     for i in 0..sk {
-                        blk[i + j * sk] = pm[(base + i) + (base + j) * qz];
+                        blk[i + j * sk] = ps.at(base + i, base + j);
                     }
                 }
                 let v = lambda_sandwich(&self.lam[k], &blk, sk);
@@ -832,6 +955,77 @@ impl Lmm {
         }
         Some(out)
     }
+
+    /// The selected inverse P of the leading m x m part of the rest block's factor: the
+    /// dense one (`pm`, full m x m) or the sparse one's (computed by `selected_inverse`).
+    fn psel<'a>(&'a self, pm: &'a [f64], m: usize) -> PSel<'a> {
+        match &self.sp {
+            Some(sp) => PSel::Sparse(sp),
+            None => PSel::Dense { pm, m },
+        }
+    }
+
+    /// P over the first `nrel` entries of level l of term 0 (its random-effect entries,
+    /// then X), as a full nrel x nrel matrix (column-major) in `out`.
+    fn level_p(&self, ps: &PSel, l: usize, nrel: usize, out: &mut [f64]) {
+        let e0 = self.colptr[l];
+        match ps {
+            PSel::Dense { pm, m } => {
+                for a in 0..nrel {
+                    let ia = self.idx[e0 + a] as usize;
+                    for b in 0..nrel {
+                        out[b + a * nrel] = pm[self.idx[e0 + b] as usize + ia * m];
+                    }
+                }
+            }
+            PSel::Sparse(sp) => {
+                // the pairs of random effects at the positions found with the pattern
+                let z = self.colptr[l + 1] - e0 - (self.p + 1);
+                let mut k = sp.lvoff[l];
+                for b in 0..nrel {
+                    for a in b..nrel {
+                        let v = if a < z {
+                            let v = sp.z_at(sp.lvpos[k] as usize);
+                            k += 1;
+                            v
+                        } else {
+                            sp.z_at(sp.pos(self.idx[e0 + a] as usize, self.idx[e0 + b] as usize))
+                        };
+                        out[b + a * nrel] = v;
+                        out[a + b * nrel] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The selected inverse of the rest block's factor, as `Lmm::psel` finds it.
+enum PSel<'a> {
+    Dense { pm: &'a [f64], m: usize },
+    Sparse(&'a SparseRest),
+}
+
+impl PSel<'_> {
+    /// P[i, j] (rest indices < m; for the sparse factor, on the pattern of the rest block)
+    #[inline]
+    fn at(&self, i: usize, j: usize) -> f64 {
+        match self {
+            PSel::Dense { pm, m } => pm[i + j * m],
+            PSel::Sparse(sp) => sp.z_ij(i, j),
+        }
+    }
+}
+
+/// Whether the sparse factor of the rest block beats the dense one: a dense Cholesky of r
+/// rows costs r^3 / 6 multiply-adds at the speed of matrix products, and its set-up touches
+/// r^2 entries; the sparse one's multiply-adds (`cost.flops`) run some 4 times slower (short
+/// columns, indirect rows) and it touches each entry of the pattern a few times.
+fn sparse_pays(cost: &sparse::SparseCost, r: usize) -> bool {
+    let rf = r as f64;
+    let dense = rf * rf * rf / 6.0 + rf * rf;
+    let sparse = 4.0 * cost.flops + 3.0 * (cost.nnz_c + cost.nnz_l) as f64;
+    sparse < dense
 }
 
 /// The pattern of the cross products (fixed once built), for accumulating values.
@@ -843,6 +1037,8 @@ struct Pattern<'a> {
     off: &'a [usize],
     colptr: &'a [usize],
     slot: &'a [Vec<u32>],
+    /// the sparse rest block's pattern (None: dense r x r)
+    sp: Option<SpPat<'a>>,
 }
 
 /// Values of the cross products being accumulated.
@@ -919,7 +1115,20 @@ impl Pattern<'_> {
             ri.push(yi);
             rv.push(yv);
             let m = ri.len();
-            if only_y {
+            if let Some(sp) = &self.sp {
+                if only_y {
+                    for b in 0..m {
+                        acc.arr[sp.pos(yi, ri[b])] += yv * rv[b];
+                    }
+                } else {
+                    for b in 0..m {
+                        let vb = rv[b];
+                        for a in b..m {
+                            acc.arr[sp.pos(ri[a], ri[b])] += rv[a] * vb;
+                        }
+                    }
+                }
+            } else if only_y {
                 for b in 0..m {
                     acc.arr[yi + ri[b] * r] += yv * rv[b];
                 }
@@ -1317,7 +1526,14 @@ mod tests {
             y: &y,
             w: w.as_deref(),
         };
-        let mut m = Lmm::new(terms, p, &rows).unwrap();
+        for (layout, sn) in [(Layout::Dense, None), (Layout::Sparse, Some(false)), (Layout::Sparse, Some(true))] {
+            let mut m = Lmm::build(terms.clone(), p, &rows, layout, sn).unwrap();
+            check_gradient_of(&mut m, thetas);
+        }
+    }
+
+    /// The analytic gradient of `m` against central differences.
+    fn check_gradient_of(m: &mut Lmm, thetas: &[Vec<f64>]) {
         let k = m.n_theta();
         for theta in thetas {
             for reml in [false, true] {
@@ -1334,7 +1550,7 @@ mod tests {
                         (m.objective(&tp, reml) - m.objective(&tm, reml)) / (2.0 * h)
                     };
                     let h = 1e-3;
-                    let want = (4.0 * fd(h / 2.0, &mut m) - fd(h, &mut m)) / 3.0;
+                    let want = (4.0 * fd(h / 2.0, m) - fd(h, m)) / 3.0;
                     assert!(
                         (g[i] - want).abs() < 1e-6 * (1.0 + want.abs()),
                         "reml {reml} theta {theta:?} d/dtheta_{i}: {} vs {want}",
@@ -1422,5 +1638,314 @@ mod tests {
         assert_eq!(out.x, vec![0.0], "{out:?}");
         assert!(m.objective(&[1e-3], true) > out.f && m.objective(&[0.3], true) > out.f);
         assert!(m.optimize(&[0.8, 1.0], &[0.0], true, &Default::default()).is_err());
+    }
+
+    // ---- the sparse rest block ----
+
+    /// The layouts a test compares: dense, sparse with faer's simplicial factor, sparse with
+    /// its supernodal one.
+    const LAYOUTS: [(Layout, Option<bool>); 3] = [(Layout::Dense, None), (Layout::Sparse, Some(false)), (Layout::Sparse, Some(true))];
+
+    /// Rows of a model with the given grouping codes: Z with an intercept and uniform slopes,
+    /// X with an intercept, a response with group effects, optional weights.
+    fn rows_for(seed: u64, terms: &[Term], refs: &[Vec<u32>], p: usize, weights: bool) -> (Vec<Vec<f64>>, Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+        let mut g = Lcg(seed);
+        let n = refs[0].len();
+        let z: Vec<Vec<f64>> = terms
+            .iter()
+            .map(|t| (0..n * t.s).map(|i| if i % t.s == 0 { 1.0 } else { g.next() * 2.0 - 1.0 }).collect())
+            .collect();
+        let x: Vec<f64> = (0..n * p).map(|i| if i % p == 0 { 1.0 } else { g.next() * 3.0 }).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| 2.0 * g.next() + refs.iter().enumerate().map(|(k, r)| ((r[i] as usize * (k + 3)) % 5) as f64 * 0.4).sum::<f64>())
+            .collect();
+        let w = if weights { Some((0..n).map(|_| 0.5 + g.next()).collect()) } else { None };
+        (z, x, y, w)
+    }
+
+    /// Three nested levels: term 0 (30 levels, slopes) in term 1 (10 levels, intercepts) in
+    /// term 2 (5 levels, slopes).
+    fn nested_design(n: usize) -> (Vec<Term>, Vec<Vec<u32>>) {
+        let terms = vec![
+            Term { nlev: 30, s: 2, lambda: vec![(0, 0, 0), (1, 0, 1), (1, 1, 2)] },
+            Term { nlev: 10, s: 1, lambda: vec![(0, 0, 3)] },
+            Term { nlev: 5, s: 2, lambda: vec![(0, 0, 4), (1, 0, 5), (1, 1, 6)] },
+        ];
+        let c: Vec<u32> = (0..n).map(|i| (i % 30) as u32).collect();
+        let sch: Vec<u32> = c.iter().map(|&v| v / 3).collect();
+        let dis: Vec<u32> = sch.iter().map(|&v| v / 2).collect();
+        (terms, vec![c, sch, dis])
+    }
+
+    /// Partially crossed, as students, teachers and schools: students (term 0, slopes) have a
+    /// teacher a year from their school's teachers, a few change school; teachers (term 1)
+    /// are nested in schools (term 2, slopes).
+    fn star_design(seed: u64, nstud: usize, nsch: usize, tpers: usize) -> (Vec<Term>, Vec<Vec<u32>>) {
+        star_design_moving(seed, nstud, nsch, tpers, 0.08)
+    }
+
+    fn star_design_moving(seed: u64, nstud: usize, nsch: usize, tpers: usize, move_p: f64) -> (Vec<Term>, Vec<Vec<u32>>) {
+        let mut g = Lcg(seed);
+        let (mut st, mut te, mut sc) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..nstud {
+            let mut school = (i % nsch) as u32;
+            for _year in 0..3 {
+                if g.next() < move_p {
+                    school = g.level(nsch);
+                }
+                st.push(i as u32);
+                sc.push(school);
+                te.push(school * tpers as u32 + g.level(tpers));
+            }
+        }
+        let terms = vec![
+            Term { nlev: nstud, s: 2, lambda: vec![(0, 0, 0), (1, 0, 1), (1, 1, 2)] },
+            Term { nlev: nsch * tpers, s: 1, lambda: vec![(0, 0, 3)] },
+            Term { nlev: nsch, s: 2, lambda: vec![(0, 0, 4), (1, 0, 5), (1, 1, 6)] },
+        ];
+        (terms, vec![st, te, sc])
+    }
+
+    fn rows_ref<'a>(refs: &'a [Vec<u32>], z: &'a [Vec<f64>], x: &'a [f64], y: &'a [f64], w: Option<&'a [f64]>) -> Rows<'a> {
+        Rows { refs: refs.iter().map(|v| v.as_slice()).collect(), z: z.iter().map(|v| v.as_slice()).collect(), x, y, w }
+    }
+
+    #[test]
+    fn sparse_layouts_equal_brute_force_on_nested_and_partially_crossed_designs() {
+        let theta_sets: [[f64; 7]; 3] = [[0.9, 0.2, 0.4, 0.7, 1.1, -0.3, 0.5], [1.4, -0.5, 0.0, 0.0, 0.6, 0.2, 0.0], [0.3, 0.0, 0.8, 1.7, 0.0, 0.0, 0.9]];
+        let (tn, rn) = nested_design(120);
+        let (ts, rs) = star_design(3, 40, 4, 3);
+        for (terms, refs) in [(tn, rn), (ts, rs)] {
+            for (p, weights) in [(2, true), (1, false)] {
+                let (z, x, y, w) = rows_for(8, &terms, &refs, p, weights);
+                let wv = w.clone().unwrap_or_else(|| vec![1.0; y.len()]);
+                let logw: f64 = wv.iter().map(|v| v.ln()).sum();
+                let rows = rows_ref(&refs, &z, &x, &y, w.as_deref());
+                for (layout, sn) in LAYOUTS {
+                    let mut m = Lmm::build(terms.clone(), p, &rows, layout, sn).unwrap();
+                    assert_eq!(m.is_sparse(), layout == Layout::Sparse);
+                    for theta in &theta_sets {
+                        for reml in [false, true] {
+                            let got = m.objective(theta, reml) - logw;
+                            let want = brute_force(&terms, &refs, &z, &x, p, &y, &wv, theta, reml);
+                            assert!((got - want).abs() < 1e-9 * want.abs(), "{layout:?} {sn:?}: {got} vs {want} at {theta:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_and_dense_layouts_give_the_same_estimates() {
+        let (terms, refs) = star_design(5, 60, 5, 3);
+        let (z, x, y, w) = rows_for(2, &terms, &refs, 3, true);
+        let rows = rows_ref(&refs, &z, &x, &y, w.as_deref());
+        let theta = [0.9, 0.2, 0.4, 0.7, 1.1, -0.3, 0.5];
+        let mut ms: Vec<Lmm> = LAYOUTS.iter().map(|&(l, sn)| Lmm::build(terms.clone(), 3, &rows, l, sn).unwrap()).collect();
+        let close = |a: &[f64], b: &[f64], what: &str| {
+            assert_eq!(a.len(), b.len());
+            for (u, v) in a.iter().zip(b) {
+                assert!((u - v).abs() < 1e-9 * (1.0 + v.abs()), "{what}: {u} vs {v}");
+            }
+        };
+        for reml in [false, true] {
+            let want = ms[0].solution(&theta, reml).unwrap();
+            let cv0 = ms[0].condvar(&theta).unwrap();
+            for m in &mut ms[1..] {
+                let got = m.solution(&theta, reml).unwrap();
+                close(&got.beta, &want.beta, "beta");
+                close(&got.u.concat(), &want.u.concat(), "u");
+                close(&got.b.concat(), &want.b.concat(), "b");
+                close(&got.rx, &want.rx, "rx");
+                close(&[got.objective, got.pwrss, got.ldl2, got.ldrx2], &[want.objective, want.pwrss, want.ldl2, want.ldrx2], "deviance");
+                let cv = m.condvar(&theta).unwrap();
+                close(&cv.concat(), &cv0.concat(), "condvar");
+            }
+        }
+        let ms0: Vec<Vec<f64>> = ms[0].moment_start().concat().into_iter().map(|v| vec![v]).collect();
+        for m in &ms[1..] {
+            close(&m.moment_start().concat(), &ms0.concat(), "moment start");
+        }
+        // a new response, and the rows in chunks, on the sparse layout
+        let y2: Vec<f64> = y.iter().map(|v| 0.5 * v - 1.0).collect();
+        let rows2 = Rows { y: &y2, ..rows_ref(&refs, &z, &x, &y, w.as_deref()) };
+        let mut fresh = Lmm::with_layout(terms.clone(), 3, &rows2, Layout::Sparse).unwrap();
+        ms[1].set_y(&rows2).unwrap();
+        let mut chunked = Lmm::with_layout(terms.clone(), 3, &rows2, Layout::Sparse).unwrap();
+        chunked.clear_values();
+        let n = y.len();
+        for (a, b) in [(0, 50), (50, 111), (111, n)] {
+            let chunk = Rows {
+                refs: refs.iter().map(|v| &v[a..b]).collect(),
+                z: z.iter().zip(&terms).map(|(v, t)| &v[a * t.s..b * t.s]).collect(),
+                x: &x[3 * a..3 * b],
+                y: &y2[a..b],
+                w: w.as_deref().map(|w| &w[a..b]),
+            };
+            chunked.add_chunk(&chunk, a).unwrap();
+        }
+        chunked.finish_values();
+        for reml in [false, true] {
+            let f = fresh.objective(&theta, reml);
+            assert!((ms[1].objective(&theta, reml) - f).abs() < 1e-10 * f.abs());
+            assert!((chunked.objective(&theta, reml) - f).abs() < 1e-10 * f.abs());
+        }
+    }
+
+    #[test]
+    fn gradient_on_the_sparse_layouts_equals_finite_differences() {
+        let thetas = vec![vec![0.9, 0.2, 0.4, 0.7, 1.1, -0.3, 0.5], vec![1.3, -0.4, 0.0, 0.5, 0.0, 0.0, 0.8]];
+        let (tn, rn) = nested_design(90);
+        let (ts, rs) = star_design(9, 30, 3, 3);
+        for (terms, refs) in [(tn, rn), (ts, rs)] {
+            let (z, x, y, w) = rows_for(4, &terms, &refs, 2, true);
+            let rows = rows_ref(&refs, &z, &x, &y, w.as_deref());
+            for (layout, sn) in LAYOUTS {
+                let mut m = Lmm::build(terms.clone(), 2, &rows, layout, sn).unwrap();
+                check_gradient_of(&mut m, &thetas);
+            }
+        }
+    }
+
+    #[test]
+    fn nested_levels_keep_the_factor_free_of_fill() {
+        // each level of term 0 meets one level of each later term, each level of term 1 one
+        // of term 2: the factor of the rest block has the pattern of the block itself
+        let (terms, refs) = nested_design(150);
+        let (z, x, y, w) = rows_for(1, &terms, &refs, 2, false);
+        let rows = rows_ref(&refs, &z, &x, &y, w.as_deref());
+        let m = Lmm::build(terms.clone(), 2, &rows, Layout::Sparse, Some(false)).unwrap();
+        let sp = m.sp.as_ref().unwrap();
+        assert_eq!(sp.nnz_l(), sp.nnz(), "fill in a nested design");
+        // C is block diagonal by level of term 2 with the X / y border: per district 2 schools
+        // of 1 column and its own 2 columns, linked to each other (5 x 4 x 3 / 2 ... counted):
+        // column entries = own block rows + linked rows + 3 trailing rows
+        let qz = 10 + 5 * 2;
+        let per_school = 1 + 2 + 3; // itself, its district's 2 columns, X and y
+        let per_district = (2 + 3) + (1 + 3); // a district's 2 columns: own lower block + trailing
+        assert_eq!(sp.nnz(), 10 * per_school + 5 * per_district + 6, "qz {qz}");
+        // a partially crossed design fills in, and the supernodal and simplicial factors agree
+        let (ts, rs) = star_design(3, 200, 8, 4);
+        let (z, x, y, w) = rows_for(1, &ts, &rs, 2, false);
+        let rows = rows_ref(&rs, &z, &x, &y, w.as_deref());
+        let a = Lmm::build(ts.clone(), 2, &rows, Layout::Sparse, Some(false)).unwrap();
+        let b = Lmm::build(ts, 2, &rows, Layout::Sparse, Some(true)).unwrap();
+        assert!(!a.sp.as_ref().unwrap().is_supernodal() && b.sp.as_ref().unwrap().is_supernodal());
+        assert!(a.sp.as_ref().unwrap().nnz_l() > a.sp.as_ref().unwrap().nnz());
+    }
+
+    #[test]
+    fn the_layout_is_chosen_from_the_pattern() {
+        // partially crossed with 1,000 random effects after term 0: sparse
+        let (terms, refs) = star_design(3, 3000, 40, 20);
+        let (z, x, y, _) = rows_for(1, &terms, &refs, 2, false);
+        let m = Lmm::new(terms, 2, &rows_ref(&refs, &z, &x, &y, None)).unwrap();
+        assert!(m.is_sparse(), "rest {}", m.rest_size());
+        // fully crossed: every level of term 0 meets most levels of term 1: dense
+        let n = 20_000;
+        let mut g = Lcg(4);
+        let refs: Vec<Vec<u32>> = vec![(0..n).map(|_| g.level(400)).collect(), (0..n).map(|_| g.level(200)).collect()];
+        let terms = vec![Term { nlev: 400, s: 1, lambda: vec![(0, 0, 0)] }, Term { nlev: 200, s: 1, lambda: vec![(0, 0, 1)] }];
+        let (z, x, y, _) = rows_for(1, &terms, &refs, 1, false);
+        let m = Lmm::new(terms, 1, &rows_ref(&refs, &z, &x, &y, None)).unwrap();
+        assert!(!m.is_sparse());
+        // few random effects after term 0: dense
+        let (terms, refs) = nested_design(120);
+        let (z, x, y, _) = rows_for(1, &terms, &refs, 2, false);
+        assert!(!Lmm::new(terms, 2, &rows_ref(&refs, &z, &x, &y, None)).unwrap().is_sparse());
+    }
+
+    #[test]
+    fn nested_designs_beyond_the_dense_limit_are_fitted() {
+        // 30,000 classes in 15,000 schools: 15,000 school effects, more than a dense block
+        // may hold, and a factor without fill
+        let n = 60_000;
+        let class: Vec<u32> = (0..n).map(|i| (i % 30_000) as u32).collect();
+        let school: Vec<u32> = class.iter().map(|&c| c / 2).collect();
+        let terms = vec![Term { nlev: 30_000, s: 1, lambda: vec![(0, 0, 0)] }, Term { nlev: 15_000, s: 1, lambda: vec![(0, 0, 1)] }];
+        let refs = vec![class, school];
+        let (z, x, y, _) = rows_for(6, &terms, &refs, 2, false);
+        let rows = rows_ref(&refs, &z, &x, &y, None);
+        let mut m = Lmm::new(terms.clone(), 2, &rows).unwrap();
+        assert!(m.is_sparse() && m.rest_size() > MAX_DENSE);
+        // the same model with the terms the other way round (schools first: each meets two
+        // classes, so the 30,000 class effects form linked pairs) has the same criterion
+        let mut swapped = Lmm::new(vec![terms[1].clone(), terms[0].clone()], 2, &Rows { refs: vec![&refs[1], &refs[0]], z: vec![&z[1], &z[0]], ..rows_ref(&refs, &z, &x, &y, None) }).unwrap();
+        assert!(swapped.is_sparse());
+        for (th, reml) in [([0.6, 0.8], true), ([1.2, 0.3], false), ([0.0, 0.5], true)] {
+            let f = m.objective(&th, reml);
+            let g = swapped.objective(&th, reml); // (each term keeps its theta)
+            assert!(f.is_finite() && (f - g).abs() < 1e-9 * f.abs(), "{f} vs {g}");
+        }
+        let out = m.optimize(&[1.0, 1.0], &[0.0, 0.0], true, &Default::default()).unwrap();
+        assert!(matches!(out.stop, crate::optim::Stop::Converged | crate::optim::Stop::NoProgress), "{:?}", out.stop);
+        assert!(out.decrement < 1e-8, "{}", out.decrement);
+        // a block that is dense and too large is still refused, before allocating it
+        let n = 12_500;
+        let refs = vec![vec![0u32; n], (0..n as u32).collect::<Vec<_>>()];
+        let terms = vec![Term { nlev: 1, s: 1, lambda: vec![(0, 0, 0)] }, Term { nlev: n, s: 1, lambda: vec![(0, 0, 1)] }];
+        let (z, x, y, _) = rows_for(6, &terms, &refs, 1, false);
+        let err = Lmm::new(terms, 1, &rows_ref(&refs, &z, &x, &y, None)).err().expect("refused");
+        assert!(matches!(err, CoreError::TooLarge { size: 12_502, .. }), "{err:?}");
+    }
+
+
+    /// Where an evaluation of a star-sized partially crossed model spends its time
+    /// (`cargo test --release bench_star_like -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn bench_star_like() {
+        let (terms, refs) = star_design_moving(3, 10_500, 80, 16, 0.012);
+        let p = 23;
+        let (z, x, y, _) = rows_for(1, &terms, &refs, p, false);
+        let rows = rows_ref(&refs, &z, &x, &y, None);
+        let t = std::time::Instant::now();
+        let mut m = Lmm::new(terms, p, &rows).unwrap();
+        eprintln!("build {:?}, sparse {}", t.elapsed(), m.is_sparse());
+        let theta = [0.9, 0.2, 0.4, 0.7, 1.1, -0.3, 0.5];
+        let reps = 20;
+        let t = std::time::Instant::now();
+        for i in 0..reps {
+            let th: Vec<f64> = theta.iter().map(|v| v * (1.0 + 1e-9 * i as f64)).collect();
+            m.objective(&th, true);
+        }
+        eprintln!("objective {:?}", t.elapsed() / reps);
+        m.set_lambda(&theta);
+        let s0 = m.terms[0].s;
+        let nl0 = m.terms[0].nlev;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let ctx = LevelCtx { terms: &m.terms, lam: &m.lam, a11: &m.a11, ar1: &m.ar1, colptr: &m.colptr, idx: &m.idx, off: &m.off, qz: m.qz };
+            ctx.levels(0, nl0, &mut m.l11, &mut m.bmat);
+        }
+        eprintln!("levels {:?}", t.elapsed() / reps);
+        let svec: Vec<usize> = m.terms.iter().map(|t| t.s).collect();
+        let mut sp = m.sp.take().unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            sp.form(&m.arr, &mut m.c, &m.lam, &svec);
+        }
+        eprintln!("form {:?} (nnz C {})", t.elapsed() / reps, sp.nnz());
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            sp.rank_update(&mut m.c, &m.colptr, &m.idx, &m.bmat, s0);
+        }
+        eprintln!("update {:?}", t.elapsed() / reps);
+        sp.form(&m.arr, &mut m.c, &m.lam, &svec);
+        sp.rank_update(&mut m.c, &m.colptr, &m.idx, &m.bmat, s0);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            assert!(sp.factor(&m.c));
+        }
+        eprintln!("factor {:?} (nnz L {}, supernodal {})", t.elapsed() / reps, sp.nnz_l(), sp.is_supernodal());
+        let t = std::time::Instant::now();
+        sp.selected_inverse(m.qz + p);
+        eprintln!("selected inverse {:?}", t.elapsed());
+        m.sp = Some(sp);
+        let mut g = vec![0.0; 7];
+        let t = std::time::Instant::now();
+        m.objective_gradient(&theta, true, &mut g);
+        eprintln!("objective + gradient {:?}", t.elapsed());
     }
 }

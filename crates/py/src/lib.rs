@@ -5,7 +5,7 @@ mod error;
 
 use error::{core_err, data_err, fit_err, spec_err};
 use multilevel_core::glmm::{self, Dist, Glmm, GlmmRows, Link};
-use multilevel_core::lmm::{Lmm, Rows, Term};
+use multilevel_core::lmm::{Layout, Lmm, Rows, Term};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -58,13 +58,15 @@ fn lmm_theta(m: &Lmm, theta: &PyReadonlyArray1<'_, f64>) -> PyResult<Vec<f64>> {
 
 #[pymethods]
 impl LmmCore {
-    /// LmmCore(refs, z, nlev, lambdas, x, y, w=None)
+    /// LmmCore(refs, z, nlev, lambdas, x, y, w=None, layout="auto")
     ///
     /// refs: list of uint32 arrays (n,); z: list of float64 arrays (n, s_k); nlev: levels per
     /// term; lambdas: per term a list of (row, col, theta_index) for the nonzeros of Lambda;
     /// x: (n, p); y: (n,); w: prior weights (n,) or None. Term 0 should have the most levels.
+    /// layout: how the block of the later terms, X and y is held: "auto" (chosen from the
+    /// pattern), "dense" or "sparse" (the tests compare them).
     #[new]
-    #[pyo3(signature = (refs, z, nlev, lambdas, x, y, w=None))]
+    #[pyo3(signature = (refs, z, nlev, lambdas, x, y, w=None, layout="auto"))]
     fn new(
         py: Python<'_>,
         refs: Vec<Bound<'_, numpy::PyArray1<u32>>>,
@@ -74,10 +76,17 @@ impl LmmCore {
         x: Bound<'_, numpy::PyArray2<f64>>,
         y: PyReadonlyArray1<'_, f64>,
         w: Option<PyReadonlyArray1<'_, f64>>,
+        layout: &str,
     ) -> PyResult<Self> {
         if refs.len() != z.len() || refs.len() != nlev.len() || refs.len() != lambdas.len() {
             return Err(data_err("refs, z, nlev and lambdas must have one entry per term"));
         }
+        let layout = match layout {
+            "auto" => Layout::Auto,
+            "dense" => Layout::Dense,
+            "sparse" => Layout::Sparse,
+            other => return Err(spec_err(format!("layout must be \"auto\", \"dense\" or \"sparse\", not {other:?}"))),
+        };
         let terms: Vec<Term> = (0..refs.len())
             .map(|k| Term { nlev: nlev[k], s: z[k].shape()[1], lambda: lambdas[k].clone() })
             .collect();
@@ -93,7 +102,7 @@ impl LmmCore {
             None => None,
         };
         let rows = Rows { refs: refs_s, z: z_s, x: slice2(&ro_x, "X")?, y: ys, w: ws };
-        let inner = py.detach(|| Lmm::new(terms, p, &rows)).map_err(core_err)?;
+        let inner = py.detach(|| Lmm::with_layout(terms, p, &rows, layout)).map_err(core_err)?;
         Ok(LmmCore {
             inner,
             refs: refs.into_iter().map(|a| a.unbind()).collect(),
@@ -249,6 +258,16 @@ impl LmmCore {
     #[getter]
     fn rest_size(&self) -> usize {
         self.inner.rest_size()
+    }
+
+    /// How the block of the later terms, X and y is held: "dense" or "sparse".
+    #[getter]
+    fn layout(&self) -> &'static str {
+        if self.inner.is_sparse() {
+            "sparse"
+        } else {
+            "dense"
+        }
     }
 }
 

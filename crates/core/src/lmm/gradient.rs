@@ -22,6 +22,7 @@
 //! crossed ones with a large dense block -- and it replaces a handful of evaluations of a
 //! derivative-free optimiser or 2 k of finite differences.
 
+use super::sparse::SparseRest;
 use super::{profiled, Lmm};
 use crate::small;
 use faer::linalg::matmul::triangular::BlockStructure;
@@ -36,32 +37,38 @@ impl Lmm {
     /// (beta, spherical effects of term 0 level-major, spherical effects of the rest terms).
     pub(super) fn pls(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let (r, qz, p) = (self.r, self.qz, self.p);
-        let c = &self.c;
-        let at = |i: usize, j: usize| c[i + j * r];
-        let yr = r - 1;
-        let mut beta = vec![0.0; p];
-        for i in (0..p).rev() {
-            let mut v = at(yr, qz + i);
-            for k in (i + 1)..p {
-                v -= at(qz + k, qz + i) * beta[k];
+        let (beta, ur) = match &self.sp {
+            Some(sp) => sp.pls(p),
+            None => {
+                let c = &self.c;
+                let at = |i: usize, j: usize| c[i + j * r];
+                let yr = r - 1;
+                let mut beta = vec![0.0; p];
+                for i in (0..p).rev() {
+                    let mut v = at(yr, qz + i);
+                    for k in (i + 1)..p {
+                        v -= at(qz + k, qz + i) * beta[k];
+                    }
+                    beta[i] = v / at(qz + i, qz + i);
+                }
+                let mut ur = vec![0.0; qz];
+                for i in 0..qz {
+                    let mut v = at(yr, i);
+                    for k in 0..p {
+                        v -= at(qz + k, i) * beta[k];
+                    }
+                    ur[i] = v;
+                }
+                for i in (0..qz).rev() {
+                    let mut v = ur[i];
+                    for k in (i + 1)..qz {
+                        v -= at(k, i) * ur[k];
+                    }
+                    ur[i] = v / at(i, i);
+                }
+                (beta, ur)
             }
-            beta[i] = v / at(qz + i, qz + i);
-        }
-        let mut ur = vec![0.0; qz];
-        for i in 0..qz {
-            let mut v = at(yr, i);
-            for k in 0..p {
-                v -= at(qz + k, i) * beta[k];
-            }
-            ur[i] = v;
-        }
-        for i in (0..qz).rev() {
-            let mut v = ur[i];
-            for k in (i + 1)..qz {
-                v -= at(k, i) * ur[k];
-            }
-            ur[i] = v / at(i, i);
-        }
+        };
         let s0 = self.terms[0].s;
         let nl0 = self.terms[0].nlev;
         let mut u0 = vec![0.0; nl0 * s0];
@@ -161,6 +168,55 @@ impl Lmm {
         }
     }
 
+    /// The rest terms' part of the trace terms on the sparse pattern: H_k[c, r] += sum over
+    /// term k's levels and a < m of (Lam~ P)[a, j_c] A~[a, j_r], j_c and j_r columns of one
+    /// level's block (as the dense loop below). A~'s lower triangle is visited once; each
+    /// stored entry serves both of its columns.
+    fn sparse_rest_traces(&self, sp: &SparseRest, m: usize, h: &mut [Vec<f64>]) {
+        let qz = self.qz;
+        // (Lam~ P)[a, jc]
+        let q_at = |a: usize, jc: usize| -> f64 {
+            if a >= qz {
+                return sp.z_ij(a, jc);
+            }
+            let k = sp.rterm[a] as usize;
+            let ba = sp.rblk[a] as usize;
+            let s = self.terms[k].s;
+            let lam = &self.lam[k];
+            let ia = a - ba;
+            let mut v = 0.0;
+            for t in 0..=ia {
+                v += lam[ia + t * s] * sp.z_ij(ba + t, jc);
+            }
+            v
+        };
+        for j in 0..qz {
+            let kj = sp.rterm[j] as usize;
+            let bj = sp.rblk[j] as usize;
+            let sj = self.terms[kj].s;
+            let rj = j - bj;
+            for e in sp.colptr[j] as usize..sp.colptr[j + 1] as usize {
+                let i = sp.rowidx[e] as usize;
+                if i >= m {
+                    break;
+                }
+                let av = self.arr[e];
+                for ck in 0..sj {
+                    h[kj][ck + rj * sj] += q_at(i, bj + ck) * av;
+                }
+                if i != j && i < qz {
+                    let ki = sp.rterm[i] as usize;
+                    let bi = sp.rblk[i] as usize;
+                    let si = self.terms[ki].s;
+                    let ri = i - bi;
+                    for ck in 0..si {
+                        h[ki][ck + ri * si] += q_at(j, bi + ck) * av;
+                    }
+                }
+            }
+        }
+    }
+
     /// The profiled deviance (ML) or REML criterion at theta, as `objective`, and its
     /// gradient in theta (one entry per theta index, `grad.len() >= n_theta()`). Where the
     /// factorisation fails: +inf and a gradient of NaN.
@@ -205,16 +261,40 @@ impl Lmm {
         // ---- Z'W (y - X beta - Z b) from the cross products ----
         let mut zres0 = vec![0.0; nl0 * s0];
         let mut zresr = vec![0.0; qz];
-        for j in 0..qz {
-            let col = j * r;
-            let mut v = self.arr[yi + col];
-            for a in 0..p {
-                v -= self.arr[qz + a + col] * beta[a];
+        if let Some(sp) = &self.sp {
+            for j in 0..qz {
+                let mut v = self.arr[sp.pos(yi, j)];
+                for a in 0..p {
+                    v -= self.arr[sp.pos(qz + a, j)] * beta[a];
+                }
+                zresr[j] = v;
             }
-            for j2 in 0..qz {
-                v -= self.arr[j2 + col] * br[j2];
+            // A_zz br, A symmetric with its lower triangle stored
+            for j in 0..qz {
+                for e in sp.colptr[j] as usize..sp.colptr[j + 1] as usize {
+                    let i = sp.rowidx[e] as usize;
+                    if i >= qz {
+                        break;
+                    }
+                    let av = self.arr[e];
+                    zresr[j] -= av * br[i];
+                    if i != j {
+                        zresr[i] -= av * br[j];
+                    }
+                }
             }
-            zresr[j] = v;
+        } else {
+            for j in 0..qz {
+                let col = j * r;
+                let mut v = self.arr[yi + col];
+                for a in 0..p {
+                    v -= self.arr[qz + a + col] * beta[a];
+                }
+                for j2 in 0..qz {
+                    v -= self.arr[j2 + col] * br[j2];
+                }
+                zresr[j] = v;
+            }
         }
         for l in 0..nl0 {
             let (e0, e1) = (self.colptr[l], self.colptr[l + 1]);
@@ -245,8 +325,13 @@ impl Lmm {
 
         // ---- the trace terms: H_k = sum over levels of the diagonal blocks of G Lam~' A~ ----
         let m = qz + if reml { p } else { 0 };
-        self.dense_selected_inverse(m);
+        if let Some(sp) = self.sp.as_mut() {
+            sp.selected_inverse(m);
+        } else {
+            self.dense_selected_inverse(m);
+        }
         let pm = std::mem::take(&mut self.gw_p);
+        let ps = self.psel(&pm, m);
         let mut h: Vec<Vec<f64>> = self.terms.iter().map(|t| vec![0.0; t.s * t.s]).collect();
         // term 0's block accumulates apart from the others' (one flat buffer in the hot loop)
         let mut h0 = vec![0.0; s0 * s0];
@@ -255,6 +340,7 @@ impl Lmm {
             let lam0 = &self.lam[0];
             let maxent = (0..nl0).map(|l| self.colptr[l + 1] - self.colptr[l]).max().unwrap_or(0);
             let mut q = vec![0.0; maxent * s0]; // Q_e = sum_e' P[e', e] B_e'
+            let mut pl = vec![0.0; maxent * maxent]; // P over the level's entries
             let mut gq = vec![0.0; maxent * s0]; // D^-T Q_e
             let mut dinv = vec![0.0; s0 * s0];
             let mut g00 = vec![0.0; s0 * s0];
@@ -267,12 +353,12 @@ impl Lmm {
                 // entries inside M_m: the other terms' blocks, then X under REML (not y)
                 let nrel = (e1 - e0) - if reml { 1 } else { p + 1 };
                 let bm = &self.bmat[e0 * s0..];
+                self.level_p(&ps, l, nrel, &mut pl);
                 for a in 0..nrel {
-                    let ia = self.idx[e0 + a] as usize;
                     let qa = &mut q[a * s0..(a + 1) * s0];
                     qa.iter_mut().for_each(|v| *v = 0.0);
                     for b in 0..nrel {
-                        let pv = pm[self.idx[e0 + b] as usize + ia * m];
+                        let pv = pl[b + a * nrel];
                         for c in 0..s0 {
                             qa[c] += pv * bm[b * s0 + c];
                         }
@@ -383,7 +469,9 @@ impl Lmm {
             }
         }
         // the other terms: the dense part, sum_a (P Lam~')[j_c, a] A~[a, j_r]
-        if qz > 0 {
+        if let Some(sp) = &self.sp {
+            self.sparse_rest_traces(sp, m, &mut h);
+        } else if qz > 0 {
             let mut w = vec![0.0; m];
             for k in 1..nt {
                 let sk = self.terms[k].s;
