@@ -52,7 +52,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from multilevel._core import GlmmCore, family_eval, gauss_hermite
+from multilevel._core import GlmmCore, gauss_hermite
 from multilevel.covariance import ParameterMap, theta_layout
 from multilevel.engine.blocks import RowsNeededError
 from multilevel.engine.centring import XCentring
@@ -419,28 +419,44 @@ class GlmmPartition:
         S = X.T @ (X * w[:, None]) - C.T @ C
         return 0.5 * (S + S.T)
 
-    def profile(self, theta: np.ndarray, beta: np.ndarray
+    def profile(self, theta: np.ndarray, beta: np.ndarray, schur: bool = True
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Stage 1's pieces at (theta, beta_c): the Laplace pieces with the modes of u given
         beta, the gradient in beta_c of the penalised deviance profiled over u (deviance +
-        |u|^2; the modes are stationary, so only the deviance's explicit derivative enters),
-        and the Schur complement (its Fisher information / 2)."""
+        |u|^2; the modes are stationary, so only the deviance's explicit derivative enters:
+        -2 X' [w (y - mu) mu_eta / V], from the core's means) and, with ``schur``, the Schur
+        complement (the Fisher information / 2)."""
         pieces = self.laplace(theta, beta)
         if not np.isfinite(pieces[0]):
             return pieces, None, None
-        eta = np.asarray(self._state().eta(), dtype=float)
+        core = self._state()
+        eta = np.asarray(core.eta(), dtype=float)
+        mu = np.asarray(core.mu(), dtype=float)
         wt = np.ones(self.nrows) if self._wt is None else self._wt
-        s = self.spec
-        fe = family_eval(s.family, s.link, _f64(self._y), _f64(eta), _f64(wt),
-                         None if self._nt is None else _f64(self._nt), s.param)
-        mu = np.asarray(fe["mu"])
-        score = wt * (self._y - mu) * np.asarray(fe["mu_eta"]) / np.asarray(fe["variance"])
-        g = -2.0 * (self._Xfull.T @ score)
-        try:
-            S = self.schur(theta)
-        except FitError:
+        fam = self._family()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = wt * (self._y - mu) * (np.asarray(fam.mu_eta(eta), dtype=float)
+                                           / np.asarray(fam.variance(mu), dtype=float))
+        if not np.all(np.isfinite(score)):
             return pieces, None, None
+        g = -2.0 * (self._Xfull.T @ score)
+        S = None
+        if schur:
+            try:
+                S = self.schur(theta)
+            except FitError:
+                return pieces, None, None
         return pieces, g, S
+
+    def _family(self) -> Family:
+        fam = getattr(self, "_fam", None)
+        if fam is None or fam.param != self.spec.param:
+            from multilevel.families import get_family
+
+            s = self.spec
+            fam = get_family(s.family, s.link, **({"theta": s.param} if s.param is not None else {}))
+            self._fam = fam
+        return fam
 
     # -- the state after an evaluation ------------------------------------------------------------
     def modes(self, theta: np.ndarray, last: tuple | None = None
@@ -789,24 +805,31 @@ class PartitionedGlmmProblem(GlmmProblem):
         tol = self.pirls_tol * (1e-2 if self.spec.has_dispersion else 1.0)
         floor = 1e-12 if self.spec.has_dispersion else 1e-8
 
-        def evaluate(b: np.ndarray):
-            res = self._map("profile", theta, b)
+        def evaluate(b: np.ndarray, fresh: bool):
+            res = self._map("profile", theta, b, fresh)
             self._last_eval = ("laplace", (theta, b))
             pieces = [r[0] for r in res]
             P = np.sum(np.vstack(pieces), axis=0)
             if not np.all(np.isfinite(P)) or any(r[1] is None for r in res):
                 return None
             g = np.sum(np.vstack([r[1] for r in res]), axis=0)
-            S = np.sum(np.stack([r[2] for r in res]), axis=0)
+            S = np.sum(np.stack([r[2] for r in res]), axis=0) if fresh else None
             return pieces, float(P[2] + P[3]), g, S
 
-        cur = evaluate(beta)
+        # Newton steps with the information from this theta's first point (the chord
+        # method: near the joint mode it changes little, and forming it costs as much as the
+        # rest of an evaluation), formed afresh when a step contracts poorly or fails
+        cur = evaluate(beta, True)
         if cur is None:
             self._beta_joint = None
             return self._total([np.full(len(_PIECES), np.inf)])
+        S = cur[3]
         prev = math.inf
+        fresh_next = False
         for _ in range(self.pirls_maxit + 1):
-            pieces, pdev, g, S = cur
+            pieces, pdev, g, S_new = cur
+            if S_new is not None:
+                S = S_new
             try:
                 step = np.linalg.solve(S, -0.5 * g)
             except np.linalg.LinAlgError:
@@ -822,12 +845,13 @@ class PartitionedGlmmProblem(GlmmProblem):
                 # only when it is accepted)
                 self._beta_joint = beta.copy()
                 return self._total(pieces)
+            fresh_next = rel > 0.1 * prev and S_new is None
             prev = rel
             fac = 1.0
             nxt = None
             for _h in range(41):  # the engine's max_halvings
                 trial = beta + fac * step
-                nxt = evaluate(trial)
+                nxt = evaluate(trial, fresh_next or _h > 0)
                 if nxt is not None and nxt[1] <= pdev + 1e-12 * (1.0 + abs(pdev)):
                     break
                 nxt = None
