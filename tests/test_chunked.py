@@ -241,6 +241,16 @@ def test_cli_fits_parquet_in_batches(tmp_path, capsys):
     ref = ml.lmer(f, sleep).to_dict()
     assert _rel(got["results"]["logLik"], ref["results"]["logLik"]) < 1e-10
     assert got["fixef_names"] == ref["fixef_names"]
-    assert main(["fit", f, "--data", str(tmp_path / "s.parquet"), "--batch-size", "40",
-                 "--family", "poisson"]) != 0
-    assert "lmer only" in capsys.readouterr().err
+    # GLMMs too, partitioned by their grouping factor; crossed ones need the data in memory
+    cbpp = ml.datasets.load("cbpp")
+    cbpp.to_parquet(tmp_path / "c.parquet")
+    g = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    assert main(["fit", g, "--data", str(tmp_path / "c.parquet"), "--batch-size", "12",
+                 "--family", "binomial", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert _rel(got["results"]["logLik"], ml.glmer(g, cbpp).loglik) < 1e-10
+    cbpp["obs"] = np.arange(len(cbpp)) % 4
+    cbpp.to_parquet(tmp_path / "c2.parquet")
+    assert main(["fit", g + " + (1 | obs)", "--data", str(tmp_path / "c2.parquet"),
+                 "--batch-size", "12", "--family", "binomial"]) != 0
+    assert "needs the data in memory" in capsys.readouterr().err

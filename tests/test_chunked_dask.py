@@ -1,8 +1,11 @@
-"""lmer on Dask frames, on a LocalCluster of 2 worker processes (one cluster for the module).
+"""lmer and glmer on Dask frames, on a LocalCluster of 2 worker processes (one cluster for the
+module).
 
 The same equality as for files (tests/test_chunked.py): logLik to 1e-10 relative, the same
 estimates at the same theta to 1e-8; a worker killed during the accumulation pass gives the
 same fit (Dask reruns its tasks); a malformed partition is a DataError naming the column.
+GLMMs whose random effects nest in one factor: the equality of tests/test_chunked_glmm.py with
+the partitions persisted on the workers; crossed GLMMs are refused.
 """
 from __future__ import annotations
 
@@ -123,3 +126,52 @@ def test_a_malformed_partition_names_the_column(client):
     ddf = dd.from_pandas(df, npartitions=2).map_partitions(_text_x_late, meta=df.iloc[:0])
     with pytest.raises(DataError, match=r"Dask partition 1.*column 'x' is text"):
         ml.lmer("y ~ x + (1 | g)", ddf)
+
+
+# -- GLMMs: partitions of whole groups persisted on the workers --------------------------------
+
+GLMM_CASES = ["cbpp_binomial_laplace", "grouseticks_poisson_laplace", "early_gamma_log_laplace",
+              "cbpp_binomial_agq25"]
+
+
+@pytest.mark.parametrize("case_id", GLMM_CASES)
+def test_glmm_reference_case_on_dask_equals_in_memory(client, case_id):
+    """The rows shuffled by the grouping factor, each partition bound to the compiled engine
+    on its worker; every evaluation one task per partition (tests/test_chunked_glmm.py has
+    the equality checked here, at the optimum and at the same point)."""
+    from test_chunked_glmm import _args, _shuffled, check_same_fit
+
+    case = load_case(case_id)
+    df = load_case_frame(case)
+    kw = _args(case)
+    a = _quiet_fit(ml.glmer, case["formula"], df, **kw)
+    b = _quiet_fit(ml.glmer, case["formula"], dd.from_pandas(_shuffled(df), npartitions=4),
+                   _keep_partitions=True, **kw)
+    try:
+        assert b.optinfo["chunked"]["partitions"] > 1
+        check_same_fit(a, b)
+    finally:
+        b._problem.release()
+
+
+def test_glmm_row_values_are_lazy_and_crossed_glmms_are_refused(client):
+    from multilevel.models.glmer_chunked import CrossedGlmmError
+
+    cbpp = ml.datasets.load("cbpp")
+    f = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    a = ml.glmer(f, cbpp)
+    b = ml.glmer(f, dd.from_pandas(cbpp, npartitions=3))
+    mu = b.fitted()
+    assert isinstance(mu, dd.Series)
+    assert _close(mu.compute().sort_index(), a.fitted(), 1e-6)
+    assert _close(b.residuals("deviance").compute().sort_index(), a.residuals("deviance"), 1e-5)
+    case = load_case("verbagg_crossed_laplace")
+    with pytest.raises(CrossedGlmmError, match="needs the data in memory"):
+        ml.glmer(case["formula"], dd.from_pandas(load_case_frame(case), npartitions=2),
+                 family="binomial")
+
+
+def _quiet_fit(fn, *a, **k):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ml.MultilevelWarning)
+        return fn(*a, **k)

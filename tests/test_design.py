@@ -674,7 +674,7 @@ def test_pickled_frame_rebuilds_identical_design(formula):
 
 
 DESIGN_ORDER = ["contrasts", "source", "variables", "matrices", "grouped", "grouping", "response", "newdata", "frame",
-                "stream", "chunked", "dasksource"]
+                "stream", "chunked", "dasksource", "buckets"]
 
 
 def test_design_modules_form_a_layered_dag():

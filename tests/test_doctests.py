@@ -25,7 +25,8 @@ MODULES = ["multilevel.design.source", "multilevel.design.matrices", "multilevel
            "multilevel.report.display", "multilevel.report.anova_table", "multilevel.results.storage",
            "multilevel.design.grouped", "multilevel.results.grouped_ls", "multilevel.models.lm",
            "multilevel._blas", "multilevel.app.explore.data", "multilevel.app.explore.views",
-           "multilevel.app.explore.server"]
+           "multilevel.app.explore.server", "multilevel.engine.partitioned",
+           "multilevel.design.buckets", "multilevel.models.partitions"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -346,14 +346,14 @@ def _fit(args: argparse.Namespace, formula: str, df: pd.DataFrame) -> Any:
     with warnings.catch_warnings():
         # the summary (and the JSON's convergence.warnings) already carry the fit's warnings
         warnings.simplefilter("ignore", MultilevelWarning)
+        if getattr(args, "_batch_size", None) is not None:
+            kw["batch_size"] = args._batch_size
         if _is_glmm(args):
             if getattr(args, "nb_theta", None) is not None:
                 kw["nb_theta"] = args.nb_theta
             fit = multilevel.glmer(formula, data=df, family=args.family, link=args.link,
                                    nagq=args.nagq, **kw)
         else:
-            if getattr(args, "_batch_size", None) is not None:
-                kw["batch_size"] = args._batch_size
             fit = multilevel.lmer(formula, data=df, reml=not args.ml, **kw)
     return fit
 
@@ -392,11 +392,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _check_options(args)
     _check_formulas([args.formula])
     if _chunked_path(args.data, args.batch_size):
-        # big data: the path itself, read in batches by lmer (peak memory: one batch + the
-        # blocks), never a whole data frame
-        if _is_glmm(args):
-            raise _InputError("data read in batches can be fitted by lmer only (GLMMs need the "
-                              "rows in memory); use a smaller file or a Dask frame from Python")
+        # big data: the path itself, read in batches (lmer: peak memory one batch + the
+        # blocks; glmer: partitions of whole groups, see models.glmer_chunked), never a
+        # whole data frame
         df, name = args.data, os.path.basename(os.path.normpath(args.data))
         args._batch_size = args.batch_size
     else:

@@ -29,7 +29,10 @@ One module per concept; each imports only the ones before it (an acyclic graph):
 - ``chunked``: the specification learnt in passes over chunks (stateful transforms, then a
   skeleton of the levels) and each chunk's rows of Z, X and y (:class:`ChunkedDesign`), and
   the frame of such a fit (:class:`ChunkedModelFrame`);
-- ``dasksource``: Dask frames as chunks, each pass a Dask tree reduction.
+- ``dasksource``: Dask frames as chunks, each pass a Dask tree reduction; partitions of whole
+  groups by a Dask shuffle (GLMMs);
+- ``buckets``: a model's row arrays in temporary files by bucket of groups, read back one
+  bucket at a time (GLMMs read out of core).
 """
 from multilevel.design.frame import GroupedFrame, ModelFrame, build_fixed_frame, build_model_frame
 from multilevel.design.grouping import ReTerm

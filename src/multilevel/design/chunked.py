@@ -122,13 +122,17 @@ class ChunkedModelFrame(ModelFrame):
         self.__dict__.update(st)
 
     def row_series(self, beta: np.ndarray, b: list[np.ndarray], what: str = "fitted", *,
-                   kind: str = "response", sigma: float | None = None) -> pd.Series:
+                   kind: str = "response", sigma: float | None = None,
+                   family: Any = None) -> pd.Series:
         """Fitted values (``what="fitted"``) or residuals (``"residuals"``; ``kind``
         ``"response"`` or ``"pearson"``, divided by ``sigma`` if given) of the rows used, in
-        the data's order, computed chunk by chunk (a lazy Dask Series for a Dask source)."""
+        the data's order, computed chunk by chunk (a lazy Dask Series for a Dask source).
+        With a GLMM's ``family``: ``"fitted"`` is mu, ``"eta"`` the linear predictor, and
+        ``kind`` also ``"deviance"`` or ``"working"`` (see :func:`row_result`)."""
         if hasattr(self.source, "row_series"):
-            return self.source.row_series(self.design, beta, b, what, kind=kind, sigma=sigma)
-        parts = [row_result(v, what, kind, sigma) for v in self.row_chunks(beta, b)]
+            return self.source.row_series(self.design, beta, b, what, kind=kind, sigma=sigma,
+                                          family=family)
+        parts = [row_result(v, what, kind, sigma, family) for v in self.row_chunks(beta, b)]
         out = np.concatenate(parts) if parts else np.zeros(0)
         return pd.Series(out, name=what)
 
@@ -142,8 +146,13 @@ class ChunkedModelFrame(ModelFrame):
             yield self.design.row_values(chunk.frame, beta, b, chunk.describe())
 
 
-def row_result(v: dict[str, np.ndarray], what: str, kind: str, sigma: float | None) -> np.ndarray:
-    """Fitted values or residuals from :meth:`ChunkedDesign.row_values`' output."""
+def row_result(v: dict[str, np.ndarray], what: str, kind: str, sigma: float | None,
+               family: Any = None) -> np.ndarray:
+    """Fitted values or residuals from :meth:`ChunkedDesign.row_values`' output; with a
+    GLMM's ``family`` as ``GlmmFit.fitted`` / ``linear_predictor`` / ``residuals`` compute
+    them in memory (mu; eta; deviance, pearson, response, working residuals)."""
+    if family is not None:
+        return _glmm_row_result(v, what, kind, sigma, family)
     if what == "fitted":
         return v["fitted"]
     r = v["y"] - v["fitted"]
@@ -151,6 +160,33 @@ def row_result(v: dict[str, np.ndarray], what: str, kind: str, sigma: float | No
         r = r * np.sqrt(v["weights"])
     if sigma is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
+            r = r / sigma
+    return r
+
+
+def _glmm_row_result(v: dict[str, np.ndarray], what: str, kind: str, sigma: float | None,
+                     fam: Any) -> np.ndarray:
+    eta = v["fitted"]
+    if what == "eta":
+        return eta
+    mu = np.asarray(fam.linkinv(eta), dtype=float)
+    if what == "fitted":
+        return mu
+    y = v["y"]
+    wt = np.ones(len(y)) if v.get("prior") is None else np.asarray(v["prior"], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if kind == "response":
+            r = y - mu
+        elif kind == "pearson":
+            r = (y - mu) * np.sqrt(wt) / np.sqrt(fam.variance(mu))
+        elif kind == "deviance":
+            r = np.sign(y - mu) * np.sqrt(np.clip(fam.dev_resids(y, mu, wt), 0.0, None))
+        elif kind == "working":
+            r = (y - mu) / fam.mu_eta(eta)
+        else:
+            raise ValueError(f"type must be 'deviance', 'pearson', 'response' or 'working', "
+                             f"not {kind!r}")
+        if sigma is not None:
             r = r / sigma
     return r
 
@@ -483,6 +519,7 @@ class ChunkedDesign:
             lut = np.full(int(space), -1, dtype=np.int64)
             lut[self.cell_keys] = np.arange(self.n_cells)
             self._lut = lut
+        self._learn_nesting(frame)
         # the skeleton's rows are not needed any more (the design travels to Dask workers)
         self.frame0 = dataclasses.replace(
             frame, y=np.zeros(0), X=np.zeros((0, 0)), weights=None, offset=None,
@@ -490,6 +527,31 @@ class ChunkedDesign:
             reterms=[dataclasses.replace(rt, refs=np.zeros(0, dtype=np.int32), Z=np.zeros((0, 0)))
                      for rt in frame.reterms])
         self._ready = True
+
+    def _learn_nesting(self, frame: ModelFrame) -> None:
+        """The grouping factor every other one nests in (fewest levels first), from the
+        skeleton's rows (every observed combination of the factors): ``partition_term`` (the
+        first term of that factor, lme4's order), ``partition_columns`` (its data columns);
+        both None when the factors are crossed. A GLMM read in chunks is partitioned by it
+        (``models.glmer_chunked``)."""
+        rts = frame.reterms
+        first: dict[str, int] = {}
+        for k, rt in enumerate(rts):
+            first.setdefault(rt.group, k)
+        refs = {g: np.asarray(rts[k].refs, dtype=np.int64) for g, k in first.items()}
+
+        def nests_in(inner: str, outer: str) -> bool:
+            # each level of `inner` meets one level of `outer` only
+            pairs = np.unique(refs[inner] * rts[first[outer]].n_levels + refs[outer])
+            return len(pairs) == len(np.unique(refs[inner]))
+
+        cands = [g for g in first if all(h == g or nests_in(h, g) for h in first)]
+        self.partition_term: int | None = None
+        self.partition_columns: tuple[str, ...] | None = None
+        if cands:
+            g = min(cands, key=lambda c: (rts[first[c]].n_levels, first[c]))
+            self.partition_term = first[g]
+            self.partition_columns = tuple(frame.spec.bars[first[g]].group.columns)
 
     def _skeleton(self, s: LevelSummary) -> pd.DataFrame:
         """One row per observed combination of the factor columns; other columns hold the
@@ -594,6 +656,76 @@ class ChunkedDesign:
             off = o.copy() if off is None else off + o
         return X, Zs, refs, off
 
+    def _response_values(self, src: DataSource, rows: np.ndarray, m: int, rb) -> tuple:
+        """(y, weights from cbind or None) of the rows. A factor response (binomial) is read
+        against the levels learnt from all rows (the first is failure), not the chunk's."""
+        r = self.response
+        if r.column is not None and self.kinds.get(r.column) == "text":
+            levels = self.frame0.factor_levels.get(self.frame0.response)
+            codes, labels = src.column(r.column).factor()
+            known = {lab: i for i, lab in enumerate(levels or [])}
+            lut = np.array([known.get(lab, -1) for lab in labels] + [-1], dtype=np.int64)
+            lev = lut[codes[rows]]
+            if (lev < 0).any():
+                raise DataError(f"column '{r.column}': a level of the response was not in the "
+                                f"first pass over the data (did the data change between the "
+                                f"passes?)")
+            return (lev != 0).astype(np.float64), None
+        y, rw, _ = r.evaluate(src, rows, m, blocks=None if rb is None else [b[rows] for b in rb])
+        return y, rw
+
+    def _user_weights(self, src: DataSource, rows: np.ndarray) -> np.ndarray | None:
+        if self.weights is None:
+            return None
+        w = src.column(self.weights).numeric()[rows].astype(np.float64, copy=True)
+        if (w < 0).any():
+            raise DataError(f"weights must be non-negative (column '{self.weights}' has "
+                            f"{int((w < 0).sum())} negative value(s))")
+        _check_finite(w[:, None], [f"column '{self.weights}'"], "weights")
+        return w
+
+    def glmm_arrays(self, chunk: pd.DataFrame, where: str = "a chunk") -> dict[str, Any]:
+        """The chunk's complete rows as a GLMM's arrays, from the learnt specification:
+        ``refs`` and ``Z`` (one per term, lme4's order; levels of all data), ``X`` (every
+        fixed-effect column, before the rank rule), ``y`` (binomial: 0/1 or proportions),
+        ``wt`` (prior weights: the weights column times cbind's trials, or None), ``off``
+        (or None), ``nt`` (cbind's trials, for binomial's aic, as ``glmer`` forms them; or
+        None) and ``uw`` (the weights column or None). DataError naming ``where`` and the
+        column when the chunk does not fit the specification."""
+        if not self._ready:
+            raise DataError("the specification has not been learnt yet")
+        try:
+            src, rows, fb, bbs, rb = self._rows(chunk, where)
+            m = len(rows)
+            k = len(self.zdims)
+            if m == 0:
+                return {"refs": [np.zeros(0, dtype=np.int64)] * k,
+                        "Z": [np.zeros((0, s)) for s in self.zdims],
+                        "X": np.zeros((0, len(self.fixef_names_all))), "y": np.zeros(0),
+                        "wt": None, "off": None, "nt": None, "uw": None}
+            X, Zs, refs, off = self._design(src, rows, fb, bbs)
+            y, rw = self._response_values(src, rows, m, rb)
+            uw = self._user_weights(src, rows)
+            _check_finite(X, self.fixef_names_all, "fixed-effect model matrix")
+            _check_finite(y[:, None], [self.response.name], "response")
+            for Z, rt in zip(Zs, self.frame0.reterms):
+                _check_finite(Z, rt.terms, f"random-effects term ({rt.label})")
+            if off is not None:
+                _check_finite(off[:, None], ["offset"], "offset")
+            wt = uw if rw is None else (rw if uw is None else uw * rw)
+            nt = None
+            if self.family == "binomial" and self.response.cbind and wt is not None:
+                # glmer's trials: the frame's weights over the user's (0 where those are 0)
+                nt = rw if uw is None else np.where(uw > 0, wt / np.where(uw > 0, uw, 1.0), 0.0)
+            return {"refs": refs, "Z": Zs, "X": X, "y": y, "wt": wt, "off": off, "nt": nt,
+                    "uw": uw}
+        except RowsNeededError:
+            raise
+        except DataError as e:
+            if str(e).startswith(where):
+                raise
+            raise DataError(f"{where}: {e}") from e
+
     def _chunk_arrays(self, chunk: pd.DataFrame):
         src, rows, fb, bbs, rb = self._rows(chunk, "")
         m = len(rows)
@@ -649,17 +781,18 @@ class ChunkedDesign:
             m = len(rows)
             if m == 0:
                 return {"fitted": np.zeros(0), "y": np.zeros(0), "weights": None,
-                        "rows": rows}
+                        "prior": None, "rows": rows}
             X, Zs, refs, off = self._design(src, rows, fb, bbs)
             eta = X[:, self.keep] @ beta
             for Z, r, bk in zip(Zs, refs, b):
                 eta += np.einsum("ij,ij->i", Z, np.asarray(bk)[r])
             if off is not None:
                 eta += off
-            y, _, _ = self.response.evaluate(src, rows, m, blocks=None if rb is None
-                                             else [x[rows] for x in rb])
+            y, rw = self._response_values(src, rows, m, rb)
             w = None if self.weights is None else src.column(self.weights).numeric()[rows]
-            return {"fitted": eta, "y": y, "weights": w, "rows": rows}
+            # the GLMM's prior weights (cbind's trials times the weights)
+            prior = w if rw is None else (rw if w is None else w * rw)
+            return {"fitted": eta, "y": y, "weights": w, "prior": prior, "rows": rows}
         except DataError as e:
             raise DataError(f"{where}: {e}") from e
 

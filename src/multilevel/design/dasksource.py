@@ -82,17 +82,60 @@ class DaskSource:
 
         return bag.reduction(fold, fold, split_every=SPLIT_EVERY).compute()
 
+    def batches(self, columns: list[str]) -> Any:
+        """The partitions one after another as chunks in this process (no cluster)."""
+        from multilevel.design.stream import Batch
+
+        sub = self.ddf[columns]
+        for i in range(sub.npartitions):
+            df = sub.partitions[i].compute()
+            yield Batch(df, f"Dask partition {i}", 0)
+
+    def grouped(self, columns: list[str], by: list[str], chunk: Callable) -> list:
+        """``chunk`` over partitions of whole groups: the rows shuffled by the columns
+        ``by`` with Dask's own shuffle (every row of a combination of their values lands in
+        one partition), each partition's rows back in the data's order (a shuffle gathers
+        them in whatever order its inputs arrive; the order decides rounding, and a fit must
+        be deterministic), then ``chunk(partition)``. Returns the delayed results, one per
+        partition, for the caller to compute (or persist)."""
+        import dask
+        import dask.dataframe as dd
+
+        sub = self.ddf[columns]
+        meta = sub._meta.assign(**{_ROW: np.zeros(0, dtype=np.int64)})
+        parts = [dask.delayed(_number_rows, pure=True)(p, i)
+                 for i, p in enumerate(sub.to_delayed())]
+        numbered = dd.from_delayed(parts, meta=meta, verify_meta=False)
+        shuffled = numbered.shuffle(on=list(by), npartitions=max(1, sub.npartitions))
+        run = _tag(chunk, "Dask partition")
+        return [dask.delayed(_in_order, pure=False)(run, p, i)
+                for i, p in enumerate(shuffled.to_delayed())]
+
     def row_series(self, design: Any, beta: np.ndarray, b: list[np.ndarray], what: str, *,
-                   kind: str = "response", sigma: float | None = None) -> Any:
+                   kind: str = "response", sigma: float | None = None,
+                   family: Any = None) -> Any:
         """A lazy Dask Series of fitted values or residuals (rows used; the data's index)."""
         from multilevel.design.chunked import row_result
 
         def part(df: pd.DataFrame) -> pd.Series:
             v = design.row_values(df, beta, b, "a Dask partition")
-            return pd.Series(row_result(v, what, kind, sigma), index=df.index[v["rows"]],
-                             name=what)
+            return pd.Series(row_result(v, what, kind, sigma, family),
+                             index=df.index[v["rows"]], name=what)
 
         return self.ddf[design.columns].map_partitions(part, meta=(what, "f8"))
+
+
+#: the data's row order, carried through a shuffle: partition number * 2^40 + row in it
+_ROW = "__multilevel_row__"
+
+
+def _number_rows(df: pd.DataFrame, i: int) -> pd.DataFrame:
+    return df.assign(**{_ROW: (np.int64(i) << np.int64(40)) + np.arange(len(df), dtype=np.int64)})
+
+
+def _in_order(run: Callable, df: pd.DataFrame, i: int) -> Any:
+    df = df.sort_values(_ROW, kind="stable").drop(columns=[_ROW])
+    return run(df.reset_index(drop=True), i)
 
 
 def map_new_data(newdata: Any, fn: Callable[[pd.DataFrame], pd.Series], name: str) -> Any:

@@ -244,6 +244,22 @@ class GlmmProblem(CompiledProblem):
                 out[k] = np.ascontiguousarray(blocks[:, cols, cols])
         return out
 
+    def glm_start(self, maxit: int = 50) -> tuple[np.ndarray | None, bool]:
+        """The GLM without random effects and whether it shows separation (:func:`glm_start`)."""
+        return glm_start(self, maxit)
+
+    def pearson_chisq(self, frame: Any, mu: np.ndarray) -> float:
+        """The Pearson chi-square sum w (y - mu)^2 / V(mu) of the frame's rows at ``mu``
+        (lme4's sigma() of the dispersion families)."""
+        wt = np.ones(frame.nobs) if frame.weights is None else frame.weights
+        return float(np.sum(wt * (frame.y - mu) ** 2 / self.family.variance(mu)))
+
+    def saturated_loglik(self, frame: Any, ntrials: np.ndarray | None) -> float:
+        """log p(y | mu = y) summed over the frame's rows (left out of nAGQ > 1 criteria)."""
+        wt = np.ones(frame.nobs) if frame.weights is None else frame.weights
+        ntr = ntrials if ntrials is not None else np.ones(frame.nobs)
+        return self.family.saturated_loglik(frame.y, ntr, wt)
+
     def vcov_rx(self, theta: np.ndarray, centred: bool = False) -> np.ndarray:
         """(R_X R_X')^-1 at the current weights: lme4's ``vcov(fit, use.hessian = FALSE)``
         (of beta_c with ``centred``)."""

@@ -34,7 +34,14 @@ from multilevel.formula._streaming import TransformLearner
 from multilevel.models._warn import issue
 from multilevel.models.input import check_cov_params, term_structures
 
-__all__ = ["lmer_chunked", "StreamRunner", "fit_from_stats", "chunked_runner"]
+__all__ = ["lmer_chunked", "StreamRunner", "fit_from_stats", "chunked_runner", "is_chunked"]
+
+def is_chunked(data: Any) -> bool:
+    """Whether ``data`` is read in chunks (files, datasets, readers, lazy frames, Dask)."""
+    from multilevel.design.dasksource import is_dask_frame
+    from multilevel.design.stream import is_stream_source
+
+    return is_dask_frame(data) or is_stream_source(data)
 
 
 def chunked_runner(data: Any, batch_size: int | None = None) -> Any:
@@ -48,7 +55,7 @@ def chunked_runner(data: Any, batch_size: int | None = None) -> Any:
     if is_dask_frame(data):
         from multilevel.models.dask import DaskRunner
 
-        return DaskRunner(data)
+        return DaskRunner(data, batch_size)
     if is_stream_source(data):
         return StreamRunner(open_stream(data, batch_size))
     if batch_size is not None:
@@ -109,6 +116,22 @@ class StreamRunner:
             cells, V, w = design.chunk_arrays(b.frame, b.describe())
             stats.add(cells, V, w)
         return stats
+
+
+    # -- GLMMs: the rows partitioned by groups (``models.partitions``) ---------------------
+    def glmm_pass(self, design: ChunkedDesign, chunk_fn: Callable, totals_of: Callable,
+                  term: int, nlev: int) -> tuple[Any, Any]:
+        from multilevel.models.partitions import bucket_pass
+
+        return bucket_pass(self.stream, design, chunk_fn, totals_of, term, nlev)
+
+    def glmm_executor(self, handle: Any, spec: Any) -> Any:
+        from multilevel.models.partitions import local_executor
+
+        return local_executor(handle, spec)
+
+    def glmm_discard(self, handle: Any) -> None:
+        handle[0].cleanup()
 
 
 def lmer_chunked(formula: str, data: Any, *, reml: bool, weights: Any, offset: Any,

@@ -12,7 +12,7 @@ from multilevel.control import GlmerControl, LmerControl
 from multilevel.covariance import BOUNDARY_SNAP_TOL, is_singular_theta
 from multilevel.design import ModelFrame
 from multilevel.models.input import engine_input
-from multilevel.engine.glmm import (_NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12, glm_start,
+from multilevel.engine.glmm import (_NOBS_MAX, _NPAR_MAX, GlmmProblem, deriv12,
                                     hessian_from_gradient, newton_fd, rounding_level)
 from multilevel.engine.optimize import (best_of_restarts, bobyqa, interior_start, newton_polish, newton_step,
                                        restart_if_boundary)
@@ -82,7 +82,9 @@ def glmer(
     control: dict | GlmerControl | LmerControl | None = None,
     contrasts: dict | None = None,
     nb_theta: float | None = None,
+    batch_size: int | None = None,
     _theta_start: np.ndarray | None = None,
+    _keep_partitions: bool = False,
 ) -> GlmmFit:
     """Fit a generalized linear mixed model by maximum likelihood (lme4's ``glmer``).
 
@@ -94,7 +96,12 @@ def glmer(
         first level is failure), ``cbind(successes, failures)``, or a proportion with
         ``weights`` = trials. Poisson responses: non-negative integer counts.
         ``offset(log(exposure))`` adds a known term to the linear predictor.
-    data : pandas or polars DataFrame (or a dict of columns)
+    data : pandas or polars DataFrame (or a dict of columns); or data read in chunks, as for
+        :func:`multilevel.lmer`: Parquet / CSV files or a directory of them, a pyarrow Dataset
+        or RecordBatchReader, a polars LazyFrame, a DuckDB relation, a Dask DataFrame. Those
+        are fitted partition by partition (``models.glmer_chunked``) when the random effects
+        nest in one grouping factor (``(1 | g)``, ``(1 + x | g)``, ``(1 | a/b)``); crossed
+        GLMMs need the data in memory (:class:`~multilevel.models.glmer_chunked.CrossedGlmmError`).
     family : ``"binomial"`` (default), ``"poisson"``, ``"Gamma"``, ``"inverse.gaussian"``,
         ``"negative.binomial"`` (R's names; also ``"gamma"``, ``"inverse_gaussian"``,
         ``"negative_binomial"``), or a family object from :mod:`multilevel.families`; a
@@ -128,6 +135,8 @@ def glmer(
         ``calc_derivs`` (True / False to force or skip the Hessian behind the default
         covariance; None: lme4's rule), ``stage1_ftol_abs`` / ``stage1_xtol_abs`` and
         ``check_hessian``. A bad key or value raises :class:`~multilevel.errors.ControlError`.
+    batch_size : int, optional
+        Data read in chunks: rows per batch, and about the rows per partition of whole groups.
     contrasts : dict, optional
         lme4's ``contrasts=``: factor of the fixed part -> ``"treatment"``, ``"sum"``,
         ``"helmert"``, ``"poly"``, ``"SAS"`` (R's ``"contr.sum"`` spelling too) or a matrix
@@ -187,6 +196,15 @@ def glmer(
         raise ModelSpecError(f"nagq > 1 is not available for the {fam.name} family (lme4's quadrature "
                              f"leaves its dispersion out); use nagq=1 (Laplace)")
     ctrl = GlmerControl.from_user(control)
+    from multilevel.models.chunked import chunked_runner
+    runner = chunked_runner(data, batch_size)
+    if runner is not None:  # data read in chunks: out of core or on Dask
+        from multilevel.models.glmer_chunked import glmer_chunked
+
+        return glmer_chunked(formula, data, fam=fam, nagq=nagq, weights=weights, offset=offset,
+                             ctrl=ctrl, contrasts=contrasts, runner=runner,
+                             fit_problem=_fit_problem, t_start=t_start, theta_start=_theta_start,
+                             keep_partitions=_keep_partitions)
     frame = build_model_frame(formula, data, weights=weights, offset=offset, family=fam.name,
                               contrasts=contrasts, max_dense_gib=ctrl.max_dense_gib)
     cbind = _is_cbind(frame)
@@ -273,7 +291,7 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
     else:
         # the joint PIRLS failed at every theta tried: start stage 2 from the GLM's beta at
         # lme4's theta start, and say "separation" only when the GLM shows it
-        beta_glm, separated = glm_start(problem)
+        beta_glm, separated = problem.glm_start()
         par0 = pm.start(problem.theta0)
         f_alt = pm.wrap_full(problem.devfun_c)(np.concatenate([par0, beta_glm])) if (
             beta_glm is not None and nagq > 0) else np.inf
@@ -448,8 +466,7 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
     sigma = 1.0
     if fam.has_dispersion:
         # lme4's sigma(fit): sqrt((Pearson chi-square + |u|^2) / n), computed after the fit
-        wt = np.ones(frame.nobs) if frame.weights is None else frame.weights
-        pearson = float(np.sum(wt * (frame.y - mu) ** 2 / fam.variance(mu)))
+        pearson = problem.pearson_chisq(frame, mu)
         sigma = float(np.sqrt((pearson + float(info["usq"])) / frame.nobs))
     vcov_rx = problem.vcov_rx(theta_opt)
     if fam.has_dispersion:
@@ -474,9 +491,7 @@ def _fit_problem(problem: GlmmProblem, frame: ModelFrame, ctrl: GlmerControl, re
     messages = issue(records, ctrl, stacklevel=stacklevel, emit=emit)
     saturated = 0.0
     if nagq > 1:
-        wt = np.ones(frame.nobs) if frame.weights is None else frame.weights
-        ntr = ntrials if ntrials is not None else np.ones(frame.nobs)
-        saturated = fam.saturated_loglik(frame.y, ntr, wt)
+        saturated = problem.saturated_loglik(frame, ntrials)
     optinfo = {
         "optimizer": optimizer,
         "feval": feval,

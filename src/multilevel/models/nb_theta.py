@@ -31,6 +31,13 @@ def fit_nb(glmer: Callable[..., Any], formula: str, data: Any, *, link: str = "l
     """glmer.nb's search for theta with ``glmer`` doing the fits; see
     :func:`multilevel.glmer_nb` for the arguments. The fit's ``optinfo["nb"]`` records the
     search (start, interval, evaluations)."""
+    from multilevel.models.chunked import is_chunked
+
+    if is_chunked(data):
+        raise ModelSpecError("estimating the negative binomial's theta (glmer.nb) needs the data "
+                             "in memory (its start, MASS's theta.ml, reads every row); for data "
+                             "read in chunks give theta: glmer(..., family='negative.binomial', "
+                             "nb_theta=...)")
     kw = dict(nagq=nagq, weights=weights, offset=offset, control=control, contrasts=contrasts)
     if init_theta is None:
         with warnings.catch_warnings():

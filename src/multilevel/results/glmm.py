@@ -230,12 +230,23 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
 
     # -- fitted values, residuals, predictions ---------------------------------------------
 
+    def _row_pass(self, what: str, kind: str = "response", scaled: bool = False) -> Any:
+        """Row values of a fit to data read in chunks, in a pass over the data (a pandas
+        Series by position, or a lazy Dask Series for a Dask frame)."""
+        sigma = self.sigma if scaled else None
+        return self.frame.row_series(self._beta, self._b, what, kind=kind, sigma=sigma,
+                                     family=self.family_object)
+
     def fitted(self) -> pd.Series:
         """Fitted means mu = linkinv(eta) for the rows used (proportions for binomial)."""
+        if getattr(self.frame, "out_of_core", False):
+            return self._row_pass("fitted")
         return super().fitted()
 
     def linear_predictor(self) -> pd.Series:
         """eta = X beta + Z b (+ offset) for the rows used."""
+        if getattr(self.frame, "out_of_core", False):
+            return self._row_pass("eta")
         return pd.Series(self._eta, index=self._row_index(), name="eta")
 
     def residuals(self, type: str = "deviance", scaled: bool = False) -> pd.Series:  # noqa: A002
@@ -243,6 +254,11 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
         ``"pearson"`` ((y - mu) sqrt(w / V(mu))), ``"response"`` (y - mu) or ``"working"``
         ((y - mu) / mu_eta). ``scaled`` divides by sigma (lme4's
         ``sigma()``: 1 except for the dispersion families)."""
+        if getattr(self.frame, "out_of_core", False):  # data read in chunks: a pass over them
+            if type not in ("deviance", "pearson", "response", "working"):
+                raise ValueError(f"type must be 'deviance', 'pearson', 'response' or 'working', "
+                                 f"not {type!r}")
+            return self._row_pass("residuals", kind=type, scaled=scaled)
         fam = self.family_object
         y = self.frame.y
         mu = self._fitted
@@ -278,6 +294,11 @@ class GlmmFit(GlmmMethods, MixedMethods, MixedFit):
             raise ModelSpecError("predict(interval=...) is available for linear mixed models only, "
                                  f"not for a {self.family} GLMM")
         if newdata is None and re_form is None:
+            if getattr(self.frame, "out_of_core", False):
+                eta = self._row_pass("eta")
+                if type == "response":
+                    return self._row_pass("fitted")
+                return eta
             eta = pd.Series(self._eta, index=self._row_index(), name="predicted")
         else:
             eta = self._linear_predictor(newdata, re_form, allow_new_levels)
