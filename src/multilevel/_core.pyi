@@ -27,8 +27,13 @@ class LmmCore:
         x: _F64,
         y: _F64,
         w: _F64 | None = None,
+        layout: str = "auto",
     ) -> None:
-        """Per term the level codes, Z columns, level count and Lambda pattern; X, y, weights."""
+        """Per term the level codes, Z columns, level count and Lambda pattern; X, y, weights;
+        layout of the later terms' block: "auto" (from the pattern), "dense" or "sparse"."""
+    @property
+    def layout(self) -> str:
+        """The layout chosen for the block of the later terms, X and y: "dense" or "sparse"."""
     def objective(self, theta: _F64, reml: bool) -> float:
         """Profiled deviance (reml=False) or REML criterion at theta, without the weights term."""
     def objective_gradient(self, theta: _F64, reml: bool) -> tuple[float, _F64]:
