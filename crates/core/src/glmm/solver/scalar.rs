@@ -40,9 +40,10 @@ impl JointSystem {
 
 impl Glmm {
     /// One pass over group l's rows at u_l: (sum of deviance residuals, sum W r z, sum W z^2,
-    /// the size of the terms the deviance is summed from).
+    /// the size of the terms the deviance is summed from when `mag`, else the row constants'
+    /// size only).
     #[inline(always)]
-    pub(in crate::glmm) fn group_pass<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64) -> (f64, f64, f64, f64) {
+    pub(in crate::glmm) fn group_pass<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64, mag: bool) -> (f64, f64, f64, f64) {
         let r = self.gstart[l]..self.gstart[l + 1];
         let [d, s, h, m] = group_pass(
             self.avx2,
@@ -54,8 +55,17 @@ impl Glmm {
             &self.dy[r.clone()],
             &self.dn[r],
             th * ul,
+            mag,
         );
         (self.dcsum[l] + d, s, h, self.dcabs[l] + m)
+    }
+
+    /// The rounding level of group l's penalised deviance at u_l (`pirls::pdev_noise`): a
+    /// pass of its own, taken only when a comparison is that close.
+    fn group_noise<K: Kernel>(&self, k: K, l: usize, th: f64, ul: f64) -> f64 {
+        let nrows = self.gstart[l + 1] - self.gstart[l];
+        let (_, _, _, mg) = self.group_pass(k, l, th, ul, true);
+        pdev_noise(mg + ul * ul, nrows)
     }
 
     /// u-only PIRLS group by group; then Laplace, or AGQ with `quad`.
@@ -66,10 +76,10 @@ impl Glmm {
         let mut maxit = 0;
         for l in 0..nl {
             let mut ul = if self.warm { self.u[l] } else { 0.0 };
-            let nrows = self.gstart[l + 1] - self.gstart[l];
-            let (mut dv, mut s, mut h, mg) = self.group_pass(k, l, th, ul);
+            let (mut dv, mut s, mut h, _) = self.group_pass(k, l, th, ul, false);
             let mut pdev = dv + ul * ul;
-            let mut noise = pdev_noise(mg + ul * ul, nrows);
+            // the rounding level of pdev, computed when first needed (`group_noise`)
+            let mut noise: Option<f64> = None;
             let mut it = 0;
             let mut prev = f64::INFINITY;
             loop {
@@ -80,7 +90,9 @@ impl Glmm {
                 }
                 let rel = step.abs() / (1.0 + ul.abs());
                 // d2 step^2: the decrease the step promises (see `PirlsControl::floor`)
-                if ctl.converged(rel, prev) || (rel >= prev && d2 * step * step <= noise) {
+                if ctl.converged(rel, prev)
+                    || (rel >= prev && d2 * step * step <= *noise.get_or_insert_with(|| self.group_noise(k, l, th, ul)))
+                {
                     // take the last Newton step too (the weights stay those of the last
                     // pass, a change of second order in the criterion): the Laplace gradient
                     // assumes the score in u is zero, and its error is the score left times
@@ -103,10 +115,20 @@ impl Glmm {
                 let mut halvings = 0;
                 loop {
                     let un = ul + st;
-                    let (dn, sn, hn, mn) = self.group_pass(k, l, th, un);
+                    let (dn, sn, hn, _) = self.group_pass(k, l, th, un, false);
                     let pn = dn + un * un;
-                    let noise_n = pdev_noise(mn + un * un, nrows);
-                    if no_increase(pn, pdev, noise.max(noise_n)) {
+                    // a decrease, or an increase within 1e-12, needs no rounding level
+                    // (`no_increase` allows the larger of the two)
+                    let accept = if no_increase(pn, pdev, 0.0) {
+                        Some(None)
+                    } else if pn.is_finite() {
+                        let noise_n = self.group_noise(k, l, th, un);
+                        let noise_o = *noise.get_or_insert_with(|| self.group_noise(k, l, th, ul));
+                        no_increase(pn, pdev, noise_o.max(noise_n)).then_some(Some(noise_n))
+                    } else {
+                        None
+                    };
+                    if let Some(noise_n) = accept {
                         ul = un;
                         dv = dn;
                         s = sn;
@@ -150,7 +172,7 @@ impl Glmm {
                         continue;
                     }
                     let uk = ul + zk * sd;
-                    let (dk, _, _, _) = self.group_pass(k, l, th, uk);
+                    let (dk, _, _, _) = self.group_pass(k, l, th, uk, false);
                     let devc = dk + uk * uk;
                     mult += wk * (0.5 * zk * zk - 0.5 * (devc - devc0)).exp();
                 }
