@@ -42,7 +42,7 @@ from cases import (  # noqa: E402
 from report import build_rows, fmt_time, render  # noqa: E402
 from tools import TOOLS  # noqa: E402
 
-PEER_ORDER = ("ours", "lme4", "glmm", "mixedlm", "statsmodels")
+PEER_ORDER = ("ours", "lme4", "glmm", "mixedlm", "statsmodels", "gpboost")
 R_TOOLS = ("lme4",)  # measured by r_worker.R through Rscript
 # Thread-pool sizes read by OpenBLAS, MKL, OpenMP, BLIS, Accelerate and rayon when they load.
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",

@@ -285,11 +285,77 @@ def setup_statsmodels(case: Case, df: pd.DataFrame) -> FitFns:
     return fit, lambda r: (float(r.llf), _note(r.converged))
 
 
+# --------------------------------------------------------------------------- gpboost
+
+_GPB_LIKELIHOODS = {"gaussian": "gaussian", "binomial": "bernoulli_logit", "poisson": "poisson",
+                    "Gamma": "gamma", "negative.binomial": "negative_binomial"}
+
+
+def setup_gpboost(case: Case, df: pd.DataFrame) -> FitFns:
+    """``gpb.GPModel(group_data=, group_rand_coef_data=, ind_effect_group_rand_coef=,
+    likelihood=).fit(y=, X=)``; logLik = -``get_current_neg_log_likelihood()``.
+
+    gpboost fits grouped random effects by maximum likelihood (Laplace for non-Gaussian
+    likelihoods): it takes arrays, not a formula, so the fixed-effects matrix (patsy) and the
+    grouping columns are built in setup, untimed (which favours gpboost). Its random slopes
+    are independent of the intercept: ``(1 + x | g)`` is fitted as ``(1 | g) + (0 + x | g)``,
+    a smaller model (note ``uncorrelated``), and REML cases by ML (note ``ML``), so their
+    logLik is not lme4's. A ``cbind()`` response (binomial trials) and structured covariances
+    are n/a; so are the log links' other spellings gpboost lacks."""
+    gpb = _import("gpboost")
+    patsy = _import("patsy")
+    if _structured(case):
+        raise NotApplicable("no structured covariance (diag / cs / ar1) in gpboost")
+    if case.family not in _GPB_LIKELIHOODS or (case.link not in (None, "log", "logit")):
+        raise NotApplicable(f"no {case.family} ({case.link or 'default'} link) likelihood in gpboost")
+    if _split_cbind(case.formula) is not None:
+        raise NotApplicable("binomial trials (cbind) not in gpboost's bernoulli likelihood")
+    formula, df = _materialise_scale(case.formula, df)
+    response, rhs = (s.strip() for s in formula.split("~", 1))
+    fixed = _BAR.sub("", rhs)
+    fixed = re.sub(r"\+\s*(?=\+|$)", "", fixed).strip().rstrip("+").strip() or "1"
+    X = np.asarray(patsy.dmatrix(fixed, df, NA_action="raise"), dtype=float)
+    y = np.asarray(df.eval(response) if response not in df else df[response], dtype=float)
+    groups, slopes, slope_of = [], [], []
+    for expr, g in _BAR.findall(rhs):
+        terms = [t.strip() for t in expr.split("+")]
+        intercept = "0" not in terms and "-1" not in terms
+        if not intercept:
+            raise NotApplicable("a random slope without its group's random intercept")
+        groups.append(np.asarray(df[g.strip()].astype(str)))
+        for t in terms:
+            if t in ("1", "0", "-1", ""):
+                continue
+            if t not in df or not pd.api.types.is_numeric_dtype(df[t]):
+                raise NotApplicable(f"random slope on {t!r} (a column of numbers only)")
+            slopes.append(np.asarray(df[t], dtype=float))
+            slope_of.append(len(groups))  # 1-based index of its grouping factor
+    notes = []
+    if slopes:
+        notes.append("uncorrelated")
+    if not case.is_glmm and case.reml:
+        notes.append("ML")
+    group_data = np.column_stack(groups)
+    kwargs = {"group_data": group_data, "likelihood": _GPB_LIKELIHOODS[case.family]}
+    if slopes:
+        kwargs |= {"group_rand_coef_data": np.column_stack(slopes),
+                   "ind_effect_group_rand_coef": slope_of}
+    note = ", ".join(notes)
+
+    def fit():
+        model = gpb.GPModel(**kwargs)
+        model.fit(y=y, X=X, params={"trace": False})
+        return model
+
+    return fit, lambda r: (-float(r.get_current_neg_log_likelihood()), note)
+
+
 TOOLS: dict[str, Callable[[Case, pd.DataFrame], FitFns]] = {
     "ours": setup_ours,
     "glmm": setup_glmm,
     "mixedlm": setup_mixedlm,
     "statsmodels": setup_statsmodels,
+    "gpboost": setup_gpboost,
 }
 PACKAGES = {"ours": "multilevel", "glmm": "glmm", "mixedlm": "mixedlm",
-            "statsmodels": "statsmodels"}
+            "statsmodels": "statsmodels", "gpboost": "gpboost"}
