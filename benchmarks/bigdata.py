@@ -82,6 +82,8 @@ def _peak_mb() -> float:
 def _warm_worker() -> bool:
     """Import what a worker needs (before the timer, for the warm cluster)."""
     import dask.dataframe  # noqa: F401  (a partition of read_parquet is read with it)
+    import dask.dataframe.io.parquet  # noqa: F401
+    import pyarrow.dataset  # noqa: F401
     import multilevel.models.chunked  # noqa: F401
     import multilevel.models.dask  # noqa: F401
     import pyarrow.parquet  # noqa: F401
