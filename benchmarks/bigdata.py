@@ -6,19 +6,26 @@ Two seeded designs, written as Parquet (row groups of 1e6 rows, into --dir):
 * ``crossed``: y ~ x + (1 | a) + (1 | b), 5,000 x 500 crossed levels.
 
 For each size (1e6 and 1e7 rows by default; ``--big`` adds 1e8) every fit runs in a fresh
-subprocess, whose peak resident memory (``ru_maxrss`` of the child, which includes pyarrow's
-and numpy's allocations) is reported beside its wall time:
+subprocess, whose peak resident memory (its own ``ru_maxrss``, which includes pyarrow's and
+numpy's allocations) is reported beside its wall time and the time per 1e6 rows (linear
+growth in rows: a constant column):
 
 * ``out-of-core``: ``lmer(formula, "file.parquet", batch_size=...)`` (one batch in memory);
-* ``dask``: the same on ``dask.dataframe.read_parquet`` with a ``LocalCluster`` of 2 worker
-  processes (peak = the driver's; the workers' own peaks are printed too);
+* ``dask``: the same on ``dask.dataframe.read_parquet`` on a warm ``LocalCluster`` of 2
+  worker processes (workers started and the library imported before the timer);
+  ``dask-fresh``: the timer includes starting the cluster. Peak = the driver's; the
+  workers' own peaks are in the note;
 * ``in-memory``: pandas ``read_parquet`` then ``lmer`` (up to --max-memory-rows rows), and
-  the peers ``glmm`` / ``mixedlm`` (statsmodels) where installed and small enough.
+  the peers ``glmm`` and ``mixedlm`` (and statsmodels' ``mixedlm`` with ``--kinds``), where
+  installed, up to --max-peer-rows rows.
+
+Each generated file is deleted after its fits unless ``--keep`` (1e8 rows are ~2 GB).
 
 Targets (2 cores, 24 GB): 1e8 slope rows out of core < 90 s and < 2 GB peak; time linear in
 rows; Dask <= 1.5 x the out-of-core time on one machine.
 
-Run: ``PYTHONPATH=src python benchmarks/bigdata.py [--sizes 1e6 1e7] [--big] [--design slopes]``
+Run: ``PYTHONPATH=src python benchmarks/bigdata.py [--sizes 1e6 1e7] [--big] [--design slopes]
+[--crossed-sizes 1e6 1e7]``
 """
 from __future__ import annotations
 
@@ -66,48 +73,95 @@ def generate(design: str, n: int, path: Path, seed: int = 12) -> None:
     writer.close()
 
 
+def _peak_mb() -> float:
+    """This process's peak resident memory (ru_maxrss: pyarrow's and numpy's allocations
+    included), in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _warm_worker() -> bool:
+    """Import what a worker needs (before the timer, for the warm cluster)."""
+    import dask.dataframe  # noqa: F401  (a partition of read_parquet is read with it)
+    import dask.dataframe.io.parquet  # noqa: F401
+    import pyarrow.dataset  # noqa: F401
+    import multilevel.models.chunked  # noqa: F401
+    import multilevel.models.dask  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    return True
+
+
 def child(kind: str, design: str, path: str, batch: int) -> dict:
     """One fit (in the subprocess); returns its numbers."""
     import warnings
 
     warnings.simplefilter("ignore")
+    import importlib
+
+    import pandas as pd  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
     import multilevel as ml
+    import multilevel.models  # noqa: F401  (lmer's modules: imported before any timer)
+    import multilevel.models.chunked  # noqa: F401
 
     f = FORMULAS[design]
-    t0 = time.perf_counter()
     extra = {}
-    if kind == "out-of-core":
-        fit = ml.lmer(f, path, reml=False, batch_size=batch)
-    elif kind == "dask":
+    peer = {"glmm": "glmm", "mixedlm": "mixedlm", "statsmodels": "statsmodels.formula.api"}
+    if kind in peer:
+        importlib.import_module(peer[kind])
+    if kind in ("dask", "dask-fresh"):
         import dask.dataframe as dd
         from distributed import Client, LocalCluster
 
+        import multilevel.models.dask  # noqa: F401
+
+        t0 = time.perf_counter()
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                           dashboard_address=None, memory_limit="6GiB") as cl, Client(cl) as c:
-            t0 = time.perf_counter()
+            if kind == "dask":
+                # warm: workers started and the library imported before the timer
+                c.run(_warm_worker)
+                t0 = time.perf_counter()
             ddf = dd.read_parquet(path, split_row_groups=True)
             fit = ml.lmer(f, ddf, reml=False)
             wall = time.perf_counter() - t0
             extra["worker_peak_mb"] = sorted(
-                v / 2**20 for v in c.run(lambda: resource.getrusage(
-                    resource.RUSAGE_SELF).ru_maxrss * 1024).values())
-        return {"time": wall, "loglik": fit.loglik, "fixef": fit.fixef.tolist(), **extra}
+                v / 1024 for v in c.run(lambda: resource.getrusage(
+                    resource.RUSAGE_SELF).ru_maxrss).values())
+        return {"time": wall, "loglik": fit.loglik, "fixef": fit.fixef.tolist(),
+                "peak_mb": _peak_mb(), **extra}
+    t0 = time.perf_counter()
+    if kind == "out-of-core":
+        fit = ml.lmer(f, path, reml=False, batch_size=batch)
+        ll = fit.loglik
     elif kind == "in-memory":
         import pandas as pd
 
-        fit = ml.lmer(f, pd.read_parquet(path), reml=False)
+        ll = ml.lmer(f, pd.read_parquet(path), reml=False).loglik
+    elif kind == "glmm":
+        import glmm
+        import pandas as pd
+
+        d = pd.read_parquet(path)
+        ll = float(glmm.fit(d, f, "gaussian", reml=False, satterthwaite=False).loglik)
     elif kind == "mixedlm":
+        import mixedlm
+        import pandas as pd
+
+        d = pd.read_parquet(path)
+        ll = float(mixedlm.lmer(f, d, REML=False).logLik())
+    elif kind == "statsmodels":
         import pandas as pd
         import statsmodels.formula.api as smf
 
         d = pd.read_parquet(path)
-        res = smf.mixedlm("y ~ x", d, groups=d["g"], re_formula="~x").fit(reml=False)
-        return {"time": time.perf_counter() - t0, "loglik": float(res.llf),
-                "fixef": res.fe_params.tolist()}
+        ll = float(smf.mixedlm("y ~ x", d, groups=d["g"], re_formula="~x").fit(reml=False).llf)
     else:
         raise SystemExit(f"unknown kind {kind}")
-    return {"time": time.perf_counter() - t0, "loglik": fit.loglik, "fixef": fit.fixef.tolist(),
-            **extra}
+    return {"time": time.perf_counter() - t0, "loglik": ll, "peak_mb": _peak_mb()}
+
+
+PEERS = ("glmm", "mixedlm", "statsmodels")
 
 
 def main() -> None:
@@ -117,59 +171,69 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="*", type=float, default=[1e6, 1e7])
-    ap.add_argument("--big", action="store_true", help="add 1e8 rows (minutes; ~3 GB on disk)")
+    ap.add_argument("--big", action="store_true", help="add 1e8 rows (minutes; ~2 GB on disk)")
     ap.add_argument("--design", choices=list(FORMULAS) + ["both"], default="both")
+    ap.add_argument("--crossed-sizes", nargs="*", type=float, default=None,
+                    help="sizes of the crossed design (default: those of --sizes)")
     ap.add_argument("--dir", default="/tmp/multilevel-bigdata")
     ap.add_argument("--batch-size", type=int, default=1_000_000)
     ap.add_argument("--max-memory-rows", type=float, default=1e7,
-                    help="largest size also fitted in memory (and by the peers)")
-    ap.add_argument("--kinds", nargs="*", default=["out-of-core", "dask", "in-memory", "mixedlm"])
+                    help="largest size also fitted in memory")
+    ap.add_argument("--max-peer-rows", type=float, default=1e6,
+                    help="largest size fitted by the peers (glmm, mixedlm, statsmodels)")
+    ap.add_argument("--kinds", nargs="*",
+                    default=["out-of-core", "dask", "dask-fresh", "in-memory", "glmm", "mixedlm"])
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per fit")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the generated files (by default each is deleted after its fits)")
     args = ap.parse_args()
     sizes = sorted(set(int(s) for s in args.sizes + ([1e8] if args.big else [])))
     designs = list(FORMULAS) if args.design == "both" else [args.design]
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
-    # ru_maxrss of RUSAGE_CHILDREN is the maximum over all children so far: each measured
-    # run goes through its own intermediate process so that earlier runs do not count
-    print(f"{'design':8s} {'rows':>6s} {'kind':12s} {'time s':>8s} {'peak MB':>8s} "
+    print(f"{'design':8s} {'rows':>6s} {'kind':12s} {'time s':>8s} {'s/1e6':>6s} {'peak MB':>8s} "
           f"{'logLik':>18s}  note")
     for design in designs:
-        for n in sizes:
+        dsizes = sizes if design == "slopes" or args.crossed_sizes is None \
+            else sorted(int(s) for s in args.crossed_sizes)
+        for n in dsizes:
             path = d / f"{design}_{n:.0e}.parquet"
+            made = False
             if not path.exists():
                 t = time.perf_counter()
                 generate(design, n, path)
-                print(f"# generated {path} in {time.perf_counter() - t:.0f} s", flush=True)
+                made = True
+                print(f"# generated {path} ({path.stat().st_size / 2**20:.0f} MB) in "
+                      f"{time.perf_counter() - t:.0f} s", flush=True)
             for kind in args.kinds:
-                if kind in ("in-memory", "mixedlm") and n > args.max_memory_rows:
+                if kind == "in-memory" and n > args.max_memory_rows:
                     continue
-                if kind == "mixedlm" and (design != "slopes" or n > 1e6):
-                    continue  # statsmodels' mixedlm: one grouping factor, minutes at 1e7
-                cmd = [sys.executable, "-c",
-                       "import subprocess,sys,resource,json;"
-                       "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-                       "r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024;"
-                       "print(p.stdout.strip().splitlines()[-1] if p.returncode==0 else "
-                       "json.dumps({'error':(p.stderr.strip().splitlines() or ['?'])[-1]}));"
-                       "print(r)",
-                       sys.executable, __file__, "--child", kind, design, str(path),
+                if kind in PEERS and n > args.max_peer_rows:
+                    continue
+                if kind == "statsmodels" and design != "slopes":
+                    continue  # one grouping factor only
+                cmd = [sys.executable, __file__, "--child", kind, design, str(path),
                        str(args.batch_size)]
-                t0 = time.perf_counter()
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                lines = out.stdout.strip().splitlines()
                 try:
-                    res, peak = json.loads(lines[-2]), float(lines[-1])
-                except (IndexError, ValueError):
-                    res, peak = {"error": out.stderr.strip()[-200:]}, float("nan")
+                    out = subprocess.run(cmd, capture_output=True, text=True,
+                                         timeout=args.timeout)
+                    lines = out.stdout.strip().splitlines()
+                    res = json.loads(lines[-1]) if out.returncode == 0 and lines else \
+                        {"error": (out.stderr.strip().splitlines() or ["?"])[-1][:150]}
+                except subprocess.TimeoutExpired:
+                    res = {"error": f"stopped after {args.timeout:.0f} s"}
                 if "error" in res:
-                    print(f"{design:8s} {n:6.0e} {kind:12s} {'-':>8s} {'-':>8s} "
+                    print(f"{design:8s} {n:6.0e} {kind:12s} {'-':>8s} {'-':>6s} {'-':>8s} "
                           f"{'-':>18s}  {res['error']}", flush=True)
                     continue
                 note = ""
                 if "worker_peak_mb" in res:
                     note = "workers " + ", ".join(f"{v:.0f}" for v in res["worker_peak_mb"]) + " MB"
-                print(f"{design:8s} {n:6.0e} {kind:12s} {res['time']:8.1f} {peak:8.0f} "
+                print(f"{design:8s} {n:6.0e} {kind:12s} {res['time']:8.1f} "
+                      f"{res['time'] / (n / 1e6):6.2f} {res['peak_mb']:8.0f} "
                       f"{res['loglik']:18.6f}  {note}", flush=True)
+            if made and not args.keep:
+                path.unlink()
 
 
 if __name__ == "__main__":

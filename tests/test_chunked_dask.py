@@ -4,8 +4,9 @@ module).
 The same equality as for files (tests/test_chunked.py): logLik to 1e-10 relative, the same
 estimates at the same theta to 1e-8; a worker killed during the accumulation pass gives the
 same fit (Dask reruns its tasks); a malformed partition is a DataError naming the column.
-GLMMs whose random effects nest in one factor: the equality of tests/test_chunked_glmm.py with
-the partitions persisted on the workers; crossed GLMMs are refused.
+GLMMs whose random effects nest in one factor (every such reference case): the equality of
+tests/test_chunked_glmm.py with the partitions persisted on the workers; crossed GLMMs are
+refused.
 """
 from __future__ import annotations
 
@@ -130,8 +131,22 @@ def test_a_malformed_partition_names_the_column(client):
 
 # -- GLMMs: partitions of whole groups persisted on the workers --------------------------------
 
-GLMM_CASES = ["cbpp_binomial_laplace", "grouseticks_poisson_laplace", "early_gamma_log_laplace",
-              "cbpp_binomial_agq25"]
+def _glmm_cases() -> list[str]:
+    from test_chunked_glmm import NESTED
+
+    return list(NESTED)
+
+
+#: every GLMM reference case the nested-partition path covers (one grouping factor, or
+#: factors nested in one), as from Parquet in tests/test_chunked_glmm.py
+GLMM_CASES = _glmm_cases()
+
+
+def test_the_dask_glmm_cases_are_every_nested_case():
+    assert len(GLMM_CASES) >= 10
+    assert {"cbpp_binomial_agq25", "grouseticks_nb_laplace", "mmmec_poisson_offset_laplace",
+            "oxboys_gamma_identity_laplace", "early_invgauss_log_laplace",
+            "contraception_bernoulli_laplace"} <= set(GLMM_CASES)
 
 
 @pytest.mark.parametrize("case_id", GLMM_CASES)

@@ -137,3 +137,17 @@ def family_eval(
     family_param: float | None = None,
 ) -> dict[str, Any]:
     """The engine's per-row mu, mu_eta, variance, dev_resids at eta, and aic (-2 log p summed)."""
+
+def cell_moments_add(
+    cells: npt.NDArray[np.int64],
+    v: _F64,
+    w: _F64 | None,
+    count: npt.NDArray[np.int64],
+    wsum: _F64,
+    c: _F64,
+    m1: _F64,
+    m2: _F64,
+) -> None:
+    """Add rows to per-cell moments in place (count, wsum, shift c, shifted m1 and upper-
+    triangular m2); a fresh cell's shift is the mean of its rows here. Nothing changes on
+    bad input (DataError)."""

@@ -4,6 +4,7 @@
 //! module (crates/py). See `lmm` for the linear mixed model engine, `glmm` for the
 //! generalized one and `error` for the one error type both report.
 
+pub mod cells;
 pub mod error;
 pub mod glmm;
 pub mod lmm;

@@ -6,7 +6,8 @@ mod error;
 use error::{core_err, data_err, fit_err, spec_err};
 use multilevel_core::glmm::{self, Dist, Glmm, GlmmRows, Link};
 use multilevel_core::lmm::{Layout, Lmm, Rows, Term};
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use multilevel_core::cells::CellMoments;
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -555,11 +556,51 @@ fn family_eval<'py>(
     Ok(d)
 }
 
+/// cell_moments_add(cells, v, w, count, wsum, c, m1, m2)
+///
+/// Add rows to per-cell moments in place (see multilevel_core::cells): `cells` (m,) int64,
+/// `v` (m, dim) float64, `w` (m,) or None; `count` (n,) int64, `wsum` (n,), `c` and `m1`
+/// (n, dim), `m2` (n, dim (dim + 1) / 2), all C-contiguous. Nothing changes on bad input.
+#[pyfunction]
+#[pyo3(signature = (cells, v, w, count, wsum, c, m1, m2))]
+#[allow(clippy::too_many_arguments)]
+fn cell_moments_add(
+    py: Python<'_>,
+    cells: PyReadonlyArray1<'_, i64>,
+    v: PyReadonlyArray2<'_, f64>,
+    w: Option<PyReadonlyArray1<'_, f64>>,
+    mut count: PyReadwriteArray1<'_, i64>,
+    mut wsum: PyReadwriteArray1<'_, f64>,
+    mut c: PyReadwriteArray2<'_, f64>,
+    mut m1: PyReadwriteArray2<'_, f64>,
+    mut m2: PyReadwriteArray2<'_, f64>,
+) -> PyResult<()> {
+    let dim = v.shape()[1];
+    if c.shape()[1] != dim || m1.shape()[1] != dim {
+        return Err(data_err(format!("cell moments: c and m1 must have {dim} columns like v")));
+    }
+    let cells_s = slice(&cells, "cells")?;
+    let v_s = slice2(&v, "v")?;
+    let w_s = opt_slice(&w, "w")?;
+    let mut_err = |what: &str| data_err(format!("{what} must be C-contiguous and writeable"));
+    let count_s = count.as_slice_mut().map_err(|_| mut_err("count"))?;
+    let wsum_s = wsum.as_slice_mut().map_err(|_| mut_err("wsum"))?;
+    let c_s = c.as_slice_mut().map_err(|_| mut_err("c"))?;
+    let m1_s = m1.as_slice_mut().map_err(|_| mut_err("m1"))?;
+    let m2_s = m2.as_slice_mut().map_err(|_| mut_err("m2"))?;
+    py.detach(|| {
+        CellMoments { dim, count: count_s, wsum: wsum_s, c: c_s, m1: m1_s, m2: m2_s }
+            .add(cells_s, v_s, w_s)
+    })
+    .map_err(core_err)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LmmCore>()?;
     m.add_class::<GlmmCore>()?;
     m.add_function(wrap_pyfunction!(gauss_hermite, m)?)?;
     m.add_function(wrap_pyfunction!(family_eval, m)?)?;
+    m.add_function(wrap_pyfunction!(cell_moments_add, m)?)?;
     Ok(())
 }

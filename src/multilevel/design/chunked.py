@@ -41,7 +41,7 @@ from multilevel.design.frame import (MAX_DENSE_GIB, ModelFrame, _check_finite, _
                                      build_model_frame, drop_response_terms)
 from multilevel.design.matrices import fill_columns, rank_keep_gram
 from multilevel.design.response import Response
-from multilevel.design.source import DataSource, column_not_found
+from multilevel.design.source import DataSource, column_not_found, take_rows
 from multilevel.design.variables import Scope
 from multilevel.errors import DataError, FitWarning, FormulaError, ModelSpecError
 from multilevel.formula import Call, Node, parse_formula
@@ -578,6 +578,8 @@ class ChunkedDesign:
         return pd.DataFrame(data)
 
     def _keys(self, refs: Sequence[np.ndarray]) -> np.ndarray:
+        if len(refs) == 1:
+            return np.asarray(refs[0], dtype=np.int64)
         key = np.zeros(len(refs[0]), dtype=np.int64)
         if float(np.prod([float(x) for x in self.nlev])) >= 2.0 ** 62:
             raise ModelSpecError("the random-effect terms have too many combinations of levels "
@@ -609,7 +611,7 @@ class ChunkedDesign:
     def _rows(self, chunk: pd.DataFrame, where: str):
         src = self._src(chunk)
         missing, (fb, bbs, rb) = self._missing(src)
-        rows = np.flatnonzero(~missing)
+        rows = np.flatnonzero(~missing) if missing.any() else np.arange(len(missing))
         return src, rows, fb, bbs, rb
 
     def chunk_arrays(self, chunk: pd.DataFrame, where: str = "a chunk"
@@ -626,20 +628,31 @@ class ChunkedDesign:
         except DataError as e:
             raise DataError(f"{where}: {e}") from e
 
-    def _design(self, src, rows, fb, bbs):
+    def _design(self, src, rows, fb, bbs, out: np.ndarray | None = None):
+        """(X, Zs, refs, offset) of the chunk's ``rows``; with ``out`` (rows x dim), X and
+        the Zs are written into their columns of it (the values the engine accumulates) and
+        returned as views, without another copy."""
         spec = self.frame0.spec
         m = len(rows)
+        # every row complete (the usual case): the columns themselves, not copies of them
+        sel = None if m == src.nrows else rows
 
         def sub(blocks):
-            return [b[rows] for b in blocks]
+            return [take_rows(b, sel) for b in blocks]
 
-        vals, offs, _ = spec.fixed.evaluate(src, rows, m, fit=False, exprs=sub(fb))
-        X = fill_columns(spec.plan, vals, m)
+        q = sum(self.zdims)
+        vals, offs, _ = spec.fixed.evaluate(src, sel, m, fit=False, exprs=sub(fb))
+        X = fill_columns(spec.plan, vals, m, out=None if out is None else out[:, self.xcols])
         Zs, refs = [], []
+        c0 = 0
         for k, bs in enumerate(spec.bars):
-            bv, _, _ = bs.scope.evaluate(src, rows, m, fit=False, exprs=sub(bbs[self.bar_order[k]]))
-            Zs.append(fill_columns(bs.plan, bv, m))
-            r = bs.group.refs(src)[rows]
+            bv, _, _ = bs.scope.evaluate(src, sel, m, fit=False,
+                                         exprs=sub(bbs[self.bar_order[k]]))
+            s = self.zdims[k]
+            Zs.append(fill_columns(bs.plan, bv, m, out=None if out is None
+                                   else out[:, c0:c0 + s]))
+            c0 += s
+            r = self._group_refs(bs.group, src, sel)
             if (r < 0).any():
                 i = int(rows[np.flatnonzero(r < 0)[0]])
                 lab = ":".join(str(src.column(c).raw()[i]) for c in bs.group.columns)
@@ -652,9 +665,61 @@ class ChunkedDesign:
         for o in offs:
             off = o.astype(np.float64, copy=True) if off is None else off + o
         if self.offset is not None:
-            o = src.column(self.offset).numeric()[rows]
+            o = take_rows(src.column(self.offset).numeric(), sel)
             off = o.copy() if off is None else off + o
+        assert out is None or c0 == q
         return X, Zs, refs, off
+
+    def _group_refs(self, group: Any, src: DataSource, rows: np.ndarray | None) -> np.ndarray:
+        """The grouping factor's level of each of ``rows`` (None: all; -1 = unknown), as
+        ``GroupSpec.refs``; an integer column is looked up in a table of its levels' values
+        (built once) instead of being factorised and labelled again in every chunk."""
+        parts = []
+        for c, levels in zip(group.columns, group.var_levels):
+            col = src.column(c)
+            vals = col.raw() if col.kind == "numeric" else None
+            lut = self._int_levels(c, levels) if vals is not None and vals.dtype.kind in "iu" \
+                else None
+            if lut is None:
+                codes, labels = src.column(c).factor()
+                idx = {lab: i for i, lab in enumerate(levels)}
+                table = np.array([idx.get(lab, -1) for lab in labels] + [-1], dtype=np.int64)
+                parts.append(table[take_rows(codes, rows)])
+                continue
+            lo, table = lut
+            v = take_rows(vals, rows).astype(np.int64) - lo
+            if len(v) and v.min() >= 0 and v.max() < len(table):
+                parts.append(table[v])
+                continue
+            inside = (v >= 0) & (v < len(table))
+            part = np.full(len(v), -1, dtype=np.int64)
+            part[inside] = table[v[inside]]
+            parts.append(part)
+        return group.refs_from_codes(parts)
+
+    def _int_levels(self, column: str, levels: list[str]) -> tuple[int, np.ndarray] | None:
+        """(smallest value, table from value - smallest to level index or -1) when every
+        level is the label of an integer (R's label of an integer is its digits, so the
+        table finds exactly the level the label would); None otherwise or when the values
+        are too spread out for a table."""
+        cache = self.__dict__.setdefault("_int_lut_cache", {})
+        hit = cache.get(column)
+        if hit is not None and hit[0] is levels:
+            return hit[1]
+        out = None
+        try:
+            ints = [int(lab) for lab in levels]
+            exact = all(str(i) == lab for i, lab in zip(ints, levels))
+        except ValueError:
+            exact = False
+        if exact and ints:
+            lo, hi = min(ints), max(ints)
+            if hi - lo < 8 * len(ints) + (1 << 20):
+                table = np.full(hi - lo + 1, -1, dtype=np.int64)
+                table[np.asarray(ints, dtype=np.int64) - lo] = np.arange(len(ints))
+                out = (lo, table)
+        cache[column] = (levels, out)
+        return out
 
     def _response_values(self, src: DataSource, rows: np.ndarray, m: int, rb) -> tuple:
         """(y, weights from cbind or None) of the rows. A factor response (binomial) is read
@@ -732,30 +797,31 @@ class ChunkedDesign:
         d = self.dim
         if m == 0:
             return np.zeros(0, dtype=np.int64), np.zeros((0, d)), None
-        X, Zs, refs, off = self._design(src, rows, fb, bbs)
-        y, _, _ = self.response.evaluate(src, rows, m, blocks=None if rb is None
-                                         else [b[rows] for b in rb])
+        # the row values [z.., x.., y - offset] built in place (no copies of X and Z)
+        V = np.empty((m, d))
+        X, Zs, refs, off = self._design(src, rows, fb, bbs, out=V)
+        sel = None if m == src.nrows else rows
+        y, _, _ = self.response.evaluate(src, sel, m, blocks=None if rb is None
+                                         else [take_rows(b, sel) for b in rb])
         w = None
         if self.weights is not None:
-            w = src.column(self.weights).numeric()[rows].astype(np.float64, copy=True)
+            w = take_rows(src.column(self.weights).numeric(), sel).astype(np.float64, copy=True)
             if (w < 0).any():
                 raise DataError(f"weights must be non-negative (column '{self.weights}' has "
                                 f"{int((w < 0).sum())} negative value(s))")
             _check_finite(w[:, None], [f"column '{self.weights}'"], "weights")
-        _check_finite(X, self.fixef_names_all, "fixed-effect model matrix")
-        _check_finite(y[:, None], [self.response.name], "response")
-        for Z, rt in zip(Zs, self.frame0.reterms):
-            _check_finite(Z, rt.terms, f"random-effects term ({rt.label})")
         if off is not None:
-            _check_finite(off[:, None], ["offset"], "offset")
-            y = y - off
-        V = np.empty((m, d))
-        c = 0
-        for Z in Zs:
-            V[:, c:c + Z.shape[1]] = Z
-            c += Z.shape[1]
-        V[:, c:c + X.shape[1]] = X
-        V[:, -1] = y
+            np.subtract(y, off, out=V[:, -1])
+        else:
+            V[:, -1] = y
+        if not np.isfinite(V.sum()):  # one pass proves every value finite; else say where
+            _check_finite(X, self.fixef_names_all, "fixed-effect model matrix")
+            _check_finite(y[:, None], [self.response.name], "response")
+            for Z, rt in zip(Zs, self.frame0.reterms):
+                _check_finite(Z, rt.terms, f"random-effects term ({rt.label})")
+            if off is not None:
+                _check_finite(off[:, None], ["offset"], "offset")
+            _check_finite(V, [f"column {j}" for j in range(d)], "row values")
         return self._cells(refs), V, w
 
     def _cells(self, refs: list[np.ndarray]) -> np.ndarray:

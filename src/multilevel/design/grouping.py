@@ -118,6 +118,11 @@ class GroupSpec:
             idx = {lab: i for i, lab in enumerate(levels)}
             lut = np.array([idx.get(lab, -1) for lab in labels] + [-1], dtype=np.int64)
             parts.append(lut[codes])
+        return self.refs_from_codes(parts)
+
+    def refs_from_codes(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Level of each row from its columns' codes into ``var_levels`` (-1 = not a level
+        of the fit, in any column)."""
         if len(parts) == 1:
             return parts[0].astype(np.int32)
         bad = np.zeros(len(parts[0]), dtype=bool)

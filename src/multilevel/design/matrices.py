@@ -111,7 +111,7 @@ def make_plan(scope: Scope, intercept_name: str = "(Intercept)") -> ColumnPlan:
 
 
 def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
-                 keep: Sequence[int] | None = None) -> np.ndarray:
+                 keep: Sequence[int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """The (n, columns) float64 model matrix of ``plan`` (only the columns ``keep`` if given).
 
     ``values`` maps each variable key to ``("num", (n, k) array)`` or ``("fac", level codes)``
@@ -121,9 +121,17 @@ def fill_columns(plan: ColumnPlan, values: dict[str, tuple], n: int,
     >>> plan = ColumnPlan(True, [[("x", 1)]], ["(Intercept)", "x"], [0, 1], [[], [("x", 0)]])
     >>> fill_columns(plan, {"x": ("num", np.array([[2.0], [3.0]]))}, 2).tolist()
     [[1.0, 2.0], [1.0, 3.0]]
+
+    ``out``: an (n, columns) float64 array (a view into a wider one: data read in chunks
+    build each chunk's rows in place) to fill and return instead of a new one.
     """
     cols = plan.columns if keep is None else [plan.columns[i] for i in keep]
-    M = np.empty((n, len(cols)), dtype=np.float64)
+    if out is not None:
+        if out.shape != (n, len(cols)) or out.dtype != np.float64:
+            raise ValueError(f"out must be a float64 array of shape {(n, len(cols))}")
+        M = out
+    else:
+        M = np.empty((n, len(cols)), dtype=np.float64)
     for c, comps in enumerate(cols):
         if not comps:
             M[:, c] = 1.0

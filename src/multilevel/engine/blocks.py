@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from multilevel._core import cell_moments_add
 from multilevel.covariance import ParameterMap, theta_layout
 from multilevel.engine.centring import XCentring
 from multilevel.engine.input import EngineInput
@@ -71,37 +72,23 @@ class CellStats:
 
     # -- accumulation -----------------------------------------------------------------------
     def add(self, cells: np.ndarray, V: np.ndarray, w: np.ndarray | None = None) -> None:
-        """Add rows: ``cells`` (m,) cell index of each row, ``V`` (m, dim), weights (m,)."""
+        """Add rows: ``cells`` (m,) cell index of each row, ``V`` (m, dim), weights (m,).
+
+        The per-cell moments are one compiled pass over the rows
+        (``multilevel_core::cells``): a fresh cell's shift is the unweighted mean of its
+        rows here (close to the mean, so the shifted sums keep their digits; any shift
+        would be exact in theory), then ``m1`` and ``m2`` about it."""
         m = len(cells)
         if m == 0:
             return
-        V = np.asarray(V, dtype=np.float64)
-        codes, uniq = pd.factorize(np.asarray(cells, dtype=np.int64), sort=False)
-        k = len(uniq)
-        cnt = np.bincount(codes, minlength=k)
-        fresh = self.count[uniq] == 0
-        if fresh.any():
-            # the shift of a cell: the unweighted mean of its first rows (close to the mean,
-            # so the shifted sums keep their digits; any shift would be exact in theory)
-            sums = np.column_stack([np.bincount(codes, weights=V[:, j], minlength=k)
-                                    for j in range(self.dim)])
-            self.c[uniq[fresh]] = sums[fresh] / cnt[fresh, None]
-        R = V - self.c[uniq][codes]
-        wR = R if w is None else R * w[:, None]
+        V = np.ascontiguousarray(V, dtype=np.float64)
         if w is not None:
-            self.weighted = True
-        m1 = np.column_stack([np.bincount(codes, weights=wR[:, j], minlength=k)
-                              for j in range(self.dim)])
-        i0, j0 = self.iu
-        m2 = np.column_stack([np.bincount(codes, weights=wR[:, a] * R[:, b], minlength=k)
-                              for a, b in zip(i0, j0)])
-        self.count[uniq] += cnt
-        self.W[uniq] += cnt if w is None else np.bincount(codes, weights=w, minlength=k)
-        self.m1[uniq] += m1
-        self.m2[uniq] += m2
+            w = np.ascontiguousarray(w, dtype=np.float64)
+        cell_moments_add(np.ascontiguousarray(cells, dtype=np.int64), V, w, self.count, self.W,
+                         self.c, self.m1, self.m2)
+        self.weighted = self.weighted or w is not None
         self.nrows += m
-        y = V[:, self.ycol]
-        self.sum_y += float(y.sum())
+        self.sum_y += float(V[:, self.ycol].sum())
         if w is not None:
             pos = w > 0
             self.sum_logw += float(np.log(w[pos]).sum())

@@ -103,22 +103,15 @@ class DaskRunner:
     def learn(self, design: ChunkedDesign) -> None:
         design.start(self.source.first(design.columns))
         if design.needs_transform_pass:
-            learner = self.source.reduce(design.columns, design.transform_stats,
-                                         lambda a, b: a.merge(b))
+            learner = self.source.reduce(design.columns, ChunkedDesign.transform_stats,
+                                         _merge, state=design)
             design.set_transforms(learner if learner is not None else TransformLearner())
-        summary = self.source.reduce(design.columns, design.level_summary,
-                                     lambda a, b: a.merge(b))
+        summary = self.source.reduce(design.columns, ChunkedDesign.level_summary, _merge,
+                                     state=design)
         design.set_levels(summary if summary is not None else LevelSummary())
 
     def accumulate(self, design: ChunkedDesign) -> CellStats:
-        n_cells, dim, xcols = design.n_cells, design.dim, design.xcols
-
-        def chunk(df):
-            st = CellStats(n_cells, dim, xcols)
-            st.add(*design.chunk_arrays(df, "a Dask partition"))
-            return st
-
-        return self.source.reduce(design.columns, chunk, lambda a, b: a.merge(b))
+        return self.source.reduce(design.columns, _cell_stats, _merge, state=design)
 
     # -- GLMMs: partitions of whole groups ----------------------------------------------------
     def glmm_pass(self, design: ChunkedDesign, chunk_fn: Callable, totals_of: Callable,
@@ -175,3 +168,14 @@ class DaskRunner:
 
 def _second_ok(part: Any) -> bool:
     return True
+
+
+def _merge(a: Any, b: Any) -> Any:
+    return a.merge(b)
+
+
+def _cell_stats(design: ChunkedDesign, df: Any) -> CellStats:
+    """One partition's cell moments (a task of the accumulation pass)."""
+    st = CellStats(design.n_cells, design.dim, design.xcols)
+    st.add(*design.chunk_arrays(df, "a Dask partition"))
+    return st
