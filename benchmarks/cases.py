@@ -14,7 +14,8 @@ level orders, same 0/1 coding), so R fits the very frame the Python tools fit.
 Paths: a file is looked for first in the repository (``benchmarks/data/``, the package's
 ``datasets/data/``, ``tests/fixtures/{data,reference}/``; plain or gzipped) and then under the
 shared folder (``--shared``, default ``../shared`` beside the repository root), where the big
-synthetic files and ``lme4_timings.json`` live (and every reference fit not vendored).
+synthetic files and ``lme4_timings.json`` live (and every reference fit not vendored); a file
+``synth.py`` generates (``synth_3level``) is written to ``benchmarks/data/`` on first use.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+import synth
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED = REPO_ROOT.parent / "shared"
@@ -148,6 +151,24 @@ CASES: tuple[Case, ...] = (
     Case("early_ar1", None, "data/Early.csv", "Early", ("cog", "age", "trt", "id"),
          "cog ~ age + trt + ar1(0 + factor(age) | id)", "gaussian", None,
          factors=("trt", "id"), reml=False, r_fitter="glmmTMB", reference="early_ar1_ml"),
+    # The three-level cases of issue 13 (lme4 timed live only). star (mlmRev): maths scores of
+    # 10,496 students (a growth slope in yrs, the grade as a number) taught by 1,288
+    # teachers in 80 schools (a slope too); students change teachers every grade and a few
+    # change schools, so the terms are partially crossed. The teacher covariates (hdeg, clad,
+    # exp, trace) and eth leave the 23,758 complete rows of the issue. lme4 1.1 fits it with
+    # its max|grad| remark (0.003 against its 0.002), the reason the logLik is compared
+    # with lme4's live value.
+    Case("star", None, "data/star.csv", "star",
+         ("math", "gr", "cltype", "sx", "eth", "hdeg", "clad", "exp", "trace", "yrs", "id",
+          "tch", "sch"),
+         "math ~ gr + cltype + sx + eth + hdeg + clad + exp + trace + (yrs | id) + (1 | tch) "
+         "+ (yrs | sch)", "gaussian", None,
+         factors=("id", "sch", "gr", "cltype", "hdeg", "clad", "trace", "sx", "eth", "tch"),
+         slow=True),
+    # synth.py's seeded data: 1e6 pupils, 20,000 classes nested in 2,000 schools
+    Case("synth_3level", None, "bench/synth/synth_3level.csv.gz", None,
+         ("y", "x", "class", "school"), "y ~ x + (1 + x | class) + (1 | school)", "gaussian",
+         None, factors=("class", "school"), slow=True),
 )
 CASES_BY_NAME = {c.name: c for c in CASES}
 
@@ -161,6 +182,9 @@ def find_file(rel: str, shared: Path) -> Path:
     for path in candidates:
         if path.is_file():
             return path
+    made = synth.ensure(name)  # data this folder generates (seeded) instead of storing
+    if made is not None:
+        return made
     looked = ", ".join(dict.fromkeys(str(p.parent) for p in candidates))
     raise MissingFile(f"{rel} not found (looked in {looked}); pass --shared PATH pointing at "
                       "the shared folder that holds data/ and bench/")

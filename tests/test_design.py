@@ -828,6 +828,25 @@ def test_frame_sized_cross_products_run_on_one_blas_thread(monkeypatch):
     assert (300, 12) in sizes
 
 
+def test_tall_cross_products_below_one_threads_range_run_on_one_blas_thread(monkeypatch):
+    """A product too small for one_thread's switch but over many rows (star's 23,758 x 26
+    model matrix: 0.5-2 s on two busy OpenBLAS threads, milliseconds on one) runs inside
+    dot_thread, which single-threads beyond 10,000 rows."""
+    from multilevel.design import matrices
+
+    rows = []
+    real = matrices.dot_thread
+
+    def spy(n):
+        rows.append(n)
+        return real(n)
+
+    monkeypatch.setattr(matrices, "dot_thread", spy)
+    X = np.random.default_rng(0).normal(size=(12_000, 12))
+    np.testing.assert_allclose(matrices.gram(X), X.T @ X)
+    assert rows == [12_000]
+
+
 def test_long_dot_products_run_on_one_blas_thread(monkeypatch):
     """OpenBLAS threads a dot product of more than 10,000 entries, whose start-up on a busy
     2-core machine cost the 1e5-row frame ~5 ms (median) for X'X: the frame's dot products

@@ -133,6 +133,10 @@ pub struct Lmm {
     /// dense factor and P = (C C')^-1; allocated on the first gradient, reused after
     gw_inv: Vec<f64>,
     gw_p: Vec<f64>,
+    /// ... and under REML: the X rows of B over all levels of term 0 (p x nl0 s0) and P_xx
+    /// times them
+    gw_bx: Vec<f64>,
+    gw_pbx: Vec<f64>,
 }
 
 /// Levels of term 0 per dense update of the rest block.
@@ -282,6 +286,8 @@ impl Lmm {
             chunk: if dense_update { vec![0.0; r * CHUNK * s0] } else { Vec::new() },
             gw_inv: Vec::new(),
             gw_p: Vec::new(),
+            gw_bx: Vec::new(),
+            gw_pbx: Vec::new(),
         };
         m.accumulate(rows, false);
         Ok(m)

@@ -12,6 +12,7 @@ of a plan's contrasts) among the design modules.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from multilevel._blas import dot_thread, one_thread
+from multilevel._blas import _FLOPS_WORTH_SWITCHING, dot_thread, one_thread
 
 from multilevel.design.contrasts import Contrast
 from multilevel.design.variables import Scope
@@ -171,7 +172,12 @@ def gram(M: np.ndarray) -> np.ndarray:
     # an overflow gives inf, left to the caller's checks (no numpy warning on the way)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         if p > _GRAM_PAIRWISE_COLS or n < _GRAM_PAIRWISE_ROWS:
-            with one_thread(n, p):  # a frame-sized product: see multilevel._blas
+            # a frame-sized product: see multilevel._blas. Below one_thread's range, a tall
+            # product still goes on one thread (dot_thread's rule, by rows): star's
+            # 23,758 x 26 took 0.5-2 s on OpenBLAS's two threads on the busy 2-core machine
+            # and 3-40 ms on one
+            small = float(n) * p * p < _FLOPS_WORTH_SWITCHING
+            with one_thread(n, p), dot_thread(n) if small else contextlib.nullcontext():
                 return M.T @ M
         G = np.empty((p, p))
         with dot_thread(n):
