@@ -250,8 +250,19 @@ impl Glmm {
     /// log|M|'s direct dependence on Lambda. Everything is per group: three passes over
     /// its rows and s x s solves.
     pub(in crate::glmm) fn block_gradient<K: Kernel>(&mut self, k: K, jacobian: bool) -> Option<Vec<f64>> {
+        // the common sizes as constants: the s-loops below unroll
+        match self.terms[0].s {
+            2 => self.block_gradient_s::<K, 2>(k, jacobian),
+            3 => self.block_gradient_s::<K, 3>(k, jacobian),
+            _ => self.block_gradient_s::<K, 0>(k, jacobian),
+        }
+    }
+
+    /// `block_gradient` for terms of `S` columns (0: any, read from the term).
+    fn block_gradient_s<K: Kernel, const S: usize>(&mut self, k: K, jacobian: bool) -> Option<Vec<f64>> {
         let t = &self.terms[0];
-        let (s, nl, p) = (t.s, t.nlev, self.p);
+        let s = if S > 0 { S } else { t.s };
+        let (nl, p) = (t.nlev, self.p);
         let theta = self.theta_last.clone();
         let ntheta = theta.len();
         let lam = self.lambdas(&theta).swap_remove(0);
@@ -266,11 +277,13 @@ impl Glmm {
         let (mut full, mut tmp, mut m) = (vec![0.0; s * s], vec![0.0; s * s], vec![0.0; s * s]);
         let mut mo = vec![0.0; s * s];
         let mut piv = vec![0usize; s];
-        let (mut bl, mut a, mut gi, mut v, mut wl, mut gsc) = (vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s]);
+        let (mut bl, mut a, mut gi, mut wl, mut gsc) = (vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s]);
         let mut co = vec![0.0; s * p];
         let mut pm = vec![0.0; s * s];
         let mut gb = vec![0.0; p];
         let mut r = vec![0.0; s];
+        let (mut kmat, mut cmat) = (vec![0.0; s * s], vec![0.0; s * s]);
+        let (mut vz, mut lw, mut zc) = (vec![0.0; s], vec![0.0; s], vec![0.0; s]);
         for l in 0..nl {
             let rows = self.gstart[l]..self.gstart[l + 1];
             let ul = &self.u[l * s..(l + 1) * s];
@@ -292,10 +305,12 @@ impl Glmm {
                     }
                 }
                 if jacobian {
+                    // co row-major (row aa: the p products with z_aa), contiguous over x
                     let xi = &self.x[i * p..(i + 1) * p];
-                    for c in 0..p {
-                        for aa in 0..s {
-                            co[c * s + aa] += dwo[j] * zi[aa] * xi[c];
+                    for aa in 0..s {
+                        let wz = dwo[j] * zi[aa];
+                        for (r, xc) in co[aa * p..(aa + 1) * p].iter_mut().zip(xi) {
+                            *r += wz * xc;
                         }
                     }
                 }
@@ -317,38 +332,66 @@ impl Glmm {
             if !lu_factor(&mut mo, s, &mut piv) {
                 return None;
             }
-            // pass B: h_i and v = Lambda' Z' (W' h)
-            v.iter_mut().for_each(|x| *x = 0.0);
-            for (j, i) in rows.clone().enumerate() {
-                lam_t_mul(&lam, s, &self.z[0][i * s..(i + 1) * s], &mut a);
-                gi.copy_from_slice(&a);
-                small::solve_lower(&m, s, &mut gi);
-                let hi: f64 = gi.iter().map(|x| x * x).sum();
-                hh[j] = hi;
+            // per group: K = M^-1 Lambda' (so G_i = K z_i) and C = Lambda K (so
+            // h_i = z_i' C z_i): no solve per row
+            for jj in 0..s {
+                // column jj of Lambda' is row jj of Lambda
                 for aa in 0..s {
-                    v[aa] += dwp[j] * hi * a[aa];
+                    gi[aa] = lam[jj + aa * s];
                 }
-            }
-            wl.copy_from_slice(&v);
-            lu_solve(&mo, s, &piv, &mut wl);
-            // pass C: c_i, the beta gradient and the theta sums (pm, over all groups)
-            for (j, i) in rows.clone().enumerate() {
-                let zi = &self.z[0][i * s..(i + 1) * s];
-                lam_t_mul(&lam, s, zi, &mut a);
-                gi.copy_from_slice(&a);
                 small::solve_lower(&m, s, &mut gi);
                 small::solve_lower_t(&m, s, &mut gi);
-                let tz: f64 = a.iter().zip(&wl).map(|(x, y)| x * y).sum();
+                kmat[jj * s..(jj + 1) * s].copy_from_slice(&gi);
+            }
+            for aa in 0..s {
+                for bb in 0..s {
+                    cmat[aa + bb * s] = (0..=aa).map(|c| lam[aa + c * s] * kmat[c + bb * s]).sum();
+                }
+            }
+            // pass B: h_i and vz = Z' (W' h), v = Lambda' vz
+            vz.iter_mut().for_each(|x| *x = 0.0);
+            for (j, i) in rows.clone().enumerate() {
+                let zi = &self.z[0][i * s..(i + 1) * s];
+                let mut hi = 0.0;
+                for bb in 0..s {
+                    let mut cz = 0.0;
+                    for aa in 0..s {
+                        cz += cmat[aa + bb * s] * zi[aa];
+                    }
+                    hi += cz * zi[bb];
+                }
+                hh[j] = hi;
+                for aa in 0..s {
+                    vz[aa] += dwp[j] * hi * zi[aa];
+                }
+            }
+            lam_t_mul(&lam, s, &vz, &mut wl);
+            lu_solve(&mo, s, &piv, &mut wl);
+            lam_mul(&lam, s, &wl, &mut lw);
+            // pass C: c_i, the beta gradient and zc = sum z c
+            zc.iter_mut().for_each(|x| *x = 0.0);
+            for (j, i) in rows.clone().enumerate() {
+                let zi = &self.z[0][i * s..(i + 1) * s];
+                let tz: f64 = zi.iter().zip(&lw).map(|(x, y)| x * y).sum();
                 let c = -2.0 * dwr[j] + dwp[j] * hh[j] - dwo[j] * tz;
                 let xi = &self.x[i * p..(i + 1) * p];
                 for cc in 0..p {
                     gb[cc] += c * xi[cc];
                 }
-                for bb in 0..s {
-                    let f = c * ul[bb] + dwr[j] * wl[bb] + 2.0 * dw[j] * gi[bb];
-                    for aa in 0..s {
-                        pm[aa + bb * s] += zi[aa] * f;
-                    }
+                for aa in 0..s {
+                    zc[aa] += c * zi[aa];
+                }
+            }
+            // sum_i z_ia (c_i u_b + s_i w_b + 2 W_i G_ib) = zc_a u_b + gsc_a w_b + 2 (H K')_ab
+            for bb in 0..s {
+                for aa in 0..s {
+                    let hk: f64 = (0..s)
+                        .map(|c| {
+                            let hv = if c >= aa { h[c + aa * s] } else { h[aa + c * s] };
+                            hv * kmat[bb + c * s]
+                        })
+                        .sum();
+                    pm[aa + bb * s] += zc[aa] * ul[bb] + gsc[aa] * wl[bb] + 2.0 * hk;
                 }
             }
             // du_l/d(theta, beta) = Mo^-1 r: r_theta_k = E_k' g - Lambda' Ho E_k u,
@@ -379,7 +422,10 @@ impl Glmm {
                     }
                 }
                 for cc in 0..p {
-                    lam_t_mul(&lam, s, &co[cc * s..(cc + 1) * s], &mut r);
+                    for aa in 0..s {
+                        vz[aa] = co[aa * p + cc];
+                    }
+                    lam_t_mul(&lam, s, &vz, &mut r);
                     for x in r.iter_mut() {
                         *x = -*x;
                     }

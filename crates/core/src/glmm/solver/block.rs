@@ -265,8 +265,8 @@ fn sq(u: &[f64]) -> f64 {
 }
 
 /// Sums of the joint (u, beta) PIRLS step with one vector term, per group l: h = sum w z z'
-/// (s x s lower), g = sum z w r (s), c = sum w z x' (s x p, column-major); X' W X (lower)
-/// and X' W r.
+/// (s x s lower), g = sum z w r (s), c = sum w z x' (s x p, row-major: row a is the p
+/// products with z_a); X' W X (lower) and X' W r.
 pub(in crate::glmm) struct BlockJoint {
     h: Vec<f64>,
     g: Vec<f64>,
@@ -482,6 +482,7 @@ impl Glmm {
         let mut unew = vec![0.0; nl * s];
         let mut bnew = vec![0.0; p];
         let mut col = vec![0.0; s];
+        let mut zx = vec![0.0; s];
         loop {
             smat.copy_from_slice(&sys.xwx);
             rb.copy_from_slice(&sys.xwy);
@@ -499,7 +500,10 @@ impl Glmm {
                 small::solve_lower(ml, s, el);
                 let bl = &mut bmat[l * s * p..(l + 1) * s * p];
                 for c in 0..p {
-                    lam_t_mul(&lam, s, &sys.c[(l * p + c) * s..(l * p + c + 1) * s], &mut col);
+                    for a in 0..s {
+                        zx[a] = sys.c[l * s * p + a * p + c];
+                    }
+                    lam_t_mul(&lam, s, &zx, &mut col);
                     small::solve_lower(ml, s, &mut col);
                     bl[c * s..(c + 1) * s].copy_from_slice(&col);
                 }
@@ -600,8 +604,18 @@ impl Glmm {
     /// The sums of `BlockJoint` at the stored weights (with `resp`, the stored `wresp` as
     /// the response; without `with_x`, h and g only).
     fn block_sums(&self, sys: &mut BlockJoint, resp: bool, with_x: bool) {
+        // the common sizes as constants: the s-loops unroll
+        match self.terms[0].s {
+            2 => self.block_sums_s::<2>(sys, resp, with_x),
+            3 => self.block_sums_s::<3>(sys, resp, with_x),
+            _ => self.block_sums_s::<0>(sys, resp, with_x),
+        }
+    }
+
+    /// `block_sums` for terms of `S` columns (0: any, read from the term).
+    fn block_sums_s<const S: usize>(&self, sys: &mut BlockJoint, resp: bool, with_x: bool) {
         let t = &self.terms[0];
-        let (s, nl) = (t.s, t.nlev);
+        let (s, nl) = (if S > 0 { S } else { t.s }, t.nlev);
         let p = if with_x { self.p } else { 0 };
         for v in [&mut sys.h, &mut sys.g, &mut sys.c, &mut sys.xwx, &mut sys.xwy] {
             v.iter_mut().for_each(|a| *a = 0.0);
@@ -615,21 +629,22 @@ impl Glmm {
                 let zi = &self.z[0][i * s..(i + 1) * s];
                 let w = self.w[i];
                 let yt = if resp { self.wresp[i] } else { 0.0 };
+                // (contiguous inner loops over x, which vectorise)
                 for a in 0..s {
                     let wz = w * zi[a];
                     gl[a] += wz * yt;
                     for c in a..s {
                         hl[c + a * s] += wz * zi[c];
                     }
-                    for c in 0..p {
-                        cl[c * s + a] += wz * xi[c];
+                    for (r, xc) in cl[a * p..(a + 1) * p].iter_mut().zip(xi) {
+                        *r += wz * xc;
                     }
                 }
                 for a in 0..p {
                     let wx = w * xi[a];
                     sys.xwy[a] += wx * yt;
-                    for c in a..p {
-                        sys.xwx[c + a * p] += wx * xi[c];
+                    for (r, xc) in sys.xwx[a * p + a..(a + 1) * p].iter_mut().zip(&xi[a..]) {
+                        *r += wx * xc;
                     }
                 }
             }
@@ -684,13 +699,17 @@ impl Glmm {
         let (mut full, mut tmp, mut m) = (vec![0.0; s * s], vec![0.0; s * s], vec![0.0; s * s]);
         let mut bl = vec![0.0; s * p];
         let mut col = vec![0.0; s];
+        let mut zx = vec![0.0; s];
         let mut smat = sys.xwx.clone();
         for l in 0..nl {
             if !factor_m(&lam, &sys.h[l * s * s..(l + 1) * s * s], s, &mut full, &mut tmp, &mut m) {
                 return Err(E::Numerical("the fixed-effects block is not positive definite".into()));
             }
             for c in 0..p {
-                lam_t_mul(&lam, s, &sys.c[(l * p + c) * s..(l * p + c + 1) * s], &mut col);
+                for a in 0..s {
+                    zx[a] = sys.c[l * s * p + a * p + c];
+                }
+                lam_t_mul(&lam, s, &zx, &mut col);
                 small::solve_lower(&m, s, &mut col);
                 bl[c * s..(c + 1) * s].copy_from_slice(&col);
             }
