@@ -266,7 +266,7 @@ fn sq(u: &[f64]) -> f64 {
 
 /// Sums of the joint (u, beta) PIRLS step with one vector term, per group l: h = sum w z z'
 /// (s x s lower), g = sum z w r (s), c = sum w z x' (s x p, row-major: row a is the p
-/// products with z_a); X' W X (lower) and X' W r.
+/// products with z_a); X' W X (full square, only its lower triangle read) and X' W r.
 pub(in crate::glmm) struct BlockJoint {
     h: Vec<f64>,
     g: Vec<f64>,
@@ -640,10 +640,12 @@ impl Glmm {
                         *r += wz * xc;
                     }
                 }
+                // the full square (its upper part unused): whole rows of p vectorise, the
+                // triangle's rows of varying length do not
                 for a in 0..p {
                     let wx = w * xi[a];
                     sys.xwy[a] += wx * yt;
-                    for (r, xc) in sys.xwx[a * p + a..(a + 1) * p].iter_mut().zip(&xi[a..]) {
+                    for (r, xc) in sys.xwx[a * p..(a + 1) * p].iter_mut().zip(xi) {
                         *r += wx * xc;
                     }
                 }
