@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_CASES = "sleepstudy,hsb82,slopes_1e5,cbpp"
+DEFAULT_CASES = "sleepstudy,hsb82,slopes_1e5,cbpp,contraception"
 
 
 def worker(cases: list[str], fits: int, shared: Path) -> None:

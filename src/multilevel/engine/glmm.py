@@ -11,12 +11,14 @@ estimates into a fit. The criterion and the estimates are lme4's; the route to t
    approximation (nAGQ = 1) or adaptive Gauss-Hermite quadrature (nAGQ > 1, one scalar
    random-effect term) of -2 log-likelihood.
 
-   - Where the engine gives the exact gradient of the Laplace criterion (one scalar term, any
-     link; all terms scalar -- crossed or nested intercepts -- with a canonical link), Newton
-     steps with the Hessian from finite differences of that gradient (``newton_fd``): some 10
-     - 20 evaluations, and each starts PIRLS from modes predicted to first order.
-   - Otherwise (vector-valued terms, non-canonical links with several terms, AGQ) BOBYQA, as
-     lme4 (lme4 uses Nelder-Mead by default and BOBYQA in the reference fits).
+   - Where the engine gives the exact gradient of the Laplace criterion (one term, scalar or
+     vector-valued such as ``(1 + x | g)``, any link; all terms scalar -- crossed or nested
+     intercepts -- with a canonical link), Newton steps with the Hessian from finite
+     differences of that gradient (``newton_fd``): some 10 - 20 evaluations, and each starts
+     PIRLS from modes predicted to first order.
+   - Otherwise (several terms of which one is vector-valued, non-canonical links with
+     several terms, AGQ, cs() / ar1() structures) BOBYQA, as lme4 (lme4 uses Nelder-Mead by
+     default and BOBYQA in the reference fits). ``control={"optimizer": "bobyqa"}`` forces it.
 3. theta values within 1e-4 of the boundary are put on it when that does not raise the
    criterion; a final evaluation at the optimum sets the modes, fitted values and weights.
 4. The default covariance of beta is lme4's: the beta block of 2 H^-1 with H the Hessian of
@@ -203,8 +205,9 @@ class GlmmProblem(CompiledProblem):
 
     @property
     def has_gradient(self) -> bool:
-        """The engine gives the exact gradient of the criterion: Laplace with one scalar term,
-        or with all terms scalar (crossed / nested intercepts) and a canonical link."""
+        """The engine gives the exact gradient of the criterion: Laplace with one term (scalar
+        or vector-valued, any link), or with all terms scalar (crossed / nested intercepts)
+        and a canonical link; not for the dispersion families."""
         # (over θ: with cs() or ar1() terms the optimiser's parameters are not θ)
         return self.nagq == 1 and self.core.has_gradient and self.pmap.native
 

@@ -766,12 +766,12 @@ class PartitionedGlmmProblem(GlmmProblem):
 
     @property
     def has_gradient(self) -> bool:
-        # the engine's rule (solver/mod.rs): one scalar term, or all terms scalar with a
-        # canonical link; never for the dispersion families
+        # the engine's rule (solver/mod.rs): one term (scalar or vector-valued, any link),
+        # or all terms scalar with a canonical link; never for the dispersion families
         if self.nagq != 1 or not self.pmap.native or self.spec.has_dispersion:
             return False
         terms = self.spec.terms
-        if len(terms) == 1 and terms[0].s == 1:
+        if len(terms) == 1:
             return True
         return all(t.s == 1 for t in terms) and (self.family.name, self.family.link.name) in (
             ("binomial", "logit"), ("poisson", "log"))

@@ -1,10 +1,12 @@
-//! The exact gradient of the Laplace criterion at the mode (one scalar term with any link;
-//! all-scalar terms with a canonical link), and the first-order prediction of the modes
-//! from it that warm-starts the next evaluations.
+//! The exact gradient of the Laplace criterion at the mode (one term, scalar or
+//! vector-valued, with any link; all-scalar terms with a canonical link), and the
+//! first-order prediction of the modes from it that warm-starts the next evaluations.
 
 use super::kernel::Kernel;
+use super::solver::block::{factor_m, lam_mul, lam_t_mul, lu_factor, lu_solve};
 use super::solver::Solver;
 use super::Glmm;
+use crate::small;
 
 impl Glmm {
     /// Gradient of the Laplace criterion in (theta, beta) at the mode found by the last
@@ -228,6 +230,218 @@ impl Glmm {
         jac[ntheta * nl..].copy_from_slice(&jb);
         if jacobian {
             let x0: Vec<f64> = self.theta_last.iter().chain(self.beta.iter()).copied().collect();
+            self.pred = Some((x0, self.u.clone(), jac));
+        }
+        Some(out)
+    }
+
+    /// Gradient for one vector-valued term (block-diagonal M, one s x s block M_l =
+    /// I + Lambda' H_l Lambda per level) at the modes of the last evaluation, any link. The
+    /// all-scalar formulas (`crossed_gradient`) with s x s blocks: with a_i = Lambda' z_i,
+    /// G_i = M_l^-1 a_i and h_i = a_i' G_i (M from the IRLS weights W), the adjoint
+    /// w_l = Mo_l^-1 sum_i W'_i h_i a_i (Mo from the observed information Wo, which
+    /// governs how the modes move: du = Mo^-1 r), and per row
+    /// c_i = -2 s_i + W'_i h_i - Wo_i a_i' w_l (s the score in eta),
+    ///   d/dbeta = sum_i c_i x_i,
+    ///   d/dtheta_k = sum over Lambda's entries (a, b) holding theta_k of
+    ///                sum_i z_ia (c_i u_lb + s_i w_lb + 2 W_i G_ib),
+    /// the three parts being eta's explicit dependence on theta (through -2 log p, the
+    /// weights in log|M| and the modes), the modes' dependence through Lambda' Z' s, and
+    /// log|M|'s direct dependence on Lambda. Everything is per group: three passes over
+    /// its rows and s x s solves.
+    pub(in crate::glmm) fn block_gradient<K: Kernel>(&mut self, k: K, jacobian: bool) -> Option<Vec<f64>> {
+        // the common sizes as constants: the s-loops below unroll
+        match self.terms[0].s {
+            2 => self.block_gradient_s::<K, 2>(k, jacobian),
+            3 => self.block_gradient_s::<K, 3>(k, jacobian),
+            _ => self.block_gradient_s::<K, 0>(k, jacobian),
+        }
+    }
+
+    /// `block_gradient` for terms of `S` columns (0: any, read from the term).
+    fn block_gradient_s<K: Kernel, const S: usize>(&mut self, k: K, jacobian: bool) -> Option<Vec<f64>> {
+        let t = &self.terms[0];
+        let s = if S > 0 { S } else { t.s };
+        let (nl, p) = (t.nlev, self.p);
+        let theta = self.theta_last.clone();
+        let ntheta = theta.len();
+        let lam = self.lambdas(&theta).swap_remove(0);
+        let entries = t.lambda.clone();
+        let q = self.u.len();
+        let nx = ntheta + p;
+        let mut jac = if jacobian { vec![0.0; q * nx] } else { Vec::new() };
+        let maxg = (0..nl).map(|l| self.gstart[l + 1] - self.gstart[l]).max().unwrap_or(0);
+        let mut der: [Vec<f64>; 4] = std::array::from_fn(|_| vec![0.0; maxg]);
+        let mut hh = vec![0.0; maxg];
+        let (mut h, mut ho) = (vec![0.0; s * s], vec![0.0; s * s]);
+        let (mut full, mut tmp, mut m) = (vec![0.0; s * s], vec![0.0; s * s], vec![0.0; s * s]);
+        let mut mo = vec![0.0; s * s];
+        let mut piv = vec![0usize; s];
+        let (mut bl, mut a, mut gi, mut wl, mut gsc) = (vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s]);
+        let mut co = vec![0.0; s * p];
+        let mut pm = vec![0.0; s * s];
+        let mut gb = vec![0.0; p];
+        let mut r = vec![0.0; s];
+        let (mut kmat, mut cmat) = (vec![0.0; s * s], vec![0.0; s * s]);
+        let (mut vz, mut lw, mut zc) = (vec![0.0; s], vec![0.0; s], vec![0.0; s]);
+        for l in 0..nl {
+            let rows = self.gstart[l]..self.gstart[l + 1];
+            let ul = &self.u[l * s..(l + 1) * s];
+            lam_mul(&lam, s, ul, &mut bl);
+            h.iter_mut().for_each(|x| *x = 0.0);
+            ho.iter_mut().for_each(|x| *x = 0.0);
+            gsc.iter_mut().for_each(|x| *x = 0.0);
+            co.iter_mut().for_each(|x| *x = 0.0);
+            // pass A: the row derivatives, H and Ho (lower), the score, Co = sum Wo z x'
+            self.block_deriv(k, l, &bl, &mut der);
+            let [dw, dwr, dwo, dwp] = &der;
+            for (j, i) in rows.clone().enumerate() {
+                let zi = &self.z[0][i * s..(i + 1) * s];
+                for aa in 0..s {
+                    gsc[aa] += dwr[j] * zi[aa];
+                    for c in aa..s {
+                        h[c + aa * s] += dw[j] * zi[aa] * zi[c];
+                        ho[c + aa * s] += dwo[j] * zi[aa] * zi[c];
+                    }
+                }
+                if jacobian {
+                    // co row-major (row aa: the p products with z_aa), contiguous over x
+                    let xi = &self.x[i * p..(i + 1) * p];
+                    for aa in 0..s {
+                        let wz = dwo[j] * zi[aa];
+                        for (r, xc) in co[aa * p..(aa + 1) * p].iter_mut().zip(xi) {
+                            *r += wz * xc;
+                        }
+                    }
+                }
+            }
+            if !factor_m(&lam, &h, s, &mut full, &mut tmp, &mut m) {
+                return None;
+            }
+            // Mo = I + Lambda' Ho Lambda, not necessarily positive definite
+            for aa in 0..s {
+                for c in aa..s {
+                    full[c + aa * s] = ho[c + aa * s];
+                    full[aa + c * s] = ho[c + aa * s];
+                }
+            }
+            small::congruence_t(&lam, &full, s, &mut tmp, &mut mo);
+            for aa in 0..s {
+                mo[aa + aa * s] += 1.0;
+            }
+            if !lu_factor(&mut mo, s, &mut piv) {
+                return None;
+            }
+            // per group: K = M^-1 Lambda' (so G_i = K z_i) and C = Lambda K (so
+            // h_i = z_i' C z_i): no solve per row
+            for jj in 0..s {
+                // column jj of Lambda' is row jj of Lambda
+                for aa in 0..s {
+                    gi[aa] = lam[jj + aa * s];
+                }
+                small::solve_lower(&m, s, &mut gi);
+                small::solve_lower_t(&m, s, &mut gi);
+                kmat[jj * s..(jj + 1) * s].copy_from_slice(&gi);
+            }
+            for aa in 0..s {
+                for bb in 0..s {
+                    cmat[aa + bb * s] = (0..=aa).map(|c| lam[aa + c * s] * kmat[c + bb * s]).sum();
+                }
+            }
+            // pass B: h_i and vz = Z' (W' h), v = Lambda' vz
+            vz.iter_mut().for_each(|x| *x = 0.0);
+            for (j, i) in rows.clone().enumerate() {
+                let zi = &self.z[0][i * s..(i + 1) * s];
+                let mut hi = 0.0;
+                for bb in 0..s {
+                    let mut cz = 0.0;
+                    for aa in 0..s {
+                        cz += cmat[aa + bb * s] * zi[aa];
+                    }
+                    hi += cz * zi[bb];
+                }
+                hh[j] = hi;
+                for aa in 0..s {
+                    vz[aa] += dwp[j] * hi * zi[aa];
+                }
+            }
+            lam_t_mul(&lam, s, &vz, &mut wl);
+            lu_solve(&mo, s, &piv, &mut wl);
+            lam_mul(&lam, s, &wl, &mut lw);
+            // pass C: c_i, the beta gradient and zc = sum z c
+            zc.iter_mut().for_each(|x| *x = 0.0);
+            for (j, i) in rows.clone().enumerate() {
+                let zi = &self.z[0][i * s..(i + 1) * s];
+                let tz: f64 = zi.iter().zip(&lw).map(|(x, y)| x * y).sum();
+                let c = -2.0 * dwr[j] + dwp[j] * hh[j] - dwo[j] * tz;
+                let xi = &self.x[i * p..(i + 1) * p];
+                for cc in 0..p {
+                    gb[cc] += c * xi[cc];
+                }
+                for aa in 0..s {
+                    zc[aa] += c * zi[aa];
+                }
+            }
+            // sum_i z_ia (c_i u_b + s_i w_b + 2 W_i G_ib) = zc_a u_b + gsc_a w_b + 2 (H K')_ab
+            for bb in 0..s {
+                for aa in 0..s {
+                    let hk: f64 = (0..s)
+                        .map(|c| {
+                            let hv = if c >= aa { h[c + aa * s] } else { h[aa + c * s] };
+                            hv * kmat[bb + c * s]
+                        })
+                        .sum();
+                    pm[aa + bb * s] += zc[aa] * ul[bb] + gsc[aa] * wl[bb] + 2.0 * hk;
+                }
+            }
+            // du_l/d(theta, beta) = Mo^-1 r: r_theta_k = E_k' g - Lambda' Ho E_k u,
+            // r_beta_c = -Lambda' Co[:, c]
+            if jacobian {
+                for kk in 0..ntheta {
+                    r.iter_mut().for_each(|x| *x = 0.0);
+                    let mut any = false;
+                    for &(ea, eb, ti) in &entries {
+                        if ti != kk {
+                            continue;
+                        }
+                        any = true;
+                        r[eb] += gsc[ea];
+                        // Ho E u = Ho[:, ea] u_eb
+                        for cc in 0..s {
+                            let hv = if cc >= ea { ho[cc + ea * s] } else { ho[ea + cc * s] };
+                            full[cc] = hv * ul[eb];
+                        }
+                        lam_t_mul(&lam, s, &full[..s], &mut a);
+                        for aa in 0..s {
+                            r[aa] -= a[aa];
+                        }
+                    }
+                    if any {
+                        lu_solve(&mo, s, &piv, &mut r);
+                        jac[kk * q + l * s..kk * q + (l + 1) * s].copy_from_slice(&r);
+                    }
+                }
+                for cc in 0..p {
+                    for aa in 0..s {
+                        vz[aa] = co[aa * p + cc];
+                    }
+                    lam_t_mul(&lam, s, &vz, &mut r);
+                    for x in r.iter_mut() {
+                        *x = -*x;
+                    }
+                    lu_solve(&mo, s, &piv, &mut r);
+                    let col = ntheta + cc;
+                    jac[col * q + l * s..col * q + (l + 1) * s].copy_from_slice(&r);
+                }
+            }
+        }
+        let mut out = vec![0.0; nx];
+        for &(ea, eb, ti) in &entries {
+            out[ti] += pm[ea + eb * s];
+        }
+        out[ntheta..].copy_from_slice(&gb);
+        if jacobian {
+            let x0: Vec<f64> = theta.iter().chain(self.beta.iter()).copied().collect();
             self.pred = Some((x0, self.u.clone(), jac));
         }
         Some(out)

@@ -7,6 +7,10 @@
 //! * [`Solver::Scalar`] (`scalar.rs`): one scalar term. M is diagonal, so PIRLS runs group
 //!   by group on rows sorted by group with no matrix at all; the only case where adaptive
 //!   quadrature is defined. Its nAGQ = 0 variant adds a p x p Schur complement.
+//! * [`Solver::Block`] (`block.rs`): one vector-valued term (`(1 + x | g)`). M is block
+//!   diagonal (s x s per level), so PIRLS runs group by group as for one scalar term, with
+//!   the exact gradient; nAGQ = 0 adds a p x p Schur complement (the LMM engine with X,
+//!   built on first use, is its fallback).
 //! * [`Solver::Crossed`] (`crossed.rs`): every term scalar, more than one (crossed or
 //!   nested intercepts): a dedicated factorisation that also gives the selected inverse
 //!   entries the gradient needs; a second copy with the X columns for (u, beta).
@@ -24,6 +28,7 @@ use super::{Glmm, E};
 use crate::error::CoreResult;
 use crate::lmm::{Lmm, Term};
 
+pub(super) mod block;
 mod crossed;
 mod general;
 mod scalar;
@@ -33,6 +38,9 @@ pub(crate) use crossed::Crossed;
 pub(super) enum Solver {
     /// `ub`: the LMM engine with X, built on first use for R_X
     Scalar { ub: Option<Lmm> },
+    /// `ub`: the LMM engine with X, built on first use when the joint Schur complement
+    /// cannot be factored (see `block_joint`)
+    Block { ub: Option<Lmm> },
     /// `u`: the system over u; `ub`: with the X columns (built on first use)
     Crossed { u: Crossed, ub: Option<Crossed> },
     /// the LMM engine without and with X (each built on first use)
@@ -46,6 +54,9 @@ impl Solver {
     pub(super) fn choose(terms: &[Term], refs: &[Vec<u32>], gstart: &[usize], p: usize) -> CoreResult<Solver> {
         if terms.len() == 1 && terms[0].s == 1 {
             return Ok(Solver::Scalar { ub: None });
+        }
+        if terms.len() == 1 {
+            return Ok(Solver::Block { ub: None });
         }
         if terms.iter().all(|t| t.s == 1) {
             let nlev: Vec<usize> = terms.iter().map(|t| t.nlev).collect();
@@ -76,8 +87,8 @@ impl Solver {
     fn lmm_slot(&mut self, joint: bool) -> Option<&mut Option<Lmm>> {
         match self {
             Solver::General { u, ub } => Some(if joint { ub } else { u }),
-            Solver::Scalar { ub } if joint => Some(ub),
-            Solver::Scalar { .. } | Solver::Crossed { .. } => None,
+            Solver::Scalar { ub } | Solver::Block { ub } if joint => Some(ub),
+            Solver::Scalar { .. } | Solver::Block { .. } | Solver::Crossed { .. } => None,
         }
     }
 }
@@ -101,6 +112,7 @@ impl Glmm {
                 let th = self.scalar_theta(theta);
                 with_kernel!(self, k => self.scalar_u(k, th, None))
             }
+            Solver::Block { .. } => with_kernel!(self, k => self.block_u(k, theta)),
             Solver::Crossed { .. } | Solver::General { .. } => with_kernel!(self, k => self.pirls_general(k, theta, false)),
         }
     }
@@ -112,6 +124,16 @@ impl Glmm {
                 let th = self.scalar_theta(theta);
                 with_kernel!(self, k => self.scalar_joint(k, th))
             }
+            Solver::Block { .. } => {
+                let r = with_kernel!(self, k => self.block_joint(k, theta));
+                if r.is_ok() {
+                    return r;
+                }
+                // the Schur complement did not factor (see `block_joint`): the LMM engine
+                // from a cold start
+                self.reset();
+                with_kernel!(self, k => self.pirls_general(k, theta, true))
+            }
             Solver::Crossed { .. } | Solver::General { .. } => with_kernel!(self, k => self.pirls_general(k, theta, true)),
         }
     }
@@ -122,6 +144,9 @@ impl Glmm {
     pub(super) fn pls_solve(&mut self, theta: &[f64], joint: bool) -> CoreResult<(Vec<f64>, Vec<f64>, f64)> {
         match self.solver {
             Solver::Scalar { .. } => Err(E::ModelSpec("the scalar engine solves group by group, not by pls_solve".into())),
+            // (only the joint fallback of `run_joint` gets here)
+            Solver::Block { .. } if joint => self.general_solve(theta, joint),
+            Solver::Block { .. } => Err(E::ModelSpec("the block engine solves group by group, not by pls_solve".into())),
             Solver::Crossed { .. } => self.crossed_solve(theta, joint),
             Solver::General { .. } => self.general_solve(theta, joint),
         }
@@ -143,6 +168,7 @@ impl Glmm {
                 let th = self.scalar_theta(theta);
                 Ok(vec![self.d2.iter().map(|d| th * th / d).collect()])
             }
+            Solver::Block { .. } => self.block_condvar(theta),
             Solver::Crossed { .. } => self.crossed_condvar(theta),
             Solver::General { .. } => self.general_condvar(theta),
         }
@@ -156,12 +182,14 @@ impl Glmm {
         match self.solver {
             // one scalar term: the joint system is only ever factored by the general path
             Solver::Scalar { .. } | Solver::General { .. } => self.general_rx(theta),
+            Solver::Block { .. } => self.block_rx(theta),
             Solver::Crossed { .. } => self.crossed_rx(theta),
         }
     }
 
-    /// Whether [`laplace_gradient`](Self::laplace_gradient) is available: one scalar term
-    /// (any link), or all terms scalar with a canonical link (logit, Poisson log).
+    /// Whether [`laplace_gradient`](Self::laplace_gradient) is available: one term, scalar
+    /// or vector-valued (any link), or all terms scalar with a canonical link (logit,
+    /// Poisson log).
     pub fn has_gradient(&self) -> bool {
         // the dispersion families' criterion is not stationary in u at the mode (PIRLS
         // minimises deviance + |u|^2, the criterion has aic(deviance) + |u|^2): no gradient
@@ -169,7 +197,7 @@ impl Glmm {
             return false;
         }
         match self.solver {
-            Solver::Scalar { .. } => true,
+            Solver::Scalar { .. } | Solver::Block { .. } => true,
             Solver::Crossed { .. } => {
                 matches!((self.dist, self.link), (super::Dist::Binomial, super::Link::Logit) | (super::Dist::Poisson, super::Link::Log))
             }
@@ -182,6 +210,7 @@ impl Glmm {
     pub(super) fn gradient_at_mode(&mut self, jacobian: bool) -> Option<Vec<f64>> {
         match self.solver {
             Solver::Scalar { .. } => self.scalar_gradient_full(jacobian),
+            Solver::Block { .. } => with_kernel!(self, k => self.block_gradient(k, jacobian)),
             Solver::Crossed { .. } => {
                 self.refresh_state();
                 with_kernel!(self, k => self.crossed_gradient(k, jacobian))
