@@ -160,6 +160,7 @@ def test_weights_and_ml_fits_are_not_taken_by_the_fast_path():
 def test_rounding_and_strict_json():
     assert rounded([1.23456789e-7, -98765.4321, np.inf, -0.0], 3) == [1.23e-7, -98800.0, None, -0.0]
     assert rounded([2.0 / 3.0], None) == [2.0 / 3.0]
+    assert rounded([5e-320, 123456789.0], 3) == [5e-320, 123000000.0]  # no overflow to NaN
     d = _sim()
     fit = _fit("y ~ x + (x | group)", d)
     pay = pooling_payload(pooling_arrays(fit, d))

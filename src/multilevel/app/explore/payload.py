@@ -52,10 +52,15 @@ def rounded(values: Any, digits: int | None = DIGITS) -> list:
     if digits is not None and a.size:
         with np.errstate(divide="ignore", invalid="ignore"):
             mag = np.floor(np.log10(np.abs(np.where(finite & (a != 0), a, 1.0))))
-        scale = 10.0 ** (digits - 1 - mag)
-        # divide by the power of ten (not multiply by its inverse): the result is then the
-        # double nearest the decimal, whose repr (the JSON text) is short
-        a = np.where(finite, np.round(a * scale) / scale, a)
+        e = digits - 1 - mag
+        with np.errstate(over="ignore", invalid="ignore"):
+            p10 = 10.0 ** np.abs(e)
+            # scale by a power of ten >= 1 (exact up to 1e22) and undo by the inverse
+            # operation, never by a rounded reciprocal: the result is then the double nearest
+            # the decimal, whose repr (the JSON text) is short
+            r = np.where(e >= 0, np.round(a * p10) / p10, np.round(a / p10) * p10)
+        # below ~1e-300 the power of ten overflows: such a value is kept as it is
+        a = np.where(finite & np.isfinite(r), r, a)
     out = a.tolist()
     if not finite.all():
         out = [v if f else None for v, f in zip(out, finite.tolist())]
