@@ -808,10 +808,13 @@ function renderCaterpillar(st) {
     out.push(sv("line", { x1: left, x2: left + pw, y1: fr.sy(0), y2: fr.sy(0), stroke: "#888", "stroke-width": 1 }));
     for (const i of rows) {
       const x = fr.sx(d.rank[i]);
+      // the interval and the mode as one path (a stroked segment and a filled dot): one
+      // element per group and term besides its tooltip
+      const r = thin ? 1.8 : 3, xm = px(x), ym = px(fr.sy(d.condval[i]));
       out.push(svm("g", { class: "cat", "data-group": d.grp[i] },
         sv("title", {}, `${d.grp[i]}: ${fmt(d.condval[i])} [${fmt(d.lower[i])}, ${fmt(d.upper[i])}]`) +
-        sv("line", { x1: x, x2: x, y1: fr.sy(d.lower[i]), y2: fr.sy(d.upper[i]), stroke: COLORS.partial, "stroke-width": thin ? 1 : 1.6, opacity: 0.7 }) +
-        sv("circle", { cx: x, cy: fr.sy(d.condval[i]), r: thin ? 1.8 : 3, fill: COLORS.partial })));
+        sv("path", { d: `M${xm},${px(fr.sy(d.lower[i]))}V${px(fr.sy(d.upper[i]))}M${px(x - r)},${ym}a${r},${r} 0 1,0 ${2 * r},0a${r},${r} 0 1,0 ${-2 * r},0`,
+          stroke: COLORS.partial, "stroke-width": thin ? 1 : 1.6, "stroke-opacity": 0.7, fill: COLORS.partial })));
       if (labels && last) out.push(sv("text", { x: 0, y: 0, class: "tick small", "text-anchor": "end", transform: `translate(${px(x + 3)},${px(y0 + ph + 8)}) rotate(-60)` }, d.grp[i]));
     }
     out.push("</g>");
