@@ -186,7 +186,11 @@ def criterion_lines(fit: AnyFit) -> list[str]:
 
 def residual_lines(fit: AnyFit, digits: int = DIGITS) -> list[str]:
     """Quantiles of the scaled Pearson residuals (``.prt.resids``)."""
-    r = np.asarray(fit.residuals(type="pearson", scaled=True), dtype=float)
+    fast = getattr(fit, "_residual_array", None)  # LmmFit in memory: the values alone
+    if fast is not None and not getattr(fit.frame, "out_of_core", False):
+        r = np.asarray(fast("pearson", True), dtype=float)
+    else:
+        r = np.asarray(fit.residuals(type="pearson", scaled=True), dtype=float)
     r = r[np.isfinite(r)]
     if r.size == 0:
         return ["Scaled residuals:", "(none)"]
