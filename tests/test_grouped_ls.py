@@ -234,6 +234,8 @@ def test_model_state_is_the_slow_path_number_for_number():
     dense = _dense_reference(df, "y ~ 0 + factor(g) + factor(g):x")
     sh = s["shrinkage"]["x"]["frames"]["groups"]
     own = [dense.coef().get(f"factor(g){lv}:x", np.nan) for lv in p.table["group"]]
-    np.testing.assert_allclose(np.array(sh["no_pooling"], dtype=float), own, rtol=1e-9)
-    np.testing.assert_allclose(sh["partial_pooling"], p.table["x_partial"], rtol=1e-12)
+    # (the state's plot numbers are rounded to 6 significant digits; at full precision the
+    # explorer's payloads equal pooling()'s to 1e-12: test_explore_payload.py)
+    np.testing.assert_allclose(np.array(sh["no_pooling"], dtype=float), own, rtol=5e-6)
+    np.testing.assert_allclose(sh["partial_pooling"], p.table["x_partial"], rtol=5e-6)
     assert s["notes"] == list(p.notes)

@@ -186,7 +186,11 @@ def criterion_lines(fit: AnyFit) -> list[str]:
 
 def residual_lines(fit: AnyFit, digits: int = DIGITS) -> list[str]:
     """Quantiles of the scaled Pearson residuals (``.prt.resids``)."""
-    r = np.asarray(fit.residuals(type="pearson", scaled=True), dtype=float)
+    fast = getattr(fit, "_residual_array", None)  # LmmFit in memory: the values alone
+    if fast is not None and not getattr(fit.frame, "out_of_core", False):
+        r = np.asarray(fast("pearson", True), dtype=float)
+    else:
+        r = np.asarray(fit.residuals(type="pearson", scaled=True), dtype=float)
     r = r[np.isfinite(r)]
     if r.size == 0:
         return ["Scaled residuals:", "(none)"]
@@ -209,7 +213,7 @@ def varcorr_lines(vc: Any, digits: int = 5, comp: Sequence[str] = ("Std.Dev.",))
     sds: list[float] = []
     lens: list[int] = []
     for blk in vc:
-        s = blk.sd.to_numpy()
+        s = blk.sd_values if hasattr(blk, "sd_values") else blk.sd.to_numpy()
         for i, t in enumerate(blk.terms):
             groups.append(blk.block_name if i == 0 else "")
             names.append(t)
@@ -296,6 +300,16 @@ def coef_table(fit: AnyFit, ddf: str | None = None) -> pd.DataFrame:
 
 
 def fixef_lines(fit: AnyFit, digits: int = DIGITS, ddf: str | None = None) -> list[str]:
+    if ddf is None and _uses_scale(fit):
+        # coef_table's numbers without its DataFrame (the explorer prints a summary per refit)
+        names = list(fit.fixef.index)
+        est, se = fit.fixef.to_numpy(dtype=float), fit.se.to_numpy(dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stat = est / se
+        values = [[None if np.isnan(v) else float(v) for v in row]
+                  for row in np.column_stack([est, se, stat]).tolist()]
+        return coefmat_lines(names, ["Estimate", "Std. Error", "t value"], values, digits=digits,
+                             has_pvalue=False)
     tab = coef_table(fit, ddf)
     values = [[None if pd.isna(v) else float(v) for v in row] for row in tab.to_numpy()]
     return coefmat_lines(list(tab.index), list(tab.columns), values, digits=digits,
@@ -313,7 +327,8 @@ def correlation_lines(fit: AnyFit, correlation: bool | None) -> list[str]:
                     "Use fit.summary(correlation=True) or fit.vcov if you need it"]
     if not correlation or p <= 1:
         return []
-    v = fit.vcov.to_numpy()
+    # the array behind fit.vcov when there is one (its DataFrame costs more than the lines)
+    v = np.asarray(fit._vcov, dtype=float) if hasattr(fit, "_vcov") else fit.vcov.to_numpy()
     sd = np.sqrt(np.diag(v))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = v / np.outer(sd, sd)
@@ -409,7 +424,8 @@ def _corr_table(fit: AnyFit) -> str:
     p = len(names)
     if p <= 1 or p > COR_MAX:
         return ""
-    v = fit.vcov.to_numpy()
+    # the array behind fit.vcov when there is one (its DataFrame costs more than the lines)
+    v = np.asarray(fit._vcov, dtype=float) if hasattr(fit, "_vcov") else fit.vcov.to_numpy()
     sd = np.sqrt(np.diag(v))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = v / np.outer(sd, sd)

@@ -48,11 +48,11 @@ __all__ = ["GroupedSolution", "grouped_least_squares"]
 
 @dataclass
 class GroupedSolution:
-    """beta and (X'X)^-1 in the order of ``keep``; ``logdet_r`` = sum log|diag R|;
-    ``eta`` = X[:, keep] @ beta (without any offset)."""
+    """beta and (X'X)^-1 in the order of ``keep`` (None when not asked for); ``logdet_r`` =
+    sum log|diag R|; ``eta`` = X[:, keep] @ beta (without any offset)."""
 
     beta: np.ndarray
-    xtx_inv: np.ndarray
+    xtx_inv: np.ndarray | None
     logdet_r: float
     eta: np.ndarray
 
@@ -68,10 +68,14 @@ def _solve_upper(R: np.ndarray, B: np.ndarray) -> np.ndarray:
     return X
 
 
-def grouped_least_squares(gc: GroupedColumns, keep: Sequence[int], z: np.ndarray
-                          ) -> GroupedSolution:
+def grouped_least_squares(gc: GroupedColumns, keep: Sequence[int], z: np.ndarray,
+                          covariance: bool = True) -> GroupedSolution:
     """Least squares of ``z`` on the columns ``keep`` (plan indices, linearly independent)
-    of the block-structured matrix ``gc``, without forming it (see the module docstring)."""
+    of the block-structured matrix ``gc``, without forming it (see the module docstring).
+
+    covariance: False skips (X'X)^-1 (``xtx_inv`` is then None): the explorer's pooling
+    lines need only the coefficients and fitted values, and the inverse cost as much as
+    the solve."""
     from scipy.linalg import qr, solve_triangular
 
     keep = np.asarray(keep, dtype=np.int64)
@@ -124,6 +128,11 @@ def grouped_least_squares(gc: GroupedColumns, keep: Sequence[int], z: np.ndarray
     beta = np.empty(p)
     beta[lpos] = b[lj, ls]
     beta[gpos] = gamma
+    logdet = float(np.sum(np.log(np.abs(Rb[lj, ls, ls])))) + \
+        float(np.sum(np.log(np.abs(np.diag(Rc)))))
+    eta = np.einsum("ns,ns->n", gc.bases, b[refs]) + (C @ gamma if pg else 0.0)
+    if not covariance:
+        return GroupedSolution(beta, None, logdet, eta)
 
     # (X'X)^-1 = R^-1 R^-T with R^-1 = [[Rb^-1, -H], [0, Rc^-1]], H = Rb^-1 B Rc^-1
     Rbinv = _solve_upper(Rb, np.broadcast_to(np.eye(m), (J, m, m)))
@@ -143,8 +152,4 @@ def grouped_least_squares(gc: GroupedColumns, keep: Sequence[int], z: np.ndarray
         V[np.ix_(lpos, gpos)] = lg
         V[np.ix_(gpos, lpos)] = lg.T
         V[np.ix_(gpos, gpos)] = Rcinv @ Rcinv.T
-
-    logdet = float(np.sum(np.log(np.abs(Rb[lj, ls, ls])))) + \
-        float(np.sum(np.log(np.abs(np.diag(Rc)))))
-    eta = np.einsum("ns,ns->n", gc.bases, b[refs]) + (C @ gamma if pg else 0.0)
     return GroupedSolution(beta, V, logdet, eta)

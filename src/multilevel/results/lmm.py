@@ -174,6 +174,11 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
             if type not in ("response", "pearson"):
                 raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
             return self._chunked_values("residuals", kind=type, scaled=scaled)
+        return pd.Series(self._residual_array(type, scaled), index=self._row_index(), name="residuals")
+
+    def _residual_array(self, type: str = "response", scaled: bool = False) -> np.ndarray:  # noqa: A002
+        """The values of :meth:`residuals` (in-memory fits) without the Series: the summary
+        takes their quantiles, and a Series of the data's row labels cost more than that."""
         r = self.frame.y - self._fitted
         if type == "pearson":
             if self.frame.weights is not None:
@@ -183,7 +188,7 @@ class LmmFit(LmmMethods, MixedMethods, MixedFit):
         if scaled:
             with np.errstate(invalid="ignore"):  # 0 / 0 of a perfect fit (sigma = 0): NaN
                 r = r / self._sigma
-        return pd.Series(r, index=self._row_index(), name="residuals")
+        return r
 
     def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
                 type: str = "link", interval: str | None = None,  # noqa: A002 - lme4's name

@@ -262,6 +262,13 @@ def shrinkage_factors(fit: Any, group: str) -> pd.DataFrame:
     >>> round(float(shrinkage_factors(fit, "Batch").iloc[0, 0]), 3)
     0.783
     """
+    levels, out = _shrinkage_arrays(fit, group)
+    return pd.DataFrame(out, index=pd.Index(levels, name=group))
+
+
+def _shrinkage_arrays(fit: Any, group: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(levels, coefficient -> (J,) shrinkage factors) of :func:`shrinkage_factors`, from the
+    fit's arrays (the explorer's fast path uses them without the frame)."""
     blocks = [(rt, vc) for rt, vc in zip(fit.frame.reterms, fit.varcorr) if rt.group == group]
     if not blocks:
         raise DataError(f"group: the fit has no grouping factor {group!r}")
@@ -282,13 +289,15 @@ def shrinkage_factors(fit: Any, group: str) -> pd.DataFrame:
             out[rt.terms[0]] = lam
             continue
         if condvar is None:
-            condvar = fit.ranef(condvar=True).condvar[group]
+            # the group's conditional covariances, as ranef(condvar=True).condvar[group]
+            # gives them, without its frames
+            condvar = [cv for rt_, cv in zip(fit.frame.reterms, fit._condvar) if rt_.group == group]
         cv = np.asarray(condvar[k], dtype=float)
         for c, term in enumerate(rt.terms):
             with np.errstate(divide="ignore", invalid="ignore"):
                 lam = 1.0 - cv[:, c, c] / tau[c] if tau[c] > 0 else np.zeros(len(levels))
             out[term] = np.clip(lam, 0.0, 1.0)
-    return pd.DataFrame(out, index=pd.Index(levels, name=group))
+    return levels, out
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ column that does not exist or a model that cannot be fitted gives ``{"ok": False
 ..., "position": ...}`` (the library's message, with the caret position of a formula
 error), so the page shows the error instead of a stack trace.
 
+The plots' numbers are computed from the fit's arrays (:mod:`multilevel.toolkit.pooling_arrays`,
+:mod:`multilevel.app.explore.payload`: the numbers of ``pooling()``, ``pooling_data``,
+``shrinkage_data`` and ``caterpillar_data``, rounded to 6 significant digits), falling back
+to ``pooling()`` itself for designs that path does not cover.
+
 Example
 -------
 >>> import multilevel as ml
@@ -105,9 +110,9 @@ def model_state(data: pd.DataFrame, formula: str, *, reml: bool = True, groups: 
 
 
 def _with_pooling_view(base: dict[str, Any], pooling: Any, groups: Any) -> dict[str, Any]:
-    """The state with the pooling view of ``groups`` (a new dict; ``base`` is not changed)."""
-    from multilevel.report.plotdata import pooling_data
-    from multilevel.results.export import jsonable
+    """The state with the pooling view of ``groups`` (a new dict; ``base`` is not changed).
+    ``pooling``: the :class:`~multilevel.toolkit.pooling_arrays.PoolingArrays` or None."""
+    from multilevel.app.explore.payload import pooling_payload
 
     if not base.get("ok"):
         return base
@@ -116,17 +121,33 @@ def _with_pooling_view(base: dict[str, Any], pooling: Any, groups: Any) -> dict[
     state["pooling"] = None
     if pooling is not None:
         try:
-            state["pooling"] = jsonable(pooling_data(pooling, groups=groups).to_dict())
+            state["pooling"] = pooling_payload(pooling, groups=groups)
         except MultilevelError as e:
             state["notes"].append(f"pooling: {str(e).splitlines()[0]}")
     return state
 
 
+def _pooling_arrays(fit: Any, formula: str, data: pd.DataFrame, reml: bool) -> Any:
+    """The pooling comparison as arrays: from the fit's arrays where that path applies
+    (:func:`~multilevel.toolkit.pooling_arrays.pooling_arrays`), else from
+    :func:`multilevel.pooling` (which raises for models it cannot compare)."""
+    import multilevel as ml
+    from multilevel.app.explore.payload import arrays_from_pooling
+    from multilevel.toolkit.pooling_arrays import pooling_arrays
+
+    # partial pooling is the REML fit: reuse it, or fit it (an ML model) once
+    reml_fit = fit if reml else ml.lmer(formula, data, reml=True)
+    pa = pooling_arrays(reml_fit, data)
+    if pa is None:
+        pa = arrays_from_pooling(ml.pooling(formula, data, fit=reml_fit))
+    return pa
+
+
 def _fitted_state(data: pd.DataFrame, formula: str, *, reml: bool,
                   data_name: str) -> tuple[dict[str, Any], Any]:
-    """(every view but the pooling lines, as JSON values; the Pooling or None)."""
+    """(every view but the pooling lines, as JSON values; the PoolingArrays or None)."""
     import multilevel as ml
-    from multilevel.report.plotdata import caterpillar_data, shrinkage_data
+    from multilevel.app.explore.payload import caterpillar_payload, shrinkage_payload
     from multilevel.results.export import jsonable
 
     with warnings.catch_warnings():
@@ -136,7 +157,7 @@ def _fitted_state(data: pd.DataFrame, formula: str, *, reml: bool,
             fit = ml.lmer(formula, data, reml=reml)
         except MultilevelError as e:
             return _error(e), None
-        vc = [{"group": b.group, "terms": list(b.terms), "sd": b.sd.tolist(),
+        vc = [{"group": b.group, "terms": list(b.terms), "sd": b.sd_values.tolist(),
                "corr": b.corr.tolist()} for b in fit.varcorr]
         state: dict[str, Any] = {
             "ok": True,
@@ -155,21 +176,22 @@ def _fitted_state(data: pd.DataFrame, formula: str, *, reml: bool,
         except MultilevelError as e:
             state["icc"] = None
             state["notes"].append(f"ICC: {e}")
-        state["caterpillar"] = caterpillar_data(fit).to_dict()
+        state = jsonable(state)
+        # (the plots' payloads are plain JSON values already)
+        state["caterpillar"] = caterpillar_payload(fit)
         state["shrinkage"] = None
-        p = None
+        pa = None
         if len({rt.group for rt in fit.frame.reterms}) == 1:
             try:
-                # the REML fit is the partial pooling: reuse it rather than refit
-                p = ml.pooling(formula, data, fit=fit if reml else None)
-                state["shrinkage"] = {c: shrinkage_data(p, c).to_dict() for c in p.coef_names}
-                state["notes"] += list(p.notes)
+                pa = _pooling_arrays(fit, formula, data, reml)
+                state["shrinkage"] = {c: shrinkage_payload(pa, c) for c in pa.coef_names}
+                state["notes"] += list(pa.notes)
                 if not reml:  # say so rather than show ML numbers beside REML lines
                     state["notes"].append("the pooling and shrinkage views use the REML fit "
                                           "(ml.pooling has no ML option)")
             except MultilevelError as e:
-                p = None
+                pa = None
                 state["notes"].append(f"pooling: {str(e).splitlines()[0]}")
         else:
             state["notes"].append("pooling views need a model with one grouping factor")
-    return jsonable(state), p
+    return state, pa

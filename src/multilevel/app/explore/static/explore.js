@@ -30,11 +30,33 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-function sv(tag, attrs = {}, text) {
-  const e = document.createElementNS(SVGNS, tag);
-  for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  return e;
+// SVG is drawn as markup: each plot is one string set with innerHTML in one write, which
+// costs the browser a fraction of creating and attaching its elements one by one
+const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" };
+const esc = (v) => String(v).replace(/[&<>"]/g, (c) => ESC[c]);
+// a coordinate to 0.1 px (the markup stays short)
+const px = (v) => Math.round(v * 10) / 10;
+// one element: sv(tag, attrs) is empty, sv(tag, attrs, text) holds escaped text,
+// svm(tag, attrs, markup) holds markup
+function svm(tag, attrs, inner) {
+  let s = "<" + tag;
+  for (const k in attrs) {
+    const v = attrs[k];
+    if (v === null || v === undefined || v === false) continue;
+    s += " " + k + '="' + (typeof v === "number" ? px(v) : esc(v)) + '"';
+  }
+  return inner === undefined ? s + "/>" : s + ">" + inner + "</" + tag + ">";
+}
+const sv = (tag, attrs = {}, text) => svm(tag, attrs, text === undefined ? undefined : esc(text));
+const gOpen = (attrs) => svm("g", attrs, "").slice(0, -4); // "<g ...>": its children follow
+// the points of a scatter as one path of circles (one element instead of one per point)
+function dots(xs, ys, r) {
+  let d = "";
+  for (let i = 0; i < xs.length; i++) {
+    if (!Number.isFinite(xs[i]) || !Number.isFinite(ys[i])) continue;
+    d += `M${px(xs[i] - r)},${px(ys[i])}a${r},${r} 0 1,0 ${2 * r},0a${r},${r} 0 1,0 ${-2 * r},0`;
+  }
+  return d;
 }
 
 // numbers as a reader wants them: 4 significant digits, no exponent for everyday sizes
@@ -81,46 +103,50 @@ function extent(values, pad = 0.05) {
 
 const linear = (d0, d1, r0, r1) => (v) => r0 + ((v - d0) / (d1 - d0 || 1)) * (r1 - r0);
 
-// one plotting area: axes, grid, labels; returns the scales and the group to draw into
-function frame(parent, o) {
+// one plotting area: axes, grid, labels, pushed to ``out`` (an array of markup) inside an
+// open <g> (attributes ``o.g``): the caller pushes what it draws, then "</g>"; returns the scales
+function frame(out, o) {
   const { x, y, w, h, xdom, ydom } = o;
   const sx = o.sx || linear(xdom[0], xdom[1], x, x + w);
   const sy = linear(ydom[0], ydom[1], y + h, y);
-  const g = sv("g");
-  parent.append(g);
-  g.append(sv("rect", { x, y, width: w, height: h, class: "panel" }));
+  out.push(gOpen(o.g || {}));
+  out.push(sv("rect", { x, y, width: w, height: h, class: "panel" }));
   const yt = ticks(ydom[0], ydom[1], o.yn || Math.max(2, Math.round(h / 45)));
   for (const v of yt.values) {
     if (v < ydom[0] || v > ydom[1]) continue;
-    g.append(sv("line", { x1: x, x2: x + w, y1: sy(v), y2: sy(v), class: "grid" }));
-    if (o.yaxis !== false) g.append(sv("text", { x: x - 6, y: sy(v) + 4, class: "tick", "text-anchor": "end" }, tickText(v, yt.step)));
+    out.push(sv("line", { x1: x, x2: x + w, y1: sy(v), y2: sy(v), class: "grid" }));
+    if (o.yaxis !== false) out.push(sv("text", { x: x - 6, y: sy(v) + 4, class: "tick", "text-anchor": "end" }, tickText(v, yt.step)));
   }
   if (o.xticks) {
     for (const [v, label] of o.xticks) {
-      g.append(sv("line", { x1: sx(v), x2: sx(v), y1: y, y2: y + h, class: "grid" }));
-      if (o.xaxis !== false) g.append(sv("text", { x: sx(v), y: y + h + 16, class: "tick", "text-anchor": "middle" }, label));
+      out.push(sv("line", { x1: sx(v), x2: sx(v), y1: y, y2: y + h, class: "grid" }));
+      if (o.xaxis !== false) out.push(sv("text", { x: sx(v), y: y + h + 16, class: "tick", "text-anchor": "middle" }, label));
     }
   } else if (o.xaxis !== "none") {
     const xt = ticks(xdom[0], xdom[1], o.xn || Math.max(2, Math.round(w / 70)));
     for (const v of xt.values) {
       if (v < xdom[0] || v > xdom[1]) continue;
-      g.append(sv("line", { x1: sx(v), x2: sx(v), y1: y, y2: y + h, class: "grid" }));
-      if (o.xaxis !== false) g.append(sv("text", { x: sx(v), y: y + h + 16, class: "tick", "text-anchor": "middle" }, tickText(v, xt.step)));
+      out.push(sv("line", { x1: sx(v), x2: sx(v), y1: y, y2: y + h, class: "grid" }));
+      if (o.xaxis !== false) out.push(sv("text", { x: sx(v), y: y + h + 16, class: "tick", "text-anchor": "middle" }, tickText(v, xt.step)));
     }
   }
-  if (o.xlab) g.append(sv("text", { x: x + w / 2, y: y + h + 36, class: "axis-label", "text-anchor": "middle" }, o.xlab));
-  if (o.ylab) g.append(sv("text", { x: 0, y: 0, class: "axis-label", "text-anchor": "middle",
-    transform: `translate(${x - 48},${y + h / 2}) rotate(-90)` }, o.ylab));
-  if (o.title) g.append(sv("text", { x: x + 4, y: y - 6, class: "panel-title" }, o.title));
-  return { sx, sy, g };
+  if (o.xlab) out.push(sv("text", { x: x + w / 2, y: y + h + 36, class: "axis-label", "text-anchor": "middle" }, o.xlab));
+  if (o.ylab) out.push(sv("text", { x: 0, y: 0, class: "axis-label", "text-anchor": "middle",
+    transform: `translate(${px(x - 48)},${px(y + h / 2)}) rotate(-90)` }, o.ylab));
+  if (o.title) out.push(sv("text", { x: x + 4, y: y - 6, class: "panel-title" }, o.title));
+  return { sx, sy };
 }
 
+// the width a plot is drawn at: read for every plot before any is drawn (render() does),
+// so that drawing one plot never forces the layout of the page to measure the next
+const widthOf = (container) => (S.widths && S.widths[container.id]) || container.clientWidth;
+
+// a plot's markup sink: push to .out, then .done() writes it into the container at once
 function svgBox(container, height) {
-  container.replaceChildren();
-  const w = Math.max(320, Math.floor(container.clientWidth || 600));
-  const s = sv("svg", { viewBox: `0 0 ${w} ${height}`, width: w, height, role: "img" });
-  container.append(s);
-  return { svg: s, w, h: height };
+  const w = Math.max(320, Math.floor(widthOf(container) || 600));
+  const out = [];
+  return { out, w, h: height,
+    done: () => { container.innerHTML = svm("svg", { xmlns: SVGNS, viewBox: `0 0 ${w} ${px(height)}`, width: w, height, role: "img" }, out.join("")); } };
 }
 
 const fontScale = () => (document.body.classList.contains("big") ? 1.3 : 1);
@@ -128,16 +154,15 @@ const path = (xs, ys, sx, sy) => xs.map((v, i) => `${i ? "L" : "M"}${sx(v).toFix
 // a fixed scatter in [-0.5, 0.5) (golden-ratio sequence): jitter that does not move on redraw
 const jitter = (i) => ((i * 0.6180339887) % 1) - 0.5;
 
-function legend(svg, x, y, items) {
-  const g = sv("g", { class: "legend" });
+function legend(out, x, y, items) {
+  out.push(gOpen({ class: "legend" }));
   let cx = x;
   for (const [label, color, dash] of items) {
-    g.append(sv("line", { x1: cx, x2: cx + 22, y1: y, y2: y, stroke: color, "stroke-width": 3, "stroke-dasharray": dash || null }));
-    const t = sv("text", { x: cx + 28, y: y + 4, class: "tick" }, label);
-    g.append(t);
+    out.push(sv("line", { x1: cx, x2: cx + 22, y1: y, y2: y, stroke: color, "stroke-width": 3, "stroke-dasharray": dash || null }));
+    out.push(sv("text", { x: cx + 28, y: y + 4, class: "tick" }, label));
     cx += 40 + label.length * 7.2 * fontScale();
   }
-  svg.append(g);
+  out.push("</g>");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,6 +485,12 @@ function clearError() {
 // each view draws on its own: a bug in one shows in that card (and the console), not as a
 // blank page
 function render(st, only = null) {
+  // every container's width first, in one layout: drawing a view never has to measure
+  S.widths = {};
+  for (const id of ["plot-pooling", "plot-shrinkage", "plot-factor", "plot-caterpillar", "plot-power"]) {
+    const c = $(id);
+    if (c) S.widths[id] = c.clientWidth;
+  }
   const views = [["estimates", renderEstimates], ["plot-pooling", renderPooling], ["plot-shrinkage", renderShrinkage],
     ["plot-caterpillar", renderCaterpillar], ["variance", renderVariance],
     ["summary", (s) => { $("summary").textContent = s.summary; }],
@@ -542,7 +573,7 @@ function renderPooling(st) {
   const ydom = extent(ys, 0.04);
   const kinds = ["complete", "none", "partial"].filter((k) => S.show[k]);
   const fs = fontScale();
-  const W = box.clientWidth || 640;
+  const W = widthOf(box) || 640;
   let height, layout;
   if (S.layout === "facet") {
     const k = levels.length;
@@ -554,13 +585,14 @@ function renderPooling(st) {
     height = top + nrow * ph + (nrow - 1) * gapy + bottom;
     layout = { ncol, nrow, left, top, bottom, pw, ph, gapx, gapy };
   } else height = 440 * fs;
-  const { svg, w } = svgBox(box, height);
-  legend(svg, 58 * fs, 14 * fs, kinds.map((k) => [KIND_LABEL[k], COLORS[k], k === "complete" ? "6 4" : null]));
-  const drawLines = (g, sx, sy, lv) => {
+  const { out, w, done } = svgBox(box, height);
+  legend(out, 58 * fs, 14 * fs, kinds.map((k) => [KIND_LABEL[k], COLORS[k], k === "complete" ? "6 4" : null]));
+  // one path per line (its two ends: the lines are straight)
+  const drawLines = (sx, sy, lv) => {
     for (const kind of kinds) {
       const L = byGroup[lv].lines[kind];
       if (!L) continue;
-      g.append(sv("path", { d: path(L.x, L.y, sx, sy), class: `line ${kind}`, "data-kind": kind, "data-group": lv,
+      out.push(sv("path", { d: path(L.x, L.y, sx, sy), class: `line ${kind}`, "data-kind": kind, "data-group": lv,
         stroke: COLORS[kind], "stroke-dasharray": kind === "complete" ? "6 4" : null }));
     }
   };
@@ -571,42 +603,40 @@ function renderPooling(st) {
       const r = Math.floor(i / ncol), c = i % ncol;
       const x0 = left + c * (pw + gapx), y0 = top + r * (ph + gapy);
       const lastRow = r === nrow - 1 || i + ncol >= levels.length;
-      const { sx, sy, g } = frame(svg, { x: x0, y: y0, w: pw, h: ph, xdom, ydom, yaxis: c === 0,
+      const { sx, sy } = frame(out, { x: x0, y: y0, w: pw, h: ph, xdom, ydom, yaxis: c === 0,
         xaxis: hasX ? lastRow : "none", xn: Math.max(2, Math.round(pw / 60)), yn: Math.max(2, Math.round(ph / 40)),
-        title: `${lv}  (n = ${sizes[lv]})` });
-      g.setAttribute("class", "facet");
-      g.setAttribute("data-group", lv);
+        title: `${lv}  (n = ${sizes[lv]})`, g: { class: "facet", "data-group": lv } });
       const B = byGroup[lv];
-      B.px.forEach((xv, j) => g.append(sv("circle", { cx: sx(hasX ? xv : jitter(j) * 0.7), cy: sy(B.py[j]), r: 2.6, class: "pt" })));
-      drawLines(g, sx, sy, lv);
+      out.push(sv("path", { d: dots(B.px.map((xv, j) => sx(hasX ? xv : jitter(j) * 0.7)), B.py.map(sy), 2.6), class: "pt" }));
+      drawLines(sx, sy, lv);
+      out.push("</g>");
     });
-    if (hasX) svg.append(sv("text", { x: left + (W - left) / 2, y: height - 8, class: "axis-label", "text-anchor": "middle" }, meta.x));
-    svg.append(sv("text", { x: 0, y: 0, class: "axis-label", "text-anchor": "middle", transform: `translate(${16 * fs},${top + (height - top - bottom) / 2}) rotate(-90)` }, meta.response));
+    if (hasX) out.push(sv("text", { x: left + (W - left) / 2, y: height - 8, class: "axis-label", "text-anchor": "middle" }, meta.x));
+    out.push(sv("text", { x: 0, y: 0, class: "axis-label", "text-anchor": "middle", transform: `translate(${px(16 * fs)},${px(top + (height - top - bottom) / 2)}) rotate(-90)` }, meta.response));
   } else {
     const left = 70 * fs, top = 36 * fs, bottom = 50 * fs, right = 12;
     const pw = w - left - right, ph = height - top - bottom;
-    let fr;
     if (hasX) {
-      fr = frame(svg, { x: left, y: top, w: pw, h: ph, xdom: extent([...pts.x, ...lines.x], 0), ydom, xlab: meta.x, ylab: meta.response });
-      fr.g.setAttribute("class", "overlay");
-      pts.x.forEach((xv, j) => fr.g.append(sv("circle", { cx: fr.sx(xv), cy: fr.sy(pts.y[j]), r: 2.2, class: "pt faint" })));
-      for (const lv of levels) drawLines(fr.g, fr.sx, fr.sy, lv);
+      const fr = frame(out, { x: left, y: top, w: pw, h: ph, xdom: extent([...pts.x, ...lines.x], 0), ydom, xlab: meta.x, ylab: meta.response, g: { class: "overlay" } });
+      out.push(sv("path", { d: dots(pts.x.map(fr.sx), pts.y.map(fr.sy), 2.2), class: "pt faint" }));
+      for (const lv of levels) drawLines(fr.sx, fr.sy, lv);
     } else {
       // no level-1 predictor: one column per group, its points and its three estimates
       const xt = levels.map((lv, i) => [i, levels.length <= 16 ? lv : ""]);
-      fr = frame(svg, { x: left, y: top, w: pw, h: ph, xdom: [-0.6, levels.length - 0.4], ydom, xticks: xt, xlab: meta.group, ylab: meta.response });
-      fr.g.setAttribute("class", "overlay");
+      const fr = frame(out, { x: left, y: top, w: pw, h: ph, xdom: [-0.6, levels.length - 0.4], ydom, xticks: xt, xlab: meta.group, ylab: meta.response, g: { class: "overlay" } });
       levels.forEach((lv, i) => {
         const B = byGroup[lv];
-        B.py.forEach((yv, j) => fr.g.append(sv("circle", { cx: fr.sx(i + jitter(j) * 0.5), cy: fr.sy(yv), r: 2.4, class: "pt" })));
+        out.push(sv("path", { d: dots(B.py.map((_, j) => fr.sx(i + jitter(j) * 0.5)), B.py.map(fr.sy), 2.4), class: "pt" }));
         for (const kind of kinds) {
           const L = byGroup[lv].lines[kind];
           if (!L) continue;
-          fr.g.append(sv("path", { d: `M${fr.sx(i - 0.4)},${fr.sy(L.y[0])}H${fr.sx(i + 0.4)}`, class: `line ${kind}`, "data-kind": kind, "data-group": lv, stroke: COLORS[kind], style: "stroke-width: 2.6px", "stroke-dasharray": kind === "complete" ? "6 4" : null }));
+          out.push(sv("path", { d: `M${px(fr.sx(i - 0.4))},${px(fr.sy(L.y[0]))}H${px(fr.sx(i + 0.4))}`, class: `line ${kind}`, "data-kind": kind, "data-group": lv, stroke: COLORS[kind], style: "stroke-width: 2.6px", "stroke-dasharray": kind === "complete" ? "6 4" : null }));
         }
       });
     }
+    out.push("</g>");
   }
+  done();
   if (!hasX) notes.unshift("no random slope: each group's lines are its three estimates of the level (intercept plus the other terms' average)");
   $("notes-pooling").textContent = notes.join(" · ");
   renderGroupPicker(st);
@@ -623,15 +653,11 @@ function renderGroupPicker(st) {
   range.value = Math.min(S.groupsCount, all.length);
   $("groups-count-out").textContent = S.picked.length ? `${S.picked.length} picked` : String(Math.min(S.groupsCount, all.length));
   const shown = new Set(st.pooling.meta.levels);
-  list.replaceChildren(
-    el("div", { class: "picker-actions" },
-      el("button", { type: "button", text: "spread by size", onclick: () => { S.picked = []; refit(performance.now(), "groups"); } })),
-    ...[...all].sort((a, b) => a.n - b.n).map((g) => el("label", { class: "check" },
-      el("input", { type: "checkbox", value: g.group, checked: shown.has(g.group) }), ` ${g.group} (n = ${g.n})`)));
-  list.querySelectorAll("input").forEach((i) => i.addEventListener("change", () => {
-    S.picked = [...list.querySelectorAll("input:checked")].map((c) => c.value).slice(0, 30);
-    if (S.picked.length) refit(performance.now(), "groups");
-  }));
+  // one write of markup (the list has a row per group: hsb 160); its clicks are handled
+  // once, on the list, by wire()
+  const rows = [...all].sort((a, b) => a.n - b.n).map((g) =>
+    `<label class="check"><input type="checkbox" value="${esc(g.group)}"${shown.has(g.group) ? " checked" : ""}> ${esc(g.group)} (n = ${g.n})</label>`);
+  list.innerHTML = '<div class="picker-actions"><button type="button" data-action="spread">spread by size</button></div>' + rows.join("");
 }
 
 // --- shrinkage -------------------------------------------------------------------------------
@@ -653,7 +679,7 @@ function renderShrinkage(st) {
   const fixed = st.fit.fixef[S.shrinkCoef];
   const fs = fontScale();
   const height = 330 * fs;
-  const { svg, w } = svgBox(box, height);
+  const { out, w, done } = svgBox(box, height);
   const left = 64 * fs, right = 120 * fs, top = 30 * fs, bottom = 46 * fs;
   const pw = w - left - right, ph = height - top - bottom;
   const ns = idx.map((i) => g.n[i]);
@@ -686,35 +712,34 @@ function renderShrinkage(st) {
   const xlab = distinct.length === 1 ? `groups, all of size n = ${nmin}, ordered by their own estimate`
     : `group size n${logx ? " (log scale)" : ""}; groups of one size side by side`;
   if (distinct.length === 1) xticks = [];
-  const fr = frame(svg, { x: left, y: top, w: pw, h: ph, xdom, ydom, xticks, xlab, ylab: S.shrinkCoef });
-  const defs = sv("defs");
-  defs.append(Object.assign(sv("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" })));
-  defs.lastChild.append(sv("path", { d: "M0,0L10,5L0,10z", fill: COLORS.partial }));
-  svg.append(defs);
+  out.push(svm("defs", {}, svm("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+    sv("path", { d: "M0,0L10,5L0,10z", fill: COLORS.partial }))));
+  const fr = frame(out, { x: left, y: top, w: pw, h: ph, xdom, ydom, xticks, xlab, ylab: S.shrinkCoef });
   const refLine = (v, color, label, dy) => {
     if (!Number.isFinite(v)) return;
-    fr.g.append(sv("line", { x1: left, x2: left + pw, y1: fr.sy(v), y2: fr.sy(v), stroke: color, "stroke-dasharray": "6 4", "stroke-width": 1.5 }));
-    fr.g.append(sv("text", { x: left + pw + 6, y: fr.sy(v) + 4 + dy, class: "tick", fill: color }, label));
+    out.push(sv("line", { x1: left, x2: left + pw, y1: fr.sy(v), y2: fr.sy(v), stroke: color, "stroke-dasharray": "6 4", "stroke-width": 1.5 }));
+    out.push(sv("text", { x: left + pw + 6, y: fr.sy(v) + 4 + dy, class: "tick", fill: color }, label));
   };
-  const sep = Math.abs(fr.sy(fixed) - fr.sy(meta.complete_pooling)) < 16 ? 8 : 0;
-  refLine(meta.complete_pooling, COLORS.complete, "complete pooling", fr.sy(meta.complete_pooling) > fr.sy(fixed) ? sep : -sep);
-  refLine(fixed, COLORS.partial, "fixed effect", fr.sy(fixed) >= fr.sy(meta.complete_pooling) ? sep : -sep);
+  const cp = meta.complete_pooling === null ? NaN : meta.complete_pooling;
+  const sep = Math.abs(fr.sy(fixed) - fr.sy(cp)) < 16 ? 8 : 0;
+  refLine(cp, COLORS.complete, "complete pooling", fr.sy(cp) > fr.sy(fixed) ? sep : -sep);
+  refLine(fixed, COLORS.partial, "fixed effect", fr.sy(fixed) >= fr.sy(cp) ? sep : -sep);
   for (const i of idx) {
     const x = fr.sx(pos[i]), y0 = fr.sy(g.no_pooling[i]), y1 = fr.sy(g.partial_pooling[i]);
-    const a = sv("g", { class: "arrow", "data-group": g.group[i] });
-    a.append(sv("title", {}, `${g.group[i]}: n = ${g.n[i]}, own ${fmt(g.no_pooling[i])} → partial ${fmt(g.partial_pooling[i])} (λ = ${fmt(g.weight[i], 3)})`));
+    let a = sv("title", {}, `${g.group[i]}: n = ${g.n[i]}, own ${fmt(g.no_pooling[i])} → partial ${fmt(g.partial_pooling[i])} (λ = ${fmt(g.weight[i], 3)})`);
     // the arrow when it is long enough to show one; the partial-pooling estimate always
-    if (Math.abs(y1 - y0) > 7) a.append(sv("line", { x1: x, x2: x, y1: y0, y2: y1 + (y1 > y0 ? -3 : 3), stroke: COLORS.partial, "stroke-width": 1.4, "marker-end": "url(#arrow)", opacity: 0.8 }));
-    a.append(sv("circle", { cx: x, cy: y1, r: 2.4, fill: COLORS.partial }));
-    a.append(sv("circle", { cx: x, cy: y0, r: 3.4, fill: "none", stroke: COLORS.none, "stroke-width": 1.6 }));
-    fr.g.append(a);
+    if (Math.abs(y1 - y0) > 7) a += sv("line", { x1: x, x2: x, y1: y0, y2: y1 + (y1 > y0 ? -3 : 3), stroke: COLORS.partial, "stroke-width": 1.4, "marker-end": "url(#arrow)", opacity: 0.8 });
+    a += sv("circle", { cx: x, cy: y1, r: 2.4, fill: COLORS.partial });
+    a += sv("circle", { cx: x, cy: y0, r: 3.4, fill: "none", stroke: COLORS.none, "stroke-width": 1.6 });
+    out.push(svm("g", { class: "arrow", "data-group": g.group[i] }, a));
   }
-  const lg = sv("g", { class: "legend" });
-  lg.append(sv("circle", { cx: left + 6, cy: 14 * fs, r: 3.4, fill: "none", stroke: COLORS.none, "stroke-width": 1.6 }));
-  lg.append(sv("text", { x: left + 16, y: 14 * fs + 4, class: "tick" }, "no pooling (the group's own estimate)"));
-  lg.append(sv("circle", { cx: left + 300 * fs, cy: 14 * fs, r: 2.6, fill: COLORS.partial }));
-  lg.append(sv("text", { x: left + 310 * fs, y: 14 * fs + 4, class: "tick" }, "partial pooling (lmer), arrow: the shrinkage"));
-  svg.append(lg);
+  out.push("</g>");
+  out.push(svm("g", { class: "legend" },
+    sv("circle", { cx: left + 6, cy: 14 * fs, r: 3.4, fill: "none", stroke: COLORS.none, "stroke-width": 1.6 }) +
+    sv("text", { x: left + 16, y: 14 * fs + 4, class: "tick" }, "no pooling (the group's own estimate)") +
+    sv("circle", { cx: left + 300 * fs, cy: 14 * fs, r: 2.6, fill: COLORS.partial }) +
+    sv("text", { x: left + 310 * fs, y: 14 * fs + 4, class: "tick" }, "partial pooling (lmer), arrow: the shrinkage")));
+  done();
   renderFactor(st, g, idx);
 }
 
@@ -723,7 +748,7 @@ function renderFactor(st, g, idx) {
   const fbox = $("plot-factor");
   const fs = fontScale();
   const height = 210 * fs;
-  const { svg, w } = svgBox(fbox, height);
+  const { out, w, done } = svgBox(fbox, height);
   const left = 64 * fs, right = 120 * fs, top = 24 * fs, bottom = 44 * fs;
   const pw = w - left - right, ph = height - top - bottom;
   const group = st.shrinkage[S.shrinkCoef].meta.group;
@@ -731,15 +756,17 @@ function renderFactor(st, g, idx) {
   const ti = block ? block.terms.indexOf(S.shrinkCoef) : -1;
   const tau = ti >= 0 ? block.sd[ti] : NaN, sigma = st.fit.sigma;
   const nmax = Math.max(...idx.map((i) => g.n[i]), 2);
-  const fr = frame(svg, { x: left, y: top, w: pw, h: ph, xdom: [0, nmax * 1.05], ydom: [0, 1], xlab: "group size n", ylab: "λ", yn: 4 });
+  const fr = frame(out, { x: left, y: top, w: pw, h: ph, xdom: [0, nmax * 1.05], ydom: [0, 1], xlab: "group size n", ylab: "λ", yn: 4 });
   const intercept = S.shrinkCoef === "(Intercept)";
   if (intercept && Number.isFinite(tau)) {
     const xs = [], ys = [];
     for (let k = 0; k <= 120; k++) { const n = 0.5 + (nmax * 1.05 - 0.5) * k / 120; xs.push(n); ys.push(tau * tau / (tau * tau + sigma * sigma / n)); }
-    fr.g.append(sv("path", { d: path(xs, ys, fr.sx, fr.sy), class: "line", stroke: COLORS.complete, "stroke-width": 2, fill: "none", "stroke-dasharray": "5 3" }));
-    fr.g.append(sv("text", { x: left + pw + 6, y: fr.sy(ys[ys.length - 1]) + 4, class: "tick" }, "τ²/(τ²+σ²/n)"));
+    out.push(sv("path", { d: path(xs, ys, fr.sx, fr.sy), class: "line", stroke: COLORS.complete, "stroke-width": 2, fill: "none", "stroke-dasharray": "5 3" }));
+    out.push(sv("text", { x: left + pw + 6, y: fr.sy(ys[ys.length - 1]) + 4, class: "tick" }, "τ²/(τ²+σ²/n)"));
   }
-  for (const i of idx) fr.g.append(sv("circle", { cx: fr.sx(g.n[i]), cy: fr.sy(g.weight[i]), r: 3, fill: COLORS.partial, opacity: 0.75, class: "lambda" }));
+  out.push(sv("path", { d: dots(idx.map((i) => fr.sx(g.n[i])), idx.map((i) => fr.sy(g.weight[i])), 3), fill: COLORS.partial, opacity: 0.8, class: "lambda" }));
+  out.push("</g>");
+  done();
   const note = $("notes-shrinkage");
   if (intercept && Number.isFinite(tau)) {
     const n0 = Math.round(idx.map((i) => g.n[i]).sort((a, b) => a - b)[Math.floor(idx.length / 2)] || 1);
@@ -766,27 +793,35 @@ function renderCaterpillar(st) {
   const labels = L <= 40;
   const bottom = (labels ? 64 : 40) * fs, top = 28 * fs, left = 64 * fs, right = 14, ph = 170 * fs, gap = 40 * fs;
   const height = top + terms.length * ph + (terms.length - 1) * gap + bottom;
-  const { svg, w } = svgBox(box, height);
+  const { out, w, done } = svgBox(box, height);
   const pw = w - left - right;
+  // the rows of each term (the payload lists them term by term, each in rank order)
+  const rowsOf = {};
+  d.term.forEach((t, i) => { (rowsOf[t] ||= []).push(i); });
+  const thin = L > 100;
   terms.forEach((t, ti) => {
-    const rows = d.term.map((_, i) => i).filter((i) => d.term[i] === t);
+    const rows = rowsOf[t] || [];
     const ydom = extent([...rows.map((i) => d.lower[i]), ...rows.map((i) => d.upper[i]), 0], 0.05);
     const y0 = top + ti * (ph + gap);
     const last = ti === terms.length - 1;
-    const fr = frame(svg, { x: left, y: y0, w: pw, h: ph, xdom: [-0.7, L - 0.3], ydom, xaxis: "none", ylab: t, title: `${t} | ${meta.group}` });
-    fr.g.append(sv("line", { x1: left, x2: left + pw, y1: fr.sy(0), y2: fr.sy(0), stroke: "#888", "stroke-width": 1 }));
+    const fr = frame(out, { x: left, y: y0, w: pw, h: ph, xdom: [-0.7, L - 0.3], ydom, xaxis: "none", ylab: t, title: `${t} | ${meta.group}` });
+    out.push(sv("line", { x1: left, x2: left + pw, y1: fr.sy(0), y2: fr.sy(0), stroke: "#888", "stroke-width": 1 }));
     for (const i of rows) {
       const x = fr.sx(d.rank[i]);
-      const seg = sv("g", { class: "cat", "data-group": d.grp[i] });
-      seg.append(sv("title", {}, `${d.grp[i]}: ${fmt(d.condval[i])} [${fmt(d.lower[i])}, ${fmt(d.upper[i])}]`));
-      seg.append(sv("line", { x1: x, x2: x, y1: fr.sy(d.lower[i]), y2: fr.sy(d.upper[i]), stroke: COLORS.partial, "stroke-width": L > 100 ? 1 : 1.6, opacity: 0.7 }));
-      seg.append(sv("circle", { cx: x, cy: fr.sy(d.condval[i]), r: L > 100 ? 1.8 : 3, fill: COLORS.partial }));
-      fr.g.append(seg);
-      if (labels && last) fr.g.append(sv("text", { x: 0, y: 0, class: "tick small", "text-anchor": "end", transform: `translate(${x + 3},${y0 + ph + 8}) rotate(-60)` }, d.grp[i]));
+      // the interval and the mode as one path (a stroked segment and a filled dot): one
+      // element per group and term besides its tooltip
+      const r = thin ? 1.8 : 3, xm = px(x), ym = px(fr.sy(d.condval[i]));
+      out.push(svm("g", { class: "cat", "data-group": d.grp[i] },
+        sv("title", {}, `${d.grp[i]}: ${fmt(d.condval[i])} [${fmt(d.lower[i])}, ${fmt(d.upper[i])}]`) +
+        sv("path", { d: `M${xm},${px(fr.sy(d.lower[i]))}V${px(fr.sy(d.upper[i]))}M${px(x - r)},${ym}a${r},${r} 0 1,0 ${2 * r},0a${r},${r} 0 1,0 ${-2 * r},0`,
+          stroke: COLORS.partial, "stroke-width": thin ? 1 : 1.6, "stroke-opacity": 0.7, fill: COLORS.partial })));
+      if (labels && last) out.push(sv("text", { x: 0, y: 0, class: "tick small", "text-anchor": "end", transform: `translate(${px(x + 3)},${px(y0 + ph + 8)}) rotate(-60)` }, d.grp[i]));
     }
+    out.push("</g>");
   });
-  svg.append(sv("text", { x: left + pw / 2, y: height - 6, class: "axis-label", "text-anchor": "middle" },
+  out.push(sv("text", { x: left + pw / 2, y: height - 6, class: "axis-label", "text-anchor": "middle" },
     `${meta.group} (${L} levels), ordered by the conditional mode of ${terms[0]}`));
+  done();
   if (Object.keys(st.fit.ngroups).length > 1) $("cat-groups").append(el("span", { class: "sub", text: `showing ${meta.group}; the other grouping factors are in the summary` }));
 }
 
@@ -901,16 +936,18 @@ async function runPower() {
   const d = res.designs;
   const xs = along ? res.values : [S.sim.n_groups];
   const fs = fontScale();
-  const { svg, w } = svgBox($("plot-power"), 260 * fs);
+  const { out, w, done } = svgBox($("plot-power"), 260 * fs);
   const left = 64 * fs, top = 20 * fs, bottom = 46 * fs;
-  const fr = frame(svg, { x: left, y: top, w: w - left - 20, h: 260 * fs - top - bottom, xdom: extent(xs, 0.08), ydom: [0, 1],
+  const fr = frame(out, { x: left, y: top, w: w - left - 20, h: 260 * fs - top - bottom, xdom: extent(xs, 0.08), ydom: [0, 1],
     xlab: along === "group_size" ? "rows per group n" : "groups J", ylab: "power", yn: 5 });
-  fr.g.append(sv("line", { x1: left, x2: w - 20, y1: fr.sy(0.8), y2: fr.sy(0.8), stroke: "#888", "stroke-dasharray": "5 4" }));
-  fr.g.append(sv("path", { d: path(xs, d.map((r) => r.power), fr.sx, fr.sy), stroke: COLORS.partial, "stroke-width": 2, fill: "none" }));
+  out.push(sv("line", { x1: left, x2: w - 20, y1: fr.sy(0.8), y2: fr.sy(0.8), stroke: "#888", "stroke-dasharray": "5 4" }));
+  out.push(sv("path", { d: path(xs, d.map((r) => r.power), fr.sx, fr.sy), stroke: COLORS.partial, "stroke-width": 2, fill: "none" }));
   d.forEach((r, i) => {
-    fr.g.append(sv("line", { x1: fr.sx(xs[i]), x2: fr.sx(xs[i]), y1: fr.sy(r.lower), y2: fr.sy(r.upper), stroke: COLORS.partial, "stroke-width": 1.5 }));
-    fr.g.append(sv("circle", { cx: fr.sx(xs[i]), cy: fr.sy(r.power), r: 4, fill: COLORS.partial }));
+    out.push(sv("line", { x1: fr.sx(xs[i]), x2: fr.sx(xs[i]), y1: fr.sy(r.lower), y2: fr.sy(r.upper), stroke: COLORS.partial, "stroke-width": 1.5 }));
+    out.push(sv("circle", { cx: fr.sx(xs[i]), cy: fr.sy(r.power), r: 4, fill: COLORS.partial }));
   });
+  out.push("</g>");
+  done();
   const t = el("table", { class: "compare" }, el("thead", {}, el("tr", {}, ...[along ? along.replace("_", " ") : "design", "rows", "power", "95% interval", "failed", "singular"].map((h) => el("th", { text: h })))));
   const tb = el("tbody");
   d.forEach((r, i) => tb.append(el("tr", {}, el("td", { class: "num", text: String(xs[i]) }), el("td", { class: "num", text: String(r.nobs) }),
@@ -951,6 +988,15 @@ function wire() {
   document.querySelectorAll("input[name=reml]").forEach((r) => r.addEventListener("change", () => { S.reml = r.value === "reml"; refit(performance.now(), "reml"); }));
   $("pool-toggles").addEventListener("change", (e) => { S.show[e.target.value] = e.target.checked; if (S.last) renderPooling(S.last); });
   document.querySelectorAll("input[name=layout]").forEach((r) => r.addEventListener("change", () => { S.layout = r.value; if (S.last) renderPooling(S.last); }));
+  // the group picker's rows are redrawn with each answer: their events are taken here
+  $("group-list").addEventListener("click", (e) => {
+    if (e.target.closest("button[data-action=spread]")) { S.picked = []; refit(performance.now(), "groups"); }
+  });
+  $("group-list").addEventListener("change", (e) => {
+    if (e.target.tagName !== "INPUT") return;
+    S.picked = [...$("group-list").querySelectorAll("input:checked")].map((c) => c.value).slice(0, 30);
+    if (S.picked.length) refit(performance.now(), "groups");
+  });
   const gc = $("groups-count");
   gc.addEventListener("input", () => { $("groups-count-out").textContent = gc.value; });
   gc.addEventListener("change", () => { const t0 = performance.now(); S.groupsCount = Number(gc.value); S.picked = []; refit(t0, "slider groups"); });
