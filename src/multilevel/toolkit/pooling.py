@@ -115,6 +115,19 @@ def _check_fit(fit: Any, formula: str, data: Any) -> None:
                              f"data have {nrows}; pass the data it was fitted to")
 
 
+def bar_terms(parsed: Any) -> tuple[bool, list[str]]:
+    """Whether any random-effect term of a parsed formula has an intercept, and the labels of
+    its slopes in order of first appearance (each once): the group columns of the no-pooling
+    regression."""
+    has_int = any(b.lhs.intercept for b in parsed.bars)
+    slope_labels: list[str] = []
+    for b in parsed.bars:
+        for lab in b.lhs.labels:
+            if lab not in slope_labels:
+                slope_labels.append(lab)
+    return has_int, slope_labels
+
+
 def _setup(formula: str, data: Any, fit: Any = None) -> _Setup:
     from multilevel.models.lmer import lmer
 
@@ -148,12 +161,7 @@ def _setup(formula: str, data: Any, fit: Any = None) -> _Setup:
     levels = [str(lv) for lv in rts[0].levels]
     refs = np.asarray(rts[0].refs)
 
-    has_int = any(b.lhs.intercept for b in parsed.bars)
-    slope_labels: list[str] = []
-    for b in parsed.bars:
-        for lab in b.lhs.labels:
-            if lab not in slope_labels:
-                slope_labels.append(lab)
+    has_int, slope_labels = bar_terms(parsed)
 
     absorbed = _absorbed(frame.X, list(frame.fixef_names), Z, refs, len(levels), coef_names)
     # terms whose every column is constant within groups (times a random-effect column) are

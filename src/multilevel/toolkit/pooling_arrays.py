@@ -118,6 +118,7 @@ def pooling_arrays(fit: Any, data: Any = None) -> PoolingArrays | None:
     from multilevel.design.grouped import GroupedColumns, _certified
     from multilevel.design.matrices import ColumnPlan
     from multilevel.formula import parse_formula
+    from multilevel.toolkit.pooling import bar_terms
     from multilevel.results.grouped_ls import grouped_least_squares
     from multilevel.toolkit.pooling import _absorbed, _shrinkage_arrays
 
@@ -136,12 +137,7 @@ def pooling_arrays(fit: Any, data: Any = None) -> PoolingArrays | None:
     rts = [rt for rt in fr.reterms if rt.group == g]
     if len(rts) != len(fr.reterms) or not rts:
         return None
-    has_int = any(b.lhs.intercept for b in parsed.bars)
-    slope_labels: list[str] = []
-    for b in parsed.bars:
-        for lab in b.lhs.labels:
-            if lab not in slope_labels:
-                slope_labels.append(lab)
+    has_int, slope_labels = bar_terms(parsed)
     coef_names: list[str] = []
     for rt in rts:
         coef_names += [t for t in rt.terms if t not in coef_names]
