@@ -628,6 +628,16 @@ class ChunkedDesign:
         except DataError as e:
             raise DataError(f"{where}: {e}") from e
 
+    def _check_values(self, X: np.ndarray, y: np.ndarray, Zs: list, off: np.ndarray | None) -> None:
+        """A chunk's model matrix, response, random-effect columns and offset are finite, or
+        a ``DataError`` names the first column that is not."""
+        _check_finite(X, self.fixef_names_all, "fixed-effect model matrix")
+        _check_finite(y[:, None], [self.response.name], "response")
+        for Z, rt in zip(Zs, self.frame0.reterms):
+            _check_finite(Z, rt.terms, f"random-effects term ({rt.label})")
+        if off is not None:
+            _check_finite(off[:, None], ["offset"], "offset")
+
     def _design(self, src, rows, fb, bbs, out: np.ndarray | None = None):
         """(X, Zs, refs, offset) of the chunk's ``rows``; with ``out`` (rows x dim), X and
         the Zs are written into their columns of it (the values the engine accumulates) and
@@ -771,12 +781,7 @@ class ChunkedDesign:
             X, Zs, refs, off = self._design(src, rows, fb, bbs)
             y, rw = self._response_values(src, rows, m, rb)
             uw = self._user_weights(src, rows)
-            _check_finite(X, self.fixef_names_all, "fixed-effect model matrix")
-            _check_finite(y[:, None], [self.response.name], "response")
-            for Z, rt in zip(Zs, self.frame0.reterms):
-                _check_finite(Z, rt.terms, f"random-effects term ({rt.label})")
-            if off is not None:
-                _check_finite(off[:, None], ["offset"], "offset")
+            self._check_values(X, y, Zs, off)
             wt = uw if rw is None else (rw if uw is None else uw * rw)
             nt = None
             if self.family == "binomial" and self.response.cbind and wt is not None:
@@ -815,12 +820,7 @@ class ChunkedDesign:
         else:
             V[:, -1] = y
         if not np.isfinite(V.sum()):  # one pass proves every value finite; else say where
-            _check_finite(X, self.fixef_names_all, "fixed-effect model matrix")
-            _check_finite(y[:, None], [self.response.name], "response")
-            for Z, rt in zip(Zs, self.frame0.reterms):
-                _check_finite(Z, rt.terms, f"random-effects term ({rt.label})")
-            if off is not None:
-                _check_finite(off[:, None], ["offset"], "offset")
+            self._check_values(X, y, Zs, off)
             _check_finite(V, [f"column {j}" for j in range(d)], "row values")
         return self._cells(refs), V, w
 
