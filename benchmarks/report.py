@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cases import Case, alt_loglik, reference_loglik
 
-COLUMNS = ("ours", "lme4", "lme4-recorded", "glmm", "mixedlm", "statsmodels")
+COLUMNS = ("ours", "lme4", "lme4-recorded", "glmm", "mixedlm", "statsmodels", "gpboost")
 
 
 def recorded_date(lme4: dict | None) -> str:

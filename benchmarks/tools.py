@@ -311,6 +311,8 @@ def setup_gpboost(case: Case, df: pd.DataFrame) -> FitFns:
     if _split_cbind(case.formula) is not None:
         raise NotApplicable("binomial trials (cbind) not in gpboost's bernoulli likelihood")
     formula, df = _materialise_scale(case.formula, df)
+    # patsy's ^ is xor: R's I(x^2) is I(x**2) there
+    formula = re.sub(r"I\(([^()]*)\)", lambda m: "I(" + m.group(1).replace("^", "**") + ")", formula)
     response, rhs = (s.strip() for s in formula.split("~", 1))
     fixed = _BAR.sub("", rhs)
     fixed = re.sub(r"\+\s*(?=\+|$)", "", fixed).strip().rstrip("+").strip() or "1"
